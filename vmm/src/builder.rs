@@ -1,0 +1,458 @@
+//! Assembles a microVM from a validated [`VmConfig`] and runs it to its end.
+//!
+//! The order matters to KVM and to Linux: irqchip before vCPUs, memory before anything is
+//! written to it, devices before the command line that announces them, boot structures
+//! last. Free functions per step keep each one testable and the sequence readable.
+
+use std::fs::File;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use kvm_ioctls::Kvm;
+use linux_loader::loader::{bzimage::BzImage, elf::Elf, KernelLoader};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::Killable;
+
+use crate::arch::x86_64::{boot, layout, mptable, regs};
+use crate::cmdline::{self, CmdlineSpec, MmioDevice};
+use crate::config::{ConsoleOutput, KernelFormat, VmConfig};
+use crate::devices::boot_timer::{BootTimer, StageLog};
+use crate::devices::i8042::I8042;
+use crate::devices::serial::SerialDevice;
+use crate::devices::virtio::block::Block;
+use crate::devices::virtio::{Interrupt, MmioTransport};
+use crate::devices::{Bus, BusDevice};
+use crate::exit::{ExitEvent, ExitReason};
+use crate::quirks::{self, HostMode};
+use crate::signals;
+use crate::vstate::memory::{create_guest_memory, GuestRam};
+use crate::vstate::vcpu::{Recoveries, Vcpu, VcpuContext};
+use crate::vstate::vm::{open_kvm, Vm};
+
+/// Offset of the 64-bit entry point in a bzImage's protected-mode code.
+const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Vm(#[from] crate::vstate::vm::VmError),
+    #[error(transparent)]
+    Memory(#[from] crate::vstate::memory::MemoryError),
+    #[error(transparent)]
+    Vcpu(#[from] crate::vstate::vcpu::VcpuError),
+    #[error("load kernel {path}")]
+    LoadKernel {
+        path: std::path::PathBuf,
+        #[source]
+        source: linux_loader::loader::Error,
+    },
+    #[error("open {what} {path}")]
+    Open {
+        what: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("initrd {path} ({size} bytes) does not fit in guest memory below the kernel's reach; raise memory_mib")]
+    InitrdTooLarge { path: std::path::PathBuf, size: u64 },
+    #[error("load initrd {path}")]
+    LoadInitrd {
+        path: std::path::PathBuf,
+        #[source]
+        source: vm_memory::GuestMemoryError,
+    },
+    #[error(transparent)]
+    Cmdline(#[from] cmdline::CmdlineError),
+    #[error("write the command line to guest memory")]
+    WriteCmdline(#[source] linux_loader::loader::Error),
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    #[error(transparent)]
+    MpTable(#[from] mptable::MpTableError),
+    #[error(transparent)]
+    Regs(#[from] regs::RegsError),
+    #[error(transparent)]
+    Bus(#[from] crate::devices::BusError),
+    #[error(transparent)]
+    Block(#[from] crate::devices::virtio::block::BlockError),
+    #[error(transparent)]
+    Mmio(#[from] crate::devices::virtio::mmio::MmioError),
+    #[error("too many virtio devices: {0} (the IOAPIC has pins for {max})", max = layout::IOAPIC_PINS - layout::VIRTIO_IRQ_BASE)]
+    TooManyDevices(usize),
+    #[error("create eventfd")]
+    EventFd(#[source] std::io::Error),
+    #[error("set up the event loop: {0:?}")]
+    EventManager(event_manager::Error),
+    #[error(transparent)]
+    Signal(#[from] signals::SignalError),
+}
+
+impl BuildError {
+    /// Whether the error is the operator's to fix in the configuration (exit status 2).
+    pub fn is_config_error(&self) -> bool {
+        matches!(
+            self,
+            BuildError::Cmdline(_)
+                | BuildError::InitrdTooLarge { .. }
+                | BuildError::TooManyDevices(_)
+                | BuildError::Block(crate::devices::virtio::block::BlockError::SerialTooLong(_))
+        )
+    }
+}
+
+type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// A built, running microVM.
+pub struct Vmm {
+    exit: ExitEvent,
+    event_manager: EventManager<Subscriber>,
+    vcpus: Vec<JoinHandle<Recoveries>>,
+    stages: StageLog,
+    host: HostMode,
+    // Kept alive for the vCPUs: KVM memory slots point into this mapping.
+    _ram: GuestRam,
+    _vm: Vm,
+    _kvm: Kvm,
+}
+
+/// Creates the VM described by `config`, starts its vCPUs and returns it running.
+/// `start` is the VMM's start time, against which guest boot stages are reported.
+pub fn build_microvm(config: &VmConfig, start: Instant) -> Result<Vmm, BuildError> {
+    let host = quirks::resolve(config.quirks);
+    if let HostMode::Emulated { why } = &host {
+        log::info!("host KVM emulates guest kernel mode ({why}); applying quirks");
+    }
+    signals::install_kick_handler()?;
+    let term_evt = signals::install_termination_handlers()?;
+
+    let kvm = open_kvm()?;
+    let vm = Vm::new(&kvm)?;
+    let ram = create_guest_memory(config.memory_bytes())?;
+    vm.register_memory(&ram.memory)?;
+    let mem = &ram.memory;
+
+    let (entry, setup_header, kernel_end) = load_kernel(config, mem)?;
+    let initrd = load_initrd(config, mem, kernel_end)?;
+
+    let exit = ExitEvent::new().map_err(BuildError::EventFd)?;
+    let mut event_manager =
+        EventManager::<Subscriber>::new().map_err(BuildError::EventManager)?;
+
+    let (pio, stages) = legacy_devices(config, &vm, mem, &exit, start)?;
+    let (mmio, mmio_devices, root) = virtio_devices(config, &vm, mem, &mut event_manager)?;
+
+    let cmdline = cmdline::build(&CmdlineSpec {
+        quirks: host.is_emulated().then_some(quirks::EMULATED_HOST_CMDLINE),
+        devices: &mmio_devices,
+        root,
+        extra: &config.cmdline_extra,
+    })?;
+    log::debug!("kernel command line: {cmdline:?}");
+    linux_loader::loader::load_cmdline(mem, GuestAddress(layout::CMDLINE_START), &cmdline)
+        .map_err(BuildError::WriteCmdline)?;
+    let cmdline_size = cmdline
+        .as_cstring()
+        .map(|c| c.as_bytes_with_nul().len() as u32)
+        .map_err(|e| BuildError::Cmdline(cmdline::CmdlineError::Invalid(e)))?;
+
+    let params = boot::build_boot_params(&boot::BootSetup {
+        mem_size: config.memory_bytes(),
+        cmdline_size,
+        initrd,
+        setup_header,
+    })?;
+    boot::write_boot_params(mem, &params)?;
+    mptable::setup_mptable(mem, config.vcpus)?;
+    regs::write_boot_tables(mem)?;
+
+    event_manager.add_subscriber(Arc::new(Mutex::new(ExitWatcher {
+        exit: exit.clone(),
+        term: term_evt.try_clone().map_err(BuildError::EventFd)?,
+    })));
+
+    let ctx = VcpuContext {
+        pio: Arc::new(pio),
+        mmio: Arc::new(mmio),
+        mem: mem.clone(),
+        exit: exit.clone(),
+        emulated_host: host.is_emulated(),
+    };
+    let mut vcpus = Vec::new();
+    for index in 0..config.vcpus {
+        let vcpu = Vcpu::new(&vm, index, ctx.clone())?;
+        vcpu.configure_boot(&kvm, entry, config.vcpus)?;
+        vcpus.push(vcpu);
+    }
+    let handles = vcpus
+        .into_iter()
+        .map(Vcpu::spawn)
+        .collect::<Result<Vec<_>, _>>()?;
+    log::info!(
+        "started {} vCPU(s), {} MiB, {} virtio device(s), {:.1} ms after VMM start",
+        config.vcpus,
+        config.memory_mib,
+        mmio_devices.len(),
+        start.elapsed().as_secs_f64() * 1e3
+    );
+
+    Ok(Vmm {
+        exit,
+        event_manager,
+        vcpus: handles,
+        stages,
+        host,
+        _ram: ram,
+        _vm: vm,
+        _kvm: kvm,
+    })
+}
+
+fn load_kernel(
+    config: &VmConfig,
+    mem: &GuestMemoryMmap,
+) -> Result<(u64, Option<linux_loader::loader::bootparam::setup_header>, u64), BuildError> {
+    let mut file = File::open(&config.kernel).map_err(|source| BuildError::Open {
+        what: "kernel",
+        path: config.kernel.clone(),
+        source,
+    })?;
+    let load_err = |source| BuildError::LoadKernel {
+        path: config.kernel.clone(),
+        source,
+    };
+    let himem = Some(GuestAddress(layout::HIMEM_START));
+    match config.kernel_format {
+        KernelFormat::Elf { .. } => {
+            let r = Elf::load(mem, None, &mut file, himem).map_err(load_err)?;
+            Ok((r.kernel_load.0, None, r.kernel_end))
+        }
+        KernelFormat::BzImage => {
+            let r = BzImage::load(mem, None, &mut file, himem).map_err(load_err)?;
+            Ok((
+                r.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET,
+                r.setup_header,
+                r.kernel_end,
+            ))
+        }
+    }
+}
+
+/// Places the initrd at the top of low RAM (below the MMIO gap), page aligned, as far from
+/// the kernel as possible.
+fn load_initrd(
+    config: &VmConfig,
+    mem: &GuestMemoryMmap,
+    kernel_end: u64,
+) -> Result<Option<(u64, u64)>, BuildError> {
+    let Some(path) = &config.initrd else {
+        return Ok(None);
+    };
+    let mut file = File::open(path).map_err(|source| BuildError::Open {
+        what: "initrd",
+        path: path.clone(),
+        source,
+    })?;
+    let size = file
+        .metadata()
+        .map_err(|source| BuildError::Open {
+            what: "initrd",
+            path: path.clone(),
+            source,
+        })?
+        .len();
+    let low_end = config.memory_bytes().min(layout::MMIO_GAP_START);
+    let addr = low_end
+        .checked_sub(size)
+        .map(|a| a & !0xfff)
+        .filter(|a| *a >= kernel_end)
+        .ok_or(BuildError::InitrdTooLarge {
+            path: path.clone(),
+            size,
+        })?;
+    mem.read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
+        .map_err(|source| BuildError::LoadInitrd {
+            path: path.clone(),
+            source,
+        })?;
+    Ok(Some((addr, size)))
+}
+
+fn console_writer(config: &VmConfig) -> Result<Box<dyn Write + Send>, BuildError> {
+    Ok(match &config.console {
+        ConsoleOutput::Stdout => Box::new(std::io::stdout()),
+        ConsoleOutput::None => Box::new(std::io::sink()),
+        ConsoleOutput::File(path) => Box::new(File::create(path).map_err(|source| {
+            BuildError::Open {
+                what: "console file",
+                path: path.clone(),
+                source,
+            }
+        })?),
+    })
+}
+
+/// Serial, i8042 and boot timer on the port-I/O bus.
+fn legacy_devices(
+    config: &VmConfig,
+    vm: &Vm,
+    mem: &GuestMemoryMmap,
+    exit: &ExitEvent,
+    start: Instant,
+) -> Result<(Bus, StageLog), BuildError> {
+    let mut pio = Bus::new();
+    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
+    vm.register_irqfd(&serial_irq, layout::SERIAL_IRQ)?;
+    let serial = SerialDevice::new(serial_irq, console_writer(config)?);
+    pio.insert(Arc::new(Mutex::new(serial)), u64::from(layout::SERIAL_PORT), 8)?;
+    pio.insert(
+        Arc::new(Mutex::new(I8042::new(mem.clone(), exit.clone()))),
+        u64::from(layout::I8042_PORT),
+        5,
+    )?;
+    let timer = BootTimer::new(start, exit.clone());
+    let stages = timer.stages();
+    pio.insert(
+        Arc::new(Mutex::new(timer)),
+        u64::from(hull_protocol::boot::BOOT_TIMER_PORT),
+        1,
+    )?;
+    Ok((pio, stages))
+}
+
+type RootSpec = Option<(String, Option<String>, bool)>;
+
+/// One virtio-mmio window, GSI, irqfd and ioeventfds per device; the root disk first so
+/// it becomes /dev/vda.
+fn virtio_devices(
+    config: &VmConfig,
+    vm: &Vm,
+    mem: &GuestMemoryMmap,
+    event_manager: &mut EventManager<Subscriber>,
+) -> Result<(Bus, Vec<MmioDevice>, RootSpec), BuildError> {
+    let mut drives: Vec<_> = config.drives.iter().collect();
+    drives.sort_by_key(|d| !d.root);
+    let max = (layout::IOAPIC_PINS - layout::VIRTIO_IRQ_BASE) as usize;
+    if drives.len() > max {
+        return Err(BuildError::TooManyDevices(drives.len()));
+    }
+    let mut bus = Bus::new();
+    let mut announced = Vec::new();
+    let mut root = None;
+    for (i, drive) in drives.iter().enumerate() {
+        let block = Block::new(&drive.path, drive.read_only, drive.serial.as_deref())?;
+        log::info!(
+            "drive {}: {} ({} sectors, {})",
+            cmdline::disk_name(i),
+            drive.path.display(),
+            block.sectors(),
+            if drive.read_only { "read-only" } else { "read-write" }
+        );
+        if drive.root {
+            root = Some((
+                cmdline::disk_name(i),
+                drive.fstype.clone(),
+                drive.read_only,
+            ));
+        }
+        let base = layout::VIRTIO_MMIO_START + (i as u64) * layout::VIRTIO_MMIO_SIZE;
+        let irq = layout::VIRTIO_IRQ_BASE + i as u32;
+        let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
+        vm.register_irqfd(&irqfd, irq)?;
+        let transport = MmioTransport::new(
+            Box::new(block),
+            mem.clone(),
+            Arc::new(Interrupt::new(irqfd)),
+        )?;
+        for (q, evt) in transport.queue_evts().iter().enumerate() {
+            vm.register_mmio_ioevent(
+                evt,
+                base + crate::devices::virtio::mmio::reg::QUEUE_NOTIFY,
+                q as u32,
+            )?;
+        }
+        let transport = Arc::new(Mutex::new(transport));
+        let as_bus: Arc<Mutex<dyn BusDevice>> = transport.clone();
+        bus.insert(as_bus, base, layout::VIRTIO_MMIO_SIZE)?;
+        event_manager.add_subscriber(transport);
+        announced.push(MmioDevice { base, irq });
+    }
+    Ok((bus, announced, root))
+}
+
+/// Wakes the event loop when the VM ends or a termination signal arrives.
+struct ExitWatcher {
+    exit: ExitEvent,
+    term: EventFd,
+}
+
+impl MutEventSubscriber for ExitWatcher {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        use std::os::fd::AsRawFd;
+        if events.fd() == self.term.as_raw_fd() {
+            let _ = self.term.read();
+            let sig = signals::termination_signal().unwrap_or(libc::SIGTERM);
+            self.exit.signal(ExitReason::Signal(sig));
+        } else {
+            let _ = self.exit.fd().read();
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        for fd in [&self.term, self.exit.fd()] {
+            if let Err(e) = ops.add(Events::new(fd, EventSet::IN)) {
+                log::error!("cannot watch exit eventfd: {e:?}");
+            }
+        }
+    }
+}
+
+/// How a VM run ended.
+#[derive(Debug)]
+pub struct RunOutcome {
+    pub reason: ExitReason,
+    pub stages: Vec<(hull_protocol::boot::Stage, Duration)>,
+}
+
+impl Vmm {
+    pub fn host_mode(&self) -> &HostMode {
+        &self.host
+    }
+
+    /// Serves devices until the VM ends, then stops and joins every vCPU thread.
+    pub fn run(mut self) -> RunOutcome {
+        while !self.exit.is_set() {
+            if let Err(e) = self.event_manager.run() {
+                log::error!("event loop: {e:?}");
+                self.exit.signal(ExitReason::VcpuError {
+                    vcpu: 0,
+                    message: format!("event loop failed: {e:?}"),
+                });
+            }
+        }
+        self.stop_vcpus();
+        RunOutcome {
+            reason: self.exit.reason().unwrap_or(ExitReason::Reset),
+            stages: crate::devices::bus::lock(&self.stages).clone(),
+        }
+    }
+
+    /// Kicks each vCPU out of KVM_RUN until its thread has seen the exit event.
+    fn stop_vcpus(&mut self) {
+        for handle in self.vcpus.drain(..) {
+            while !handle.is_finished() {
+                if handle.kill(signals::kick_signal()).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            if handle.join().is_err() {
+                log::error!("a vCPU thread panicked");
+            }
+        }
+    }
+}

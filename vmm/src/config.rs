@@ -1,0 +1,629 @@
+//! VM configuration: a TOML or JSON file plus command-line overrides, validated as a whole
+//! before any KVM object exists.
+//!
+//! Every rejection names the field, what is wrong with it and how to fix it; `hull-vmm`
+//! exits with status 2 for all of them.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Where the guest kernel is built and cached by `kernel-config/build.sh`.
+pub const DEFAULT_KERNEL: &str = "/var/cache/hull/kernel/vmlinux";
+/// Where `resources/build-image.sh` puts the guest root image.
+pub const DEFAULT_ROOT_IMAGE: &str = "/var/cache/hull/image/rootfs.erofs";
+pub const DEFAULT_VCPUS: u8 = 1;
+pub const DEFAULT_MEMORY_MIB: u32 = 128;
+/// The guest needs room past the end of its kernel image for page tables, the memory map,
+/// slab caches and PID 1; below this margin it panics early with an unhelpful message.
+pub const MEMORY_MARGIN_MIB: u64 = 16;
+/// Guest RAM is placed below the 32-bit MMIO gap and then above 4 GiB; we cap the total so a
+/// typo (64000 instead of 640) fails here rather than as an mmap failure.
+pub const MAX_MEMORY_MIB: u32 = 256 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    ReadFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid {format} (fix or remove the offending key)")]
+    Parse {
+        path: PathBuf,
+        format: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("kernel: {path} does not exist; build it with kernel-config/build.sh or pass --kernel")]
+    KernelMissing { path: PathBuf },
+    #[error("kernel: cannot read {path}")]
+    KernelUnreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("kernel: {path} is neither an x86_64 ELF vmlinux nor a bzImage ({detail}); pass an uncompressed vmlinux")]
+    KernelFormat { path: PathBuf, detail: String },
+    #[error("initrd: {path} does not exist; fix the path or drop --initrd")]
+    InitrdMissing { path: PathBuf },
+    #[error("drive {index}: image {path} does not exist; build it with resources/build-image.sh or fix the path")]
+    ImageMissing { index: usize, path: PathBuf },
+    #[error("drive {index}: only one drive may be the root device (drive {first} already is)")]
+    TwoRoots { index: usize, first: usize },
+    #[error("vcpus = 0: a VM needs at least one vCPU; set vcpus to 1 or more")]
+    NoVcpus,
+    #[error("vcpus = {requested}: this host has {host} CPUs; set vcpus to at most {host}")]
+    TooManyVcpus { requested: u32, host: u32 },
+    #[error("memory_mib = {mib} is too small for kernel {kernel}, whose image ends at {end_mib} MiB; set memory_mib to at least {min_mib}")]
+    MemoryTooSmall {
+        mib: u32,
+        kernel: PathBuf,
+        end_mib: u64,
+        min_mib: u64,
+    },
+    #[error("memory_mib = {mib} is above the supported {max} MiB; lower memory_mib")]
+    MemoryTooLarge { mib: u32, max: u32 },
+    #[error("console = {path}: the directory {dir} does not exist; create it or choose another path")]
+    ConsoleDir { path: PathBuf, dir: PathBuf },
+}
+
+/// Where the guest's serial console goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsoleOutput {
+    Stdout,
+    None,
+    File(PathBuf),
+}
+
+impl<'de> Deserialize<'de> for ConsoleOutput {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(ConsoleOutput::parse(&s))
+    }
+}
+
+impl ConsoleOutput {
+    /// `stdout`, `none`, or a file path.
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "stdout" | "-" => ConsoleOutput::Stdout,
+            "none" | "off" => ConsoleOutput::None,
+            path => ConsoleOutput::File(PathBuf::from(path)),
+        }
+    }
+}
+
+/// Whether to apply the work-arounds for hosts whose KVM emulates guest kernel mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuirksMode {
+    /// Detect the host (see `quirks::detect_host`).
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl std::str::FromStr for QuirksMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "on" => Ok(Self::On),
+            "off" => Ok(Self::Off),
+            other => Err(format!("quirks must be auto, on or off, not {other:?}")),
+        }
+    }
+}
+
+/// A virtio-blk disk backed by a raw image file. The format is fixed: a raw image is never
+/// probed for another format's header.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriveConfig {
+    pub path: PathBuf,
+    #[serde(default = "default_true")]
+    pub read_only: bool,
+    /// This disk is the guest's `/` (it becomes `root=/dev/vdX`).
+    #[serde(default)]
+    pub root: bool,
+    /// Filesystem type passed as `rootfstype=` when `root` is set.
+    #[serde(default)]
+    pub fstype: Option<String>,
+    /// Serial number reported by VIRTIO_BLK_T_GET_ID (at most 20 bytes).
+    #[serde(default)]
+    pub serial: Option<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// The file format: every key optional, unknown keys rejected.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    pub cmdline_extra: Option<String>,
+    pub vcpus: Option<u32>,
+    pub memory_mib: Option<u32>,
+    pub console: Option<ConsoleOutput>,
+    pub quirks: Option<QuirksMode>,
+    #[serde(default)]
+    pub drive: Vec<DriveConfig>,
+}
+
+impl ConfigFile {
+    /// Reads a `.json` file as JSON and anything else as TOML.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if path.extension().is_some_and(|e| e == "json") {
+            serde_json::from_str(&text).map_err(|e| ConfigError::Parse {
+                path: path.to_path_buf(),
+                format: "JSON",
+                source: Box::new(e),
+            })
+        } else {
+            toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                path: path.to_path_buf(),
+                format: "TOML",
+                source: Box::new(e),
+            })
+        }
+    }
+}
+
+/// A validated VM description. Only [`VmConfig::validate`] makes one.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub kernel_format: KernelFormat,
+    pub initrd: Option<PathBuf>,
+    pub cmdline_extra: String,
+    pub vcpus: u8,
+    pub memory_mib: u32,
+    pub console: ConsoleOutput,
+    pub quirks: QuirksMode,
+    pub drives: Vec<DriveConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelFormat {
+    /// Uncompressed ELF `vmlinux`; `end` is the highest physical address it occupies.
+    Elf { end: u64 },
+    BzImage,
+}
+
+impl VmConfig {
+    /// Applies defaults and checks every field against the files on disk and this host.
+    /// `host_cpus` is passed in so tests can pin it.
+    pub fn validate(file: ConfigFile, host_cpus: u32) -> Result<Self, ConfigError> {
+        let kernel = file.kernel.unwrap_or_else(|| PathBuf::from(DEFAULT_KERNEL));
+        let kernel_format = inspect_kernel(&kernel)?;
+
+        if let Some(initrd) = &file.initrd {
+            if !initrd.exists() {
+                return Err(ConfigError::InitrdMissing {
+                    path: initrd.clone(),
+                });
+            }
+        }
+
+        let vcpus = file.vcpus.unwrap_or(u32::from(DEFAULT_VCPUS));
+        if vcpus == 0 {
+            return Err(ConfigError::NoVcpus);
+        }
+        if vcpus > host_cpus || vcpus > u32::from(u8::MAX) {
+            return Err(ConfigError::TooManyVcpus {
+                requested: vcpus,
+                host: host_cpus.min(u32::from(u8::MAX)),
+            });
+        }
+
+        let memory_mib = file.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB);
+        if memory_mib > MAX_MEMORY_MIB {
+            return Err(ConfigError::MemoryTooLarge {
+                mib: memory_mib,
+                max: MAX_MEMORY_MIB,
+            });
+        }
+        let kernel_end = match kernel_format {
+            KernelFormat::Elf { end } => end,
+            // A bzImage is loaded at 1 MiB and decompresses itself; its size on disk is a
+            // lower bound of what it needs.
+            KernelFormat::BzImage => {
+                crate::arch::x86_64::layout::HIMEM_START + file_len(&kernel)? * 4
+            }
+        };
+        let end_mib = kernel_end.div_ceil(1 << 20);
+        let min_mib = end_mib + MEMORY_MARGIN_MIB;
+        if u64::from(memory_mib) < min_mib {
+            return Err(ConfigError::MemoryTooSmall {
+                mib: memory_mib,
+                kernel,
+                end_mib,
+                min_mib,
+            });
+        }
+
+        let mut drives = file.drive;
+        if drives.is_empty() {
+            drives.push(DriveConfig {
+                path: PathBuf::from(DEFAULT_ROOT_IMAGE),
+                read_only: true,
+                root: true,
+                fstype: Some("erofs".into()),
+                serial: None,
+            });
+        }
+        let mut root = None;
+        for (index, d) in drives.iter().enumerate() {
+            if !d.path.exists() {
+                return Err(ConfigError::ImageMissing {
+                    index,
+                    path: d.path.clone(),
+                });
+            }
+            if d.root {
+                if let Some(first) = root {
+                    return Err(ConfigError::TwoRoots { index, first });
+                }
+                root = Some(index);
+            }
+        }
+
+        let console = file.console.unwrap_or(ConsoleOutput::Stdout);
+        if let ConsoleOutput::File(path) = &console {
+            let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
+            if let Some(dir) = dir {
+                if !dir.is_dir() {
+                    return Err(ConfigError::ConsoleDir {
+                        path: path.clone(),
+                        dir: dir.to_path_buf(),
+                    });
+                }
+            }
+        }
+
+        Ok(VmConfig {
+            kernel,
+            kernel_format,
+            initrd: file.initrd,
+            cmdline_extra: file.cmdline_extra.unwrap_or_default(),
+            vcpus: vcpus as u8,
+            memory_mib,
+            console,
+            quirks: file.quirks.unwrap_or_default(),
+            drives,
+        })
+    }
+
+    pub fn memory_bytes(&self) -> u64 {
+        u64::from(self.memory_mib) << 20
+    }
+}
+
+fn file_len(path: &Path) -> Result<u64, ConfigError> {
+    std::fs::metadata(path)
+        .map(|m| m.len())
+        .map_err(|source| ConfigError::KernelUnreadable {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Identifies the kernel image format and, for ELF, where its loadable segments end.
+pub fn inspect_kernel(path: &Path) -> Result<KernelFormat, ConfigError> {
+    if !path.exists() {
+        return Err(ConfigError::KernelMissing {
+            path: path.to_path_buf(),
+        });
+    }
+    let unreadable = |source| ConfigError::KernelUnreadable {
+        path: path.to_path_buf(),
+        source,
+    };
+    let format = |detail: String| ConfigError::KernelFormat {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let mut f = File::open(path).map_err(unreadable)?;
+    let mut head = vec![0u8; 0x210];
+    let n = read_up_to(&mut f, &mut head).map_err(unreadable)?;
+    head.truncate(n);
+    if head.len() >= 0x206 && &head[0x202..0x206] == b"HdrS" {
+        return Ok(KernelFormat::BzImage);
+    }
+    if head.len() < 64 || &head[..4] != b"\x7fELF" {
+        return Err(format("no ELF magic and no bzImage header".into()));
+    }
+    let elf = ElfHeader::parse(&head).map_err(format)?;
+    let mut end = 0u64;
+    for i in 0..u64::from(elf.phnum) {
+        let mut ph = [0u8; 56];
+        f.seek(SeekFrom::Start(elf.phoff + i * u64::from(elf.phentsize)))
+            .map_err(unreadable)?;
+        f.read_exact(&mut ph)
+            .map_err(|_| format(format!("program header {i} is truncated")))?;
+        let p_type = u32::from_le_bytes(ph[0..4].try_into().unwrap_or_default());
+        if p_type != 1 {
+            continue; // not PT_LOAD
+        }
+        let paddr = u64::from_le_bytes(ph[24..32].try_into().unwrap_or_default());
+        let memsz = u64::from_le_bytes(ph[40..48].try_into().unwrap_or_default());
+        let seg_end = paddr
+            .checked_add(memsz)
+            .ok_or_else(|| format(format!("program header {i} wraps the address space")))?;
+        end = end.max(seg_end);
+    }
+    if end == 0 {
+        return Err(format("no loadable segments".into()));
+    }
+    Ok(KernelFormat::Elf { end })
+}
+
+struct ElfHeader {
+    phoff: u64,
+    phentsize: u16,
+    phnum: u16,
+}
+
+impl ElfHeader {
+    fn parse(h: &[u8]) -> Result<Self, String> {
+        if h[4] != 2 {
+            return Err("ELF file is not 64-bit".into());
+        }
+        if h[5] != 1 {
+            return Err("ELF file is not little-endian".into());
+        }
+        let machine = u16::from_le_bytes([h[18], h[19]]);
+        if machine != 62 {
+            return Err(format!("ELF machine is {machine}, not x86_64 (62)"));
+        }
+        let phoff = u64::from_le_bytes(h[32..40].try_into().map_err(|_| "short header")?);
+        let phentsize = u16::from_le_bytes([h[54], h[55]]);
+        let phnum = u16::from_le_bytes([h[56], h[57]]);
+        if phentsize < 56 {
+            return Err(format!("program header size {phentsize} is smaller than 56"));
+        }
+        Ok(ElfHeader {
+            phoff,
+            phentsize,
+            phnum,
+        })
+    }
+}
+
+fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// A minimal x86_64 ELF with one PT_LOAD segment at `paddr` of `memsz` bytes.
+    pub(crate) fn tiny_elf(paddr: u64, memsz: u64) -> Vec<u8> {
+        let mut e = vec![0u8; 64 + 56];
+        e[..4].copy_from_slice(b"\x7fELF");
+        e[4] = 2;
+        e[5] = 1;
+        e[6] = 1;
+        e[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+        e[18..20].copy_from_slice(&62u16.to_le_bytes());
+        e[24..32].copy_from_slice(&paddr.to_le_bytes()); // entry
+        e[32..40].copy_from_slice(&64u64.to_le_bytes()); // phoff
+        e[52..54].copy_from_slice(&64u16.to_le_bytes());
+        e[54..56].copy_from_slice(&56u16.to_le_bytes());
+        e[56..58].copy_from_slice(&1u16.to_le_bytes());
+        let ph = &mut e[64..];
+        ph[0..4].copy_from_slice(&1u32.to_le_bytes());
+        ph[8..16].copy_from_slice(&0u64.to_le_bytes()); // offset
+        ph[16..24].copy_from_slice(&paddr.to_le_bytes());
+        ph[24..32].copy_from_slice(&paddr.to_le_bytes());
+        ph[32..40].copy_from_slice(&120u64.to_le_bytes()); // filesz
+        ph[40..48].copy_from_slice(&memsz.to_le_bytes());
+        e
+    }
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        kernel: PathBuf,
+        image: PathBuf,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("vmlinux");
+        std::fs::write(&kernel, tiny_elf(16 << 20, 20 << 20)).unwrap();
+        let image = dir.path().join("root.img");
+        std::fs::write(&image, vec![0u8; 4096]).unwrap();
+        Fixture { dir, kernel, image }
+    }
+
+    fn file_for(f: &Fixture) -> ConfigFile {
+        ConfigFile {
+            kernel: Some(f.kernel.clone()),
+            drive: vec![DriveConfig {
+                path: f.image.clone(),
+                read_only: true,
+                root: true,
+                fstype: None,
+                serial: None,
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn accepts_defaults_around_a_valid_kernel_and_image() {
+        let f = fixture();
+        let cfg = VmConfig::validate(file_for(&f), 2).unwrap();
+        assert_eq!(cfg.vcpus, 1);
+        assert_eq!(cfg.memory_mib, 128);
+        assert_eq!(cfg.kernel_format, KernelFormat::Elf { end: 36 << 20 });
+        assert_eq!(cfg.console, ConsoleOutput::Stdout);
+    }
+
+    #[test]
+    fn rejects_unknown_key_naming_it() {
+        let f = fixture();
+        let p = f.dir.path().join("vm.toml");
+        std::fs::write(&p, "vcpus = 1\nmemroy_mib = 64\n").unwrap();
+        let err = ConfigFile::load(&p).unwrap_err();
+        let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+        assert!(chain.contains("memroy_mib"), "{chain}");
+    }
+
+    #[test]
+    fn reads_json_when_the_extension_says_so() {
+        let f = fixture();
+        let p = f.dir.path().join("vm.json");
+        std::fs::write(&p, r#"{"vcpus": 2, "memory_mib": 256, "console": "none"}"#).unwrap();
+        let file = ConfigFile::load(&p).unwrap();
+        assert_eq!(file.vcpus, Some(2));
+        assert_eq!(file.console, Some(ConsoleOutput::None));
+    }
+
+    #[test]
+    fn rejects_missing_kernel() {
+        let f = fixture();
+        let mut file = file_for(&f);
+        file.kernel = Some(f.dir.path().join("nope"));
+        assert!(matches!(
+            VmConfig::validate(file, 2),
+            Err(ConfigError::KernelMissing { .. })
+        ));
+    }
+
+    #[test]
+    fn rejects_non_elf_kernel() {
+        let f = fixture();
+        let mut file = file_for(&f);
+        let bogus = f.dir.path().join("bogus");
+        std::fs::File::create(&bogus)
+            .unwrap()
+            .write_all(&[0x55u8; 4096])
+            .unwrap();
+        file.kernel = Some(bogus);
+        let err = VmConfig::validate(file, 2).unwrap_err();
+        assert!(matches!(err, ConfigError::KernelFormat { .. }));
+        assert!(err.to_string().contains("vmlinux"));
+    }
+
+    #[test]
+    fn rejects_elf_for_another_machine() {
+        let f = fixture();
+        let mut elf = tiny_elf(16 << 20, 1 << 20);
+        elf[18..20].copy_from_slice(&183u16.to_le_bytes()); // aarch64
+        std::fs::write(&f.kernel, elf).unwrap();
+        let err = VmConfig::validate(file_for(&f), 2).unwrap_err();
+        assert!(err.to_string().contains("not x86_64"), "{err}");
+    }
+
+    #[test]
+    fn rejects_missing_image() {
+        let f = fixture();
+        let mut file = file_for(&f);
+        file.drive[0].path = f.dir.path().join("missing.erofs");
+        assert!(matches!(
+            VmConfig::validate(file, 2),
+            Err(ConfigError::ImageMissing { index: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn rejects_zero_vcpus() {
+        let f = fixture();
+        let mut file = file_for(&f);
+        file.vcpus = Some(0);
+        assert!(matches!(
+            VmConfig::validate(file, 2),
+            Err(ConfigError::NoVcpus)
+        ));
+    }
+
+    #[test]
+    fn rejects_more_vcpus_than_the_host_has() {
+        let f = fixture();
+        let mut file = file_for(&f);
+        file.vcpus = Some(3);
+        let err = VmConfig::validate(file, 2).unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::TooManyVcpus {
+                requested: 3,
+                host: 2
+            }
+        ));
+    }
+
+    #[test]
+    fn rejects_memory_below_kernel_end_plus_margin() {
+        let f = fixture();
+        let mut file = file_for(&f);
+        file.memory_mib = Some(40); // kernel ends at 36 MiB, needs 52
+        let err = VmConfig::validate(file, 2).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::MemoryTooSmall {
+                    mib: 40,
+                    end_mib: 36,
+                    min_mib: 52,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn rejects_absurd_memory() {
+        let f = fixture();
+        let mut file = file_for(&f);
+        file.memory_mib = Some(u32::MAX);
+        assert!(matches!(
+            VmConfig::validate(file, 2),
+            Err(ConfigError::MemoryTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn rejects_two_root_drives() {
+        let f = fixture();
+        let mut file = file_for(&f);
+        file.drive.push(file.drive[0].clone());
+        assert!(matches!(
+            VmConfig::validate(file, 2),
+            Err(ConfigError::TwoRoots { index: 1, first: 0 })
+        ));
+    }
+
+    #[test]
+    fn rejects_console_file_in_missing_directory() {
+        let f = fixture();
+        let mut file = file_for(&f);
+        file.console = Some(ConsoleOutput::parse("/nonexistent-dir/console.log"));
+        assert!(matches!(
+            VmConfig::validate(file, 2),
+            Err(ConfigError::ConsoleDir { .. })
+        ));
+    }
+}

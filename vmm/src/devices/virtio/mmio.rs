@@ -1,0 +1,491 @@
+//! The virtio-mmio transport, version 2 (virtio 1.2, section 4.2.2).
+//!
+//! Registers are 32 bits wide; any other access width to them is ignored (reads return 0),
+//! as are writes that are illegal in the current device status. A driver that breaks the
+//! negotiation rules gets `DEVICE_NEEDS_RESET` rather than a device in an undefined state.
+
+use std::sync::Arc;
+
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{status, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
+use crate::devices::bus::BusDevice;
+
+const MAGIC_VALUE: u32 = 0x7472_6976; // "virt"
+const MMIO_VERSION: u32 = 2;
+const VENDOR_ID: u32 = 0x4c55_4c48; // "HLUL"
+
+pub mod reg {
+    pub const MAGIC: u64 = 0x000;
+    pub const VERSION: u64 = 0x004;
+    pub const DEVICE_ID: u64 = 0x008;
+    pub const VENDOR_ID: u64 = 0x00c;
+    pub const DEVICE_FEATURES: u64 = 0x010;
+    pub const DEVICE_FEATURES_SEL: u64 = 0x014;
+    pub const DRIVER_FEATURES: u64 = 0x020;
+    pub const DRIVER_FEATURES_SEL: u64 = 0x024;
+    pub const QUEUE_SEL: u64 = 0x030;
+    pub const QUEUE_NUM_MAX: u64 = 0x034;
+    pub const QUEUE_NUM: u64 = 0x038;
+    pub const QUEUE_READY: u64 = 0x044;
+    pub const QUEUE_NOTIFY: u64 = 0x050;
+    pub const INTERRUPT_STATUS: u64 = 0x060;
+    pub const INTERRUPT_ACK: u64 = 0x064;
+    pub const STATUS: u64 = 0x070;
+    pub const QUEUE_DESC_LOW: u64 = 0x080;
+    pub const QUEUE_DESC_HIGH: u64 = 0x084;
+    pub const QUEUE_DRIVER_LOW: u64 = 0x090;
+    pub const QUEUE_DRIVER_HIGH: u64 = 0x094;
+    pub const QUEUE_DEVICE_LOW: u64 = 0x0a0;
+    pub const QUEUE_DEVICE_HIGH: u64 = 0x0a4;
+    pub const CONFIG_GENERATION: u64 = 0x0fc;
+    pub const CONFIG: u64 = 0x100;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MmioError {
+    #[error("queue {index}: create queue with maximum size {max}")]
+    Queue {
+        index: usize,
+        max: u16,
+        #[source]
+        source: virtio_queue::Error,
+    },
+    #[error("create queue notification eventfd")]
+    EventFd(#[source] std::io::Error),
+}
+
+pub struct MmioTransport {
+    device: Box<dyn VirtioDevice>,
+    mem: GuestMemoryMmap,
+    interrupt: Arc<Interrupt>,
+    queues: Vec<Queue>,
+    queue_evts: Vec<EventFd>,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    acked_features: u64,
+    queue_sel: u32,
+    status: u32,
+    config_generation: u32,
+    activated: bool,
+}
+
+impl MmioTransport {
+    pub fn new(
+        device: Box<dyn VirtioDevice>,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<Interrupt>,
+    ) -> Result<Self, MmioError> {
+        let mut queues = Vec::new();
+        let mut queue_evts = Vec::new();
+        for (index, &max) in device.queue_max_sizes().iter().enumerate() {
+            queues.push(
+                Queue::new(max).map_err(|source| MmioError::Queue { index, max, source })?,
+            );
+            queue_evts.push(EventFd::new(libc::EFD_NONBLOCK).map_err(MmioError::EventFd)?);
+        }
+        Ok(MmioTransport {
+            device,
+            mem,
+            interrupt,
+            queues,
+            queue_evts,
+            device_features_sel: 0,
+            driver_features_sel: 0,
+            acked_features: 0,
+            queue_sel: 0,
+            status: 0,
+            config_generation: 0,
+            activated: false,
+        })
+    }
+
+    /// The eventfds KVM signals when the guest writes a queue index to QueueNotify.
+    pub fn queue_evts(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+
+    pub fn interrupt(&self) -> &Arc<Interrupt> {
+        &self.interrupt
+    }
+
+    pub fn device_type(&self) -> u32 {
+        self.device.device_type()
+    }
+
+    pub fn status(&self) -> u32 {
+        self.status
+    }
+
+    pub fn is_activated(&self) -> bool {
+        self.activated
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut Queue> {
+        self.queues.get_mut(self.queue_sel as usize)
+    }
+
+    /// Queue registers may only change while the driver is configuring the device.
+    fn queue_config_allowed(&self) -> bool {
+        self.status & status::FEATURES_OK != 0
+            && self.status & (status::DRIVER_OK | status::FAILED) == 0
+    }
+
+    fn update_queue<F: FnOnce(&mut Queue)>(&mut self, f: F) {
+        if !self.queue_config_allowed() {
+            log::warn!("virtio-mmio: queue register written outside feature negotiation");
+            return;
+        }
+        if let Some(q) = self.selected_queue() {
+            if q.ready() {
+                return; // a live queue's geometry does not change
+            }
+            f(q);
+        }
+    }
+
+    fn set_status(&mut self, value: u32) {
+        if value == 0 {
+            self.reset();
+            return;
+        }
+        let new_bits = value & !self.status;
+        if new_bits & status::FEATURES_OK != 0
+            && self.acked_features & VIRTIO_F_VERSION_1 == 0
+        {
+            // Legacy drivers are not supported: leave FEATURES_OK unset so the driver sees
+            // the failure (virtio 1.2, 3.1.1 step 6).
+            self.status = value & !status::FEATURES_OK;
+            return;
+        }
+        self.status = value;
+        if new_bits & status::DRIVER_OK != 0 && !self.activated {
+            self.activate();
+        }
+    }
+
+    fn activate(&mut self) {
+        let mem = &self.mem;
+        let all_valid = self
+            .queues
+            .iter()
+            .filter(|q| q.ready())
+            .all(|q| q.is_valid(mem));
+        if !all_valid {
+            log::warn!(
+                "virtio-mmio: device type {} activated with an invalid queue",
+                self.device.device_type()
+            );
+            self.status |= status::DEVICE_NEEDS_RESET;
+            self.interrupt.trigger(super::INT_CONFIG);
+            return;
+        }
+        let event_idx = self.acked_features & VIRTIO_RING_F_EVENT_IDX != 0;
+        for q in &mut self.queues {
+            q.set_event_idx(event_idx);
+        }
+        self.device.activate(self.acked_features);
+        self.activated = true;
+    }
+
+    fn reset(&mut self) {
+        self.device.reset();
+        for q in &mut self.queues {
+            q.reset();
+        }
+        self.status = 0;
+        self.acked_features = 0;
+        self.device_features_sel = 0;
+        self.driver_features_sel = 0;
+        self.queue_sel = 0;
+        self.activated = false;
+        self.interrupt.ack(u32::MAX);
+    }
+
+    /// Serves queue `index` and raises the interrupt if the guest wants one.
+    pub fn notify_queue(&mut self, index: usize) {
+        if !self.activated {
+            return;
+        }
+        let Some(queue) = self.queues.get_mut(index) else {
+            return;
+        };
+        if !queue.ready() {
+            return;
+        }
+        if self.device.process_queue(index, queue, &self.mem) {
+            let wants = queue.needs_notification(&self.mem).unwrap_or(true);
+            if wants {
+                self.interrupt.trigger(super::INT_VRING);
+            }
+        }
+    }
+
+    fn read_register(&mut self, offset: u64) -> u32 {
+        match offset {
+            reg::MAGIC => MAGIC_VALUE,
+            reg::VERSION => MMIO_VERSION,
+            reg::DEVICE_ID => self.device.device_type(),
+            reg::VENDOR_ID => VENDOR_ID,
+            reg::DEVICE_FEATURES => match self.device_features_sel {
+                0 => self.device.avail_features() as u32,
+                1 => (self.device.avail_features() >> 32) as u32,
+                _ => 0,
+            },
+            reg::QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| q.max_size().into()),
+            reg::QUEUE_READY => self.selected_queue().map_or(0, |q| q.ready().into()),
+            reg::INTERRUPT_STATUS => self.interrupt.status(),
+            reg::STATUS => self.status,
+            reg::CONFIG_GENERATION => self.config_generation,
+            _ => {
+                log::debug!("virtio-mmio: read of unknown register {offset:#x}");
+                0
+            }
+        }
+    }
+
+    fn write_register(&mut self, offset: u64, v: u32) {
+        match offset {
+            reg::DEVICE_FEATURES_SEL => self.device_features_sel = v,
+            reg::DRIVER_FEATURES => {
+                let negotiating = self.status & status::DRIVER != 0
+                    && self.status & status::FEATURES_OK == 0;
+                if !negotiating {
+                    log::warn!("virtio-mmio: driver features written outside negotiation");
+                    return;
+                }
+                let shift = match self.driver_features_sel {
+                    0 => 0,
+                    1 => 32,
+                    _ => return,
+                };
+                let mask = 0xffff_ffffu64 << shift;
+                let offered = self.device.avail_features() & mask;
+                self.acked_features =
+                    (self.acked_features & !mask) | ((u64::from(v) << shift) & offered);
+            }
+            reg::DRIVER_FEATURES_SEL => self.driver_features_sel = v,
+            reg::QUEUE_SEL => self.queue_sel = v,
+            reg::QUEUE_NUM => self.update_queue(|q| q.set_size(v as u16)),
+            reg::QUEUE_READY => self.update_queue(|q| q.set_ready(v == 1)),
+            reg::QUEUE_NOTIFY => self.notify_queue(v as usize),
+            reg::INTERRUPT_ACK => self.interrupt.ack(v),
+            reg::STATUS => self.set_status(v),
+            reg::QUEUE_DESC_LOW => self.update_queue(|q| q.set_desc_table_address(Some(v), None)),
+            reg::QUEUE_DESC_HIGH => self.update_queue(|q| q.set_desc_table_address(None, Some(v))),
+            reg::QUEUE_DRIVER_LOW => self.update_queue(|q| q.set_avail_ring_address(Some(v), None)),
+            reg::QUEUE_DRIVER_HIGH => {
+                self.update_queue(|q| q.set_avail_ring_address(None, Some(v)))
+            }
+            reg::QUEUE_DEVICE_LOW => self.update_queue(|q| q.set_used_ring_address(Some(v), None)),
+            reg::QUEUE_DEVICE_HIGH => {
+                self.update_queue(|q| q.set_used_ring_address(None, Some(v)))
+            }
+            _ => log::debug!("virtio-mmio: write of {v:#x} to unknown register {offset:#x}"),
+        }
+    }
+}
+
+impl BusDevice for MmioTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= reg::CONFIG {
+            self.device.read_config(offset - reg::CONFIG, data);
+            return;
+        }
+        if data.len() != 4 {
+            data.fill(0);
+            return;
+        }
+        data.copy_from_slice(&self.read_register(offset).to_le_bytes());
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= reg::CONFIG {
+            if self.status & status::DRIVER != 0 {
+                self.device.write_config(offset - reg::CONFIG, data);
+            }
+            return;
+        }
+        let Ok(bytes) = <[u8; 4]>::try_from(data) else {
+            return;
+        };
+        self.write_register(offset, u32::from_le_bytes(bytes));
+    }
+}
+
+impl MutEventSubscriber for MmioTransport {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let fd = events.fd();
+        let Some(index) = self
+            .queue_evts
+            .iter()
+            .position(|e| std::os::fd::AsRawFd::as_raw_fd(e) == fd)
+        else {
+            return;
+        };
+        // Draining the counter coalesces notifications; an error means it was already 0.
+        let _ = self.queue_evts[index].read();
+        self.notify_queue(index);
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        for evt in &self.queue_evts {
+            if let Err(e) = ops.add(Events::new(evt, EventSet::IN)) {
+                log::error!("virtio-mmio: cannot watch queue eventfd: {e:?}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use vm_memory::GuestAddress;
+
+    pub struct Dummy {
+        pub processed: Vec<usize>,
+        pub activated: Option<u64>,
+    }
+
+    impl VirtioDevice for Dummy {
+        fn device_type(&self) -> u32 {
+            42
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[16, 16]
+        }
+        fn avail_features(&self) -> u64 {
+            VIRTIO_F_VERSION_1 | 0b101
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            super::super::read_config_bytes(&[9, 8, 7, 6], offset, data);
+        }
+        fn activate(&mut self, acked: u64) {
+            self.activated = Some(acked);
+        }
+        fn process_queue(&mut self, index: usize, _q: &mut Queue, _m: &GuestMemoryMmap) -> bool {
+            self.processed.push(index);
+            true
+        }
+    }
+
+    fn transport() -> MmioTransport {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let irq = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+        MmioTransport::new(
+            Box::new(Dummy {
+                processed: vec![],
+                activated: None,
+            }),
+            mem,
+            irq,
+        )
+        .unwrap()
+    }
+
+    fn r(t: &mut MmioTransport, off: u64) -> u32 {
+        let mut b = [0u8; 4];
+        t.read(off, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    fn w(t: &mut MmioTransport, off: u64, v: u32) {
+        t.write(off, &v.to_le_bytes());
+    }
+
+    /// Walks the driver through negotiation and queue setup, accepting `features`.
+    pub fn bring_up(t: &mut MmioTransport, features: u64) {
+        w(t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+        w(t, reg::DRIVER_FEATURES_SEL, 0);
+        w(t, reg::DRIVER_FEATURES, features as u32);
+        w(t, reg::DRIVER_FEATURES_SEL, 1);
+        w(t, reg::DRIVER_FEATURES, (features >> 32) as u32);
+        w(t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK);
+        for q in 0..2u32 {
+            w(t, reg::QUEUE_SEL, q);
+            w(t, reg::QUEUE_NUM, 16);
+            let base = 0x1000 * (q + 1);
+            w(t, reg::QUEUE_DESC_LOW, base);
+            w(t, reg::QUEUE_DRIVER_LOW, base + 0x400);
+            w(t, reg::QUEUE_DEVICE_LOW, base + 0x800);
+            w(t, reg::QUEUE_READY, 1);
+        }
+        let s = r(t, reg::STATUS);
+        w(t, reg::STATUS, s | status::DRIVER_OK);
+    }
+
+    #[test]
+    fn identifies_as_virtio_mmio_v2() {
+        let mut t = transport();
+        assert_eq!(r(&mut t, reg::MAGIC), 0x7472_6976);
+        assert_eq!(r(&mut t, reg::VERSION), 2);
+        assert_eq!(r(&mut t, reg::DEVICE_ID), 42);
+        w(&mut t, reg::DEVICE_FEATURES_SEL, 1);
+        assert_eq!(r(&mut t, reg::DEVICE_FEATURES), 1);
+    }
+
+    #[test]
+    fn negotiates_only_offered_features_and_activates() {
+        let mut t = transport();
+        bring_up(&mut t, VIRTIO_F_VERSION_1 | 0b111);
+        assert!(t.is_activated());
+        assert_eq!(t.acked_features, VIRTIO_F_VERSION_1 | 0b101);
+        assert_ne!(t.status() & status::DRIVER_OK, 0);
+    }
+
+    #[test]
+    fn refuses_features_ok_without_version_1() {
+        let mut t = transport();
+        w(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+        w(&mut t, reg::DRIVER_FEATURES, 1);
+        w(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK);
+        assert_eq!(r(&mut t, reg::STATUS) & status::FEATURES_OK, 0);
+    }
+
+    #[test]
+    fn queue_registers_are_ignored_before_features_ok() {
+        let mut t = transport();
+        w(&mut t, reg::QUEUE_NUM, 4);
+        w(&mut t, reg::QUEUE_READY, 1);
+        assert_eq!(r(&mut t, reg::QUEUE_READY), 0);
+    }
+
+    #[test]
+    fn notify_reaches_the_device_and_raises_the_interrupt() {
+        let mut t = transport();
+        bring_up(&mut t, VIRTIO_F_VERSION_1);
+        w(&mut t, reg::QUEUE_NOTIFY, 1);
+        w(&mut t, reg::QUEUE_NOTIFY, 7); // no such queue: ignored
+        assert_eq!(r(&mut t, reg::INTERRUPT_STATUS), super::super::INT_VRING);
+        w(&mut t, reg::INTERRUPT_ACK, super::super::INT_VRING);
+        assert_eq!(r(&mut t, reg::INTERRUPT_STATUS), 0);
+    }
+
+    #[test]
+    fn status_zero_resets_everything() {
+        let mut t = transport();
+        bring_up(&mut t, VIRTIO_F_VERSION_1);
+        w(&mut t, reg::STATUS, 0);
+        assert!(!t.is_activated());
+        assert_eq!(r(&mut t, reg::STATUS), 0);
+        w(&mut t, reg::QUEUE_SEL, 0);
+        assert_eq!(r(&mut t, reg::QUEUE_READY), 0);
+    }
+
+    #[test]
+    fn odd_width_register_access_is_harmless() {
+        let mut t = transport();
+        let mut b = [0xffu8; 2];
+        t.read(reg::MAGIC, &mut b);
+        assert_eq!(b, [0, 0]);
+        t.write(reg::STATUS, &[1]);
+        assert_eq!(r(&mut t, reg::STATUS), 0);
+        let mut c = [0u8; 2];
+        t.read(reg::CONFIG + 1, &mut c);
+        assert_eq!(c, [8, 7]);
+    }
+}

@@ -1,0 +1,33 @@
+//! hull-vmm: the virtual machine monitor that runs one hull sandbox.
+//!
+//! A hull microVM is a KVM guest with no firmware: the VMM loads an uncompressed `vmlinux`
+//! (or a bzImage), writes the x86_64 boot structures itself (boot_params with its e820 map,
+//! an MP table, identity page tables, a GDT), and starts the vCPUs directly in 64-bit mode.
+//! The device model is deliberately small: a 16550A serial console, an i8042 whose only job
+//! is to report the guest's reset, a boot-timer port that the guest's PID 1 writes when it is
+//! ready, and virtio devices on the MMIO transport announced on the kernel command line.
+//!
+//! Threads: one per vCPU (each runs `KVM_RUN` and dispatches port and MMIO exits to the device
+//! buses synchronously) and the main thread, which runs an `event-manager` epoll loop serving
+//! virtio queue notifications (ioeventfd), the exit event and termination signals.
+//!
+//! Trust: everything that comes from the guest (register writes, descriptor chains, the
+//! contents of guest memory) is untrusted and is read only through `vm-memory`'s checked
+//! accessors and `virtio-queue`'s chain walker. A bad request fails that request; it never
+//! panics the VMM. The configuration file and command line are trusted to name files the
+//! operator may use, but every value is validated before any VM is created.
+#![cfg(target_arch = "x86_64")]
+
+pub mod arch;
+pub mod builder;
+pub mod cmdline;
+pub mod config;
+pub mod devices;
+pub mod exit;
+pub mod quirks;
+pub mod signals;
+pub mod vstate;
+
+pub use builder::{build_microvm, BuildError, Vmm};
+pub use config::{ConfigError, VmConfig};
+pub use exit::ExitReason;

@@ -1,0 +1,143 @@
+//! `hull-vmm`: boot one microVM from a config file and/or flags, show its console, exit
+//! with the guest's outcome.
+//!
+//! Exit status: 0 guest powered off, reset, or VMM stopped by SIGTERM/SIGINT; 2 invalid
+//! configuration (no VM was started); 3 guest kernel panic; 4 triple fault; 5 unrecoverable
+//! emulation failure; 1 anything else.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Parser;
+use hull_vmm::config::{ConfigFile, ConsoleOutput, DriveConfig, QuirksMode, VmConfig};
+
+#[derive(Debug, Parser)]
+#[command(name = "hull-vmm", version, about = "Run one hull microVM")]
+struct Args {
+    /// TOML (or .json) VM description; flags override its values.
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Guest kernel: uncompressed vmlinux (or bzImage).
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Initial ramdisk.
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Root disk image (replaces any drives from the config file's root).
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Filesystem type of --root.
+    #[arg(long, default_value = "erofs")]
+    root_fstype: String,
+    /// Attach --root read-write.
+    #[arg(long)]
+    root_rw: bool,
+    /// Extra disk, PATH[:rw] (read-only unless :rw); repeatable.
+    #[arg(long = "drive")]
+    drives: Vec<String>,
+    /// Appended to the guest kernel command line.
+    #[arg(long)]
+    cmdline_extra: Option<String>,
+    /// Number of vCPUs.
+    #[arg(long)]
+    vcpus: Option<u32>,
+    /// Guest memory in MiB.
+    #[arg(long)]
+    memory_mib: Option<u32>,
+    /// Console destination: stdout, none, or a file path.
+    #[arg(long)]
+    console: Option<String>,
+    /// Emulated-KVM quirks: auto, on, off.
+    #[arg(long)]
+    quirks: Option<QuirksMode>,
+}
+
+fn merged_config(args: Args) -> Result<ConfigFile, hull_vmm::ConfigError> {
+    let mut file = match &args.config {
+        Some(path) => ConfigFile::load(path)?,
+        None => ConfigFile::default(),
+    };
+    file.kernel = args.kernel.or(file.kernel);
+    file.initrd = args.initrd.or(file.initrd);
+    file.cmdline_extra = args.cmdline_extra.or(file.cmdline_extra);
+    file.vcpus = args.vcpus.or(file.vcpus);
+    file.memory_mib = args.memory_mib.or(file.memory_mib);
+    file.console = args.console.as_deref().map(ConsoleOutput::parse).or(file.console);
+    file.quirks = args.quirks.or(file.quirks);
+    if let Some(root) = args.root {
+        file.drive.retain(|d| !d.root);
+        file.drive.insert(
+            0,
+            DriveConfig {
+                path: root,
+                read_only: !args.root_rw,
+                root: true,
+                fstype: Some(args.root_fstype),
+                serial: None,
+            },
+        );
+    }
+    for spec in args.drives {
+        let (path, read_only) = match spec.strip_suffix(":rw") {
+            Some(p) => (p.to_string(), false),
+            None => (spec.strip_suffix(":ro").unwrap_or(&spec).to_string(), true),
+        };
+        file.drive.push(DriveConfig {
+            path: path.into(),
+            read_only,
+            root: false,
+            fstype: None,
+            serial: None,
+        });
+    }
+    Ok(file)
+}
+
+fn main() -> ExitCode {
+    let start = Instant::now();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_micros()
+        .target(env_logger::Target::Stderr)
+        .init();
+    let args = Args::parse();
+
+    let host_cpus = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1);
+    let config = match merged_config(args).and_then(|f| VmConfig::validate(f, host_cpus)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hull-vmm: invalid configuration: {}", error_chain(&e));
+            return ExitCode::from(2);
+        }
+    };
+
+    let vmm = match hull_vmm::build_microvm(&config, start) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("hull-vmm: cannot start the VM: {}", error_chain(&e));
+            return ExitCode::from(if e.is_config_error() { 2 } else { 1 });
+        }
+    };
+    let outcome = vmm.run();
+    let code = outcome.reason.exit_code();
+    if code == 0 {
+        log::info!("{}", outcome.reason);
+    } else {
+        eprintln!("hull-vmm: {}", outcome.reason);
+    }
+    ExitCode::from(code as u8)
+}
+
+/// "outer: inner: innermost" for an error and its sources.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

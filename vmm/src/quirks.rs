@@ -1,0 +1,195 @@
+//! Work-arounds for hosts whose KVM emulates guest kernel mode in software (kvm_pvm).
+//!
+//! On such hosts (see docs/kvm-hosts.md) every guest-kernel instruction goes through KVM's
+//! instruction emulator, which cannot execute a handful of instructions and stops the vCPU
+//! with `KVM_EXIT_INTERNAL_ERROR` (emulation failure) instead. hull copes in three ways:
+//! - command-line options that keep Linux away from the instructions it can avoid
+//!   (`noxsave`, `clearcpuid=...`), and away from the byte-string forms of memset/memcpy,
+//!   which the emulator runs several times slower than the quadword forms;
+//! - recovery in the VMM for the two it cannot avoid: `int3` (the kernel's boot self-test)
+//!   becomes an injected #BP, and `fwait` (run when a task's FPU state is dropped) is
+//!   skipped, which is exactly its effect when no x87 exception is pending;
+//! - for anything else, a diagnostic naming the RIP, the instruction bytes and, where
+//!   known, the command-line option that avoids it.
+//!
+//! On hardware-assisted KVM none of this is applied.
+
+use std::path::Path;
+use std::time::Instant;
+
+use crate::config::QuirksMode;
+
+/// Options that steer the guest kernel away from instructions the emulator lacks.
+pub const EMULATED_HOST_CMDLINE: &str = "noxsave clearcpuid=popcnt,cx16,smap,erms,fsrm";
+
+/// How the host runs guest kernel code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMode {
+    /// VT-x/AMD-V: guest kernel code runs natively.
+    Hardware,
+    /// Guest kernel code is emulated instruction by instruction; `why` says how we know.
+    Emulated { why: String },
+}
+
+impl HostMode {
+    pub fn is_emulated(&self) -> bool {
+        matches!(self, HostMode::Emulated { .. })
+    }
+}
+
+/// Resolves the configured mode against the host.
+pub fn resolve(mode: QuirksMode) -> HostMode {
+    match mode {
+        QuirksMode::On => HostMode::Emulated {
+            why: "quirks = on in the configuration".into(),
+        },
+        QuirksMode::Off => HostMode::Hardware,
+        QuirksMode::Auto => detect_host(Path::new("/sys/module")),
+    }
+}
+
+/// Detects a software-emulating KVM by its module; if none is named, times a short guest
+/// loop (see [`calibrate`]).
+pub fn detect_host(sys_module: &Path) -> HostMode {
+    if sys_module.join("kvm_pvm").exists() {
+        return HostMode::Emulated {
+            why: "the kvm_pvm module provides /dev/kvm".into(),
+        };
+    }
+    match calibrate() {
+        Ok(ns) if ns > CALIBRATION_THRESHOLD_NS => HostMode::Emulated {
+            why: format!("a calibration loop ran at {ns:.0} ns per guest kernel instruction"),
+        },
+        Ok(_) => HostMode::Hardware,
+        Err(e) => {
+            log::warn!("host calibration failed ({e}); assuming hardware-assisted KVM");
+            HostMode::Hardware
+        }
+    }
+}
+
+/// Hardware runs the loop at well under 1 ns per instruction; the emulator at about 1 µs.
+const CALIBRATION_THRESHOLD_NS: f64 = 50.0;
+const CALIBRATION_ITERATIONS: u16 = 4000;
+
+/// Runs `mov cx, N; 1: dec cx; jnz 1b; hlt` in a throw-away real-mode guest and returns
+/// the nanoseconds per instruction.
+pub fn calibrate() -> Result<f64, crate::vstate::vcpu::VcpuError> {
+    let n = CALIBRATION_ITERATIONS.to_le_bytes();
+    let code = [0xb9, n[0], n[1], 0x49, 0x75, 0xfd, 0xf4];
+    let start = Instant::now();
+    crate::vstate::vcpu::run_real_mode_snippet(&code)?;
+    let elapsed = start.elapsed().as_nanos() as f64;
+    Ok(elapsed / (2.0 * f64::from(CALIBRATION_ITERATIONS)))
+}
+
+/// What to do about an emulation failure at an instruction starting with `bytes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovery {
+    /// `int3`: advance RIP past it and inject #BP, as the CPU would have.
+    InjectBreakpoint,
+    /// `fwait`: advance RIP by one byte.
+    Skip(u64),
+    /// Stop the VM with this explanation.
+    Fatal(String),
+}
+
+/// Decides how to handle an emulation failure. `emulated_host` says whether recovery is
+/// allowed at all (it never is on hardware KVM).
+pub fn on_emulation_failure(bytes: &[u8], emulated_host: bool) -> Recovery {
+    if emulated_host {
+        match bytes.first() {
+            Some(0xcc) => return Recovery::InjectBreakpoint,
+            Some(0x9b) => return Recovery::Skip(1),
+            _ => {}
+        }
+    }
+    let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let cure = likely_cure(bytes).unwrap_or(
+        "not a known case; report it with the bytes above and the guest kernel version",
+    );
+    Recovery::Fatal(format!(
+        "instruction bytes [{}]; likely cure: {cure}",
+        hex.join(" ")
+    ))
+}
+
+fn likely_cure(b: &[u8]) -> Option<&'static str> {
+    // Skip legacy and REX prefixes to find the opcode.
+    let mut i = 0;
+    while i < b.len() && matches!(b[i], 0x66 | 0xf0 | 0xf2 | 0xf3 | 0x40..=0x4f) {
+        i += 1;
+    }
+    let op = &b[i.min(b.len())..];
+    match op {
+        [0x0f, 0x01, 0xca | 0xcb, ..] => Some("clac/stac: boot the guest with clearcpuid=smap"),
+        [0x0f, 0xae, modrm, ..] if (modrm >> 3) & 7 >= 4 && (modrm >> 3) & 7 <= 6 => {
+            Some("xsave family: boot the guest with noxsave")
+        }
+        [0x0f, 0xb8, ..] => Some("popcnt: boot the guest with clearcpuid=popcnt"),
+        [0x0f, 0xc7, modrm, ..] if (modrm >> 3) & 7 == 1 => {
+            Some("cmpxchg16b: boot the guest with clearcpuid=cx16")
+        }
+        [0xcc, ..] => Some("int3 on a hardware host: set quirks = on if this host emulates"),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn int3_and_fwait_recover_only_on_emulated_hosts() {
+        assert_eq!(on_emulation_failure(&[0xcc, 0x90], true), Recovery::InjectBreakpoint);
+        assert_eq!(on_emulation_failure(&[0x9b], true), Recovery::Skip(1));
+        assert!(matches!(on_emulation_failure(&[0xcc], false), Recovery::Fatal(_)));
+        assert!(matches!(on_emulation_failure(&[0x9b], false), Recovery::Fatal(_)));
+    }
+
+    #[test]
+    fn diagnostic_names_bytes_and_cure() {
+        let Recovery::Fatal(msg) = on_emulation_failure(&[0x0f, 0x01, 0xcb], true) else {
+            panic!("stac must not be recovered");
+        };
+        assert!(msg.contains("0f 01 cb"), "{msg}");
+        assert!(msg.contains("clearcpuid=smap"), "{msg}");
+        let Recovery::Fatal(msg) = on_emulation_failure(&[0x48, 0x0f, 0xae, 0x27], true) else {
+            panic!()
+        };
+        assert!(msg.contains("noxsave"), "{msg}");
+        let Recovery::Fatal(msg) = on_emulation_failure(&[0xf3, 0x48, 0x0f, 0xb8, 0xc7], true)
+        else {
+            panic!()
+        };
+        assert!(msg.contains("popcnt"), "{msg}");
+        let Recovery::Fatal(msg) =
+            on_emulation_failure(&[0xf0, 0x48, 0x0f, 0xc7, 0x0e], true)
+        else {
+            panic!()
+        };
+        assert!(msg.contains("cx16"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_instruction_is_fatal_with_a_report_hint() {
+        let Recovery::Fatal(msg) = on_emulation_failure(&[0x0f, 0x0b], true) else {
+            panic!()
+        };
+        assert!(msg.contains("0f 0b") && msg.contains("report"), "{msg}");
+        assert!(matches!(on_emulation_failure(&[], true), Recovery::Fatal(_)));
+    }
+
+    #[test]
+    fn detects_kvm_pvm_by_module() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("kvm_pvm")).unwrap();
+        assert!(detect_host(d.path()).is_emulated());
+    }
+
+    #[test]
+    fn explicit_modes_override_detection() {
+        assert_eq!(resolve(QuirksMode::Off), HostMode::Hardware);
+        assert!(resolve(QuirksMode::On).is_emulated());
+    }
+}
