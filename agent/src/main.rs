@@ -1,1 +1,59 @@
-fn main() {}
+//! hull-agent: PID 1 of the hull guest.
+//!
+//! At this stage the agent does PID 1's duties: it mounts the pseudo-filesystems the guest
+//! needs, makes /dev/console its stdio, reports its boot stages to the VMM's boot-timer
+//! port, reaps every orphan that is re-parented to it, and powers the VM off on request
+//! (SIGTERM, SIGINT, SIGPWR, or `hull.ready=poweroff` on the kernel command line). The RPC
+//! service that creates containers comes with the agent issue.
+//!
+//! Threads: one. Signals are blocked and taken synchronously with `sigwaitinfo`, so there
+//! is no handler that could interrupt the reaper.
+//!
+//! Trust: the agent trusts the kernel command line (set by the VMM) and nothing else yet.
+//! It must never panic: a panic in PID 1 is a guest kernel panic.
+
+mod init;
+mod power;
+mod stage;
+
+use std::process::ExitCode;
+
+use hull_protocol::boot::{Stage, READY_MARKER};
+
+use crate::init::AfterReady;
+
+fn main() -> ExitCode {
+    if std::process::id() != 1 {
+        eprintln!("hull-agent: must run as PID 1 of a hull guest (this is PID {})", std::process::id());
+        return ExitCode::from(2);
+    }
+    if let Err(e) = init::mount_pseudo_filesystems() {
+        init::console_line(&format!("hull-agent: {e}"));
+        power::halt_on_fatal();
+    }
+    init::attach_console();
+    let timer = stage::BootTimer::open();
+    timer.report(Stage::Pid1Started);
+
+    let options = init::BootOptions::from_cmdline(&init::read_cmdline());
+    let signals = match init::block_signals() {
+        Ok(s) => s,
+        Err(e) => {
+            init::console_line(&format!("hull-agent: {e}"));
+            power::halt_on_fatal();
+        }
+    };
+    timer.report(Stage::AgentReady);
+    init::console_line(READY_MARKER);
+
+    if options.after_ready == AfterReady::Poweroff {
+        power::poweroff(&timer);
+    }
+    loop {
+        match init::wait_signal(&signals) {
+            init::Event::Child => init::reap_all(),
+            init::Event::Shutdown => power::poweroff(&timer),
+            init::Event::Other => {}
+        }
+    }
+}

@@ -128,6 +128,7 @@ pub fn build_microvm(config: &VmConfig, start: Instant) -> Result<Vmm, BuildErro
         log::info!("host KVM emulates guest kernel mode ({why}); applying quirks");
     }
     signals::install_kick_handler()?;
+    signals::install_dump_handler()?;
     let term_evt = signals::install_termination_handlers()?;
 
     let kvm = open_kvm()?;
@@ -192,6 +193,7 @@ pub fn build_microvm(config: &VmConfig, start: Instant) -> Result<Vmm, BuildErro
         .into_iter()
         .map(Vcpu::spawn)
         .collect::<Result<Vec<_>, _>>()?;
+    signals::block_dump_signal_here();
     log::info!(
         "started {} vCPU(s), {} MiB, {} virtio device(s), {:.1} ms after VMM start",
         config.vcpus,

@@ -14,6 +14,7 @@ const KICK_OFFSET: i32 = 0;
 static TERM_FD: AtomicI32 = AtomicI32::new(-1);
 static TERM_SIGNAL: AtomicI32 = AtomicI32::new(0);
 static TERM_EVENT: OnceLock<EventFd> = OnceLock::new();
+static DUMP_REQUESTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SignalError {
@@ -41,6 +42,33 @@ extern "C" fn on_terminate(sig: libc::c_int, _: *mut libc::siginfo_t, _: *mut li
         // buffer. The result is ignored: there is nothing useful a handler can do.
         unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
     }
+}
+
+extern "C" fn on_dump(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    DUMP_REQUESTED.store(true, Ordering::SeqCst);
+}
+
+/// SIGUSR1 asks a vCPU to log its registers (where is the guest stuck?). The main thread
+/// blocks it, so it lands on a vCPU thread and interrupts KVM_RUN there.
+pub fn install_dump_handler() -> Result<(), SignalError> {
+    register_signal_handler(libc::SIGUSR1, on_dump).map_err(|e| SignalError::Install(libc::SIGUSR1, e))
+}
+
+/// Blocks SIGUSR1 in the calling thread (call from the main thread after spawning vCPUs).
+pub fn block_dump_signal_here() {
+    // SAFETY: sigset_t is plain data initialised by sigemptyset before use; the pointers
+    // passed are valid for the calls.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGUSR1);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Whether a register dump was requested since the last call.
+pub fn take_dump_request() -> bool {
+    DUMP_REQUESTED.swap(false, Ordering::SeqCst)
 }
 
 /// Installs the vCPU kick handler (idempotent).

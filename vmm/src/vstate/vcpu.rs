@@ -191,7 +191,20 @@ impl Vcpu {
         }
     }
 
+    fn log_state(&self) {
+        match (self.fd.get_regs(), self.fd.get_sregs()) {
+            (Ok(r), Ok(s)) => log::info!(
+                "vCPU {}: rip {:#x} rsp {:#x} rflags {:#x} cs {:#x} cr3 {:#x} rax {:#x} rdi {:#x}",
+                self.index, r.rip, r.rsp, r.rflags, s.cs.selector, s.cr3, r.rax, r.rdi
+            ),
+            (Err(e), _) | (_, Err(e)) => log::warn!("vCPU {}: cannot read registers: {e}", self.index),
+        }
+    }
+
     fn run_once(&mut self) -> Next {
+        if crate::signals::take_dump_request() {
+            self.log_state();
+        }
         let index = self.index;
         let ctx = &self.ctx;
         match self.fd.run() {

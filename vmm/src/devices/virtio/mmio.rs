@@ -208,6 +208,7 @@ impl MmioTransport {
 
     /// Serves queue `index` and raises the interrupt if the guest wants one.
     pub fn notify_queue(&mut self, index: usize) {
+        log::debug!("virtio-mmio: type {} queue {index} notified", self.device.device_type());
         if !self.activated {
             return;
         }
@@ -219,6 +220,7 @@ impl MmioTransport {
         }
         if self.device.process_queue(index, queue, &self.mem) {
             let wants = queue.needs_notification(&self.mem).unwrap_or(true);
+            log::debug!("virtio-mmio: queue {index} used buffers, interrupt wanted: {wants}");
             if wants {
                 self.interrupt.trigger(super::INT_VRING);
             }
@@ -238,7 +240,10 @@ impl MmioTransport {
             },
             reg::QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| q.max_size().into()),
             reg::QUEUE_READY => self.selected_queue().map_or(0, |q| q.ready().into()),
-            reg::INTERRUPT_STATUS => self.interrupt.status(),
+            reg::INTERRUPT_STATUS => {
+                log::debug!("virtio-mmio: interrupt status read: {}", self.interrupt.status());
+                self.interrupt.status()
+            }
             reg::STATUS => self.status,
             reg::CONFIG_GENERATION => self.config_generation,
             _ => {

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The README's second command: build what the tests need, then run every test tier
+# (unit, tiny-guest KVM, end-to-end boot). Tests that need /dev/kvm or root say
+# "skipped: <reason>" where those are missing.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+"$repo/scripts/build.sh" >/dev/null
+cd "$repo"
+cargo nextest run --workspace --no-fail-fast "$@"
