@@ -159,6 +159,13 @@ impl Vcpu {
         Ok(())
     }
 
+    /// Shrinks the IDT (or real-mode IVT) limit, so that exceptions escalate.
+    pub fn set_idt_limit(&self, limit: u16) -> Result<(), VcpuError> {
+        let mut sregs = self.ioctl("get special registers", self.fd.get_sregs())?;
+        sregs.idt.limit = limit;
+        self.ioctl("set special registers", self.fd.set_sregs(&sregs))
+    }
+
     pub fn index(&self) -> u8 {
         self.index
     }

@@ -164,7 +164,7 @@ mod tests {
 
     #[test]
     fn gdt_entry_packs_base_and_limit() {
-        let e = gdt_entry(0x808b, 0x1234_5678, 0xabcde);
+        let e = gdt_entry(0x008b, 0x1234_5678, 0xabcde); // G = 0: byte granularity
         let s = segment_from_gdt(e, 3);
         assert_eq!(s.base, 0x1234_5678);
         assert_eq!(s.limit, 0xabcde);

@@ -404,19 +404,33 @@ pub(crate) mod tests {
 
     /// Walks the driver through negotiation and queue setup, accepting `features`.
     pub fn bring_up(t: &mut MmioTransport, features: u64) {
+        negotiate(t, features);
+        setup_queues(t, &[(0x1000, 0x1400, 0x1800), (0x2000, 0x2400, 0x2800)]);
+    }
+
+    /// Negotiates VERSION_1 and EVENT_IDX, sets up queues at (desc, avail, used) with
+    /// 16 entries each, and sets DRIVER_OK.
+    pub fn bring_up_queues(t: &mut MmioTransport, queues: &[(u64, u64, u64)]) {
+        negotiate(t, VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX);
+        setup_queues(t, queues);
+    }
+
+    fn negotiate(t: &mut MmioTransport, features: u64) {
         w(t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
         w(t, reg::DRIVER_FEATURES_SEL, 0);
         w(t, reg::DRIVER_FEATURES, features as u32);
         w(t, reg::DRIVER_FEATURES_SEL, 1);
         w(t, reg::DRIVER_FEATURES, (features >> 32) as u32);
         w(t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK);
-        for q in 0..2u32 {
-            w(t, reg::QUEUE_SEL, q);
+    }
+
+    fn setup_queues(t: &mut MmioTransport, queues: &[(u64, u64, u64)]) {
+        for (q, &(desc, avail, used)) in queues.iter().enumerate() {
+            w(t, reg::QUEUE_SEL, q as u32);
             w(t, reg::QUEUE_NUM, 16);
-            let base = 0x1000 * (q + 1);
-            w(t, reg::QUEUE_DESC_LOW, base);
-            w(t, reg::QUEUE_DRIVER_LOW, base + 0x400);
-            w(t, reg::QUEUE_DEVICE_LOW, base + 0x800);
+            w(t, reg::QUEUE_DESC_LOW, desc as u32);
+            w(t, reg::QUEUE_DRIVER_LOW, avail as u32);
+            w(t, reg::QUEUE_DEVICE_LOW, used as u32);
             w(t, reg::QUEUE_READY, 1);
         }
         let s = r(t, reg::STATUS);
