@@ -1,1 +1,83 @@
-//! placeholder
+//! Helpers shared by hull's cross-process benchmarks: process memory accounting and
+//! order statistics.
+
+use std::collections::HashMap;
+
+/// Memory of a process split into guest RAM (shared memfd pages) and everything else.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ProcessMemory {
+    /// RSS without shared-memory pages (the guest RAM memfd), KiB.
+    pub rss_excl_guest_kib: u64,
+    /// PSS without shared-memory pages, KiB.
+    pub pss_excl_guest_kib: u64,
+    /// Guest RAM resident in the process, KiB.
+    pub guest_kib: u64,
+}
+
+/// Parses `Key:   123 kB` lines into a map of KiB values.
+pub fn parse_kib_fields(text: &str) -> HashMap<String, u64> {
+    text.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            let n = v.split_whitespace().next()?.parse().ok()?;
+            Some((k.trim().to_string(), n))
+        })
+        .collect()
+}
+
+/// Reads /proc/PID/status and /proc/PID/smaps_rollup.
+pub fn process_memory(pid: u32) -> std::io::Result<ProcessMemory> {
+    let status = parse_kib_fields(&std::fs::read_to_string(format!("/proc/{pid}/status"))?);
+    let rollup = parse_kib_fields(&std::fs::read_to_string(format!(
+        "/proc/{pid}/smaps_rollup"
+    ))?);
+    let get = |m: &HashMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0);
+    Ok(ProcessMemory {
+        rss_excl_guest_kib: get(&status, "RssAnon") + get(&status, "RssFile"),
+        pss_excl_guest_kib: get(&rollup, "Pss_Anon") + get(&rollup, "Pss_File"),
+        guest_kib: get(&status, "RssShmem"),
+    })
+}
+
+/// Median, minimum and maximum of `v` (None when empty).
+pub fn summary(v: &[f64]) -> Option<(f64, f64, f64)> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let n = s.len();
+    let median = if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    };
+    Some((median, s[0], s[n - 1]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_samples() {
+        assert_eq!(summary(&[3.0, 1.0, 2.0]), Some((2.0, 1.0, 3.0)));
+        assert_eq!(summary(&[4.0, 1.0, 2.0, 3.0]), Some((2.5, 1.0, 4.0)));
+        assert_eq!(summary(&[]), None);
+    }
+
+    #[test]
+    fn parses_proc_kib_fields() {
+        let m = parse_kib_fields("Name:\thull-vmm\nRssAnon:\t    1234 kB\nRssShmem:\t 5 kB\n");
+        assert_eq!(m.get("RssAnon"), Some(&1234));
+        assert_eq!(m.get("RssShmem"), Some(&5));
+        assert!(!m.contains_key("Name"));
+    }
+
+    #[test]
+    fn reads_this_process_memory() {
+        let m = process_memory(std::process::id()).unwrap();
+        assert!(m.rss_excl_guest_kib > 0);
+        assert!(m.pss_excl_guest_kib > 0);
+    }
+}

@@ -1,0 +1,160 @@
+//! End-to-end: the real `hull-vmm` binary boots the cached guest kernel and root image to
+//! hull-agent's readiness marker. Each boot is bounded by a timeout; on hosts whose KVM
+//! emulates guest kernel code a boot takes about a minute.
+//!
+//! Needs the artifacts `scripts/build.sh` produces (HULL_KERNEL / HULL_ROOTFS override the
+//! default cache paths) and /dev/kvm; only the latter's absence skips.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hull_protocol::boot::READY_MARKER;
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(480);
+
+fn kvm_available() -> bool {
+    let ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    if !ok {
+        eprintln!("skipped: /dev/kvm is not available to this user");
+    }
+    ok
+}
+
+fn artifact(var: &str, default: &str) -> PathBuf {
+    let path = std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(default));
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/build.sh (or set {var})",
+        path.display()
+    );
+    path
+}
+
+fn vmm(extra: &str) -> Command {
+    let kernel = artifact("HULL_KERNEL", hull_vmm::config::DEFAULT_KERNEL);
+    let rootfs = artifact("HULL_ROOTFS", hull_vmm::config::DEFAULT_ROOT_IMAGE);
+    let mut c = Command::new(env!("CARGO_BIN_EXE_hull-vmm"));
+    c.arg("--kernel")
+        .arg(kernel)
+        .arg("--root")
+        .arg(rootfs)
+        .arg("--cmdline-extra")
+        .arg(extra)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+struct Finished {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Waits for `child` with a deadline, killing it if the deadline passes.
+fn finish(mut child: Child, timeout: Duration) -> Finished {
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let f = Finished {
+        code: status.and_then(|s| s.code()),
+        stdout: out_reader.join().unwrap(),
+        stderr: err_reader.join().unwrap(),
+    };
+    assert!(
+        status.is_some(),
+        "hull-vmm did not finish within {timeout:?}\nconsole:\n{}\nlog:\n{}",
+        f.stdout,
+        f.stderr
+    );
+    f
+}
+
+#[test]
+fn boots_to_agent_ready_and_powers_off_cleanly() {
+    if !kvm_available() {
+        return;
+    }
+    let child = vmm("hull.ready=poweroff").spawn().unwrap();
+    let f = finish(child, BOOT_TIMEOUT);
+    let context = format!("console:\n{}\nlog:\n{}", f.stdout, f.stderr);
+    assert_eq!(f.code, Some(0), "{context}");
+    assert!(f.stdout.contains(READY_MARKER), "{context}");
+    assert!(f.stdout.contains("hull-agent: powering off"), "{context}");
+    assert!(f.stderr.contains("guest stage agent-ready"), "{context}");
+    assert!(f.stderr.contains("guest powered off"), "{context}");
+}
+
+#[test]
+fn guest_kernel_panic_exits_nonzero_with_the_reason() {
+    if !kvm_available() {
+        return;
+    }
+    // The last init= wins: the kernel cannot run it and panics.
+    let child = vmm("init=/no/such/init").spawn().unwrap();
+    let f = finish(child, BOOT_TIMEOUT);
+    let context = format!("console:\n{}\nlog:\n{}", f.stdout, f.stderr);
+    assert_eq!(f.code, Some(3), "{context}");
+    assert!(f.stderr.contains("guest kernel panicked"), "{context}");
+    assert!(!f.stdout.contains(READY_MARKER), "{context}");
+}
+
+#[test]
+fn sigterm_stops_a_running_vm_in_order() {
+    if !kvm_available() {
+        return;
+    }
+    let child = vmm("hull.ready=wait").spawn().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    // SAFETY: kill(2) on the PID of a child we own and have not reaped.
+    let rc = unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    let started = Instant::now();
+    let f = finish(child, Duration::from_secs(30));
+    assert_eq!(f.code, Some(0), "log:\n{}", f.stderr);
+    assert!(f.stderr.contains("stopped by signal 15"), "log:\n{}", f.stderr);
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+#[test]
+fn invalid_configuration_exits_2_without_starting_a_vm() {
+    let out = Command::new(env!("CARGO_BIN_EXE_hull-vmm"))
+        .args(["--kernel", "/nonexistent/vmlinux", "--vcpus", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("kernel") && err.contains("does not exist"), "{err}");
+    assert!(!err.contains("started"), "{err}");
+}
