@@ -20,7 +20,7 @@ pub enum InitError {
 }
 
 /// (source, target, fstype, flags, data). /dev first: it holds the console.
-const MOUNTS: &[(&str, &'static str, &'static str, libc::c_ulong, &str)] = &[
+const MOUNTS: &[(&str, &str, &str, libc::c_ulong, &str)] = &[
     ("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID, "mode=0755"),
     ("proc", "/proc", "proc", libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, ""),
     ("sysfs", "/sys", "sysfs", libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, ""),

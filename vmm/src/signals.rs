@@ -56,14 +56,14 @@ pub fn install_dump_handler() -> Result<(), SignalError> {
 
 /// Blocks SIGUSR1 in the calling thread (call from the main thread after spawning vCPUs).
 pub fn block_dump_signal_here() {
-    // SAFETY: sigset_t is plain data initialised by sigemptyset before use; the pointers
-    // passed are valid for the calls.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGUSR1);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-    }
+    // SAFETY: sigset_t is plain data; it is initialised by sigemptyset below before use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid, exclusively borrowed sigset_t.
+    unsafe { libc::sigemptyset(&mut set) };
+    // SAFETY: as above; SIGUSR1 is a valid signal number.
+    unsafe { libc::sigaddset(&mut set, libc::SIGUSR1) };
+    // SAFETY: `set` is initialised and a null old-set pointer is allowed.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
 }
 
 /// Whether a register dump was requested since the last call.
