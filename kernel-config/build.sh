@@ -22,7 +22,8 @@ inputs_hash() {
         echo "$version"
         cat "$here/hull-guest.config"
         cat "$here/build.sh"
-        for p in "$here"/patches/*.patch; do [ -e "$p" ] && { echo "$p"; cat "$p"; }; done
+        # Patch names, not paths: the cache must not depend on where the checkout lives.
+        for p in "$here"/patches/*.patch; do [ -e "$p" ] && { basename "$p"; cat "$p"; }; done
     } | sha256sum | cut -c1-16
 }
 
@@ -85,7 +86,7 @@ n=0
 make -C "$src" -j"$jobs" vmlinux 2>&1 | while IFS= read -r l; do
     n=$((n + 1))
     case "$l" in
-        *error*|*Error*) echo "$l" >&2 ;;
+        *"error:"*|*"Error "*) echo "$l" >&2 ;;
     esac
     if [ $((n % 250)) -eq 0 ]; then echo "guest kernel: ... $n build steps" >&2; fi
 done
