@@ -71,6 +71,13 @@ pub fn console_line(line: &str) {
     let _ = std::io::stdout().lock().write_all(buf.as_bytes());
 }
 
+/// The kernel's list of online CPUs ("0", "0-1", ...), for the ready line.
+pub fn online_cpus() -> String {
+    std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
 pub fn read_cmdline() -> String {
     std::fs::read_to_string("/proc/cmdline").unwrap_or_default()
 }

@@ -44,7 +44,7 @@ fn main() -> ExitCode {
         }
     };
     timer.report(Stage::AgentReady);
-    init::console_line(READY_MARKER);
+    init::console_line(&format!("{READY_MARKER} cpus={}", init::online_cpus()));
 
     if options.after_ready == AfterReady::Poweroff {
         power::poweroff(&timer);

@@ -101,6 +101,11 @@ fn finish(mut child: Child, timeout: Duration) -> Finished {
     f
 }
 
+/// Whether the console printed exactly `line` (the guest tty ends lines with CR LF).
+fn has_line(console: &str, line: &str) -> bool {
+    console.lines().any(|l| l.trim_end() == line)
+}
+
 #[test]
 fn boots_to_agent_ready_and_powers_off_cleanly() {
     if !kvm_available() {
@@ -110,10 +115,28 @@ fn boots_to_agent_ready_and_powers_off_cleanly() {
     let f = finish(child, BOOT_TIMEOUT);
     let context = format!("console:\n{}\nlog:\n{}", f.stdout, f.stderr);
     assert_eq!(f.code, Some(0), "{context}");
-    assert!(f.stdout.contains(READY_MARKER), "{context}");
+    assert!(has_line(&f.stdout, &format!("{READY_MARKER} cpus=0")), "{context}");
     assert!(f.stdout.contains("hull-agent: powering off"), "{context}");
     assert!(f.stderr.contains("guest stage agent-ready"), "{context}");
     assert!(f.stderr.contains("guest powered off"), "{context}");
+}
+
+#[test]
+fn boots_an_smp_guest_with_every_vcpu_online() {
+    if !kvm_available() {
+        return;
+    }
+    let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if host_cpus < 2 {
+        eprintln!("skipped: the host has one CPU, an SMP guest needs two");
+        return;
+    }
+    let mut cmd = vmm("hull.ready=poweroff");
+    cmd.args(["--vcpus", "2"]);
+    let f = finish(cmd.spawn().unwrap(), BOOT_TIMEOUT);
+    let context = format!("console:\n{}\nlog:\n{}", f.stdout, f.stderr);
+    assert_eq!(f.code, Some(0), "{context}");
+    assert!(has_line(&f.stdout, &format!("{READY_MARKER} cpus=0-1")), "{context}");
 }
 
 #[test]
