@@ -94,9 +94,14 @@ fn boot_once(mut cmd: Command, timeout: Duration) -> Result<Sample> {
                 last_err = line;
             }
             Ok(_) => {}
-            Err(_) => {
+            Err(mpsc::RecvTimeoutError::Timeout) => {
                 break Err(anyhow::anyhow!(
                     "no ready marker within {timeout:?} (last log line: {last_err})"
+                ))
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                break Err(anyhow::anyhow!(
+                    "exited before the ready marker (last log line: {last_err})"
                 ))
             }
         }
