@@ -10,5 +10,5 @@ targets=("$@")
 [ "${#targets[@]}" -gt 0 ] || mapfile -t targets < <(cargo +nightly fuzz list)
 for t in "${targets[@]}"; do
     echo "fuzz: $t for ${secs}s" >&2
-    cargo +nightly fuzz run "$t" -- -max_total_time="$secs" -print_final_stats=1
+    cargo +nightly fuzz run "$t" -- -max_total_time="$secs" -max_len=8192 -print_final_stats=1
 done

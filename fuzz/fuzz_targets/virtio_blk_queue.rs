@@ -12,9 +12,12 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 const MEM_SIZE: usize = 0x1_0000;
-const DESC: u64 = 0x0;
-const AVAIL: u64 = 0x1000;
-const USED: u64 = 0x2000;
+// The fuzz bytes are laid from guest address 0, so the structures the device reads first
+// come first: the avail ring (at most 4 + 2 * 256 + 2 bytes), then the descriptor table.
+// Descriptors may point anywhere in the 64 KiB, including into both.
+const AVAIL: u64 = 0x0;
+const DESC: u64 = 0x210;
+const USED: u64 = 0x8000;
 
 fn disk() -> &'static std::path::Path {
     static DISK: OnceLock<std::path::PathBuf> = OnceLock::new();
@@ -37,7 +40,7 @@ fuzz_target!(|data: &[u8]| {
     let n = image.len().min(MEM_SIZE);
     mem.write_slice(&image[..n], GuestAddress(0)).unwrap();
     // The used ring starts clean so the check below is meaningful.
-    mem.write_slice(&[0u8; 4], GuestAddress(USED)).unwrap();
+    mem.write_slice(&[0u8; 8], GuestAddress(USED)).unwrap();
 
     let mut q = Queue::new(256).unwrap();
     q.set_size(size);

@@ -3,7 +3,7 @@
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use super::request::{serve_chain, Disk, ID_BYTES, SECTOR_SHIFT};
@@ -116,16 +116,35 @@ impl VirtioDevice for Block {
                 log::warn!("virtio-blk: {e}");
                 return used;
             }
-            while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let mut progressed = false;
+            loop {
+                // `iter` refuses an avail index more than a ring's length ahead; a guest
+                // that writes one gets no more service from this queue until it resets.
+                let chain = match queue.iter(mem) {
+                    Ok(mut available) => available.next(),
+                    Err(e) => {
+                        log::warn!("virtio-blk: stopped serving the queue: {e}");
+                        return used;
+                    }
+                };
+                let Some(chain) = chain else { break };
                 let head = chain.head_index();
                 let len = serve_chain(&mut self.disk, chain, mem);
                 if let Err(e) = queue.add_used(mem, head, len) {
                     log::warn!("virtio-blk: cannot return descriptor {head}: {e}");
                 }
                 used = true;
+                progressed = true;
             }
             match queue.enable_notification(mem) {
-                Ok(true) => continue,
+                // More arrived while notifications were off: go round again.
+                Ok(true) if progressed => continue,
+                // "More available" yet nothing could be taken: the ring is inconsistent.
+                // Looping would spin the thread forever on a guest's say-so.
+                Ok(true) => {
+                    log::warn!("virtio-blk: avail ring claims buffers that cannot be taken");
+                    return used;
+                }
                 Ok(false) => return used,
                 Err(e) => {
                     log::warn!("virtio-blk: {e}");
@@ -265,6 +284,15 @@ mod tests {
         assert_eq!(d.submit(VIRTIO_BLK_T_IN, u64::MAX, Some((512, true))).0, VIRTIO_BLK_S_IOERR);
         assert_eq!(d.submit(VIRTIO_BLK_T_IN, 0, Some((100, true))).0, VIRTIO_BLK_S_IOERR);
         assert_eq!(d.submit(VIRTIO_BLK_T_IN, 7, Some((512, true))).0, VIRTIO_BLK_S_OK);
+    }
+
+    #[test]
+    fn avail_index_far_ahead_of_the_ring_does_not_hang_the_device() {
+        let mut d = Driver::new(false);
+        d.mem.write_obj(1000u16, GuestAddress(AVAIL + 2)).unwrap();
+        d.transport.write(reg::QUEUE_NOTIFY, &0u32.to_le_bytes());
+        let used_idx: u16 = d.mem.read_obj(GuestAddress(USED + 2)).unwrap();
+        assert_eq!(used_idx, 0, "nothing was served from a corrupt ring");
     }
 
     #[test]
