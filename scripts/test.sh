@@ -6,4 +6,7 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$repo/scripts/build.sh" >/dev/null
 cd "$repo"
+echo "test: rustfmt and clippy" >&2
+cargo fmt --all --check
+cargo clippy --quiet --workspace --all-targets -- -D warnings
 cargo nextest run --workspace --no-fail-fast "$@"

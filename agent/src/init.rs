@@ -22,10 +22,34 @@ pub enum InitError {
 /// (source, target, fstype, flags, data). /dev first: it holds the console.
 const MOUNTS: &[(&str, &str, &str, libc::c_ulong, &str)] = &[
     ("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID, "mode=0755"),
-    ("proc", "/proc", "proc", libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, ""),
-    ("sysfs", "/sys", "sysfs", libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, ""),
-    ("tmpfs", "/run", "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, "mode=0755"),
-    ("tmpfs", "/tmp", "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, "mode=1777"),
+    (
+        "proc",
+        "/proc",
+        "proc",
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        "",
+    ),
+    (
+        "sysfs",
+        "/sys",
+        "sysfs",
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        "",
+    ),
+    (
+        "tmpfs",
+        "/run",
+        "tmpfs",
+        libc::MS_NOSUID | libc::MS_NODEV,
+        "mode=0755",
+    ),
+    (
+        "tmpfs",
+        "/tmp",
+        "tmpfs",
+        libc::MS_NOSUID | libc::MS_NODEV,
+        "mode=1777",
+    ),
 ];
 
 pub fn mount_pseudo_filesystems() -> Result<(), InitError> {
@@ -34,7 +58,13 @@ pub fn mount_pseudo_filesystems() -> Result<(), InitError> {
         let (src, tgt, fst, dat) = (c(source), c(target), c(fstype), c(data));
         // SAFETY: all pointers are valid NUL-terminated strings that outlive the call.
         let rc = unsafe {
-            libc::mount(src.as_ptr(), tgt.as_ptr(), fst.as_ptr(), flags, dat.as_ptr().cast())
+            libc::mount(
+                src.as_ptr(),
+                tgt.as_ptr(),
+                fst.as_ptr(),
+                flags,
+                dat.as_ptr().cast(),
+            )
         };
         if rc != 0 {
             let source = std::io::Error::last_os_error();
@@ -54,7 +84,11 @@ pub fn mount_pseudo_filesystems() -> Result<(), InitError> {
 /// Makes /dev/console stdin, stdout and stderr (the kernel may have found no console on a
 /// read-only root before devtmpfs was mounted).
 pub fn attach_console() {
-    let Ok(console) = OpenOptions::new().read(true).write(true).open("/dev/console") else {
+    let Ok(console) = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/console")
+    else {
         return;
     };
     for fd in 0..3 {
@@ -191,7 +225,10 @@ mod tests {
 
     #[test]
     fn defaults_to_waiting() {
-        assert_eq!(BootOptions::from_cmdline("console=ttyS0 quiet").after_ready, AfterReady::Wait);
+        assert_eq!(
+            BootOptions::from_cmdline("console=ttyS0 quiet").after_ready,
+            AfterReady::Wait
+        );
     }
 
     #[test]

@@ -24,7 +24,10 @@ use crate::init::AfterReady;
 
 fn main() -> ExitCode {
     if std::process::id() != 1 {
-        eprintln!("hull-agent: must run as PID 1 of a hull guest (this is PID {})", std::process::id());
+        eprintln!(
+            "hull-agent: must run as PID 1 of a hull guest (this is PID {})",
+            std::process::id()
+        );
         return ExitCode::from(2);
     }
     if let Err(e) = init::mount_pseudo_filesystems() {

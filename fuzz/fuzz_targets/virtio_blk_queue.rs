@@ -48,23 +48,34 @@ fn lay_out(mem: &GuestMemoryMmap, data: &[u8]) -> Option<(u16, bool, bool)> {
     }
     let (&ndesc, mut rest) = rest.split_first()?;
     for i in 0..u64::from(ndesc).min(u64::from(size)) {
-        let Some((d, tail)) = rest.split_first_chunk::<8>() else { break };
+        let Some((d, tail)) = rest.split_first_chunk::<8>() else {
+            break;
+        };
         rest = tail;
         let addr = u64::from(u16::from_le_bytes([d[0], d[1]])) * 4;
         let raw_len = u16::from_le_bytes([d[2], d[3]]);
-        let len = if raw_len & 0x8000 != 0 { u32::MAX - u32::from(raw_len & 0x7fff) } else { u32::from(raw_len) };
+        let len = if raw_len & 0x8000 != 0 {
+            u32::MAX - u32::from(raw_len & 0x7fff)
+        } else {
+            u32::from(raw_len)
+        };
         let base = GuestAddress(DESC + i * 16);
         mem.write_obj(addr, base).ok()?;
         mem.write_obj(len, GuestAddress(base.0 + 8)).ok()?;
-        mem.write_obj(u16::from(d[4] & 7), GuestAddress(base.0 + 12)).ok()?;
-        mem.write_obj(u16::from(d[5]), GuestAddress(base.0 + 14)).ok()?;
+        mem.write_obj(u16::from(d[4] & 7), GuestAddress(base.0 + 12))
+            .ok()?;
+        mem.write_obj(u16::from(d[5]), GuestAddress(base.0 + 14))
+            .ok()?;
     }
     let (&navail, mut rest) = rest.split_first().unwrap_or((&0, &[]));
     let navail = u16::from(navail);
     for i in 0..navail.min(size) {
-        let Some((&head, tail)) = rest.split_first() else { break };
+        let Some((&head, tail)) = rest.split_first() else {
+            break;
+        };
         rest = tail;
-        mem.write_obj(u16::from(head), GuestAddress(AVAIL + 4 + 2 * u64::from(i))).ok()?;
+        mem.write_obj(u16::from(head), GuestAddress(AVAIL + 4 + 2 * u64::from(i)))
+            .ok()?;
     }
     mem.write_obj(navail, GuestAddress(AVAIL + 2)).ok()?;
     let n = rest.len().min(MEM_SIZE - DATA as usize);

@@ -48,7 +48,11 @@ mod tests {
 
     #[test]
     fn codes_round_trip() {
-        for s in [Stage::Pid1Started, Stage::AgentReady, Stage::PoweroffRequested] {
+        for s in [
+            Stage::Pid1Started,
+            Stage::AgentReady,
+            Stage::PoweroffRequested,
+        ] {
             assert_eq!(Stage::from_code(s as u8), Some(s));
         }
         assert_eq!(Stage::from_code(0), None);

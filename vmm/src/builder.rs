@@ -141,8 +141,7 @@ pub fn build_microvm(config: &VmConfig, start: Instant) -> Result<Vmm, BuildErro
     let initrd = load_initrd(config, mem, kernel_end)?;
 
     let exit = ExitEvent::new().map_err(BuildError::EventFd)?;
-    let mut event_manager =
-        EventManager::<Subscriber>::new().map_err(BuildError::EventManager)?;
+    let mut event_manager = EventManager::<Subscriber>::new().map_err(BuildError::EventManager)?;
 
     let (pio, stages) = legacy_devices(config, &vm, mem, &exit, start)?;
     let (mmio, mmio_devices, root) = virtio_devices(config, &vm, mem, &mut event_manager)?;
@@ -217,7 +216,14 @@ pub fn build_microvm(config: &VmConfig, start: Instant) -> Result<Vmm, BuildErro
 fn load_kernel(
     config: &VmConfig,
     mem: &GuestMemoryMmap,
-) -> Result<(u64, Option<linux_loader::loader::bootparam::setup_header>, u64), BuildError> {
+) -> Result<
+    (
+        u64,
+        Option<linux_loader::loader::bootparam::setup_header>,
+        u64,
+    ),
+    BuildError,
+> {
     let mut file = File::open(&config.kernel).map_err(|source| BuildError::Open {
         what: "kernel",
         path: config.kernel.clone(),
@@ -288,13 +294,13 @@ fn console_writer(config: &VmConfig) -> Result<Box<dyn Write + Send>, BuildError
     Ok(match &config.console {
         ConsoleOutput::Stdout => Box::new(std::io::stdout()),
         ConsoleOutput::None => Box::new(std::io::sink()),
-        ConsoleOutput::File(path) => Box::new(File::create(path).map_err(|source| {
-            BuildError::Open {
+        ConsoleOutput::File(path) => {
+            Box::new(File::create(path).map_err(|source| BuildError::Open {
                 what: "console file",
                 path: path.clone(),
                 source,
-            }
-        })?),
+            })?)
+        }
     })
 }
 
@@ -310,7 +316,11 @@ fn legacy_devices(
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
     vm.register_irqfd(&serial_irq, layout::SERIAL_IRQ)?;
     let serial = SerialDevice::new(serial_irq, console_writer(config)?);
-    pio.insert(Arc::new(Mutex::new(serial)), u64::from(layout::SERIAL_PORT), 8)?;
+    pio.insert(
+        Arc::new(Mutex::new(serial)),
+        u64::from(layout::SERIAL_PORT),
+        8,
+    )?;
     pio.insert(
         Arc::new(Mutex::new(I8042::new(mem.clone(), exit.clone()))),
         u64::from(layout::I8042_PORT),
@@ -352,14 +362,14 @@ fn virtio_devices(
             cmdline::disk_name(i),
             drive.path.display(),
             block.sectors(),
-            if drive.read_only { "read-only" } else { "read-write" }
+            if drive.read_only {
+                "read-only"
+            } else {
+                "read-write"
+            }
         );
         if drive.root {
-            root = Some((
-                cmdline::disk_name(i),
-                drive.fstype.clone(),
-                drive.read_only,
-            ));
+            root = Some((cmdline::disk_name(i), drive.fstype.clone(), drive.read_only));
         }
         let base = layout::VIRTIO_MMIO_START + (i as u64) * layout::VIRTIO_MMIO_SIZE;
         let irq = layout::VIRTIO_IRQ_BASE + i as u32;

@@ -33,7 +33,9 @@ pub const BASE: &[&str] = &[
 
 #[derive(Debug, thiserror::Error)]
 pub enum CmdlineError {
-    #[error("the kernel command line would exceed {CMDLINE_CAPACITY} bytes; shorten cmdline_extra")]
+    #[error(
+        "the kernel command line would exceed {CMDLINE_CAPACITY} bytes; shorten cmdline_extra"
+    )]
     TooLong(#[source] linux_loader::cmdline::Error),
     #[error("cmdline_extra contains an invalid character (only printable ASCII is allowed)")]
     Invalid(#[source] linux_loader::cmdline::Error),
@@ -72,8 +74,13 @@ pub fn build(spec: &CmdlineSpec<'_>) -> Result<Cmdline, CmdlineError> {
         c.insert_str(q).map_err(map_err)?;
     }
     for d in spec.devices {
-        c.add_virtio_mmio_device(VIRTIO_MMIO_SIZE, vm_memory::GuestAddress(d.base), d.irq, None)
-            .map_err(map_err)?;
+        c.add_virtio_mmio_device(
+            VIRTIO_MMIO_SIZE,
+            vm_memory::GuestAddress(d.base),
+            d.irq,
+            None,
+        )
+        .map_err(map_err)?;
     }
     if let Some((dev, fstype, read_only)) = &spec.root {
         c.insert("root", &format!("/dev/{dev}")).map_err(map_err)?;

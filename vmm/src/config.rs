@@ -38,7 +38,9 @@ pub enum ConfigError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("kernel: {path} does not exist; build it with kernel-config/build.sh or pass --kernel")]
+    #[error(
+        "kernel: {path} does not exist; build it with kernel-config/build.sh or pass --kernel"
+    )]
     KernelMissing { path: PathBuf },
     #[error("kernel: cannot read {path}")]
     KernelUnreadable {
@@ -67,7 +69,9 @@ pub enum ConfigError {
     },
     #[error("memory_mib = {mib} is above the supported {max} MiB; lower memory_mib")]
     MemoryTooLarge { mib: u32, max: u32 },
-    #[error("console = {path}: the directory {dir} does not exist; create it or choose another path")]
+    #[error(
+        "console = {path}: the directory {dir} does not exist; create it or choose another path"
+    )]
     ConsoleDir { path: PathBuf, dir: PathBuf },
 }
 
@@ -198,7 +202,9 @@ pub struct VmConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KernelFormat {
     /// Uncompressed ELF `vmlinux`; `end` is the highest physical address it occupies.
-    Elf { end: u64 },
+    Elf {
+        end: u64,
+    },
     BzImage,
 }
 
@@ -392,7 +398,9 @@ impl ElfHeader {
         let phentsize = u16::from_le_bytes([h[54], h[55]]);
         let phnum = u16::from_le_bytes([h[56], h[57]]);
         if phentsize < 56 {
-            return Err(format!("program header size {phentsize} is smaller than 56"));
+            return Err(format!(
+                "program header size {phentsize} is smaller than 56"
+            ));
         }
         Ok(ElfHeader {
             phoff,

@@ -63,7 +63,11 @@ fn merged_config(args: Args) -> Result<ConfigFile, hull_vmm::ConfigError> {
     file.cmdline_extra = args.cmdline_extra.or(file.cmdline_extra);
     file.vcpus = args.vcpus.or(file.vcpus);
     file.memory_mib = args.memory_mib.or(file.memory_mib);
-    file.console = args.console.as_deref().map(ConsoleOutput::parse).or(file.console);
+    file.console = args
+        .console
+        .as_deref()
+        .map(ConsoleOutput::parse)
+        .or(file.console);
     file.quirks = args.quirks.or(file.quirks);
     if let Some(root) = args.root {
         file.drive.retain(|d| !d.root);

@@ -105,9 +105,8 @@ pub fn on_emulation_failure(bytes: &[u8], emulated_host: bool) -> Recovery {
         }
     }
     let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let cure = likely_cure(bytes).unwrap_or(
-        "not a known case; report it with the bytes above and the guest kernel version",
-    );
+    let cure = likely_cure(bytes)
+        .unwrap_or("not a known case; report it with the bytes above and the guest kernel version");
     Recovery::Fatal(format!(
         "instruction bytes [{}]; likely cure: {cure}",
         hex.join(" ")
@@ -141,10 +140,19 @@ mod tests {
 
     #[test]
     fn int3_and_fwait_recover_only_on_emulated_hosts() {
-        assert_eq!(on_emulation_failure(&[0xcc, 0x90], true), Recovery::InjectBreakpoint);
+        assert_eq!(
+            on_emulation_failure(&[0xcc, 0x90], true),
+            Recovery::InjectBreakpoint
+        );
         assert_eq!(on_emulation_failure(&[0x9b], true), Recovery::Skip(1));
-        assert!(matches!(on_emulation_failure(&[0xcc], false), Recovery::Fatal(_)));
-        assert!(matches!(on_emulation_failure(&[0x9b], false), Recovery::Fatal(_)));
+        assert!(matches!(
+            on_emulation_failure(&[0xcc], false),
+            Recovery::Fatal(_)
+        ));
+        assert!(matches!(
+            on_emulation_failure(&[0x9b], false),
+            Recovery::Fatal(_)
+        ));
     }
 
     #[test]
@@ -163,8 +171,7 @@ mod tests {
             panic!()
         };
         assert!(msg.contains("popcnt"), "{msg}");
-        let Recovery::Fatal(msg) =
-            on_emulation_failure(&[0xf0, 0x48, 0x0f, 0xc7, 0x0e], true)
+        let Recovery::Fatal(msg) = on_emulation_failure(&[0xf0, 0x48, 0x0f, 0xc7, 0x0e], true)
         else {
             panic!()
         };
@@ -177,7 +184,10 @@ mod tests {
             panic!()
         };
         assert!(msg.contains("0f 0b") && msg.contains("report"), "{msg}");
-        assert!(matches!(on_emulation_failure(&[], true), Recovery::Fatal(_)));
+        assert!(matches!(
+            on_emulation_failure(&[], true),
+            Recovery::Fatal(_)
+        ));
     }
 
     #[test]

@@ -51,7 +51,8 @@ extern "C" fn on_dump(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_v
 /// SIGUSR1 asks a vCPU to log its registers (where is the guest stuck?). The main thread
 /// blocks it, so it lands on a vCPU thread and interrupts KVM_RUN there.
 pub fn install_dump_handler() -> Result<(), SignalError> {
-    register_signal_handler(libc::SIGUSR1, on_dump).map_err(|e| SignalError::Install(libc::SIGUSR1, e))
+    register_signal_handler(libc::SIGUSR1, on_dump)
+        .map_err(|e| SignalError::Install(libc::SIGUSR1, e))
 }
 
 /// Blocks SIGUSR1 in the calling thread (call from the main thread after spawning vCPUs).

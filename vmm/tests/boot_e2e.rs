@@ -115,7 +115,10 @@ fn boots_to_agent_ready_and_powers_off_cleanly() {
     let f = finish(child, BOOT_TIMEOUT);
     let context = format!("console:\n{}\nlog:\n{}", f.stdout, f.stderr);
     assert_eq!(f.code, Some(0), "{context}");
-    assert!(has_line(&f.stdout, &format!("{READY_MARKER} cpus=0")), "{context}");
+    assert!(
+        has_line(&f.stdout, &format!("{READY_MARKER} cpus=0")),
+        "{context}"
+    );
     assert!(f.stdout.contains("hull-agent: powering off"), "{context}");
     assert!(f.stderr.contains("guest stage agent-ready"), "{context}");
     assert!(f.stderr.contains("guest powered off"), "{context}");
@@ -136,7 +139,10 @@ fn boots_an_smp_guest_with_every_vcpu_online() {
     let f = finish(cmd.spawn().unwrap(), BOOT_TIMEOUT);
     let context = format!("console:\n{}\nlog:\n{}", f.stdout, f.stderr);
     assert_eq!(f.code, Some(0), "{context}");
-    assert!(has_line(&f.stdout, &format!("{READY_MARKER} cpus=0-1")), "{context}");
+    assert!(
+        has_line(&f.stdout, &format!("{READY_MARKER} cpus=0-1")),
+        "{context}"
+    );
 }
 
 #[test]
@@ -166,7 +172,11 @@ fn sigterm_stops_a_running_vm_in_order() {
     let started = Instant::now();
     let f = finish(child, Duration::from_secs(30));
     assert_eq!(f.code, Some(0), "log:\n{}", f.stderr);
-    assert!(f.stderr.contains("stopped by signal 15"), "log:\n{}", f.stderr);
+    assert!(
+        f.stderr.contains("stopped by signal 15"),
+        "log:\n{}",
+        f.stderr
+    );
     assert!(started.elapsed() < Duration::from_secs(30));
 }
 
@@ -178,6 +188,9 @@ fn invalid_configuration_exits_2_without_starting_a_vm() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("kernel") && err.contains("does not exist"), "{err}");
+    assert!(
+        err.contains("kernel") && err.contains("does not exist"),
+        "{err}"
+    );
     assert!(!err.contains("started"), "{err}");
 }

@@ -84,10 +84,7 @@ struct TinyGuest {
 
 impl TinyGuest {
     fn new(code: Vec<u8>) -> Self {
-        TinyGuest {
-            code,
-            data: vec![],
-        }
+        TinyGuest { code, data: vec![] }
     }
 
     fn run(self) -> Outcome {
@@ -108,7 +105,10 @@ impl TinyGuest {
         let mmio_rec = Arc::new(Mutex::new(Recorder::default()));
         let mut pio = Bus::new();
         pio.insert(
-            Arc::new(Mutex::new(SerialDevice::new(serial_irq, Box::new(console.clone())))),
+            Arc::new(Mutex::new(SerialDevice::new(
+                serial_irq,
+                Box::new(console.clone()),
+            ))),
             0x3f8,
             8,
         )
@@ -120,12 +120,16 @@ impl TinyGuest {
         )
         .unwrap();
         pio.insert(
-            Arc::new(Mutex::new(BootTimer::new(std::time::Instant::now(), exit.clone()))),
+            Arc::new(Mutex::new(BootTimer::new(
+                std::time::Instant::now(),
+                exit.clone(),
+            ))),
             u64::from(hull_protocol::boot::BOOT_TIMER_PORT),
             1,
         )
         .unwrap();
-        pio.insert(pio_rec.clone(), u64::from(TEST_PORT), 4).unwrap();
+        pio.insert(pio_rec.clone(), u64::from(TEST_PORT), 4)
+            .unwrap();
         let mut mmio = Bus::new();
         mmio.insert(mmio_rec.clone(), MMIO_BASE, 0x1000).unwrap();
 
@@ -229,7 +233,10 @@ fn announced_reset_is_reported_as_poweroff() {
         hull_protocol::boot::Stage::PoweroffRequested as u8,
     );
     code.extend_from_slice(RESET);
-    assert_eq!(TinyGuest::new(code).run().reason, Some(ExitReason::Poweroff));
+    assert_eq!(
+        TinyGuest::new(code).run().reason,
+        Some(ExitReason::Poweroff)
+    );
 }
 
 #[test]

@@ -194,7 +194,12 @@ struct Series {
     failure: Option<String>,
 }
 
-fn run_series(name: &'static str, runs: usize, make: impl Fn() -> Command, timeout: Duration) -> Series {
+fn run_series(
+    name: &'static str,
+    runs: usize,
+    make: impl Fn() -> Command,
+    timeout: Duration,
+) -> Series {
     let mut samples = Vec::new();
     for i in 0..runs {
         eprint!("{name}: boot {}/{runs} ... ", i + 1);
@@ -222,9 +227,9 @@ fn run_series(name: &'static str, runs: usize, make: impl Fn() -> Command, timeo
 
 fn row(label: &str, unit: &str, v: &[f64]) {
     match summary(v) {
-        Some((med, min, max)) => println!(
-            "  {label:<40} {med:>10.1} {min:>10.1} {max:>10.1}  {unit}"
-        ),
+        Some((med, min, max)) => {
+            println!("  {label:<40} {med:>10.1} {min:>10.1} {max:>10.1}  {unit}")
+        }
         None => println!("  {label:<40} {:>10}", "n/a"),
     }
 }
@@ -233,7 +238,11 @@ fn print_series(s: &Series) {
     println!("{} ({} boots)", s.name, s.samples.len());
     println!("  {:<40} {:>10} {:>10} {:>10}", "", "median", "min", "max");
     let f = |g: &dyn Fn(&Sample) -> f64| s.samples.iter().map(g).collect::<Vec<_>>();
-    row("process spawn -> ready marker", "ms", &f(&|x| x.spawn_to_ready_ms));
+    row(
+        "process spawn -> ready marker",
+        "ms",
+        &f(&|x| x.spawn_to_ready_ms),
+    );
     let mut stage_names: Vec<String> = Vec::new();
     for x in &s.samples {
         for (n, _) in &x.stages {
@@ -250,9 +259,21 @@ fn print_series(s: &Series) {
             .collect();
         row(&format!("VMM start -> guest stage {n}"), "ms", &v);
     }
-    row("RSS excluding guest RAM", "KiB", &f(&|x| x.memory.rss_excl_guest_kib as f64));
-    row("PSS excluding guest RAM", "KiB", &f(&|x| x.memory.pss_excl_guest_kib as f64));
-    row("guest RAM resident", "KiB", &f(&|x| x.memory.guest_kib as f64));
+    row(
+        "RSS excluding guest RAM",
+        "KiB",
+        &f(&|x| x.memory.rss_excl_guest_kib as f64),
+    );
+    row(
+        "PSS excluding guest RAM",
+        "KiB",
+        &f(&|x| x.memory.pss_excl_guest_kib as f64),
+    );
+    row(
+        "guest RAM resident",
+        "KiB",
+        &f(&|x| x.memory.guest_kib as f64),
+    );
     if let Some(e) = &s.failure {
         println!("  did not boot: {e}");
     }
@@ -260,7 +281,11 @@ fn print_series(s: &Series) {
 
 fn main() -> Result<()> {
     let a = Args::parse();
-    for (what, p) in [("vmm", &a.vmm), ("kernel", &a.kernel), ("rootfs", &a.rootfs)] {
+    for (what, p) in [
+        ("vmm", &a.vmm),
+        ("kernel", &a.kernel),
+        ("rootfs", &a.rootfs),
+    ] {
         if !p.exists() {
             bail!("{what} {} missing: run scripts/build.sh", p.display());
         }
@@ -271,7 +296,11 @@ fn main() -> Result<()> {
     let peer = (!a.no_peer).then(|| run_series("qemu microvm", a.runs, || qemu_cmd(&a), timeout));
 
     println!();
-    println!("boot benchmark: kernel {}, image {}", a.kernel.display(), a.rootfs.display());
+    println!(
+        "boot benchmark: kernel {}, image {}",
+        a.kernel.display(),
+        a.rootfs.display()
+    );
     println!(
         "host KVM: {}",
         match &host {

@@ -43,7 +43,10 @@ impl BusDevice for BootTimer {
         }
         let elapsed = self.start.elapsed();
         let Some(stage) = Stage::from_code(data[0]) else {
-            log::warn!("boot timer: unknown stage code {:#04x} from the guest", data[0]);
+            log::warn!(
+                "boot timer: unknown stage code {:#04x} from the guest",
+                data[0]
+            );
             return;
         };
         log::info!(

@@ -200,11 +200,15 @@ impl Vcpu {
 
     fn log_state(&self) {
         match (self.fd.get_regs(), self.fd.get_sregs()) {
-            (Ok(r), Ok(s)) => log::info!(
+            (Ok(r), Ok(s)) => {
+                log::info!(
                 "vCPU {}: rip {:#x} rsp {:#x} rflags {:#x} cs {:#x} cr3 {:#x} rax {:#x} rdi {:#x}",
                 self.index, r.rip, r.rsp, r.rflags, s.cs.selector, s.cr3, r.rax, r.rdi
-            ),
-            (Err(e), _) | (_, Err(e)) => log::warn!("vCPU {}: cannot read registers: {e}", self.index),
+            )
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                log::warn!("vCPU {}: cannot read registers: {e}", self.index)
+            }
         }
     }
 
@@ -292,14 +296,19 @@ impl Vcpu {
             message: format!("after an emulation failure, {what}: {e}"),
         };
         let mut regs = self.fd.get_regs().map_err(|e| fail("get registers", e))?;
-        let sregs = self.fd.get_sregs().map_err(|e| fail("get special registers", e))?;
+        let sregs = self
+            .fd
+            .get_sregs()
+            .map_err(|e| fail("get special registers", e))?;
         let linear = sregs.cs.base.wrapping_add(regs.rip);
         let cpl = sregs.cs.selector & 3;
         let bytes = self.instruction_bytes(linear);
         match quirks::on_emulation_failure(&bytes, self.ctx.emulated_host) {
             Recovery::InjectBreakpoint => {
                 regs.rip += 1;
-                self.fd.set_regs(&regs).map_err(|e| fail("set registers", e))?;
+                self.fd
+                    .set_regs(&regs)
+                    .map_err(|e| fail("set registers", e))?;
                 let mut events = self
                     .fd
                     .get_vcpu_events()
@@ -316,7 +325,9 @@ impl Vcpu {
             }
             Recovery::Skip(n) => {
                 regs.rip += n;
-                self.fd.set_regs(&regs).map_err(|e| fail("set registers", e))?;
+                self.fd
+                    .set_regs(&regs)
+                    .map_err(|e| fail("set registers", e))?;
                 self.recoveries.skipped += 1;
                 Ok(())
             }
@@ -364,8 +375,8 @@ pub fn run_real_mode_snippet(code: &[u8]) -> Result<(), VcpuError> {
     let err = |e: &dyn std::fmt::Display| VcpuError::Calibration(e.to_string());
     let kvm = super::vm::open_kvm().map_err(|e| err(&e))?;
     let vm = Vm::new_bare(&kvm).map_err(|e| err(&e))?;
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)])
-        .map_err(|e| err(&e))?;
+    let mem =
+        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).map_err(|e| err(&e))?;
     mem.write_slice(code, GuestAddress(0x1000))
         .map_err(|e| err(&e))?;
     vm.register_memory(&mem).map_err(|e| err(&e))?;

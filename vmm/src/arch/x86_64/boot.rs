@@ -85,7 +85,11 @@ pub fn build_boot_params(setup: &BootSetup) -> Result<boot_params, BootError> {
         return Err(BootError::TooManyE820Entries(map.len()));
     }
     for (i, &(addr, size, type_)) in map.iter().enumerate() {
-        params.e820_table[i] = boot_e820_entry { addr, size, r#type: type_ };
+        params.e820_table[i] = boot_e820_entry {
+            addr,
+            size,
+            r#type: type_,
+        };
     }
     params.e820_entries = map.len() as u8;
     Ok(params)
@@ -105,7 +109,10 @@ mod tests {
     fn e820_reserves_the_bios_hole_and_covers_all_ram() {
         let map = e820_map(128 << 20);
         assert_eq!(map[0], (0, EBDA_START, E820_RAM));
-        assert_eq!(map[1], (EBDA_START, HIMEM_START - EBDA_START, E820_RESERVED));
+        assert_eq!(
+            map[1],
+            (EBDA_START, HIMEM_START - EBDA_START, E820_RESERVED)
+        );
         assert_eq!(map[2], (HIMEM_START, (128 << 20) - HIMEM_START, E820_RAM));
         assert_eq!(map.len(), 3);
     }
@@ -116,7 +123,9 @@ mod tests {
         let above: Vec<_> = map.iter().filter(|e| e.0 >= MMIO_GAP_END).collect();
         assert_eq!(above.len(), 1);
         assert_eq!(above[0].1, (5 << 30) - MMIO_GAP_START);
-        assert!(map.iter().all(|e| e.0 + e.1 <= MMIO_GAP_START || e.0 >= MMIO_GAP_END));
+        assert!(map
+            .iter()
+            .all(|e| e.0 + e.1 <= MMIO_GAP_START || e.0 >= MMIO_GAP_END));
     }
 
     #[test]

@@ -83,9 +83,11 @@ impl MmioTransport {
         let mut queues = Vec::new();
         let mut queue_evts = Vec::new();
         for (index, &max) in device.queue_max_sizes().iter().enumerate() {
-            queues.push(
-                Queue::new(max).map_err(|source| MmioError::Queue { index, max, source })?,
-            );
+            queues.push(Queue::new(max).map_err(|source| MmioError::Queue {
+                index,
+                max,
+                source,
+            })?);
             queue_evts.push(EventFd::new(libc::EFD_NONBLOCK).map_err(MmioError::EventFd)?);
         }
         Ok(MmioTransport {
@@ -154,9 +156,7 @@ impl MmioTransport {
             return;
         }
         let new_bits = value & !self.status;
-        if new_bits & status::FEATURES_OK != 0
-            && self.acked_features & VIRTIO_F_VERSION_1 == 0
-        {
+        if new_bits & status::FEATURES_OK != 0 && self.acked_features & VIRTIO_F_VERSION_1 == 0 {
             // Legacy drivers are not supported: leave FEATURES_OK unset so the driver sees
             // the failure (virtio 1.2, 3.1.1 step 6).
             self.status = value & !status::FEATURES_OK;
@@ -208,7 +208,10 @@ impl MmioTransport {
 
     /// Serves queue `index` and raises the interrupt if the guest wants one.
     pub fn notify_queue(&mut self, index: usize) {
-        log::debug!("virtio-mmio: type {} queue {index} notified", self.device.device_type());
+        log::trace!(
+            "virtio-mmio: type {} queue {index} notified",
+            self.device.device_type()
+        );
         if !self.activated {
             return;
         }
@@ -220,7 +223,7 @@ impl MmioTransport {
         }
         if self.device.process_queue(index, queue, &self.mem) {
             let wants = queue.needs_notification(&self.mem).unwrap_or(true);
-            log::debug!("virtio-mmio: queue {index} used buffers, interrupt wanted: {wants}");
+            log::trace!("virtio-mmio: queue {index} used buffers, interrupt wanted: {wants}");
             if wants {
                 self.interrupt.trigger(super::INT_VRING);
             }
@@ -241,7 +244,10 @@ impl MmioTransport {
             reg::QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| q.max_size().into()),
             reg::QUEUE_READY => self.selected_queue().map_or(0, |q| q.ready().into()),
             reg::INTERRUPT_STATUS => {
-                log::debug!("virtio-mmio: interrupt status read: {}", self.interrupt.status());
+                log::trace!(
+                    "virtio-mmio: interrupt status read: {}",
+                    self.interrupt.status()
+                );
                 self.interrupt.status()
             }
             reg::STATUS => self.status,
@@ -257,8 +263,8 @@ impl MmioTransport {
         match offset {
             reg::DEVICE_FEATURES_SEL => self.device_features_sel = v,
             reg::DRIVER_FEATURES => {
-                let negotiating = self.status & status::DRIVER != 0
-                    && self.status & status::FEATURES_OK == 0;
+                let negotiating =
+                    self.status & status::DRIVER != 0 && self.status & status::FEATURES_OK == 0;
                 if !negotiating {
                     log::warn!("virtio-mmio: driver features written outside negotiation");
                     return;
@@ -287,9 +293,7 @@ impl MmioTransport {
                 self.update_queue(|q| q.set_avail_ring_address(None, Some(v)))
             }
             reg::QUEUE_DEVICE_LOW => self.update_queue(|q| q.set_used_ring_address(Some(v), None)),
-            reg::QUEUE_DEVICE_HIGH => {
-                self.update_queue(|q| q.set_used_ring_address(None, Some(v)))
-            }
+            reg::QUEUE_DEVICE_HIGH => self.update_queue(|q| q.set_used_ring_address(None, Some(v))),
             _ => log::debug!("virtio-mmio: write of {v:#x} to unknown register {offset:#x}"),
         }
     }
@@ -421,7 +425,11 @@ pub(crate) mod tests {
         w(t, reg::DRIVER_FEATURES, features as u32);
         w(t, reg::DRIVER_FEATURES_SEL, 1);
         w(t, reg::DRIVER_FEATURES, (features >> 32) as u32);
-        w(t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK);
+        w(
+            t,
+            reg::STATUS,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+        );
     }
 
     fn setup_queues(t: &mut MmioTransport, queues: &[(u64, u64, u64)]) {
@@ -461,7 +469,11 @@ pub(crate) mod tests {
         let mut t = transport();
         w(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
         w(&mut t, reg::DRIVER_FEATURES, 1);
-        w(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK);
+        w(
+            &mut t,
+            reg::STATUS,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+        );
         assert_eq!(r(&mut t, reg::STATUS) & status::FEATURES_OK, 0);
     }
 

@@ -7,7 +7,9 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use super::request::{serve_chain, Disk, ID_BYTES, SECTOR_SHIFT};
-use crate::devices::virtio::{read_config_bytes, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
+use crate::devices::virtio::{
+    read_config_bytes, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+};
 
 pub const VIRTIO_ID_BLOCK: u32 = 2;
 const VIRTIO_BLK_F_RO: u64 = 1 << 5;
@@ -239,8 +241,7 @@ mod tests {
             self.mem
                 .write_obj(self.next_avail, GuestAddress(AVAIL + 2))
                 .unwrap();
-            self.transport
-                .write(reg::QUEUE_NOTIFY, &0u32.to_le_bytes());
+            self.transport.write(reg::QUEUE_NOTIFY, &0u32.to_le_bytes());
             let used_idx: u16 = self.mem.read_obj(GuestAddress(USED + 2)).unwrap();
             assert_eq!(used_idx, self.next_avail, "request was not completed");
             let elem = USED + 4 + 8 * u64::from((used_idx - 1) % 16);
@@ -254,13 +255,19 @@ mod tests {
         let mut d = Driver::new(false);
         let pattern: Vec<u8> = (0..1024u32).map(|i| (i * 7 % 251) as u8).collect();
         d.mem.write_slice(&pattern, GuestAddress(DATA)).unwrap();
-        assert_eq!(d.submit(VIRTIO_BLK_T_OUT, 2, Some((1024, false))), (VIRTIO_BLK_S_OK, 1));
+        assert_eq!(
+            d.submit(VIRTIO_BLK_T_OUT, 2, Some((1024, false))),
+            (VIRTIO_BLK_S_OK, 1)
+        );
         let on_disk = std::fs::read(&d.path).unwrap();
         assert_eq!(&on_disk[1024..2048], &pattern[..]);
         assert!(on_disk[..1024].iter().all(|b| *b == 0));
 
         d.mem.write_slice(&[0u8; 1024], GuestAddress(DATA)).unwrap();
-        assert_eq!(d.submit(VIRTIO_BLK_T_IN, 2, Some((1024, true))), (VIRTIO_BLK_S_OK, 1025));
+        assert_eq!(
+            d.submit(VIRTIO_BLK_T_IN, 2, Some((1024, true))),
+            (VIRTIO_BLK_S_OK, 1025)
+        );
         let mut back = vec![0u8; 1024];
         d.mem.read_slice(&mut back, GuestAddress(DATA)).unwrap();
         assert_eq!(back, pattern);
@@ -274,16 +281,32 @@ mod tests {
         let (status, _) = d.submit(VIRTIO_BLK_T_OUT, 0, Some((512, false)));
         assert_eq!(status, VIRTIO_BLK_S_IOERR);
         assert!(std::fs::read(&d.path).unwrap().iter().all(|b| *b == 0));
-        assert_ne!(d.transport_features() & (1 << 5), 0, "VIRTIO_BLK_F_RO offered");
+        assert_ne!(
+            d.transport_features() & (1 << 5),
+            0,
+            "VIRTIO_BLK_F_RO offered"
+        );
     }
 
     #[test]
     fn requests_past_the_end_fail_and_the_next_one_works() {
         let mut d = Driver::new(false);
-        assert_eq!(d.submit(VIRTIO_BLK_T_IN, 7, Some((1024, true))).0, VIRTIO_BLK_S_IOERR);
-        assert_eq!(d.submit(VIRTIO_BLK_T_IN, u64::MAX, Some((512, true))).0, VIRTIO_BLK_S_IOERR);
-        assert_eq!(d.submit(VIRTIO_BLK_T_IN, 0, Some((100, true))).0, VIRTIO_BLK_S_IOERR);
-        assert_eq!(d.submit(VIRTIO_BLK_T_IN, 7, Some((512, true))).0, VIRTIO_BLK_S_OK);
+        assert_eq!(
+            d.submit(VIRTIO_BLK_T_IN, 7, Some((1024, true))).0,
+            VIRTIO_BLK_S_IOERR
+        );
+        assert_eq!(
+            d.submit(VIRTIO_BLK_T_IN, u64::MAX, Some((512, true))).0,
+            VIRTIO_BLK_S_IOERR
+        );
+        assert_eq!(
+            d.submit(VIRTIO_BLK_T_IN, 0, Some((100, true))).0,
+            VIRTIO_BLK_S_IOERR
+        );
+        assert_eq!(
+            d.submit(VIRTIO_BLK_T_IN, 7, Some((512, true))).0,
+            VIRTIO_BLK_S_OK
+        );
     }
 
     #[test]

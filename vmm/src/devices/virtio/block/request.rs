@@ -174,15 +174,14 @@ pub fn serve_chain(
     let Ok(mut status_writer) = writer.split_at(data_len) else {
         return 0;
     };
-    let (status, written) = match parse_header(&mut reader)
-        .and_then(|h| disk.execute(h, &mut reader, &mut writer))
-    {
-        Ok(n) => (VIRTIO_BLK_S_OK, n),
-        Err(e) => {
-            log::debug!("virtio-blk: request failed: {e}");
-            (e.status(), writer.bytes_written())
-        }
-    };
+    let (status, written) =
+        match parse_header(&mut reader).and_then(|h| disk.execute(h, &mut reader, &mut writer)) {
+            Ok(n) => (VIRTIO_BLK_S_OK, n),
+            Err(e) => {
+                log::debug!("virtio-blk: request failed: {e}");
+                (e.status(), writer.bytes_written())
+            }
+        };
     if status_writer.write_all(&[status]).is_err() {
         return 0;
     }
