@@ -439,11 +439,7 @@ impl Vmm {
     pub fn run(mut self) -> RunOutcome {
         while !self.exit.is_set() {
             if let Err(e) = self.event_manager.run() {
-                log::error!("event loop: {e:?}");
-                self.exit.signal(ExitReason::VcpuError {
-                    vcpu: 0,
-                    message: format!("event loop failed: {e:?}"),
-                });
+                self.exit.signal(ExitReason::EventLoop(format!("{e:?}")));
             }
         }
         self.stop_vcpus();

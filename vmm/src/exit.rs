@@ -25,6 +25,8 @@ pub enum ExitReason {
     EmulationFailure { vcpu: u8, diagnostic: String },
     /// Anything else that stops a vCPU: a failed ioctl, an entry failure.
     VcpuError { vcpu: u8, message: String },
+    /// The device thread's epoll loop failed; devices can no longer be served.
+    EventLoop(String),
 }
 
 impl ExitReason {
@@ -32,7 +34,7 @@ impl ExitReason {
     pub fn exit_code(&self) -> i32 {
         match self {
             ExitReason::Poweroff | ExitReason::Reset | ExitReason::Signal(_) => 0,
-            ExitReason::VcpuError { .. } => 1,
+            ExitReason::VcpuError { .. } | ExitReason::EventLoop(_) => 1,
             ExitReason::GuestPanic => 3,
             ExitReason::TripleFault { .. } => 4,
             ExitReason::EmulationFailure { .. } => 5,
@@ -54,6 +56,7 @@ impl std::fmt::Display for ExitReason {
                 write!(f, "vCPU {vcpu}: emulation failure: {diagnostic}")
             }
             ExitReason::VcpuError { vcpu, message } => write!(f, "vCPU {vcpu}: {message}"),
+            ExitReason::EventLoop(e) => write!(f, "device event loop failed: {e}"),
         }
     }
 }

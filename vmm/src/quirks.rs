@@ -48,13 +48,21 @@ pub fn resolve(mode: QuirksMode) -> HostMode {
     }
 }
 
-/// Detects a software-emulating KVM by its module; if none is named, times a short guest
-/// loop (see [`calibrate`]).
+/// Detects a software-emulating KVM by its module. Only when neither it nor a
+/// hardware-assisted KVM module is loaded (KVM built into the host kernel) does it time a
+/// short guest loop (see [`calibrate`]): that costs a throw-away VM, which has no place on
+/// every VM start of an ordinary host.
 pub fn detect_host(sys_module: &Path) -> HostMode {
     if sys_module.join("kvm_pvm").exists() {
         return HostMode::Emulated {
             why: "the kvm_pvm module provides /dev/kvm".into(),
         };
+    }
+    if ["kvm_intel", "kvm_amd"]
+        .iter()
+        .any(|m| sys_module.join(m).exists())
+    {
+        return HostMode::Hardware;
     }
     match calibrate() {
         Ok(ns) if ns > CALIBRATION_THRESHOLD_NS => HostMode::Emulated {
@@ -195,6 +203,13 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir(d.path().join("kvm_pvm")).unwrap();
         assert!(detect_host(d.path()).is_emulated());
+    }
+
+    #[test]
+    fn hardware_kvm_module_means_hardware_without_calibrating() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("kvm_intel")).unwrap();
+        assert_eq!(detect_host(d.path()), HostMode::Hardware);
     }
 
     #[test]

@@ -67,6 +67,8 @@ pub struct Vcpu {
 /// What the run loop does after an exit has been dispatched.
 enum Next {
     Continue,
+    /// A signal took the vCPU out of KVM_RUN (a kick, or SIGUSR1 asking for a dump).
+    Interrupted,
     InternalError,
     Stop(ExitReason),
 }
@@ -130,8 +132,8 @@ impl Vcpu {
         Ok(())
     }
 
-    /// Flat real mode (segment bases 0, 4 GiB data limits) at `ip`, stack at `sp`: the
-    /// state the tiny test and calibration guests start in.
+    /// Real mode with every segment base at 0, at `ip` with the stack at `sp`: the state
+    /// the tiny test and calibration guests start in.
     pub fn configure_real_mode(&self, ip: u64, sp: u64) -> Result<(), VcpuError> {
         let mut sregs = self.ioctl("get special registers", self.fd.get_sregs())?;
         for seg in [
@@ -145,9 +147,6 @@ impl Vcpu {
             seg.base = 0;
             seg.selector = 0;
         }
-        for seg in [&mut sregs.ds, &mut sregs.es, &mut sregs.fs, &mut sregs.gs] {
-            seg.limit = 0xffff_ffff;
-        }
         self.ioctl("set special registers", self.fd.set_sregs(&sregs))?;
         let regs = kvm_bindings::kvm_regs {
             rip: ip,
@@ -157,13 +156,6 @@ impl Vcpu {
         };
         self.ioctl("set registers", self.fd.set_regs(&regs))?;
         Ok(())
-    }
-
-    /// Shrinks the IDT (or real-mode IVT) limit, so that exceptions escalate.
-    pub fn set_idt_limit(&self, limit: u16) -> Result<(), VcpuError> {
-        let mut sregs = self.ioctl("get special registers", self.fd.get_sregs())?;
-        sregs.idt.limit = limit;
-        self.ioctl("set special registers", self.fd.set_sregs(&sregs))
     }
 
     pub fn index(&self) -> u8 {
@@ -180,6 +172,11 @@ impl Vcpu {
             let next = self.run_once();
             match next {
                 Next::Continue => {}
+                Next::Interrupted => {
+                    if crate::signals::take_dump_request() {
+                        self.log_state();
+                    }
+                }
                 Next::InternalError => {
                     if let Err(reason) = self.handle_internal_error() {
                         self.ctx.exit.signal(reason);
@@ -213,9 +210,6 @@ impl Vcpu {
     }
 
     fn run_once(&mut self) -> Next {
-        if crate::signals::take_dump_request() {
-            self.log_state();
-        }
         let index = self.index;
         let ctx = &self.ctx;
         match self.fd.run() {
@@ -245,7 +239,7 @@ impl Vcpu {
                     }
                     Next::Continue
                 }
-                VcpuExit::Intr => Next::Continue,
+                VcpuExit::Intr => Next::Interrupted,
                 VcpuExit::Hlt => Next::Stop(ExitReason::Poweroff),
                 VcpuExit::Shutdown => Next::Stop(ExitReason::TripleFault { vcpu: index }),
                 VcpuExit::SystemEvent(kind, _) => Next::Stop(match kind {
@@ -269,7 +263,7 @@ impl Vcpu {
                     message: format!("unexpected exit {other:?}"),
                 }),
             },
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Next::Continue,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Next::Interrupted,
             Err(e) => Next::Stop(ExitReason::VcpuError {
                 vcpu: index,
                 message: format!("KVM_RUN failed: {e}"),

@@ -102,8 +102,8 @@ impl Vm {
             // which the caller keeps alive for as long as the VM runs (the builder stores
             // both in the same `Vmm`), and slots do not overlap because the regions of a
             // GuestMemoryMmap do not.
-            unsafe { self.fd.set_user_memory_region(region_desc) }
-                .map_err(|source| VmError::MemorySlot { slot, source })?;
+            let registered = unsafe { self.fd.set_user_memory_region(region_desc) };
+            registered.map_err(|source| VmError::MemorySlot { slot, source })?;
         }
         Ok(())
     }

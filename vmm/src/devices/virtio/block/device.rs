@@ -30,8 +30,6 @@ pub enum BlockError {
 
 pub struct Block {
     disk: Disk,
-    config: [u8; 8],
-    queue_sizes: [u16; 1],
 }
 
 impl Block {
@@ -70,8 +68,6 @@ impl Block {
                 read_only,
                 id,
             },
-            config: sectors.to_le_bytes(),
-            queue_sizes: [QUEUE_SIZE],
         })
     }
 
@@ -94,7 +90,7 @@ impl VirtioDevice for Block {
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
-        &self.queue_sizes
+        &[QUEUE_SIZE]
     }
 
     fn avail_features(&self) -> u64 {
@@ -106,7 +102,8 @@ impl VirtioDevice for Block {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        read_config_bytes(&self.config, offset, data);
+        // Only `capacity` (in sectors) is offered; the rest of the layout reads as zero.
+        read_config_bytes(&self.disk.sectors.to_le_bytes(), offset, data);
     }
 
     fn activate(&mut self, _acked_features: u64) {}
