@@ -16,9 +16,9 @@ command -v mkfs.erofs >/dev/null || die "mkfs.erofs not found; apt-get install e
 # The agent is PID 1 of a minimal guest with no shared libraries: link it statically.
 # Building for an explicit --target keeps these flags away from build scripts and the host
 # binaries.
-echo "guest image: building hull-agent (static)" >&2
+echo "guest image: building hull-agent (static; a minute or two the first time)" >&2
 (cd "$repo" && RUSTFLAGS="-C target-feature=+crt-static" \
-    cargo build --quiet --release -p hull-agent --target "$target")
+    cargo build --release -p hull-agent --target "$target")
 agent="$repo/target/$target/release/hull-agent"
 [ -x "$agent" ] || die "cargo did not produce $agent"
 if readelf -l "$agent" | grep -q INTERP; then die "$agent is dynamically linked"; fi

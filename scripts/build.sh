@@ -6,8 +6,8 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$repo/scripts/deps.sh"
 kernel="$("$repo/kernel-config/build.sh")"
 image="$("$repo/resources/build-image.sh")"
-echo "build: host binaries (release)" >&2
-(cd "$repo" && cargo build --quiet --release -p hull-vmm)
+echo "build: host binaries (release; a few minutes the first time)" >&2
+(cd "$repo" && cargo build --release -p hull-vmm)
 echo "kernel=$kernel"
 echo "image=$image"
 echo "vmm=$repo/target/release/hull-vmm"

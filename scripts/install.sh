@@ -4,5 +4,5 @@
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$repo/scripts/build.sh" >/dev/null
-echo "install: booting the default microVM (on a host whose KVM emulates guest kernel code this takes a minute or more)" >&2
+echo "install: booting the default microVM (30 to 40 seconds on a host whose KVM emulates guest kernel code)" >&2
 exec "$repo/target/release/hull-vmm" --cmdline-extra "hull.ready=poweroff"

@@ -193,28 +193,25 @@ pub fn wait_signal(set: &SignalSet) -> Event {
 
 /// Reaps every exited child without blocking.
 pub fn reap_all() {
-    loop {
-        let mut status = 0;
-        // SAFETY: waitpid with a valid out-pointer; WNOHANG never blocks.
-        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-        if pid <= 0 {
-            return;
-        }
-    }
+    while reap_one() > 0 {}
+}
+
+/// One non-blocking waitpid: the reaped PID, 0 if children remain but none exited, or a
+/// negative value (ECHILD) when there are no children at all.
+fn reap_one() -> libc::pid_t {
+    let mut status = 0;
+    // SAFETY: waitpid with a valid out-pointer; WNOHANG never blocks.
+    unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) }
 }
 
 /// Reaps children for up to `limit`, returning early once none are left.
 pub fn reap_for(limit: Duration) {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
-        let mut status = 0;
-        // SAFETY: as in reap_all.
-        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-        if pid < 0 {
-            return; // ECHILD: nothing left
-        }
-        if pid == 0 {
-            std::thread::sleep(Duration::from_millis(10));
+        match reap_one() {
+            pid if pid < 0 => return,
+            0 => std::thread::sleep(Duration::from_millis(10)),
+            _ => {}
         }
     }
 }

@@ -31,21 +31,14 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     if let Err(e) = init::mount_pseudo_filesystems() {
-        init::console_line(&format!("hull-agent: {e}"));
-        power::halt_on_fatal();
+        power::fail(&e.to_string());
     }
     init::attach_console();
     let timer = stage::BootTimer::open();
     timer.report(Stage::Pid1Started);
 
     let options = init::BootOptions::from_cmdline(&init::read_cmdline());
-    let signals = match init::block_signals() {
-        Ok(s) => s,
-        Err(e) => {
-            init::console_line(&format!("hull-agent: {e}"));
-            power::halt_on_fatal();
-        }
-    };
+    let signals = init::block_signals().unwrap_or_else(|e| power::fail(&e.to_string()));
     timer.report(Stage::AgentReady);
     init::console_line(&format!("{READY_MARKER} cpus={}", init::online_cpus()));
 

@@ -20,12 +20,14 @@ pub fn poweroff(timer: &BootTimer) -> ! {
     reset()
 }
 
-/// PID 1 cannot continue: reset without announcing a power-off, so the VMM reports an
-/// unexpected reset rather than a clean stop.
-pub fn halt_on_fatal() -> ! {
+/// PID 1 cannot continue. Exiting makes the kernel panic ("Attempted to kill init"), which
+/// the VMM reports as a guest panic (exit status 3) with this message on the console just
+/// above; a plain reset would have looked like a clean stop.
+pub fn fail(message: &str) -> ! {
+    crate::init::console_line(&format!("hull-agent: fatal: {message}"));
     // SAFETY: sync(2) takes no arguments and cannot fail.
     unsafe { libc::sync() };
-    reset()
+    std::process::exit(1)
 }
 
 fn reset() -> ! {

@@ -1,6 +1,6 @@
 //! End-to-end: the real `hull-vmm` binary boots the cached guest kernel and root image to
 //! hull-agent's readiness marker. Each boot is bounded by a timeout; on hosts whose KVM
-//! emulates guest kernel code a boot takes about a minute.
+//! emulates guest kernel code a boot takes 30 to 40 seconds.
 //!
 //! Needs the artifacts `scripts/build.sh` produces (HULL_KERNEL / HULL_ROOTFS override the
 //! default cache paths) and /dev/kvm; only the latter's absence skips.
@@ -10,21 +10,12 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::kvm_available;
 use hull_protocol::boot::READY_MARKER;
 
-const BOOT_TIMEOUT: Duration = Duration::from_secs(480);
+mod common;
 
-fn kvm_available() -> bool {
-    let ok = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if !ok {
-        eprintln!("skipped: /dev/kvm is not available to this user");
-    }
-    ok
-}
+const BOOT_TIMEOUT: Duration = Duration::from_secs(480);
 
 fn artifact(var: &str, default: &str) -> PathBuf {
     let path = std::env::var_os(var)
@@ -101,6 +92,18 @@ fn finish(mut child: Child, timeout: Duration) -> Finished {
     f
 }
 
+impl Finished {
+    /// Everything the VMM printed, for assertion messages.
+    fn context(&self) -> String {
+        format!("console:\n{}\nlog:\n{}", self.stdout, self.stderr)
+    }
+}
+
+/// Boots `cmd` to its end within the boot timeout.
+fn boot(mut cmd: Command) -> Finished {
+    finish(cmd.spawn().unwrap(), BOOT_TIMEOUT)
+}
+
 /// Whether the console printed exactly `line` (the guest tty ends lines with CR LF).
 fn has_line(console: &str, line: &str) -> bool {
     console.lines().any(|l| l.trim_end() == line)
@@ -111,9 +114,8 @@ fn boots_to_agent_ready_and_powers_off_cleanly() {
     if !kvm_available() {
         return;
     }
-    let child = vmm("hull.ready=poweroff").spawn().unwrap();
-    let f = finish(child, BOOT_TIMEOUT);
-    let context = format!("console:\n{}\nlog:\n{}", f.stdout, f.stderr);
+    let f = boot(vmm("hull.ready=poweroff"));
+    let context = f.context();
     assert_eq!(f.code, Some(0), "{context}");
     assert!(
         has_line(&f.stdout, &format!("{READY_MARKER} cpus=0")),
@@ -136,8 +138,8 @@ fn boots_an_smp_guest_with_every_vcpu_online() {
     }
     let mut cmd = vmm("hull.ready=poweroff");
     cmd.args(["--vcpus", "2"]);
-    let f = finish(cmd.spawn().unwrap(), BOOT_TIMEOUT);
-    let context = format!("console:\n{}\nlog:\n{}", f.stdout, f.stderr);
+    let f = boot(cmd);
+    let context = f.context();
     assert_eq!(f.code, Some(0), "{context}");
     assert!(
         has_line(&f.stdout, &format!("{READY_MARKER} cpus=0-1")),
@@ -151,9 +153,8 @@ fn guest_kernel_panic_exits_nonzero_with_the_reason() {
         return;
     }
     // The last init= wins: the kernel cannot run it and panics.
-    let child = vmm("init=/no/such/init").spawn().unwrap();
-    let f = finish(child, BOOT_TIMEOUT);
-    let context = format!("console:\n{}\nlog:\n{}", f.stdout, f.stderr);
+    let f = boot(vmm("init=/no/such/init"));
+    let context = f.context();
     assert_eq!(f.code, Some(3), "{context}");
     assert!(f.stderr.contains("guest kernel panicked"), "{context}");
     assert!(!f.stdout.contains(READY_MARKER), "{context}");

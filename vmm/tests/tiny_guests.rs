@@ -17,6 +17,10 @@ use hull_vmm::vstate::vm::{open_kvm, Vm};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
+use common::kvm_available;
+
+mod common;
+
 const CODE: u64 = 0x1000;
 /// Reachable from real mode through a segment (0xc000:0000), and not backed by RAM.
 const MMIO_BASE: u64 = 0xc_0000;
@@ -25,19 +29,6 @@ const RAM_SIZE: usize = 0x8_0000;
 const TEST_PORT: u16 = 0x510;
 /// mov al, 0xfe; out 0x64, al; hlt; jmp $
 const RESET: &[u8] = &[0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfe];
-
-fn kvm_available() -> bool {
-    if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok()
-    {
-        return true;
-    }
-    eprintln!("skipped: /dev/kvm is not available to this user");
-    false
-}
 
 /// Records every access; reads return `0x40 + offset` in each byte.
 #[derive(Default)]

@@ -73,7 +73,10 @@ fn boot_once(mut cmd: Command, timeout: Duration) -> Result<Sample> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let start = Instant::now();
-    let mut child = cmd.spawn().context("spawn")?;
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let mut child = cmd.spawn().with_context(|| {
+        format!("start {program} (not installed? QEMU comes from apt-get install qemu-system-x86; --no-peer skips it)")
+    })?;
     let rx = spawn_lines(&mut child);
     let mut sample = Sample::default();
     let mut last_err = String::new();
@@ -142,19 +145,21 @@ fn hull_cmd(a: &Args) -> Command {
     c
 }
 
-fn qemu_cmd(a: &Args) -> Command {
-    let host = hull_vmm::quirks::resolve(Default::default());
-    let mut append: Vec<&str> = hull_vmm::cmdline::BASE.to_vec();
-    if host.is_emulated() {
-        append.push(hull_vmm::quirks::EMULATED_HOST_CMDLINE);
-    }
-    append.extend([
-        "root=/dev/vda",
-        "ro",
-        "rootfstype=erofs",
-        "init=/sbin/init",
-        "hull.ready=wait",
-    ]);
+/// The command line hull-vmm gives the same guest, built by hull's own assembler; QEMU's
+/// microvm announces its virtio-mmio devices itself.
+fn guest_cmdline(host: &hull_vmm::quirks::HostMode) -> Result<String> {
+    let cmdline = hull_vmm::cmdline::build(&hull_vmm::cmdline::CmdlineSpec {
+        quirks: host
+            .is_emulated()
+            .then_some(hull_vmm::quirks::EMULATED_HOST_CMDLINE),
+        devices: &[],
+        root: Some(("vda".into(), Some("erofs".into()), true)),
+        extra: "hull.ready=wait",
+    })?;
+    Ok(cmdline.as_cstring()?.into_string()?)
+}
+
+fn qemu_cmd(a: &Args, append: &str) -> Command {
     let mut c = Command::new(&a.qemu);
     c.args([
         "-M",
@@ -178,7 +183,7 @@ fn qemu_cmd(a: &Args) -> Command {
     ])
     .arg(&a.kernel)
     .arg("-append")
-    .arg(append.join(" "))
+    .arg(append)
     .arg("-drive")
     .arg(format!(
         "id=root,file={},format=raw,if=none,readonly=on",
@@ -293,7 +298,9 @@ fn main() -> Result<()> {
     let timeout = Duration::from_secs(a.timeout);
     let host = hull_vmm::quirks::resolve(Default::default());
     let hull = run_series("hull-vmm", a.runs, || hull_cmd(&a), timeout);
-    let peer = (!a.no_peer).then(|| run_series("qemu microvm", a.runs, || qemu_cmd(&a), timeout));
+    let append = guest_cmdline(&host)?;
+    let peer =
+        (!a.no_peer).then(|| run_series("qemu microvm", a.runs, || qemu_cmd(&a, &append), timeout));
 
     println!();
     println!(
