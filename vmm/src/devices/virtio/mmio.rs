@@ -12,7 +12,9 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{status, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
+use super::{
+    status, Interrupt, UsedQueues, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+};
 use crate::devices::bus::BusDevice;
 
 const MAGIC_VALUE: u32 = 0x7472_6976; // "virt"
@@ -215,19 +217,41 @@ impl MmioTransport {
         if !self.activated {
             return;
         }
-        let Some(queue) = self.queues.get_mut(index) else {
-            return;
-        };
-        if !queue.ready() {
+        if !self.queues.get(index).is_some_and(|q| q.ready()) {
             return;
         }
-        if self.device.process_queue(index, queue, &self.mem) {
-            let wants = queue.needs_notification(&self.mem).unwrap_or(true);
-            log::trace!("virtio-mmio: queue {index} used buffers, interrupt wanted: {wants}");
-            if wants {
-                self.interrupt.trigger(super::INT_VRING);
+        let used = self.device.process_queue(index, &mut self.queues, &self.mem);
+        self.signal_used(used);
+    }
+
+    /// Raises the interrupt if any queue in `used` asks for one.
+    fn signal_used(&mut self, used: UsedQueues) {
+        if used.is_empty() {
+            return;
+        }
+        let mut wants = false;
+        for (index, queue) in self.queues.iter_mut().enumerate() {
+            if used.contains(index) {
+                // Every queue that got buffers is asked, so EVENT_IDX bookkeeping stays
+                // right even when one of them already decided the interrupt.
+                wants |= queue.needs_notification(&self.mem).unwrap_or(true);
             }
         }
+        log::trace!("virtio-mmio: used buffers {used:?}, interrupt wanted: {wants}");
+        if wants {
+            self.interrupt.trigger(super::INT_VRING);
+        }
+    }
+
+    /// A host-side descriptor of the device is ready.
+    fn host_event(&mut self, fd: std::os::fd::RawFd, events: EventSet) {
+        let queues: &mut [Queue] = if self.activated {
+            &mut self.queues
+        } else {
+            &mut []
+        };
+        let used = self.device.process_host_event(fd, events, queues, &self.mem);
+        self.signal_used(used);
     }
 
     fn read_register(&mut self, offset: u64) -> u32 {
@@ -334,6 +358,7 @@ impl MutEventSubscriber for MmioTransport {
             .iter()
             .position(|e| std::os::fd::AsRawFd::as_raw_fd(e) == fd)
         else {
+            self.host_event(fd, events.event_set());
             return;
         };
         // Draining the counter coalesces notifications; an error means it was already 0.
@@ -345,6 +370,11 @@ impl MutEventSubscriber for MmioTransport {
         for evt in &self.queue_evts {
             if let Err(e) = ops.add(Events::new(evt, EventSet::IN)) {
                 log::error!("virtio-mmio: cannot watch queue eventfd: {e:?}");
+            }
+        }
+        for (fd, set) in self.device.host_events() {
+            if let Err(e) = ops.add(Events::new_raw(fd, set)) {
+                log::error!("virtio-mmio: cannot watch device descriptor {fd}: {e:?}");
             }
         }
     }
@@ -376,9 +406,14 @@ pub(crate) mod tests {
         fn activate(&mut self, acked: u64) {
             self.activated = Some(acked);
         }
-        fn process_queue(&mut self, index: usize, _q: &mut Queue, _m: &GuestMemoryMmap) -> bool {
+        fn process_queue(
+            &mut self,
+            index: usize,
+            _q: &mut [Queue],
+            _m: &GuestMemoryMmap,
+        ) -> UsedQueues {
             self.processed.push(index);
-            true
+            UsedQueues::one_if(index, true)
         }
     }
 

@@ -4,14 +4,22 @@
 //! feature negotiation, queue configuration and the interrupt. Queue notifications arrive
 //! as ioeventfds on the event-loop thread (or, as a fallback, as MMIO writes on a vCPU
 //! thread); either way the transport calls [`VirtioDevice::process_queue`] under its lock.
+//! Devices with a host side (a tap, a socket) name the descriptors they want watched in
+//! [`VirtioDevice::host_events`]; the transport registers them with the event loop and
+//! hands their readiness to [`VirtioDevice::process_host_event`], so every device runs on
+//! the one event-loop thread and never blocks it.
 
 pub mod block;
 pub mod mmio;
+pub mod rng;
+pub mod vsock;
 
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 pub use mmio::MmioTransport;
@@ -70,6 +78,40 @@ impl Interrupt {
     }
 }
 
+/// The set of queues a call put used buffers into; the transport asks each of them whether
+/// the driver wants an interrupt.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UsedQueues(u32);
+
+impl UsedQueues {
+    pub fn add(&mut self, index: usize) {
+        if index < 32 {
+            self.0 |= 1 << index;
+        }
+    }
+
+    pub fn contains(self, index: usize) -> bool {
+        index < 32 && self.0 & (1 << index) != 0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    pub fn merge(&mut self, other: UsedQueues) {
+        self.0 |= other.0;
+    }
+
+    /// Just `index` when `used` is true; the common single-queue answer.
+    pub fn one_if(index: usize, used: bool) -> Self {
+        let mut u = UsedQueues::default();
+        if used {
+            u.add(index);
+        }
+        u
+    }
+}
+
 /// One virtio device type: its identity, features, config space and queue processing.
 pub trait VirtioDevice: Send {
     /// The virtio device ID (2 = block, 1 = net, 19 = vsock, 4 = entropy, ...).
@@ -84,11 +126,34 @@ pub trait VirtioDevice: Send {
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
     /// Called once the driver set DRIVER_OK, with the features it accepted.
     fn activate(&mut self, acked_features: u64);
-    /// Serves the available buffers of queue `index`. Returns whether any buffer was
-    /// used (the transport then decides whether the guest wants an interrupt).
-    fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool;
+    /// Serves the available buffers of queue `index` (the driver notified it). `queues`
+    /// holds every queue of the device, so a request on one may be answered on another.
+    /// Returns the queues that got used buffers.
+    fn process_queue(
+        &mut self,
+        index: usize,
+        queues: &mut [Queue],
+        mem: &GuestMemoryMmap,
+    ) -> UsedQueues;
     /// The driver reset the device: drop negotiated state.
     fn reset(&mut self) {}
+    /// Host descriptors the event loop should watch for this device, with the events
+    /// wanted. They stay registered for the device's life; a device that must stop
+    /// watching one temporarily uses edge triggering or a nested epoll of its own.
+    fn host_events(&self) -> Vec<(RawFd, EventSet)> {
+        Vec::new()
+    }
+    /// One of [`Self::host_events`] is ready. `queues` is empty until the driver has
+    /// activated the device, so a device must not assume any queue exists.
+    fn process_host_event(
+        &mut self,
+        _fd: RawFd,
+        _events: EventSet,
+        _queues: &mut [Queue],
+        _mem: &GuestMemoryMmap,
+    ) -> UsedQueues {
+        UsedQueues::default()
+    }
 }
 
 /// Copies `src` (a little-endian register image) into `data` at `offset`, zero-filling

@@ -8,7 +8,7 @@ use vm_memory::GuestMemoryMmap;
 
 use super::request::{serve_chain, Disk, ID_BYTES, SECTOR_SHIFT};
 use crate::devices::virtio::{
-    read_config_bytes, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+    read_config_bytes, UsedQueues, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
 
 pub const VIRTIO_ID_BLOCK: u32 = 2;
@@ -108,7 +108,22 @@ impl VirtioDevice for Block {
 
     fn activate(&mut self, _acked_features: u64) {}
 
-    fn process_queue(&mut self, _index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+    fn process_queue(
+        &mut self,
+        index: usize,
+        queues: &mut [Queue],
+        mem: &GuestMemoryMmap,
+    ) -> UsedQueues {
+        let Some(queue) = queues.get_mut(index) else {
+            return UsedQueues::default();
+        };
+        UsedQueues::one_if(index, self.serve(queue, mem))
+    }
+}
+
+impl Block {
+    /// Serves every available request of `queue`; returns whether any buffer was used.
+    fn serve(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
         let mut used = false;
         loop {
             if let Err(e) = queue.disable_notification(mem) {

@@ -1,0 +1,260 @@
+//! virtio-vsock (virtio 1.2, section 5.10) with a hybrid unix-socket host side.
+//!
+//! Three queues: RX (device → driver packets), TX (driver → device packets) and the event
+//! queue, which only ever carries a transport-reset event. The device parses TX packets
+//! ([`packet`]), hands them to the [`muxer`], and fills RX buffers with what the muxer's
+//! connections have for the guest. RX delivery is driven from three places: the guest
+//! adding RX buffers, a TX packet that needs an answer, and host sockets becoming ready;
+//! when the guest has no RX buffers, everything waits for its next notification.
+
+pub mod connection;
+pub mod handshake;
+pub mod muxer;
+pub mod packet;
+
+use std::io::Write;
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::Path;
+
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{read_config_bytes, UsedQueues, VirtioDevice, VIRTIO_F_VERSION_1};
+pub use muxer::{Muxer, MuxerError};
+use packet::{HEADER_LEN, MAX_PAYLOAD};
+
+pub const VIRTIO_ID_VSOCK: u32 = 19;
+pub const RX: usize = 0;
+pub const TX: usize = 1;
+pub const EVENT: usize = 2;
+const QUEUE_SIZES: [u16; 3] = [256, 256, 16];
+/// virtio_vsock_event.id of a transport reset.
+const EVENT_TRANSPORT_RESET: u32 = 0;
+/// The lowest CID a guest may have (0-2 are the hypervisor, local and host).
+pub const MIN_GUEST_CID: u64 = 3;
+/// CIDs are 32-bit in practice; u32::MAX is VMADDR_CID_ANY.
+pub const MAX_GUEST_CID: u64 = u32::MAX as u64 - 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VsockError {
+    #[error("guest_cid = {0}: must be between {MIN_GUEST_CID} and {MAX_GUEST_CID}")]
+    BadCid(u64),
+    #[error(transparent)]
+    Muxer(#[from] MuxerError),
+    #[error("vsock: create eventfd")]
+    EventFd(#[source] std::io::Error),
+}
+
+pub struct Vsock {
+    cid: u64,
+    muxer: Muxer,
+    /// Written by whoever wants a transport reset posted (snapshot restore).
+    reset_evt: EventFd,
+    reset_pending: bool,
+    rx_buf: Vec<u8>,
+    tx_payload: Vec<u8>,
+}
+
+impl Vsock {
+    pub fn new(cid: u64, uds_path: &Path) -> Result<Self, VsockError> {
+        if !(MIN_GUEST_CID..=MAX_GUEST_CID).contains(&cid) {
+            return Err(VsockError::BadCid(cid));
+        }
+        Ok(Vsock {
+            cid,
+            muxer: Muxer::new(cid, uds_path)?,
+            reset_evt: EventFd::new(libc::EFD_NONBLOCK).map_err(VsockError::EventFd)?,
+            reset_pending: false,
+            rx_buf: vec![0; MAX_PAYLOAD],
+            tx_payload: Vec::with_capacity(MAX_PAYLOAD),
+        })
+    }
+
+    /// A handle that, written to, makes the device drop every connection and post a
+    /// transport-reset event to the guest.
+    pub fn reset_trigger(&self) -> Result<EventFd, VsockError> {
+        self.reset_evt.try_clone().map_err(VsockError::EventFd)
+    }
+
+    /// Takes every TX packet and hands it to the muxer.
+    fn serve_tx(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+        let mut used = false;
+        while let Some(chain) = next_chain(queue, mem) {
+            let head = chain.head_index();
+            match chain.reader(mem) {
+                Ok(mut reader) => match packet::read_packet(&mut reader, &mut self.tx_payload) {
+                    Ok(hdr) => self.muxer.guest_packet(&hdr, &self.tx_payload),
+                    Err(e) => log::debug!("vsock: bad TX packet: {e}"),
+                },
+                Err(e) => log::debug!("vsock: malformed TX descriptor chain: {e}"),
+            }
+            if let Err(e) = queue.add_used(mem, head, 0) {
+                log::warn!("vsock: cannot return TX descriptor {head}: {e}");
+            }
+            used = true;
+        }
+        used
+    }
+
+    /// Fills RX buffers while the muxer has packets and the guest has buffers.
+    fn serve_rx(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+        let mut used = false;
+        while self.muxer.has_rx() {
+            let Some(chain) = next_chain(queue, mem) else {
+                break; // parked until the guest posts RX buffers
+            };
+            let head = chain.head_index();
+            let mut writer = match chain.writer(mem) {
+                Ok(w) if w.available_bytes() >= HEADER_LEN => w,
+                Ok(_) | Err(_) => {
+                    log::debug!("vsock: RX buffer {head} cannot hold a packet header");
+                    let _ = queue.add_used(mem, head, 0);
+                    used = true;
+                    continue;
+                }
+            };
+            let room = (writer.available_bytes() - HEADER_LEN).min(MAX_PAYLOAD);
+            let Some(hdr) = self.muxer.next_rx(&mut self.rx_buf[..room]) else {
+                queue.go_to_previous_position();
+                break;
+            };
+            let payload = &self.rx_buf[..hdr.len as usize];
+            let len = match writer
+                .write_all(&hdr.to_bytes())
+                .and_then(|()| writer.write_all(payload))
+            {
+                Ok(()) => HEADER_LEN + payload.len(),
+                Err(e) => {
+                    log::warn!("vsock: cannot write an RX packet to guest memory: {e}");
+                    0
+                }
+            };
+            if let Err(e) = queue.add_used(mem, head, len as u32) {
+                log::warn!("vsock: cannot return RX descriptor {head}: {e}");
+            }
+            used = true;
+        }
+        used
+    }
+
+    fn serve_event(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+        if !self.reset_pending {
+            return false;
+        }
+        let Some(chain) = next_chain(queue, mem) else {
+            return false;
+        };
+        let head = chain.head_index();
+        let len = match chain.writer(mem) {
+            Ok(mut w) => w
+                .write_all(&EVENT_TRANSPORT_RESET.to_le_bytes())
+                .map(|()| 4)
+                .unwrap_or(0),
+            Err(_) => 0,
+        };
+        if len == 4 {
+            self.reset_pending = false;
+        }
+        let _ = queue.add_used(mem, head, len);
+        true
+    }
+
+    /// RX and event delivery after anything that may have produced packets.
+    fn deliver(&mut self, queues: &mut [Queue], mem: &GuestMemoryMmap) -> UsedQueues {
+        let mut used = UsedQueues::default();
+        if let Some(q) = queues.get_mut(RX) {
+            used.merge(UsedQueues::one_if(RX, self.serve_rx(q, mem)));
+        }
+        if let Some(q) = queues.get_mut(EVENT) {
+            used.merge(UsedQueues::one_if(EVENT, self.serve_event(q, mem)));
+        }
+        used
+    }
+}
+
+/// The next available chain; when the ring is empty, notifications are re-armed (so the
+/// driver tells us about its next buffer) and the ring is checked once more.
+fn next_chain<'a>(
+    queue: &mut Queue,
+    mem: &'a GuestMemoryMmap,
+) -> Option<DescriptorChain<&'a GuestMemoryMmap>> {
+    if let Some(c) = queue.pop_descriptor_chain(mem) {
+        return Some(c);
+    }
+    match queue.enable_notification(mem) {
+        Ok(true) => queue.pop_descriptor_chain(mem),
+        Ok(false) => None,
+        Err(e) => {
+            log::warn!("vsock: queue unusable: {e}");
+            None
+        }
+    }
+}
+
+impl VirtioDevice for Vsock {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_VSOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn avail_features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.cid.to_le_bytes(), offset, data);
+    }
+
+    fn activate(&mut self, _acked_features: u64) {}
+
+    fn process_queue(
+        &mut self,
+        index: usize,
+        queues: &mut [Queue],
+        mem: &GuestMemoryMmap,
+    ) -> UsedQueues {
+        let mut used = UsedQueues::default();
+        if index == TX {
+            if let Some(q) = queues.get_mut(TX) {
+                used.merge(UsedQueues::one_if(TX, self.serve_tx(q, mem)));
+            }
+        }
+        used.merge(self.deliver(queues, mem));
+        used
+    }
+
+    fn reset(&mut self) {
+        self.muxer.reset_all();
+        self.reset_pending = false;
+    }
+
+    fn host_events(&self) -> Vec<(RawFd, EventSet)> {
+        vec![
+            (self.muxer.epoll_fd(), EventSet::IN),
+            (self.reset_evt.as_raw_fd(), EventSet::IN),
+        ]
+    }
+
+    fn process_host_event(
+        &mut self,
+        fd: RawFd,
+        _events: EventSet,
+        queues: &mut [Queue],
+        mem: &GuestMemoryMmap,
+    ) -> UsedQueues {
+        if fd == self.reset_evt.as_raw_fd() {
+            let _ = self.reset_evt.read();
+            log::info!("vsock: transport reset: dropping all connections");
+            self.muxer.reset_all();
+            self.reset_pending = true;
+        } else {
+            self.muxer.process_host_events();
+        }
+        self.deliver(queues, mem)
+    }
+}

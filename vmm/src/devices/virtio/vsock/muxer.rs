@@ -1,0 +1,556 @@
+//! The hybrid vsock backend: guest streams multiplexed onto host unix sockets, the way
+//! Firecracker's users know it.
+//!
+//! - Host → guest: a client connects to `uds_path`, sends `CONNECT <port>\n`; the guest
+//!   gets a REQUEST from a host port we allocate, and once it answers the client reads
+//!   `OK <host port>\n` followed by the stream.
+//! - Guest → host: a guest connection to CID 2, port P becomes a connection to the unix
+//!   socket `<uds_path>_<P>`, or an RST when nothing listens there.
+//!
+//! Every host descriptor sits in the muxer's own epoll, whose single fd the event loop
+//! watches; interest is recomputed after every change, so a connection that cannot make
+//! progress (no guest credit, no RX buffers) is not polled and the VMM sleeps.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::{ErrorKind, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::timerfd::TimerFd;
+
+use super::connection::{Connection, BUF_ALLOC};
+use super::handshake::{self, HandshakeError};
+use super::packet::{op, Header, HOST_CID, TYPE_STREAM};
+
+/// Connections per VM; requests beyond it are refused.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Host clients that connected but have not finished their CONNECT line.
+pub const MAX_HANDSHAKES: usize = 64;
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// RSTs for packets that match no connection, waiting for RX buffers; more are dropped
+/// (the guest times out instead).
+const MAX_ORPHAN_RSTS: usize = 1024;
+/// How often deadlines are checked while any is pending.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
+/// Host ports we allocate for host-initiated connections: [2^30, 2^31), as Firecracker.
+const LOCAL_PORT_MIN: u32 = 1 << 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MuxerError {
+    #[error("vsock socket {0}: a VMM is already listening there; choose another uds_path")]
+    InUse(PathBuf),
+    #[error("vsock socket {0}: the path exists and is not a socket; remove it or choose another uds_path")]
+    NotASocket(PathBuf),
+    #[error("vsock socket {path}: cannot listen")]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("vsock: create epoll or timer")]
+    Setup(#[source] std::io::Error),
+}
+
+type ConnKey = (u32, u32); // (host port, guest port)
+
+struct PendingHandshake {
+    stream: UnixStream,
+    deadline: Instant,
+}
+
+pub struct Muxer {
+    guest_cid: u64,
+    uds_path: PathBuf,
+    listener: UnixListener,
+    epoll: Epoll,
+    timer: TimerFd,
+    timer_armed: bool,
+    conns: HashMap<ConnKey, Connection>,
+    by_fd: HashMap<RawFd, ConnKey>,
+    /// Current epoll interest of each registered connection stream.
+    watched: HashMap<RawFd, EventSet>,
+    handshakes: HashMap<RawFd, PendingHandshake>,
+    rxq: VecDeque<ConnKey>,
+    in_rxq: HashSet<ConnKey>,
+    orphan_rsts: VecDeque<ConnKey>,
+    local_port_last: u32,
+}
+
+impl Muxer {
+    /// Listens on `uds_path`, replacing a stale socket left by a VMM that died.
+    pub fn new(guest_cid: u64, uds_path: &Path) -> Result<Self, MuxerError> {
+        prepare_socket_path(uds_path)?;
+        let listener = UnixListener::bind(uds_path).map_err(|source| MuxerError::Bind {
+            path: uds_path.to_path_buf(),
+            source,
+        })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| MuxerError::Bind {
+                path: uds_path.to_path_buf(),
+                source,
+            })?;
+        let epoll = Epoll::new().map_err(MuxerError::Setup)?;
+        let timer = TimerFd::new()
+            .map_err(|e| MuxerError::Setup(std::io::Error::from_raw_os_error(e.errno())))?;
+        for fd in [listener.as_raw_fd(), timer.as_raw_fd()] {
+            epoll
+                .ctl(
+                    ControlOperation::Add,
+                    fd,
+                    EpollEvent::new(EventSet::IN, fd as u64),
+                )
+                .map_err(MuxerError::Setup)?;
+        }
+        Ok(Muxer {
+            guest_cid,
+            uds_path: uds_path.to_path_buf(),
+            listener,
+            epoll,
+            timer,
+            timer_armed: false,
+            conns: HashMap::new(),
+            by_fd: HashMap::new(),
+            watched: HashMap::new(),
+            handshakes: HashMap::new(),
+            rxq: VecDeque::new(),
+            in_rxq: HashSet::new(),
+            orphan_rsts: VecDeque::new(),
+            local_port_last: LOCAL_PORT_MIN - 1,
+        })
+    }
+
+    /// The descriptor the event loop watches for the whole backend.
+    pub fn epoll_fd(&self) -> RawFd {
+        self.epoll.as_raw_fd()
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Serves whatever the host side has ready, without blocking.
+    pub fn process_host_events(&mut self) {
+        let mut events = [EpollEvent::default(); 32];
+        let n = match self.epoll.wait(0, &mut events) {
+            Ok(n) => n,
+            Err(e) => {
+                log::warn!("vsock: epoll wait failed: {e}");
+                return;
+            }
+        };
+        for ev in &events[..n] {
+            let fd = ev.data() as RawFd;
+            let set = ev.event_set();
+            if fd == self.listener.as_raw_fd() {
+                self.accept_clients();
+            } else if fd == self.timer.as_raw_fd() {
+                let _ = self.timer.wait();
+                self.timer_armed = false;
+                self.sweep(Instant::now());
+            } else if self.handshakes.contains_key(&fd) {
+                self.continue_handshake(fd);
+            } else if let Some(&key) = self.by_fd.get(&fd) {
+                if let Some(c) = self.conns.get_mut(&key) {
+                    c.host_event(set);
+                }
+                self.sync(key);
+            } else {
+                // Stale registration: nothing owns it any more.
+                let _ = self.epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
+            }
+        }
+        self.update_timer();
+    }
+
+    fn accept_clients(&mut self) {
+        loop {
+            let stream = match self.listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::warn!("vsock: accept on {}: {e}", self.uds_path.display());
+                    return;
+                }
+            };
+            if self.handshakes.len() >= MAX_HANDSHAKES {
+                log::warn!("vsock: {MAX_HANDSHAKES} clients are mid-handshake; refusing another");
+                continue;
+            }
+            if stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let fd = stream.as_raw_fd();
+            if self
+                .epoll
+                .ctl(
+                    ControlOperation::Add,
+                    fd,
+                    EpollEvent::new(EventSet::IN, fd as u64),
+                )
+                .is_err()
+            {
+                continue;
+            }
+            self.handshakes.insert(
+                fd,
+                PendingHandshake {
+                    stream,
+                    deadline: Instant::now() + HANDSHAKE_TIMEOUT,
+                },
+            );
+        }
+    }
+
+    /// Reads a client's CONNECT line. It peeks first and consumes exactly the line, so
+    /// bytes the client sends after it stay in the socket for the guest.
+    fn continue_handshake(&mut self, fd: RawFd) {
+        let Some(h) = self.handshakes.get(&fd) else {
+            return;
+        };
+        let mut buf = [0u8; handshake::MAX_LINE];
+        // SAFETY: `buf` is a live, writable buffer of the given length; MSG_PEEK leaves
+        // the data queued.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        let result = match n {
+            n if n < 0 => {
+                let e = std::io::Error::last_os_error();
+                if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) {
+                    return;
+                }
+                Err(HandshakeError::Eof)
+            }
+            0 => Err(HandshakeError::Eof),
+            n => handshake::parse(&buf[..n as usize]),
+        };
+        let (port, len) = match result {
+            Ok(None) => return,
+            Ok(Some(done)) => done,
+            Err(e) => {
+                log::warn!("vsock: dropping host client: {e}");
+                self.drop_handshake(fd);
+                return;
+            }
+        };
+        let mut line = vec![0u8; len];
+        if (&h.stream).read_exact(&mut line).is_err() {
+            self.drop_handshake(fd);
+            return;
+        }
+        let Some(PendingHandshake { stream, .. }) = self.drop_handshake(fd) else {
+            return;
+        };
+        if self.conns.len() >= MAX_CONNECTIONS {
+            log::warn!("vsock: {MAX_CONNECTIONS} connections open; refusing CONNECT {port}");
+            return;
+        }
+        let Some(local_port) = self.allocate_local_port(port) else {
+            log::warn!("vsock: no free host port for CONNECT {port}");
+            return;
+        };
+        log::debug!("vsock: host connects to guest port {port} from {local_port}");
+        let key = (local_port, port);
+        self.conns
+            .insert(key, Connection::host_initiated(stream, Instant::now()));
+        self.sync(key);
+    }
+
+    fn drop_handshake(&mut self, fd: RawFd) -> Option<PendingHandshake> {
+        let _ = self
+            .epoll
+            .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+        self.handshakes.remove(&fd)
+    }
+
+    fn allocate_local_port(&mut self, peer_port: u32) -> Option<u32> {
+        for _ in 0..MAX_CONNECTIONS + 1 {
+            self.local_port_last = ((self.local_port_last + 1) & !(1 << 31)) | LOCAL_PORT_MIN;
+            if !self.conns.contains_key(&(self.local_port_last, peer_port)) {
+                return Some(self.local_port_last);
+            }
+        }
+        None
+    }
+
+    /// A packet from the guest's TX queue.
+    pub fn guest_packet(&mut self, hdr: &Header, payload: &[u8]) {
+        if hdr.src_cid != self.guest_cid || hdr.dst_cid != HOST_CID || hdr.type_ != TYPE_STREAM {
+            log::debug!(
+                "vsock: dropping packet {}:{} -> {}:{} type {}",
+                hdr.src_cid,
+                hdr.src_port,
+                hdr.dst_cid,
+                hdr.dst_port,
+                hdr.type_
+            );
+            if hdr.op != op::RST && hdr.src_cid == self.guest_cid {
+                self.orphan_rst((hdr.dst_port, hdr.src_port));
+            }
+            return;
+        }
+        let key = (hdr.dst_port, hdr.src_port);
+        if hdr.op == op::REQUEST {
+            self.guest_connect(key, hdr);
+            return;
+        }
+        match self.conns.get_mut(&key) {
+            Some(c) => {
+                c.guest_packet(hdr, payload);
+                self.sync(key);
+            }
+            None if hdr.op != op::RST => self.orphan_rst(key),
+            None => {}
+        }
+    }
+
+    fn guest_connect(&mut self, key: ConnKey, hdr: &Header) {
+        if self.conns.contains_key(&key) {
+            log::debug!("vsock: guest re-requested a live connection {key:?}; resetting it");
+            if let Some(c) = self.conns.get_mut(&key) {
+                c.reset();
+            }
+            self.sync(key);
+            return;
+        }
+        if self.conns.len() >= MAX_CONNECTIONS {
+            log::warn!("vsock: {MAX_CONNECTIONS} connections open; refusing the guest's");
+            self.orphan_rst(key);
+            return;
+        }
+        let path = PathBuf::from(format!("{}_{}", self.uds_path.display(), key.0));
+        match connect_nonblocking(&path) {
+            Ok(stream) => {
+                log::debug!("vsock: guest port {} connected to {}", key.1, path.display());
+                self.conns
+                    .insert(key, Connection::guest_initiated(stream, hdr));
+                self.sync(key);
+            }
+            Err(e) => {
+                log::debug!("vsock: guest connect to {}: {e}", path.display());
+                self.orphan_rst(key);
+            }
+        }
+    }
+
+    fn orphan_rst(&mut self, key: ConnKey) {
+        if self.orphan_rsts.len() < MAX_ORPHAN_RSTS {
+            self.orphan_rsts.push_back(key);
+        }
+    }
+
+    /// Brings a connection's epoll interest and RX queueing in line with its state, and
+    /// drops it once finished.
+    fn sync(&mut self, key: ConnKey) {
+        let Some(c) = self.conns.get(&key) else {
+            return;
+        };
+        let fd = c.stream().as_raw_fd();
+        if c.is_finished() || !c.watchable() {
+            if self.watched.remove(&fd).is_some() {
+                let _ = self
+                    .epoll
+                    .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+                self.by_fd.remove(&fd);
+            }
+        } else {
+            let want = c.interest();
+            let op = match self.watched.get(&fd) {
+                None => Some(ControlOperation::Add),
+                Some(cur) if *cur != want => Some(ControlOperation::Modify),
+                Some(_) => None,
+            };
+            if let Some(op) = op {
+                if let Err(e) = self
+                    .epoll
+                    .ctl(op, fd, EpollEvent::new(want, fd as u64))
+                {
+                    log::warn!("vsock: cannot watch a host stream: {e}");
+                }
+                self.watched.insert(fd, want);
+                self.by_fd.insert(fd, key);
+            }
+        }
+        if c.is_finished() {
+            self.conns.remove(&key);
+            return;
+        }
+        if c.has_rx() && self.in_rxq.insert(key) {
+            self.rxq.push_back(key);
+        }
+    }
+
+    /// Whether a packet may be waiting for the guest.
+    pub fn has_rx(&self) -> bool {
+        !self.orphan_rsts.is_empty() || !self.rxq.is_empty()
+    }
+
+    /// The next packet for the guest: its header, with up to `buf.len()` payload bytes
+    /// placed in `buf`.
+    pub fn next_rx(&mut self, buf: &mut [u8]) -> Option<Header> {
+        if let Some((local, peer)) = self.orphan_rsts.pop_front() {
+            return Some(self.header(local, peer, op::RST, 0, 0, 0));
+        }
+        while let Some(key) = self.rxq.pop_front() {
+            self.in_rxq.remove(&key);
+            let Some(c) = self.conns.get_mut(&key) else {
+                continue;
+            };
+            let pkt = c.next_rx(buf);
+            let fwd_cnt = c.fwd_cnt();
+            self.sync(key);
+            if let Some(p) = pkt {
+                return Some(self.header(key.0, key.1, p.op, p.flags, p.len, fwd_cnt));
+            }
+        }
+        None
+    }
+
+    fn header(&self, local: u32, peer: u32, op: u16, flags: u32, len: u32, fwd: u32) -> Header {
+        Header {
+            src_cid: HOST_CID,
+            dst_cid: self.guest_cid,
+            src_port: local,
+            dst_port: peer,
+            len,
+            type_: TYPE_STREAM,
+            op,
+            flags,
+            buf_alloc: BUF_ALLOC,
+            fwd_cnt: fwd,
+        }
+    }
+
+    /// Drops every connection and pending handshake (device reset, transport reset): host
+    /// clients see their streams close.
+    pub fn reset_all(&mut self) {
+        for (fd, _) in self.watched.drain() {
+            let _ = self
+                .epoll
+                .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+        }
+        let fds: Vec<RawFd> = self.handshakes.keys().copied().collect();
+        for fd in fds {
+            self.drop_handshake(fd);
+        }
+        self.conns.clear();
+        self.by_fd.clear();
+        self.rxq.clear();
+        self.in_rxq.clear();
+        self.orphan_rsts.clear();
+    }
+
+    /// Expires handshakes and connections whose deadline passed.
+    pub fn sweep(&mut self, now: Instant) {
+        let stale: Vec<RawFd> = self
+            .handshakes
+            .iter()
+            .filter(|(_, h)| h.deadline <= now)
+            .map(|(fd, _)| *fd)
+            .collect();
+        for fd in stale {
+            log::warn!("vsock: host client sent no CONNECT line within {HANDSHAKE_TIMEOUT:?}");
+            self.drop_handshake(fd);
+        }
+        let expired: Vec<ConnKey> = self
+            .conns
+            .iter_mut()
+            .filter_map(|(k, c)| c.expire(now).then_some(*k))
+            .collect();
+        for key in expired {
+            self.sync(key);
+        }
+    }
+
+    fn update_timer(&mut self) {
+        let needed =
+            !self.handshakes.is_empty() || self.conns.values().any(|c| c.deadline().is_some());
+        if needed && !self.timer_armed {
+            if self.timer.reset(SWEEP_INTERVAL, None).is_ok() {
+                self.timer_armed = true;
+            }
+        } else if !needed && self.timer_armed && self.timer.clear().is_ok() {
+            self.timer_armed = false;
+        }
+    }
+}
+
+impl Drop for Muxer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.uds_path);
+    }
+}
+
+/// Makes `path` free for a listener: a socket nobody listens on (left by a VMM that was
+/// killed) is removed; a live one or any other file is an error.
+fn prepare_socket_path(path: &Path) -> Result<(), MuxerError> {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !meta.file_type().is_socket() {
+        return Err(MuxerError::NotASocket(path.to_path_buf()));
+    }
+    if UnixStream::connect(path).is_ok() {
+        return Err(MuxerError::InUse(path.to_path_buf()));
+    }
+    std::fs::remove_file(path).map_err(|source| MuxerError::Bind {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Connects to a unix stream socket without ever blocking the event loop: a listener
+/// whose backlog is full answers EAGAIN, which the guest sees as a refused connection.
+fn connect_nonblocking(path: &Path) -> std::io::Result<UnixStream> {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: an all-zero sockaddr_un is a valid value of the type.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(std::io::Error::new(
+            ErrorKind::InvalidInput,
+            "socket path too long",
+        ));
+    }
+    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: plain socket creation; the result is checked below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a socket we just created and own exclusively.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
+    // SAFETY: `addr` is an initialised sockaddr_un and `len` does not exceed its size.
+    let rc = unsafe {
+        libc::connect(
+            fd,
+            (&addr as *const libc::sockaddr_un).cast(),
+            len as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(UnixStream::from(owned))
+}
