@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Build the hull guest root image: a read-only erofs holding hull-agent as /sbin/init and
-# the directory skeleton PID 1 mounts onto. Cached under $HULL_CACHE/image (default
+# Build the hull guest root image: a read-only erofs holding hull-agent as /sbin/init, the
+# device self-test (/usr/libexec/hull/guest-test, run by the agent only when the kernel
+# command line says hull.run=...) and the directory skeleton PID 1 mounts onto. Cached under $HULL_CACHE/image (default
 # /var/cache/hull/image) by a hash of the agent binary and this script; prints the image
 # path as its last line.
 set -euo pipefail
@@ -20,10 +21,13 @@ echo "guest image: building hull-agent (static; a minute or two the first time)"
 (cd "$repo" && RUSTFLAGS="-C target-feature=+crt-static" \
     cargo build --release -p hull-agent --target "$target")
 agent="$repo/target/$target/release/hull-agent"
-[ -x "$agent" ] || die "cargo did not produce $agent"
-if readelf -l "$agent" | grep -q INTERP; then die "$agent is dynamically linked"; fi
+guest_test="$repo/target/$target/release/hull-guest-test"
+for bin in "$agent" "$guest_test"; do
+    [ -x "$bin" ] || die "cargo did not produce $bin"
+    if readelf -l "$bin" | grep -q INTERP; then die "$bin is dynamically linked"; fi
+done
 
-hash="$( { sha256sum "$agent" | cut -d' ' -f1; cat "$here/build-image.sh"; } | sha256sum | cut -c1-16)"
+hash="$( { sha256sum "$agent" "$guest_test" | cut -d' ' -f1; cat "$here/build-image.sh"; } | sha256sum | cut -c1-16)"
 out="$cache/rootfs-$hash.erofs"
 if [ -f "$out" ]; then
     ln -sfn "$(basename "$out")" "$cache/rootfs.erofs"
@@ -35,10 +39,11 @@ fi
 mkdir -p "$cache"
 stage="$(mktemp -d "$cache/stage.XXXXXX")"
 trap 'rm -rf "$stage"' EXIT
-mkdir -p "$stage"/{sbin,dev,proc,sys,run,tmp,etc,root}
+mkdir -p "$stage"/{sbin,dev,proc,sys,run,tmp,etc,root,usr/libexec/hull}
 chmod 1777 "$stage/tmp"
 chmod 0700 "$stage/root"
 install -m 0755 "$agent" "$stage/sbin/init"
+install -m 0755 "$guest_test" "$stage/usr/libexec/hull/guest-test"
 # The kernel opens /dev/console on the root filesystem before it starts init, which is
 # before the agent mounts devtmpfs: the node has to be in the image.
 mknod -m 0600 "$stage/dev/console" c 5 1

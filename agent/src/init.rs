@@ -130,6 +130,9 @@ pub enum AfterReady {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BootOptions {
     pub after_ready: AfterReady,
+    /// `hull.run=PROGRAM,ARG,...`: run this once ready, then power off with the VM. Used
+    /// by the device self-test and for debugging a guest without the RPC service.
+    pub run: Option<Vec<String>>,
 }
 
 impl BootOptions {
@@ -144,6 +147,9 @@ impl BootOptions {
             match rest.split_once('=') {
                 Some(("ready", "poweroff")) => opts.after_ready = AfterReady::Poweroff,
                 Some(("ready", "wait")) => opts.after_ready = AfterReady::Wait,
+                Some(("run", argv)) if !argv.is_empty() => {
+                    opts.run = Some(argv.split(',').map(str::to_string).collect());
+                }
                 _ => console_line(&format!("hull-agent: ignoring unknown option {word}")),
             }
         }
@@ -191,9 +197,26 @@ pub fn wait_signal(set: &SignalSet) -> Event {
     }
 }
 
+/// Reaps every exited child without blocking; returns the wait status of `watched` if it
+/// was among them.
+pub fn reap_all_watching(watched: Option<libc::pid_t>) -> Option<libc::c_int> {
+    let mut found = None;
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid with a valid out-pointer; WNOHANG never blocks.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid <= 0 {
+            return found;
+        }
+        if Some(pid) == watched {
+            found = Some(status);
+        }
+    }
+}
+
 /// Reaps every exited child without blocking.
 pub fn reap_all() {
-    while reap_one() > 0 {}
+    reap_all_watching(None);
 }
 
 /// One non-blocking waitpid: the reaped PID, 0 if children remain but none exited, or a
@@ -202,6 +225,17 @@ fn reap_one() -> libc::pid_t {
     let mut status = 0;
     // SAFETY: waitpid with a valid out-pointer; WNOHANG never blocks.
     unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) }
+}
+
+/// "exit 0", "exit 3", "signal 9" for a wait status.
+pub fn describe_status(status: libc::c_int) -> String {
+    if libc::WIFEXITED(status) {
+        format!("exit {}", libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) {
+        format!("signal {}", libc::WTERMSIG(status))
+    } else {
+        format!("status {status:#x}")
+    }
 }
 
 /// Reaps children for up to `limit`, returning early once none are left.
@@ -232,6 +266,16 @@ mod tests {
     fn reads_ready_poweroff_among_other_options() {
         let o = BootOptions::from_cmdline("console=ttyS0 hull.ready=poweroff root=/dev/vda\n");
         assert_eq!(o.after_ready, AfterReady::Poweroff);
+    }
+
+    #[test]
+    fn run_option_splits_program_and_arguments() {
+        let o = BootOptions::from_cmdline("quiet hull.run=/bin/t,devices,1234 hull.ready=wait");
+        assert_eq!(
+            o.run,
+            Some(vec!["/bin/t".into(), "devices".into(), "1234".into()])
+        );
+        assert_eq!(BootOptions::from_cmdline("hull.run=").run, None);
     }
 
     #[test]

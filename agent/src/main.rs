@@ -22,6 +22,31 @@ use hull_protocol::boot::{Stage, READY_MARKER};
 
 use crate::init::AfterReady;
 
+/// Starts `hull.run`'s program on the console with default signal handling; its PID.
+fn run_program(argv: &[String]) -> Option<libc::pid_t> {
+    use std::os::unix::process::CommandExt;
+    let (program, args) = argv.split_first()?;
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args);
+    // SAFETY: the closure runs in the child between fork and exec and only calls
+    // async-signal-safe functions (sigemptyset, sigprocmask).
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+    match cmd.spawn() {
+        Ok(child) => Some(child.id() as libc::pid_t),
+        Err(e) => {
+            init::console_line(&format!("hull-agent: cannot run {program}: {e}"));
+            None
+        }
+    }
+}
+
 fn main() -> ExitCode {
     if std::process::id() != 1 {
         eprintln!(
@@ -42,12 +67,22 @@ fn main() -> ExitCode {
     timer.report(Stage::AgentReady);
     init::console_line(&format!("{READY_MARKER} cpus={}", init::online_cpus()));
 
-    if options.after_ready == AfterReady::Poweroff {
+    let run = options.run.as_deref().and_then(run_program);
+    let run_failed = options.run.is_some() && run.is_none();
+    if run_failed || (options.after_ready == AfterReady::Poweroff && run.is_none()) {
         power::poweroff(&timer);
     }
     loop {
         match init::wait_signal(&signals) {
-            init::Event::Child => init::reap_all(),
+            init::Event::Child => {
+                if let Some(status) = init::reap_all_watching(run) {
+                    init::console_line(&format!(
+                        "hull-agent: run exited: {}",
+                        init::describe_status(status)
+                    ));
+                    power::poweroff(&timer);
+                }
+            }
             init::Event::Shutdown => power::poweroff(&timer),
             init::Event::Other => {}
         }

@@ -25,7 +25,9 @@ use crate::devices::boot_timer::{BootTimer, StageLog};
 use crate::devices::i8042::I8042;
 use crate::devices::serial::SerialDevice;
 use crate::devices::virtio::block::Block;
-use crate::devices::virtio::{Interrupt, MmioTransport};
+use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::vsock::Vsock;
+use crate::devices::virtio::{Interrupt, MmioTransport, VirtioDevice};
 use crate::devices::{Bus, BusDevice};
 use crate::exit::{ExitEvent, ExitReason};
 use crate::quirks::{self, HostMode};
@@ -82,6 +84,8 @@ pub enum BuildError {
     Block(#[from] crate::devices::virtio::block::BlockError),
     #[error(transparent)]
     Mmio(#[from] crate::devices::virtio::mmio::MmioError),
+    #[error(transparent)]
+    Vsock(#[from] crate::devices::virtio::vsock::VsockError),
     #[error("too many virtio devices: {0} (the IOAPIC has pins for {max})", max = layout::IOAPIC_PINS - layout::VIRTIO_IRQ_BASE)]
     TooManyDevices(usize),
     #[error("create eventfd")]
@@ -101,6 +105,7 @@ impl BuildError {
                 | BuildError::InitrdTooLarge { .. }
                 | BuildError::TooManyDevices(_)
                 | BuildError::Block(crate::devices::virtio::block::BlockError::SerialTooLong(_))
+                | BuildError::Vsock(_)
         )
     }
 }
@@ -114,6 +119,8 @@ pub struct Vmm {
     vcpus: Vec<JoinHandle<Recoveries>>,
     stages: StageLog,
     host: HostMode,
+    /// Written to, makes the vsock device post a transport reset (snapshot restore).
+    vsock_reset: Option<EventFd>,
     // Kept alive for the vCPUs: KVM memory slots point into this mapping.
     _ram: GuestRam,
     _vm: Vm,
@@ -144,7 +151,8 @@ pub fn build_microvm(config: &VmConfig, start: Instant) -> Result<Vmm, BuildErro
     let mut event_manager = EventManager::<Subscriber>::new().map_err(BuildError::EventManager)?;
 
     let (pio, stages) = legacy_devices(config, &vm, mem, &exit, start)?;
-    let (mmio, mmio_devices, root) = virtio_devices(config, &vm, mem, &mut event_manager)?;
+    let (mmio, mmio_devices, root, vsock_reset) =
+        virtio_devices(config, &vm, mem, &mut event_manager)?;
 
     let cmdline = cmdline::build(&CmdlineSpec {
         quirks: host.is_emulated().then_some(quirks::EMULATED_HOST_CMDLINE),
@@ -207,6 +215,7 @@ pub fn build_microvm(config: &VmConfig, start: Instant) -> Result<Vmm, BuildErro
         vcpus: handles,
         stages,
         host,
+        vsock_reset,
         _ram: ram,
         _vm: vm,
         _kvm: kvm,
@@ -338,22 +347,17 @@ fn legacy_devices(
 
 type RootSpec = Option<(String, Option<String>, bool)>;
 
-/// One virtio-mmio window, GSI, irqfd and ioeventfds per device; the root disk first so
-/// it becomes /dev/vda.
+/// One virtio-mmio window, GSI, irqfd and ioeventfds per device. Disks come first, the
+/// root disk leading so it becomes /dev/vda; then vsock and the entropy device.
 fn virtio_devices(
     config: &VmConfig,
     vm: &Vm,
     mem: &GuestMemoryMmap,
     event_manager: &mut EventManager<Subscriber>,
-) -> Result<(Bus, Vec<MmioDevice>, RootSpec), BuildError> {
+) -> Result<(Bus, Vec<MmioDevice>, RootSpec, Option<EventFd>), BuildError> {
     let mut drives: Vec<_> = config.drives.iter().collect();
     drives.sort_by_key(|d| !d.root);
-    let max = (layout::IOAPIC_PINS - layout::VIRTIO_IRQ_BASE) as usize;
-    if drives.len() > max {
-        return Err(BuildError::TooManyDevices(drives.len()));
-    }
-    let mut bus = Bus::new();
-    let mut announced = Vec::new();
+    let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
     let mut root = None;
     for (i, drive) in drives.iter().enumerate() {
         let block = Block::new(&drive.path, drive.read_only, drive.serial.as_deref())?;
@@ -371,15 +375,35 @@ fn virtio_devices(
         if drive.root {
             root = Some((cmdline::disk_name(i), drive.fstype.clone(), drive.read_only));
         }
+        devices.push(Box::new(block));
+    }
+    let mut vsock_reset = None;
+    if let Some(v) = &config.vsock {
+        let vsock = Vsock::new(v.guest_cid, &v.uds_path)?;
+        vsock_reset = Some(vsock.reset_trigger()?);
+        log::info!(
+            "vsock: guest CID {}, host socket {}",
+            v.guest_cid,
+            v.uds_path.display()
+        );
+        devices.push(Box::new(vsock));
+    }
+    if config.entropy {
+        devices.push(Box::new(Rng::new()));
+    }
+
+    let max = (layout::IOAPIC_PINS - layout::VIRTIO_IRQ_BASE) as usize;
+    if devices.len() > max {
+        return Err(BuildError::TooManyDevices(devices.len()));
+    }
+    let mut bus = Bus::new();
+    let mut announced = Vec::new();
+    for (i, device) in devices.into_iter().enumerate() {
         let base = layout::VIRTIO_MMIO_START + (i as u64) * layout::VIRTIO_MMIO_SIZE;
         let irq = layout::VIRTIO_IRQ_BASE + i as u32;
         let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
         vm.register_irqfd(&irqfd, irq)?;
-        let transport = MmioTransport::new(
-            Box::new(block),
-            mem.clone(),
-            Arc::new(Interrupt::new(irqfd)),
-        )?;
+        let transport = MmioTransport::new(device, mem.clone(), Arc::new(Interrupt::new(irqfd)))?;
         for (q, evt) in transport.queue_evts().iter().enumerate() {
             vm.register_mmio_ioevent(
                 evt,
@@ -393,7 +417,7 @@ fn virtio_devices(
         event_manager.add_subscriber(transport);
         announced.push(MmioDevice { base, irq });
     }
-    Ok((bus, announced, root))
+    Ok((bus, announced, root, vsock_reset))
 }
 
 /// Wakes the event loop when the VM ends or a termination signal arrives.
@@ -433,6 +457,13 @@ pub struct RunOutcome {
 impl Vmm {
     pub fn host_mode(&self) -> &HostMode {
         &self.host
+    }
+
+    /// Asks the vsock device (if any) to drop its connections and tell the guest so.
+    pub fn vsock_transport_reset(&self) -> bool {
+        self.vsock_reset
+            .as_ref()
+            .is_some_and(|e| e.write(1).is_ok())
     }
 
     /// Serves devices until the VM ends, then stops and joins every vCPU thread.

@@ -73,7 +73,17 @@ pub enum ConfigError {
         "console = {path}: the directory {dir} does not exist; create it or choose another path"
     )]
     ConsoleDir { path: PathBuf, dir: PathBuf },
+    #[error("vsock.guest_cid = {0}: must be between 3 and 4294967294 (0-2 are reserved for the hypervisor, loopback and host)")]
+    VsockCid(u64),
+    #[error("vsock.uds_path = {path}: the directory {dir} does not exist; create it or choose another path")]
+    VsockDir { path: PathBuf, dir: PathBuf },
+    #[error("vsock.uds_path = {0}: too long for a unix socket once \"_<port>\" is appended (at most {max} bytes); choose a shorter path", max = MAX_VSOCK_PATH)]
+    VsockPathTooLong(PathBuf),
 }
+
+/// Longest `vsock.uds_path`: `sun_path` holds 107 bytes plus NUL, and guest-initiated
+/// connections append `_<port>` (up to 11 bytes).
+pub const MAX_VSOCK_PATH: usize = 107 - 11;
 
 /// Where the guest's serial console goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,8 +134,32 @@ impl std::str::FromStr for QuirksMode {
     }
 }
 
-/// A virtio-blk disk backed by a raw image file. The format is fixed: a raw image is never
-/// probed for another format's header.
+/// The on-disk format of a drive image. Only raw is supported, and it is always given
+/// (defaulting to raw), never guessed from the image's first bytes: a guest that writes a
+/// qcow2 header into its raw disk must not make the host read it as qcow2 next boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriveFormat {
+    #[default]
+    Raw,
+}
+
+/// The virtio-vsock device: the guest's context ID and the host unix socket of the hybrid
+/// backend (Firecracker's `CONNECT <port>` protocol; guest connections to host port P go
+/// to `<uds_path>_<P>`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    #[serde(default = "default_guest_cid")]
+    pub guest_cid: u64,
+    pub uds_path: PathBuf,
+}
+
+pub fn default_guest_cid() -> u64 {
+    3
+}
+
+/// A virtio-blk disk backed by a raw image file.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DriveConfig {
@@ -141,6 +175,8 @@ pub struct DriveConfig {
     /// Serial number reported by VIRTIO_BLK_T_GET_ID (at most 20 bytes).
     #[serde(default)]
     pub serial: Option<String>,
+    #[serde(default)]
+    pub format: DriveFormat,
 }
 
 fn default_true() -> bool {
@@ -160,6 +196,9 @@ pub struct ConfigFile {
     pub quirks: Option<QuirksMode>,
     #[serde(default)]
     pub drive: Vec<DriveConfig>,
+    pub vsock: Option<VsockConfig>,
+    /// Attach a virtio-rng device (default true).
+    pub entropy: Option<bool>,
 }
 
 impl ConfigFile {
@@ -197,6 +236,8 @@ pub struct VmConfig {
     pub console: ConsoleOutput,
     pub quirks: QuirksMode,
     pub drives: Vec<DriveConfig>,
+    pub vsock: Option<VsockConfig>,
+    pub entropy: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -261,14 +302,20 @@ impl VmConfig {
         }
 
         let mut drives = file.drive;
-        if drives.is_empty() {
-            drives.push(DriveConfig {
-                path: PathBuf::from(DEFAULT_ROOT_IMAGE),
-                read_only: true,
-                root: true,
-                fstype: Some("erofs".into()),
-                serial: None,
-            });
+        // Without a root disk or an initrd the guest has nothing to boot: give it hull's
+        // image, so extra `--drive`s do not silently take the root's place.
+        if file.initrd.is_none() && !drives.iter().any(|d| d.root) {
+            drives.insert(
+                0,
+                DriveConfig {
+                    path: PathBuf::from(DEFAULT_ROOT_IMAGE),
+                    read_only: true,
+                    root: true,
+                    fstype: Some("erofs".into()),
+                    serial: None,
+                    format: DriveFormat::Raw,
+                },
+            );
         }
         let mut root = None;
         for (index, d) in drives.iter().enumerate() {
@@ -299,6 +346,10 @@ impl VmConfig {
             }
         }
 
+        if let Some(v) = &file.vsock {
+            validate_vsock(v)?;
+        }
+
         Ok(VmConfig {
             kernel,
             kernel_format,
@@ -309,12 +360,33 @@ impl VmConfig {
             console,
             quirks: file.quirks.unwrap_or_default(),
             drives,
+            vsock: file.vsock,
+            entropy: file.entropy.unwrap_or(true),
         })
     }
 
     pub fn memory_bytes(&self) -> u64 {
         u64::from(self.memory_mib) << 20
     }
+}
+
+fn validate_vsock(v: &VsockConfig) -> Result<(), ConfigError> {
+    if !(3..=u64::from(u32::MAX - 1)).contains(&v.guest_cid) {
+        return Err(ConfigError::VsockCid(v.guest_cid));
+    }
+    if v.uds_path.as_os_str().len() > MAX_VSOCK_PATH {
+        return Err(ConfigError::VsockPathTooLong(v.uds_path.clone()));
+    }
+    let dir = v.uds_path.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(dir) = dir {
+        if !dir.is_dir() {
+            return Err(ConfigError::VsockDir {
+                path: v.uds_path.clone(),
+                dir: dir.to_path_buf(),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn file_len(path: &Path) -> Result<u64, ConfigError> {
@@ -474,6 +546,7 @@ mod tests {
                 root: true,
                 fstype: None,
                 serial: None,
+                format: DriveFormat::Raw,
             }],
             ..Default::default()
         }
@@ -633,5 +706,70 @@ mod tests {
             VmConfig::validate(file, 2),
             Err(ConfigError::ConsoleDir { .. })
         ));
+    }
+
+    #[test]
+    fn vsock_and_entropy_are_validated_and_defaulted() {
+        let f = fixture();
+        let cfg = VmConfig::validate(file_for(&f), 2).unwrap();
+        assert!(cfg.entropy, "entropy device on by default");
+        assert!(cfg.vsock.is_none());
+
+        let toml = format!(
+            "kernel = {:?}\n[vsock]\nuds_path = {:?}\n",
+            f.kernel,
+            f.dir.path().join("v.sock")
+        );
+        let path = f.dir.path().join("vm.toml");
+        std::fs::write(&path, toml).unwrap();
+        let mut file = ConfigFile::load(&path).unwrap();
+        file.drive = file_for(&f).drive;
+        let cfg = VmConfig::validate(file, 2).unwrap();
+        assert_eq!(cfg.vsock.unwrap().guest_cid, 3);
+
+        for (cid, dir) in [(2u64, f.dir.path()), (1 << 32, f.dir.path())] {
+            let mut file = file_for(&f);
+            file.vsock = Some(VsockConfig {
+                guest_cid: cid,
+                uds_path: dir.join("v.sock"),
+            });
+            assert!(matches!(
+                VmConfig::validate(file, 2),
+                Err(ConfigError::VsockCid(c)) if c == cid
+            ));
+        }
+        let mut file = file_for(&f);
+        file.vsock = Some(VsockConfig {
+            guest_cid: 3,
+            uds_path: "/nonexistent-dir/v.sock".into(),
+        });
+        assert!(matches!(
+            VmConfig::validate(file, 2),
+            Err(ConfigError::VsockDir { .. })
+        ));
+        let mut file = file_for(&f);
+        file.vsock = Some(VsockConfig {
+            guest_cid: 3,
+            uds_path: PathBuf::from(format!("/tmp/{}", "x".repeat(100))),
+        });
+        assert!(matches!(
+            VmConfig::validate(file, 2),
+            Err(ConfigError::VsockPathTooLong(_))
+        ));
+    }
+
+    #[test]
+    fn drive_format_is_raw_or_rejected() {
+        let f = fixture();
+        let path = f.dir.path().join("vm.toml");
+        std::fs::write(&path, "[[drive]]\npath = \"/x\"\nformat = \"raw\"\n").unwrap();
+        assert_eq!(
+            ConfigFile::load(&path).unwrap().drive[0].format,
+            DriveFormat::Raw
+        );
+        std::fs::write(&path, "[[drive]]\npath = \"/x\"\nformat = \"qcow2\"\n").unwrap();
+        let e = ConfigFile::load(&path).unwrap_err();
+        let chain = format!("{e}: {}", std::error::Error::source(&e).unwrap());
+        assert!(chain.contains("qcow2") && chain.contains("raw"), "{chain}");
     }
 }

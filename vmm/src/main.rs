@@ -10,7 +10,10 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
-use hull_vmm::config::{ConfigFile, ConsoleOutput, DriveConfig, QuirksMode, VmConfig};
+use hull_vmm::config::{
+    default_guest_cid, ConfigFile, ConsoleOutput, DriveConfig, DriveFormat, QuirksMode, VmConfig,
+    VsockConfig,
+};
 
 #[derive(Debug, Parser)]
 #[command(name = "hull-vmm", version, about = "Run one hull microVM")]
@@ -51,6 +54,15 @@ struct Args {
     /// Emulated-KVM quirks: auto, on, off.
     #[arg(long)]
     quirks: Option<QuirksMode>,
+    /// Host unix socket of the hybrid vsock device (`CONNECT <port>` protocol).
+    #[arg(long)]
+    vsock_uds: Option<PathBuf>,
+    /// Guest context ID of the vsock device (default 3).
+    #[arg(long, requires = "vsock_uds")]
+    vsock_cid: Option<u64>,
+    /// Do not attach the virtio-rng entropy device.
+    #[arg(long)]
+    no_entropy: bool,
 }
 
 fn merged_config(args: Args) -> Result<ConfigFile, hull_vmm::ConfigError> {
@@ -69,6 +81,19 @@ fn merged_config(args: Args) -> Result<ConfigFile, hull_vmm::ConfigError> {
         .map(ConsoleOutput::parse)
         .or(file.console);
     file.quirks = args.quirks.or(file.quirks);
+    if let Some(uds_path) = args.vsock_uds {
+        let guest_cid = args
+            .vsock_cid
+            .or(file.vsock.as_ref().map(|v| v.guest_cid))
+            .unwrap_or_else(default_guest_cid);
+        file.vsock = Some(VsockConfig {
+            guest_cid,
+            uds_path,
+        });
+    }
+    if args.no_entropy {
+        file.entropy = Some(false);
+    }
     if let Some(root) = args.root {
         file.drive.retain(|d| !d.root);
         file.drive.insert(
@@ -79,6 +104,7 @@ fn merged_config(args: Args) -> Result<ConfigFile, hull_vmm::ConfigError> {
                 root: true,
                 fstype: Some(args.root_fstype),
                 serial: None,
+                format: DriveFormat::Raw,
             },
         );
     }
@@ -93,6 +119,7 @@ fn merged_config(args: Args) -> Result<ConfigFile, hull_vmm::ConfigError> {
             root: false,
             fstype: None,
             serial: None,
+            format: DriveFormat::Raw,
         });
     }
     Ok(file)

@@ -121,6 +121,15 @@ impl MmioTransport {
         self.device.device_type()
     }
 
+    /// The host descriptors the device wants watched.
+    pub fn host_fds(&self) -> Vec<std::os::fd::RawFd> {
+        self.device
+            .host_events()
+            .into_iter()
+            .map(|(fd, _)| fd)
+            .collect()
+    }
+
     pub fn status(&self) -> u32 {
         self.status
     }
@@ -220,7 +229,9 @@ impl MmioTransport {
         if !self.queues.get(index).is_some_and(|q| q.ready()) {
             return;
         }
-        let used = self.device.process_queue(index, &mut self.queues, &self.mem);
+        let used = self
+            .device
+            .process_queue(index, &mut self.queues, &self.mem);
         self.signal_used(used);
     }
 
@@ -244,13 +255,15 @@ impl MmioTransport {
     }
 
     /// A host-side descriptor of the device is ready.
-    fn host_event(&mut self, fd: std::os::fd::RawFd, events: EventSet) {
+    pub(crate) fn host_event(&mut self, fd: std::os::fd::RawFd, events: EventSet) {
         let queues: &mut [Queue] = if self.activated {
             &mut self.queues
         } else {
             &mut []
         };
-        let used = self.device.process_host_event(fd, events, queues, &self.mem);
+        let used = self
+            .device
+            .process_host_event(fd, events, queues, &self.mem);
         self.signal_used(used);
     }
 
@@ -468,9 +481,24 @@ pub(crate) mod tests {
     }
 
     fn setup_queues(t: &mut MmioTransport, queues: &[(u64, u64, u64)]) {
+        setup_sized_queues(t, queues, 16);
+    }
+
+    /// Negotiates `features` and sets up queues of `size` entries.
+    pub fn bring_up_sized(
+        t: &mut MmioTransport,
+        features: u64,
+        queues: &[(u64, u64, u64)],
+        size: u16,
+    ) {
+        negotiate(t, features);
+        setup_sized_queues(t, queues, size);
+    }
+
+    fn setup_sized_queues(t: &mut MmioTransport, queues: &[(u64, u64, u64)], size: u16) {
         for (q, &(desc, avail, used)) in queues.iter().enumerate() {
             w(t, reg::QUEUE_SEL, q as u32);
-            w(t, reg::QUEUE_NUM, 16);
+            w(t, reg::QUEUE_NUM, u32::from(size));
             w(t, reg::QUEUE_DESC_LOW, desc as u32);
             w(t, reg::QUEUE_DRIVER_LOW, avail as u32);
             w(t, reg::QUEUE_DEVICE_LOW, used as u32);

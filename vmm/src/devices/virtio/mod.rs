@@ -12,6 +12,8 @@
 pub mod block;
 pub mod mmio;
 pub mod rng;
+#[cfg(test)]
+pub(crate) mod test_driver;
 pub mod vsock;
 
 use std::os::fd::RawFd;

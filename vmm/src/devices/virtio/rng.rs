@@ -154,8 +154,11 @@ mod tests {
         mem.write_obj(BUF, d).unwrap();
         mem.write_obj(len, d.unchecked_add(8)).unwrap();
         mem.write_obj(2u16, d.unchecked_add(12)).unwrap(); // WRITE
-        mem.write_obj(0u16, GuestAddress(AVAIL + 4 + 2 * u64::from((avail_idx - 1) % 16)))
-            .unwrap();
+        mem.write_obj(
+            0u16,
+            GuestAddress(AVAIL + 4 + 2 * u64::from((avail_idx - 1) % 16)),
+        )
+        .unwrap();
         mem.write_obj(avail_idx, GuestAddress(AVAIL + 2)).unwrap();
         t.write(reg::QUEUE_NOTIFY, &0u32.to_le_bytes());
         let used: u16 = mem.read_obj(GuestAddress(USED + 2)).unwrap();

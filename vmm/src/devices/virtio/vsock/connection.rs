@@ -363,13 +363,7 @@ impl Connection {
     }
 
     fn next_rx_inner(&mut self, buf: &mut [u8]) -> Option<RxPacket> {
-        let control = |op, flags| {
-            Some(RxPacket {
-                op,
-                flags,
-                len: 0,
-            })
-        };
+        let control = |op, flags| Some(RxPacket { op, flags, len: 0 });
         if self.pending & pending::RST != 0 {
             self.pending = 0;
             return control(op::RST, 0);
@@ -473,7 +467,11 @@ mod tests {
         let p = c.next_rx(&mut buf).unwrap();
         assert_eq!((p.op, p.len), (op::RW, 4096), "guest advertised 4096 bytes");
         assert!(!c.has_rx(), "no credit left: nothing more to send");
-        assert_eq!(c.interest(), EventSet::empty(), "stream not watched without credit");
+        assert_eq!(
+            c.interest(),
+            EventSet::empty(),
+            "stream not watched without credit"
+        );
         c.guest_packet(&hdr(op::CREDIT_UPDATE, 0, 4096, 4096), &[]);
         assert!(c.has_rx());
         assert_eq!(c.next_rx(&mut buf).unwrap().len, 4096);
@@ -495,7 +493,10 @@ mod tests {
             c.host_event(EventSet::OUT);
         }
         assert_eq!(c.fwd_cnt() as usize, 4 * chunk.len());
-        assert!(c.has_rx(), "guest's view of our buffer is low: credit update due");
+        assert!(
+            c.has_rx(),
+            "guest's view of our buffer is low: credit update due"
+        );
         let p = c.next_rx(&mut []).unwrap();
         assert_eq!(p.op, op::CREDIT_UPDATE);
     }

@@ -37,7 +37,9 @@ pub fn parse(buf: &[u8]) -> Result<Option<(u32, usize)>, HandshakeError> {
     if port.is_empty() || !port.iter().all(u8::is_ascii_digit) {
         return Err(HandshakeError::BadPort(text));
     }
-    let port = text.parse::<u32>().map_err(|_| HandshakeError::BadPort(text))?;
+    let port = text
+        .parse::<u32>()
+        .map_err(|_| HandshakeError::BadPort(text))?;
     Ok(Some((port, nl + 1)))
 }
 
@@ -68,11 +70,26 @@ mod tests {
     fn rejects_malformed_lines() {
         assert_eq!(parse(b"connect 5\n"), Err(HandshakeError::NotConnect));
         assert_eq!(parse(b"CONNECT\n"), Err(HandshakeError::NotConnect));
-        assert!(matches!(parse(b"CONNECT \n"), Err(HandshakeError::BadPort(_))));
-        assert!(matches!(parse(b"CONNECT -1\n"), Err(HandshakeError::BadPort(_))));
-        assert!(matches!(parse(b"CONNECT +1\n"), Err(HandshakeError::BadPort(_))));
-        assert!(matches!(parse(b"CONNECT 4294967296\n"), Err(HandshakeError::BadPort(_))));
-        assert!(matches!(parse(b"CONNECT 1 2\n"), Err(HandshakeError::BadPort(_))));
+        assert!(matches!(
+            parse(b"CONNECT \n"),
+            Err(HandshakeError::BadPort(_))
+        ));
+        assert!(matches!(
+            parse(b"CONNECT -1\n"),
+            Err(HandshakeError::BadPort(_))
+        ));
+        assert!(matches!(
+            parse(b"CONNECT +1\n"),
+            Err(HandshakeError::BadPort(_))
+        ));
+        assert!(matches!(
+            parse(b"CONNECT 4294967296\n"),
+            Err(HandshakeError::BadPort(_))
+        ));
+        assert!(matches!(
+            parse(b"CONNECT 1 2\n"),
+            Err(HandshakeError::BadPort(_))
+        ));
         assert_eq!(parse(&[b'A'; MAX_LINE]), Err(HandshakeError::TooLong));
     }
 

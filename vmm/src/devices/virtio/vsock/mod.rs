@@ -258,3 +258,6 @@ impl VirtioDevice for Vsock {
         self.deliver(queues, mem)
     }
 }
+
+#[cfg(test)]
+mod tests;

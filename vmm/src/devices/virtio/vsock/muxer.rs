@@ -161,7 +161,9 @@ impl Muxer {
                 self.sync(key);
             } else {
                 // Stale registration: nothing owns it any more.
-                let _ = self.epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
+                let _ = self
+                    .epoll
+                    .ctl(ControlOperation::Delete, fd, EpollEvent::default());
             }
         }
         self.update_timer();
@@ -332,7 +334,11 @@ impl Muxer {
         let path = PathBuf::from(format!("{}_{}", self.uds_path.display(), key.0));
         match connect_nonblocking(&path) {
             Ok(stream) => {
-                log::debug!("vsock: guest port {} connected to {}", key.1, path.display());
+                log::debug!(
+                    "vsock: guest port {} connected to {}",
+                    key.1,
+                    path.display()
+                );
                 self.conns
                     .insert(key, Connection::guest_initiated(stream, hdr));
                 self.sync(key);
@@ -372,10 +378,7 @@ impl Muxer {
                 Some(_) => None,
             };
             if let Some(op) = op {
-                if let Err(e) = self
-                    .epoll
-                    .ctl(op, fd, EpollEvent::new(want, fd as u64))
-                {
+                if let Err(e) = self.epoll.ctl(op, fd, EpollEvent::new(want, fd as u64)) {
                     log::warn!("vsock: cannot watch a host stream: {e}");
                 }
                 self.watched.insert(fd, want);

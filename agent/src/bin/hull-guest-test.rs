@@ -1,0 +1,241 @@
+//! hull-guest-test: the guest half of hull's device end-to-end test. The agent runs it
+//! (`hull.run=/usr/libexec/hull/guest-test,devices,...`) and the host half reads its
+//! console lines, all prefixed `guest-test: `; it powers the VM off when it exits.
+//!
+//! `devices VSOCK_PORT HOST_PORT CONNECTIONS`:
+//! - entropy: reads /dev/hwrng and names the kernel's current hwrng;
+//! - block: every disk but the root (vda): serial, size and an FNV-1a 64 hash of its
+//!   content, and whether a write to it is refused;
+//! - vsock: listens on VSOCK_PORT and echoes CONNECTIONS host connections byte for byte
+//!   (each until the host half-closes), then connects to the host's HOST_PORT, sends a
+//!   greeting and prints the reply.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::ExitCode;
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(format!("guest-test: {line}\n").as_bytes());
+    let _ = out.flush();
+}
+
+fn fnv1a64(hash: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(hash, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn entropy() {
+    let current = std::fs::read_to_string("/sys/class/misc/hw_random/rng_current")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|e| format!("unknown({e})"));
+    let mut buf = [0u8; 32];
+    match File::open("/dev/hwrng").and_then(|mut f| f.read_exact(&mut buf)) {
+        Ok(()) => {
+            let distinct = {
+                let mut v = buf.to_vec();
+                v.sort_unstable();
+                v.dedup();
+                v.len()
+            };
+            say(&format!(
+                "hwrng ok current={current} bytes=32 distinct={distinct}"
+            ));
+        }
+        Err(e) => say(&format!("hwrng FAIL current={current}: {e}")),
+    }
+}
+
+fn block() {
+    let Ok(dir) = std::fs::read_dir("/sys/block") else {
+        say("blk FAIL: no /sys/block");
+        return;
+    };
+    let mut names: Vec<String> = dir
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("vd") && n != "vda")
+        .collect();
+    names.sort();
+    for name in names {
+        let serial = std::fs::read_to_string(format!("/sys/block/{name}/serial"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
+        let ro = std::fs::read_to_string(format!("/sys/block/{name}/ro"))
+            .map(|s| s.trim() == "1")
+            .unwrap_or(false);
+        let path = format!("/dev/{name}");
+        let mut hash = FNV_OFFSET;
+        let mut total = 0u64;
+        let result = File::open(&path).and_then(|mut f| {
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                let n = f.read(&mut buf)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                hash = fnv1a64(hash, &buf[..n]);
+                total += n as u64;
+            }
+        });
+        let write = match std::fs::OpenOptions::new().write(true).open(&path) {
+            Ok(_) => "allowed",
+            Err(_) => "refused",
+        };
+        match result {
+            Ok(()) => say(&format!(
+                "blk {name} serial={serial} ro={} bytes={total} fnv={hash:016x} write={write}",
+                u8::from(ro)
+            )),
+            Err(e) => say(&format!("blk {name} FAIL: {e}")),
+        }
+    }
+}
+
+fn vsock_socket() -> std::io::Result<OwnedFd> {
+    // SAFETY: plain socket creation; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a socket we just created and own exclusively.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn vsock_addr(cid: u32, port: u32) -> libc::sockaddr_vm {
+    // SAFETY: an all-zero sockaddr_vm is a valid value of the type.
+    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    addr.svm_cid = cid;
+    addr.svm_port = port;
+    addr
+}
+
+fn check(rc: libc::c_int) -> std::io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+fn vsock_listen(port: u32) -> std::io::Result<OwnedFd> {
+    let fd = vsock_socket()?;
+    let addr = vsock_addr(libc::VMADDR_CID_ANY, port);
+    let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+    // SAFETY: `addr` is a valid sockaddr_vm of `len` bytes.
+    check(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_vm).cast(),
+            len,
+        )
+    })?;
+    // SAFETY: listen on a bound socket we own.
+    check(unsafe { libc::listen(fd.as_raw_fd(), 16) })?;
+    Ok(fd)
+}
+
+fn vsock_accept(listener: &OwnedFd) -> std::io::Result<File> {
+    // SAFETY: accept with null address pointers is allowed.
+    let fd = check(unsafe {
+        libc::accept4(
+            listener.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC,
+        )
+    })?;
+    // SAFETY: accept returned a new descriptor that we now own.
+    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+fn vsock_connect(cid: u32, port: u32) -> std::io::Result<File> {
+    let fd = vsock_socket()?;
+    let addr = vsock_addr(cid, port);
+    let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+    // SAFETY: `addr` is a valid sockaddr_vm of `len` bytes.
+    check(unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_vm).cast(),
+            len,
+        )
+    })?;
+    Ok(File::from(fd))
+}
+
+fn shutdown_write(f: &File) {
+    // SAFETY: shutdown on a socket we own; no memory is involved.
+    unsafe { libc::shutdown(f.as_raw_fd(), libc::SHUT_WR) };
+}
+
+/// Echoes until EOF; returns the byte count and an FNV hash of what passed.
+fn echo(conn: &mut File) -> std::io::Result<(u64, u64)> {
+    let mut buf = vec![0u8; 64 << 10];
+    let (mut total, mut hash) = (0u64, FNV_OFFSET);
+    loop {
+        let n = conn.read(&mut buf)?;
+        if n == 0 {
+            shutdown_write(conn);
+            return Ok((total, hash));
+        }
+        conn.write_all(&buf[..n])?;
+        hash = fnv1a64(hash, &buf[..n]);
+        total += n as u64;
+    }
+}
+
+fn vsock(port: u32, host_port: u32, connections: u32) {
+    let listener = match vsock_listen(port) {
+        Ok(l) => l,
+        Err(e) => {
+            say(&format!("vsock FAIL listen {port}: {e}"));
+            return;
+        }
+    };
+    say(&format!("vsock listening port={port}"));
+    for i in 0..connections {
+        let result = vsock_accept(&listener).and_then(|mut c| echo(&mut c));
+        match result {
+            Ok((n, h)) => say(&format!("vsock echoed conn={i} bytes={n} fnv={h:016x}")),
+            Err(e) => say(&format!("vsock FAIL conn={i}: {e}")),
+        }
+    }
+    let reply = vsock_connect(libc::VMADDR_CID_HOST, host_port).and_then(|mut c| {
+        c.write_all(b"hello from the guest")?;
+        shutdown_write(&c);
+        let mut reply = String::new();
+        c.read_to_string(&mut reply)?;
+        Ok(reply)
+    });
+    match reply {
+        Ok(r) => say(&format!("vsock host-reply={r}")),
+        Err(e) => say(&format!("vsock FAIL connect host port {host_port}: {e}")),
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let num = |i: usize, default: u32| {
+        args.get(i)
+            .and_then(|s| s.parse::<u32>().ok())
+            .unwrap_or(default)
+    };
+    match args.first().map(String::as_str) {
+        Some("devices") => {
+            entropy();
+            block();
+            vsock(num(1, 1234), num(2, 4321), num(3, 1));
+            say("done");
+            ExitCode::SUCCESS
+        }
+        _ => {
+            eprintln!("usage: hull-guest-test devices VSOCK_PORT HOST_PORT CONNECTIONS");
+            ExitCode::from(2)
+        }
+    }
+}
