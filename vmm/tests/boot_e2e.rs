@@ -5,109 +5,13 @@
 //! Needs the artifacts `scripts/build.sh` produces (HULL_KERNEL / HULL_ROOTFS override the
 //! default cache paths) and /dev/kvm; only the latter's absence skips.
 
-use std::io::Read;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::kvm_available;
+use common::{boot, finish, has_line, kvm_available, vmm};
 use hull_protocol::boot::READY_MARKER;
 
 mod common;
-
-const BOOT_TIMEOUT: Duration = Duration::from_secs(480);
-
-fn artifact(var: &str, default: &str) -> PathBuf {
-    let path = std::env::var_os(var)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(default));
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/build.sh (or set {var})",
-        path.display()
-    );
-    path
-}
-
-fn vmm(extra: &str) -> Command {
-    let kernel = artifact("HULL_KERNEL", hull_vmm::config::DEFAULT_KERNEL);
-    let rootfs = artifact("HULL_ROOTFS", hull_vmm::config::DEFAULT_ROOT_IMAGE);
-    let mut c = Command::new(env!("CARGO_BIN_EXE_hull-vmm"));
-    c.arg("--kernel")
-        .arg(kernel)
-        .arg("--root")
-        .arg(rootfs)
-        .arg("--cmdline-extra")
-        .arg(extra)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    c
-}
-
-struct Finished {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-/// Waits for `child` with a deadline, killing it if the deadline passes.
-fn finish(mut child: Child, timeout: Duration) -> Finished {
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break Some(s);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let f = Finished {
-        code: status.and_then(|s| s.code()),
-        stdout: out_reader.join().unwrap(),
-        stderr: err_reader.join().unwrap(),
-    };
-    assert!(
-        status.is_some(),
-        "hull-vmm did not finish within {timeout:?}\nconsole:\n{}\nlog:\n{}",
-        f.stdout,
-        f.stderr
-    );
-    f
-}
-
-impl Finished {
-    /// Everything the VMM printed, for assertion messages.
-    fn context(&self) -> String {
-        format!("console:\n{}\nlog:\n{}", self.stdout, self.stderr)
-    }
-}
-
-/// Boots `cmd` to its end within the boot timeout.
-fn boot(mut cmd: Command) -> Finished {
-    finish(cmd.spawn().unwrap(), BOOT_TIMEOUT)
-}
-
-/// Whether the console printed exactly `line` (the guest tty ends lines with CR LF).
-fn has_line(console: &str, line: &str) -> bool {
-    console.lines().any(|l| l.trim_end() == line)
-}
 
 #[test]
 fn boots_to_agent_ready_and_powers_off_cleanly() {
