@@ -121,7 +121,11 @@ fn echo_check(stream: UnixStream, total: u64) -> u64 {
             break;
         }
         expect.fill(&mut want[..n]);
-        assert!(buf[..n] == want[..], "echo differs within bytes {got}..{}", got + n as u64);
+        assert!(
+            buf[..n] == want[..],
+            "echo differs within bytes {got}..{}",
+            got + n as u64
+        );
         hash = fnv1a64(hash, &buf[..n]);
         got += n as u64;
     }

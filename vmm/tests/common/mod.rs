@@ -112,4 +112,3 @@ pub fn boot(mut cmd: Command) -> Finished {
 pub fn has_line(console: &str, line: &str) -> bool {
     console.lines().any(|l| l.trim_end() == line)
 }
-

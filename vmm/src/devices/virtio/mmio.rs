@@ -66,6 +66,10 @@ pub struct MmioTransport {
     mem: GuestMemoryMmap,
     interrupt: Arc<Interrupt>,
     queues: Vec<Queue>,
+    /// Queues whose driver wrote a size the split ring cannot have (0, above the maximum,
+    /// not a power of two). `virtio-queue` ignores such a write and keeps the old size,
+    /// which would leave driver and device disagreeing; activation refuses them instead.
+    bad_size: Vec<bool>,
     queue_evts: Vec<EventFd>,
     device_features_sel: u32,
     driver_features_sel: u32,
@@ -96,6 +100,7 @@ impl MmioTransport {
             device,
             mem,
             interrupt,
+            bad_size: vec![false; queues.len()],
             queues,
             queue_evts,
             device_features_sel: 0,
@@ -161,6 +166,23 @@ impl MmioTransport {
         }
     }
 
+    fn set_queue_size(&mut self, v: u32) {
+        let index = self.queue_sel as usize;
+        let Some(max) = self.queues.get(index).map(|q| u32::from(q.max_size())) else {
+            return;
+        };
+        let valid = v != 0 && v <= max && v.is_power_of_two();
+        if !valid {
+            log::warn!("virtio-mmio: queue {index}: size {v} is invalid (maximum {max})");
+        }
+        if self.queue_config_allowed() {
+            self.bad_size[index] = !valid;
+        }
+        if valid {
+            self.update_queue(|q| q.set_size(v as u16));
+        }
+    }
+
     fn set_status(&mut self, value: u32) {
         if value == 0 {
             self.reset();
@@ -184,8 +206,9 @@ impl MmioTransport {
         let all_valid = self
             .queues
             .iter()
-            .filter(|q| q.ready())
-            .all(|q| q.is_valid(mem));
+            .zip(&self.bad_size)
+            .filter(|(q, _)| q.ready())
+            .all(|(q, bad)| !bad && q.is_valid(mem));
         if !all_valid {
             log::warn!(
                 "virtio-mmio: device type {} activated with an invalid queue",
@@ -208,6 +231,7 @@ impl MmioTransport {
         for q in &mut self.queues {
             q.reset();
         }
+        self.bad_size.fill(false);
         self.status = 0;
         self.acked_features = 0;
         self.device_features_sel = 0;
@@ -318,7 +342,7 @@ impl MmioTransport {
             }
             reg::DRIVER_FEATURES_SEL => self.driver_features_sel = v,
             reg::QUEUE_SEL => self.queue_sel = v,
-            reg::QUEUE_NUM => self.update_queue(|q| q.set_size(v as u16)),
+            reg::QUEUE_NUM => self.set_queue_size(v),
             reg::QUEUE_READY => self.update_queue(|q| q.set_ready(v == 1)),
             reg::QUEUE_NOTIFY => self.notify_queue(v as usize),
             reg::INTERRUPT_ACK => self.interrupt.ack(v),
@@ -481,22 +505,18 @@ pub(crate) mod tests {
     }
 
     fn setup_queues(t: &mut MmioTransport, queues: &[(u64, u64, u64)]) {
-        setup_sized_queues(t, queues, 16);
+        let sized: Vec<_> = queues.iter().map(|&(d, a, u)| (d, a, u, 16)).collect();
+        setup_sized_queues(t, &sized);
     }
 
-    /// Negotiates `features` and sets up queues of `size` entries.
-    pub fn bring_up_sized(
-        t: &mut MmioTransport,
-        features: u64,
-        queues: &[(u64, u64, u64)],
-        size: u16,
-    ) {
+    /// Negotiates `features` and sets up queues at (desc, avail, used, size).
+    pub fn bring_up_sized(t: &mut MmioTransport, features: u64, queues: &[(u64, u64, u64, u16)]) {
         negotiate(t, features);
-        setup_sized_queues(t, queues, size);
+        setup_sized_queues(t, queues);
     }
 
-    fn setup_sized_queues(t: &mut MmioTransport, queues: &[(u64, u64, u64)], size: u16) {
-        for (q, &(desc, avail, used)) in queues.iter().enumerate() {
+    fn setup_sized_queues(t: &mut MmioTransport, queues: &[(u64, u64, u64, u16)]) {
+        for (q, &(desc, avail, used, size)) in queues.iter().enumerate() {
             w(t, reg::QUEUE_SEL, q as u32);
             w(t, reg::QUEUE_NUM, u32::from(size));
             w(t, reg::QUEUE_DESC_LOW, desc as u32);
@@ -568,6 +588,29 @@ pub(crate) mod tests {
         assert_eq!(r(&mut t, reg::STATUS), 0);
         w(&mut t, reg::QUEUE_SEL, 0);
         assert_eq!(r(&mut t, reg::QUEUE_READY), 0);
+    }
+
+    #[test]
+    fn queue_size_zero_or_not_a_power_of_two_is_refused_at_activation() {
+        for size in [0u32, 3, 17] {
+            let mut t = transport();
+            negotiate(&mut t, VIRTIO_F_VERSION_1);
+            w(&mut t, reg::QUEUE_SEL, 0);
+            w(&mut t, reg::QUEUE_NUM, size);
+            w(&mut t, reg::QUEUE_DESC_LOW, 0x1000);
+            w(&mut t, reg::QUEUE_DRIVER_LOW, 0x1400);
+            w(&mut t, reg::QUEUE_DEVICE_LOW, 0x1800);
+            w(&mut t, reg::QUEUE_READY, 1);
+            let s = r(&mut t, reg::STATUS);
+            w(&mut t, reg::STATUS, s | status::DRIVER_OK);
+            assert!(!t.is_activated(), "size {size} activated");
+            assert_ne!(r(&mut t, reg::STATUS) & status::DEVICE_NEEDS_RESET, 0);
+            w(&mut t, reg::QUEUE_NOTIFY, 0); // harmless
+                                             // A reset and a proper setup bring the device back.
+            w(&mut t, reg::STATUS, 0);
+            bring_up(&mut t, VIRTIO_F_VERSION_1);
+            assert!(t.is_activated());
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::devices::bus::BusDevice;
 pub const F_NEXT: u16 = 1;
 pub const F_WRITE: u16 = 2;
 pub const F_INDIRECT: u16 = 4;
+/// Queue size the driver asks for (less where the device's maximum is lower).
 pub const QUEUE_SIZE: u16 = 64;
 /// Guest RAM of the test VM.
 pub const MEM_SIZE: u64 = 8 << 20;
@@ -23,6 +24,7 @@ const QUEUE_BASE: u64 = 0x10000;
 const DATA_BASE: u64 = 0x40000;
 
 struct TestQueue {
+    size: u16,
     desc: u64,
     avail: u64,
     used: u64,
@@ -34,7 +36,6 @@ struct TestQueue {
 pub struct TestDriver {
     pub mem: GuestMemoryMmap,
     pub transport: MmioTransport,
-    pub irq: Arc<Interrupt>,
     queues: Vec<TestQueue>,
     next_data: u64,
 }
@@ -53,17 +54,22 @@ impl TestDriver {
     }
 
     pub fn with_features(device: Box<dyn VirtioDevice>, features: u64) -> Self {
-        let n = device.queue_max_sizes().len();
+        let sizes: Vec<u16> = device
+            .queue_max_sizes()
+            .iter()
+            .map(|m| QUEUE_SIZE.min(*m))
+            .collect();
         let mem =
             GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap();
         let irq = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
-        let mut transport = MmioTransport::new(device, mem.clone(), irq.clone()).unwrap();
+        let mut transport = MmioTransport::new(device, mem.clone(), irq).unwrap();
         let mut queues = Vec::new();
         let mut layout = Vec::new();
-        for i in 0..n as u64 {
-            let base = QUEUE_BASE + i * 0x1000;
-            layout.push((base, base + 0x400, base + 0x800));
+        for (i, &size) in sizes.iter().enumerate() {
+            let base = QUEUE_BASE + i as u64 * 0x1000;
+            layout.push((base, base + 0x400, base + 0x800, size));
             queues.push(TestQueue {
+                size,
                 desc: base,
                 avail: base + 0x400,
                 used: base + 0x800,
@@ -72,12 +78,11 @@ impl TestDriver {
                 used_seen: 0,
             });
         }
-        bring_up_sized(&mut transport, features, &layout, QUEUE_SIZE);
+        bring_up_sized(&mut transport, features, &layout);
         assert!(transport.is_activated(), "device did not activate");
         TestDriver {
             mem,
             transport,
-            irq,
             queues,
             next_data: DATA_BASE,
         }
@@ -104,16 +109,17 @@ impl TestDriver {
     /// head. Does not notify.
     pub fn add_chain(&mut self, q: usize, bufs: &[Buf]) -> u16 {
         let first = self.queues[q].next_desc;
+        let size = self.queues[q].size;
         for (i, b) in bufs.iter().enumerate() {
-            let index = (first + i as u16) % QUEUE_SIZE;
+            let index = (first + i as u16) % size;
             let last = i + 1 == bufs.len();
             let mut flags = if b.write { F_WRITE } else { 0 };
             if !last {
                 flags |= F_NEXT;
             }
-            self.write_desc(q, index, b.addr, b.len, flags, (index + 1) % QUEUE_SIZE);
+            self.write_desc(q, index, b.addr, b.len, flags, (index + 1) % size);
         }
-        self.queues[q].next_desc = (first + bufs.len() as u16) % QUEUE_SIZE;
+        self.queues[q].next_desc = (first + bufs.len() as u16) % size;
         self.publish(q, first);
         first
     }
@@ -121,7 +127,7 @@ impl TestDriver {
     /// Puts descriptor `head` in the avail ring and bumps the avail index.
     pub fn publish(&mut self, q: usize, head: u16) {
         let tq = &mut self.queues[q];
-        let slot = tq.avail + 4 + 2 * u64::from(tq.avail_idx % QUEUE_SIZE);
+        let slot = tq.avail + 4 + 2 * u64::from(tq.avail_idx % tq.size);
         self.mem.write_obj(head, GuestAddress(slot)).unwrap();
         tq.avail_idx = tq.avail_idx.wrapping_add(1);
         self.mem
@@ -152,7 +158,7 @@ impl TestDriver {
         let idx: u16 = self.mem.read_obj(GuestAddress(tq.used + 2)).unwrap();
         let mut out = Vec::new();
         while tq.used_seen != idx {
-            let elem = tq.used + 4 + 8 * u64::from(tq.used_seen % QUEUE_SIZE);
+            let elem = tq.used + 4 + 8 * u64::from(tq.used_seen % tq.size);
             let id: u32 = self.mem.read_obj(GuestAddress(elem)).unwrap();
             let len: u32 = self.mem.read_obj(GuestAddress(elem + 4)).unwrap();
             out.push((id as u16, len));

@@ -4,5 +4,7 @@
 //! qcow2 or other header, so a guest cannot change how its own disk is interpreted.
 mod device;
 pub mod request;
+#[cfg(test)]
+mod robustness;
 
 pub use device::{Block, BlockError};
