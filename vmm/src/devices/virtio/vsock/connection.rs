@@ -571,7 +571,7 @@ mod tests {
         c.guest_packet(&hdr(op::RW, 0, 4096, 0), b"bye");
         c.guest_packet(&hdr(op::SHUTDOWN, SHUTDOWN_SEND, 4096, 0), &[]);
         let mut all = Vec::new();
-        (&host).set_nonblocking(false).unwrap();
+        host.set_nonblocking(false).unwrap();
         (&host).read_to_end(&mut all).unwrap();
         assert_eq!(all, b"bye");
     }

@@ -134,7 +134,7 @@ impl Guest {
     /// A host client connects to guest port `port`; returns it and the host port.
     fn host_connect(&mut self, port: u32) -> (UnixStream, u32) {
         let mut client = UnixStream::connect(&self.uds).unwrap();
-        write!(client, "CONNECT {port}\n").unwrap();
+        writeln!(client, "CONNECT {port}").unwrap();
         let got = self.pump_until(|p| p.iter().any(|(h, _)| h.op == op::REQUEST));
         let req = got.iter().find(|(h, _)| h.op == op::REQUEST).unwrap().0;
         assert_eq!(
@@ -347,9 +347,9 @@ fn transport_reset_drops_connections_and_posts_an_event() {
     g.event_posted.push_back((head, addr));
     g.d.notify(EVENT);
     assert!(g.d.take_used(EVENT).is_empty(), "no event before a reset");
-    // SAFETY: writing 8 bytes from a live u64 to an eventfd we do not own but that stays
-    // open for the test's duration (the device holds it).
     let one = 1u64;
+    // SAFETY: writes 8 bytes from a live u64 to the device's eventfd, which stays open
+    // for the test's duration.
     let n = unsafe { libc::write(g.reset_fd, (&one as *const u64).cast(), 8) };
     assert_eq!(n, 8);
     g.d.host_event(g.reset_fd);
