@@ -5,7 +5,7 @@
 //! Needs the artifacts `scripts/build.sh` produces (HULL_KERNEL / HULL_ROOTFS override the
 //! default cache paths) and /dev/kvm; only the latter's absence skips.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{boot, finish, has_line, kvm_available, vmm};
