@@ -22,6 +22,17 @@ use hull_protocol::boot::{Stage, READY_MARKER};
 
 use crate::init::AfterReady;
 
+/// Clears the signal mask (async-signal-safe: only sigemptyset and sigprocmask).
+fn unblock_all_signals() -> std::io::Result<()> {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it before use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid, exclusively borrowed sigset_t.
+    unsafe { libc::sigemptyset(&mut set) };
+    // SAFETY: `set` is initialised; a null old-set pointer is allowed.
+    unsafe { libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) };
+    Ok(())
+}
+
 /// Starts `hull.run`'s program on the console with default signal handling; its PID.
 fn run_program(argv: &[String]) -> Option<libc::pid_t> {
     use std::os::unix::process::CommandExt;
@@ -29,14 +40,9 @@ fn run_program(argv: &[String]) -> Option<libc::pid_t> {
     let mut cmd = std::process::Command::new(program);
     cmd.args(args);
     // SAFETY: the closure runs in the child between fork and exec and only calls
-    // async-signal-safe functions (sigemptyset, sigprocmask).
+    // async-signal-safe functions; PID 1's blocked signals must not stay blocked there.
     unsafe {
-        cmd.pre_exec(|| {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-            Ok(())
-        });
+        cmd.pre_exec(unblock_all_signals);
     }
     match cmd.spawn() {
         Ok(child) => Some(child.id() as libc::pid_t),
