@@ -11,6 +11,7 @@
 
 pub mod block;
 pub mod mmio;
+pub mod net;
 pub mod rng;
 #[cfg(test)]
 pub(crate) mod test_driver;
@@ -19,7 +20,7 @@ pub mod vsock;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use virtio_queue::Queue;
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
@@ -155,6 +156,25 @@ pub trait VirtioDevice: Send {
         _mem: &GuestMemoryMmap,
     ) -> UsedQueues {
         UsedQueues::default()
+    }
+}
+
+/// The next available chain; when the ring is empty, notifications are re-armed (so the
+/// driver tells us about its next buffer) and the ring is checked once more.
+pub fn next_chain<'a>(
+    queue: &mut Queue,
+    mem: &'a GuestMemoryMmap,
+) -> Option<DescriptorChain<&'a GuestMemoryMmap>> {
+    if let Some(c) = queue.pop_descriptor_chain(mem) {
+        return Some(c);
+    }
+    match queue.enable_notification(mem) {
+        Ok(true) => queue.pop_descriptor_chain(mem),
+        Ok(false) => None,
+        Err(e) => {
+            log::warn!("virtio: queue unusable: {e}");
+            None
+        }
     }
 }
 

@@ -16,12 +16,12 @@ use std::io::Write;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{read_config_bytes, UsedQueues, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{next_chain, read_config_bytes, UsedQueues, VirtioDevice, VIRTIO_F_VERSION_1};
 pub use muxer::{Muxer, MuxerError};
 use packet::{HEADER_LEN, MAX_PAYLOAD};
 
@@ -171,25 +171,6 @@ impl Vsock {
             used.merge(UsedQueues::one_if(EVENT, self.serve_event(q, mem)));
         }
         used
-    }
-}
-
-/// The next available chain; when the ring is empty, notifications are re-armed (so the
-/// driver tells us about its next buffer) and the ring is checked once more.
-fn next_chain<'a>(
-    queue: &mut Queue,
-    mem: &'a GuestMemoryMmap,
-) -> Option<DescriptorChain<&'a GuestMemoryMmap>> {
-    if let Some(c) = queue.pop_descriptor_chain(mem) {
-        return Some(c);
-    }
-    match queue.enable_notification(mem) {
-        Ok(true) => queue.pop_descriptor_chain(mem),
-        Ok(false) => None,
-        Err(e) => {
-            log::warn!("vsock: queue unusable: {e}");
-            None
-        }
     }
 }
 
