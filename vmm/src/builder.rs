@@ -25,6 +25,7 @@ use crate::devices::boot_timer::{BootTimer, StageLog};
 use crate::devices::i8042::I8042;
 use crate::devices::serial::SerialDevice;
 use crate::devices::virtio::block::Block;
+use crate::devices::virtio::net::{Net, Tap};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{Interrupt, MmioTransport, VirtioDevice};
@@ -86,6 +87,12 @@ pub enum BuildError {
     Mmio(#[from] crate::devices::virtio::mmio::MmioError),
     #[error(transparent)]
     Vsock(#[from] crate::devices::virtio::vsock::VsockError),
+    #[error("net {index}")]
+    Tap {
+        index: usize,
+        #[source]
+        source: crate::devices::virtio::net::TapError,
+    },
     #[error("too many virtio devices: {0} (the IOAPIC has pins for {max})", max = layout::IOAPIC_PINS - layout::VIRTIO_IRQ_BASE)]
     TooManyDevices(usize),
     #[error("create eventfd")]
@@ -106,6 +113,7 @@ impl BuildError {
                 | BuildError::TooManyDevices(_)
                 | BuildError::Block(crate::devices::virtio::block::BlockError::SerialTooLong(_))
                 | BuildError::Vsock(_)
+                | BuildError::Tap { .. }
         )
     }
 }
@@ -376,6 +384,28 @@ fn virtio_devices(
             root = Some((cmdline::disk_name(i), drive.fstype.clone(), drive.read_only));
         }
         devices.push(Box::new(block));
+    }
+    for (index, n) in config.net.iter().enumerate() {
+        let tap_err = |source| BuildError::Tap { index, source };
+        let tap = match (&n.tap, n.tap_fd) {
+            (Some(name), _) => Tap::open(name).map_err(tap_err)?,
+            // SAFETY: the descriptor number came from whoever started us, who handed it
+            // over for this purpose; nothing else in this process owns it.
+            (None, Some(fd)) if fd >= 0 => unsafe { Tap::from_raw_fd(fd) }.map_err(tap_err)?,
+            _ => return Err(tap_err(crate::devices::virtio::net::TapError::NoBackend)),
+        };
+        let offload = tap.supports_offload();
+        let mac = n.mac.as_deref().and_then(crate::config::parse_mac);
+        log::info!(
+            "net {index}: tap {}{}, offload {}",
+            tap.name(),
+            n.mac
+                .as_deref()
+                .map(|m| format!(", mac {m}"))
+                .unwrap_or_default(),
+            if offload { "on" } else { "off" }
+        );
+        devices.push(Box::new(Net::new(tap, mac, offload)));
     }
     let mut vsock_reset = None;
     if let Some(v) = &config.vsock {

@@ -73,6 +73,18 @@ pub enum ConfigError {
         "console = {path}: the directory {dir} does not exist; create it or choose another path"
     )]
     ConsoleDir { path: PathBuf, dir: PathBuf },
+    #[error("--net {0:?}: expected tap=NAME[,mac=MAC] or fd=N[,mac=MAC]")]
+    NetFlag(String),
+    #[error(
+        "net {index}: give exactly one of tap (an interface name) and tap_fd (an open descriptor)"
+    )]
+    NetBackend { index: usize },
+    #[error("net {index}: tap name {name:?} must be 1 to 15 bytes")]
+    NetTapName { index: usize, name: String },
+    #[error("net {index}: mac {mac:?} is not six hex bytes like 02:00:00:00:00:01")]
+    NetMac { index: usize, mac: String },
+    #[error("net {index}: mac {mac} is a multicast address; clear the low bit of its first byte")]
+    NetMacMulticast { index: usize, mac: String },
     #[error("vsock.guest_cid = {0}: must be between 3 and 4294967294 (0-2 are reserved for the hypervisor, loopback and host)")]
     VsockCid(u64),
     #[error("vsock.uds_path = {path}: the directory {dir} does not exist; create it or choose another path")]
@@ -155,6 +167,37 @@ pub struct VsockConfig {
     pub uds_path: PathBuf,
 }
 
+/// A virtio-net interface backed by a tap: by name (opened, and created if missing, by the
+/// VMM) or as a descriptor the caller already opened with IFF_TAP | IFF_NO_PI |
+/// IFF_VNET_HDR and passed down (a CNI plugin or the shim).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    #[serde(default)]
+    pub tap: Option<String>,
+    #[serde(default)]
+    pub tap_fd: Option<i32>,
+    /// The guest's MAC address; without one the guest makes up its own.
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return None;
+    }
+    let mut mac = [0u8; 6];
+    for (b, p) in mac.iter_mut().zip(parts) {
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    Some(mac)
+}
+
 pub fn default_guest_cid() -> u64 {
     3
 }
@@ -199,6 +242,8 @@ pub struct ConfigFile {
     pub vsock: Option<VsockConfig>,
     /// Attach a virtio-rng device (default true).
     pub entropy: Option<bool>,
+    #[serde(default)]
+    pub net: Vec<NetConfig>,
 }
 
 impl ConfigFile {
@@ -238,6 +283,7 @@ pub struct VmConfig {
     pub drives: Vec<DriveConfig>,
     pub vsock: Option<VsockConfig>,
     pub entropy: bool,
+    pub net: Vec<NetConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -349,6 +395,9 @@ impl VmConfig {
         if let Some(v) = &file.vsock {
             validate_vsock(v)?;
         }
+        for (index, n) in file.net.iter().enumerate() {
+            validate_net(index, n)?;
+        }
 
         Ok(VmConfig {
             kernel,
@@ -362,12 +411,41 @@ impl VmConfig {
             drives,
             vsock: file.vsock,
             entropy: file.entropy.unwrap_or(true),
+            net: file.net,
         })
     }
 
     pub fn memory_bytes(&self) -> u64 {
         u64::from(self.memory_mib) << 20
     }
+}
+
+fn validate_net(index: usize, n: &NetConfig) -> Result<(), ConfigError> {
+    match (&n.tap, n.tap_fd) {
+        (Some(name), None) => {
+            if name.is_empty() || name.len() > 15 || name.contains(['/', '\0', ' ']) {
+                return Err(ConfigError::NetTapName {
+                    index,
+                    name: name.clone(),
+                });
+            }
+        }
+        (None, Some(fd)) if fd >= 0 => {}
+        _ => return Err(ConfigError::NetBackend { index }),
+    }
+    if let Some(mac) = &n.mac {
+        let parsed = parse_mac(mac).ok_or_else(|| ConfigError::NetMac {
+            index,
+            mac: mac.clone(),
+        })?;
+        if parsed[0] & 1 != 0 {
+            return Err(ConfigError::NetMacMulticast {
+                index,
+                mac: mac.clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn validate_vsock(v: &VsockConfig) -> Result<(), ConfigError> {
@@ -771,5 +849,45 @@ mod tests {
         let e = ConfigFile::load(&path).unwrap_err();
         let chain = format!("{e}: {}", std::error::Error::source(&e).unwrap());
         assert!(chain.contains("qcow2") && chain.contains("raw"), "{chain}");
+    }
+
+    #[test]
+    fn net_entries_need_one_backend_and_a_unicast_mac() {
+        let f = fixture();
+        let net = |tap: Option<&str>, tap_fd: Option<i32>, mac: Option<&str>| {
+            let mut file = file_for(&f);
+            file.net = vec![NetConfig {
+                tap: tap.map(Into::into),
+                tap_fd,
+                mac: mac.map(Into::into),
+            }];
+            VmConfig::validate(file, 2)
+        };
+        assert!(net(Some("tap0"), None, Some("02:00:00:00:00:01")).is_ok());
+        assert!(net(None, Some(5), None).is_ok());
+        assert!(matches!(
+            net(Some("tap0"), Some(5), None),
+            Err(ConfigError::NetBackend { index: 0 })
+        ));
+        assert!(matches!(
+            net(None, None, None),
+            Err(ConfigError::NetBackend { .. })
+        ));
+        assert!(matches!(
+            net(Some("a-very-long-tap-name"), None, None),
+            Err(ConfigError::NetTapName { .. })
+        ));
+        assert!(matches!(
+            net(Some("tap0"), None, Some("02:00:00:00:01")),
+            Err(ConfigError::NetMac { .. })
+        ));
+        assert!(matches!(
+            net(Some("tap0"), None, Some("01:00:5e:00:00:01")),
+            Err(ConfigError::NetMacMulticast { .. })
+        ));
+        assert_eq!(
+            parse_mac("02:AB:cd:00:00:ff"),
+            Some([2, 0xab, 0xcd, 0, 0, 0xff])
+        );
     }
 }

@@ -11,8 +11,8 @@ use std::time::Instant;
 
 use clap::Parser;
 use hull_vmm::config::{
-    default_guest_cid, ConfigFile, ConsoleOutput, DriveConfig, DriveFormat, QuirksMode, VmConfig,
-    VsockConfig,
+    default_guest_cid, ConfigFile, ConsoleOutput, DriveConfig, DriveFormat, NetConfig, QuirksMode,
+    VmConfig, VsockConfig,
 };
 
 #[derive(Debug, Parser)]
@@ -60,6 +60,10 @@ struct Args {
     /// Guest context ID of the vsock device (default 3).
     #[arg(long, requires = "vsock_uds")]
     vsock_cid: Option<u64>,
+    /// Network interface: tap=NAME[,mac=MAC] or fd=N[,mac=MAC] (an open tap descriptor
+    /// inherited from the caller); repeatable.
+    #[arg(long = "net")]
+    nets: Vec<String>,
     /// Do not attach the virtio-rng entropy device.
     #[arg(long)]
     no_entropy: bool,
@@ -90,6 +94,9 @@ fn merged_config(args: Args) -> Result<ConfigFile, hull_vmm::ConfigError> {
             guest_cid,
             uds_path,
         });
+    }
+    for spec in args.nets {
+        file.net.push(parse_net_flag(&spec)?);
     }
     if args.no_entropy {
         file.entropy = Some(false);
@@ -123,6 +130,25 @@ fn merged_config(args: Args) -> Result<ConfigFile, hull_vmm::ConfigError> {
         });
     }
     Ok(file)
+}
+
+/// `tap=NAME[,mac=MAC]` or `fd=N[,mac=MAC]`.
+fn parse_net_flag(spec: &str) -> Result<NetConfig, hull_vmm::ConfigError> {
+    let bad = || hull_vmm::ConfigError::NetFlag(spec.to_string());
+    let mut net = NetConfig {
+        tap: None,
+        tap_fd: None,
+        mac: None,
+    };
+    for part in spec.split(',') {
+        match part.split_once('=') {
+            Some(("tap", name)) => net.tap = Some(name.to_string()),
+            Some(("fd", n)) => net.tap_fd = Some(n.parse().map_err(|_| bad())?),
+            Some(("mac", mac)) => net.mac = Some(mac.to_string()),
+            _ => return Err(bad()),
+        }
+    }
+    Ok(net)
 }
 
 fn main() -> ExitCode {

@@ -8,7 +8,9 @@
 //!   content, and for a read-only disk whether a write to it is refused;
 //! - vsock: listens on VSOCK_PORT and echoes CONNECTIONS host connections byte for byte
 //!   (each until the host half-closes), then connects to the host's HOST_PORT, sends a
-//!   greeting and prints the reply.
+//!   greeting and prints the reply;
+//! - network (when eth0 exists): brings eth0 up as 10.0.0.2/24, sends a UDP datagram to
+//!   10.0.0.1:9000 (the host end of the tap) and prints the reply.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -231,6 +233,89 @@ fn vsock(port: u32, host_port: u32, connections: u32) {
     }
 }
 
+#[repr(C)]
+struct IfReqAddr {
+    name: [libc::c_char; libc::IFNAMSIZ],
+    addr: libc::sockaddr_in,
+    _pad: [u8; 8],
+}
+
+#[repr(C)]
+struct IfReqFlags {
+    name: [libc::c_char; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+fn ifname(name: &str) -> [libc::c_char; libc::IFNAMSIZ] {
+    let mut n = [0 as libc::c_char; libc::IFNAMSIZ];
+    for (d, s) in n.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    n
+}
+
+/// Gives `dev` the IPv4 address `addr`/24 and brings it up, with plain ioctls.
+fn configure_ipv4(dev: &str, addr: [u8; 4]) -> std::io::Result<()> {
+    // SAFETY: plain socket creation; the result is checked.
+    let fd =
+        check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: `fd` is a socket we just created and own exclusively.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let sin = |a: [u8; 4]| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(a),
+        },
+        sin_zero: [0; 8],
+    };
+    for (req, a) in [
+        (libc::SIOCSIFADDR, addr),
+        (libc::SIOCSIFNETMASK, [255, 255, 255, 0]),
+    ] {
+        let mut r = IfReqAddr {
+            name: ifname(dev),
+            addr: sin(a),
+            _pad: [0; 8],
+        };
+        // SAFETY: the request reads an ifreq, which `r` is laid out as.
+        check(unsafe { libc::ioctl(sock.as_raw_fd(), req, &mut r) })?;
+    }
+    let mut f = IfReqFlags {
+        name: ifname(dev),
+        flags: 0,
+        _pad: [0; 22],
+    };
+    // SAFETY: SIOCGIFFLAGS fills an ifreq, which `f` is laid out as.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut f) })?;
+    f.flags |= libc::IFF_UP as libc::c_short;
+    // SAFETY: SIOCSIFFLAGS reads the same ifreq.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &mut f) })?;
+    Ok(())
+}
+
+fn network() {
+    if !std::path::Path::new("/sys/class/net/eth0").exists() {
+        return;
+    }
+    let mac = std::fs::read_to_string("/sys/class/net/eth0/address")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let result = configure_ipv4("eth0", [10, 0, 0, 2]).and_then(|()| {
+        let sock = std::net::UdpSocket::bind("10.0.0.2:40000")?;
+        sock.set_read_timeout(Some(std::time::Duration::from_secs(120)))?;
+        sock.send_to(b"hello from eth0", "10.0.0.1:9000")?;
+        let mut buf = [0u8; 256];
+        let (n, from) = sock.recv_from(&mut buf)?;
+        Ok(format!("{}:{from}", String::from_utf8_lossy(&buf[..n])))
+    });
+    match result {
+        Ok(reply) => say(&format!("net eth0 mac={mac} reply={reply}")),
+        Err(e) => say(&format!("net FAIL eth0 mac={mac}: {e}")),
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let num = |i: usize, default: u32| {
@@ -242,6 +327,7 @@ fn main() -> ExitCode {
         Some("devices") => {
             entropy();
             block();
+            network();
             vsock(num(1, 1234), num(2, 4321), num(3, 1));
             say("done");
             ExitCode::SUCCESS

@@ -30,6 +30,8 @@ pub mod offload {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TapError {
+    #[error("neither a tap name nor a descriptor was given")]
+    NoBackend,
     #[error("tap name {0:?} is empty or longer than 15 bytes")]
     BadName(String),
     #[error("open /dev/net/tun (is the tun module loaded, and are we root or CAP_NET_ADMIN?)")]
