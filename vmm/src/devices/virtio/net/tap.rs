@@ -134,11 +134,10 @@ impl Tap {
         if req.flags & want != want {
             return Err(TapError::WrongFlags { fd: raw });
         }
-        // SAFETY: F_GETFL/F_SETFL on a descriptor we own; no memory is involved.
-        unsafe {
-            let flags = libc::fcntl(raw, libc::F_GETFL);
-            libc::fcntl(raw, libc::F_SETFL, flags | libc::O_NONBLOCK);
-        }
+        // SAFETY: F_GETFL on a descriptor we own; no memory is involved.
+        let flags = unsafe { libc::fcntl(raw, libc::F_GETFL) };
+        // SAFETY: F_SETFL likewise.
+        unsafe { libc::fcntl(raw, libc::F_SETFL, flags | libc::O_NONBLOCK) };
         let name: String = req
             .name
             .iter()

@@ -24,12 +24,10 @@ fn seqpacket_pair() -> (SeqPacket, SeqPacket) {
     };
     assert_eq!(rc, 0);
     // SAFETY: both descriptors were just created and are owned by nothing else.
-    unsafe {
-        (
-            SeqPacket(OwnedFd::from_raw_fd(fds[0])),
-            SeqPacket(OwnedFd::from_raw_fd(fds[1])),
-        )
-    }
+    let a = unsafe { OwnedFd::from_raw_fd(fds[0]) };
+    // SAFETY: as above.
+    let b = unsafe { OwnedFd::from_raw_fd(fds[1]) };
+    (SeqPacket(a), SeqPacket(b))
 }
 
 impl AsRawFd for SeqPacket {
