@@ -2,6 +2,10 @@
 //! (`hull.run=/usr/libexec/hull/guest-test,devices,...`) and the host half reads its
 //! console lines, all prefixed `guest-test: `; it powers the VM off when it exits.
 //!
+//! `bench VSOCK_PORT` serves the device benchmark (`bench-devices` on the host): one
+//! command per vsock connection (echo, sink, source N, blk-seq DEV N, blk-rand DEV COUNT
+//! SIZE, net-send N, net-recv, quit).
+//!
 //! `devices VSOCK_PORT HOST_PORT CONNECTIONS`:
 //! - entropy: reads /dev/hwrng and names the kernel's current hwrng;
 //! - block: every disk but the root (vda): serial, size and an FNV-1a 64 hash of its
@@ -316,6 +320,159 @@ fn network() {
     }
 }
 
+/// Nanoseconds on the guest's monotonic clock.
+fn now_ns() -> u128 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_nanos()
+}
+
+/// Reads `len` bytes from `path` with O_DIRECT (the guest page cache out of the way) in
+/// `chunk`-byte reads at the offsets `next` yields; returns the elapsed nanoseconds.
+fn direct_reads(
+    path: &str,
+    chunk: usize,
+    offsets: impl Iterator<Item = u64>,
+) -> std::io::Result<u128> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)?;
+    // O_DIRECT needs an aligned buffer: over-allocate and slice at a 4 KiB boundary.
+    let mut raw = vec![0u8; chunk + 4096];
+    let skew = raw.as_ptr().align_offset(4096);
+    let buf = &mut raw[skew..skew + chunk];
+    let t0 = now_ns();
+    for off in offsets {
+        f.read_exact_at(buf, off)?;
+    }
+    Ok(now_ns() - t0)
+}
+
+/// One benchmark command per vsock connection, its first line naming it. Replies are one
+/// line each; `quit` ends the service.
+fn bench_command(conn: &mut File) -> std::io::Result<bool> {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while conn.read(&mut b)? == 1 && b[0] != b'\n' {
+        line.push(b[0]);
+    }
+    let line = String::from_utf8_lossy(&line).into_owned();
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let n = |i: usize| {
+        words
+            .get(i)
+            .and_then(|w| w.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    match words.first().copied() {
+        Some("echo") => {
+            echo(conn)?;
+        }
+        Some("sink") => {
+            let mut buf = vec![0u8; 64 << 10];
+            let mut total = 0u64;
+            loop {
+                let k = conn.read(&mut buf)?;
+                if k == 0 {
+                    break;
+                }
+                total += k as u64;
+            }
+            conn.write_all(format!("{total}\n").as_bytes())?;
+        }
+        Some("source") => {
+            let buf = vec![0x5au8; 64 << 10];
+            let mut left = n(1);
+            while left > 0 {
+                let k = left.min(buf.len() as u64) as usize;
+                conn.write_all(&buf[..k])?;
+                left -= k as u64;
+            }
+        }
+        Some("blk-seq") => {
+            let (dev, len) = (words.get(1).copied().unwrap_or("/dev/vdb"), n(2));
+            let chunk = 64u64 << 10;
+            let ns = direct_reads(dev, chunk as usize, (0..len / chunk).map(|i| i * chunk))?;
+            conn.write_all(format!("{ns}\n").as_bytes())?;
+        }
+        Some("blk-rand") => {
+            let (dev, count, size) = (words.get(1).copied().unwrap_or("/dev/vdb"), n(2), n(3));
+            let blocks = (size / 4096).max(1);
+            let mut x = 0x2545_f491_4f6c_dd1du64;
+            let offsets = (0..count).map(move |_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x % blocks) * 4096
+            });
+            let ns = direct_reads(dev, 4096, offsets)?;
+            conn.write_all(format!("{ns}\n").as_bytes())?;
+        }
+        Some("net-send") => {
+            // Guest -> host over TCP through eth0.
+            let mut s = std::net::TcpStream::connect("10.0.0.1:9001")?;
+            let buf = vec![0xa5u8; 64 << 10];
+            let mut left = n(1);
+            while left > 0 {
+                let k = left.min(buf.len() as u64) as usize;
+                s.write_all(&buf[..k])?;
+                left -= k as u64;
+            }
+            drop(s);
+            conn.write_all(b"sent\n")?;
+        }
+        Some("net-recv") => {
+            // Host -> guest over TCP: read until the host closes.
+            let mut s = std::net::TcpStream::connect("10.0.0.1:9002")?;
+            let mut buf = vec![0u8; 64 << 10];
+            let mut total = 0u64;
+            loop {
+                let k = s.read(&mut buf)?;
+                if k == 0 {
+                    break;
+                }
+                total += k as u64;
+            }
+            conn.write_all(format!("{total}\n").as_bytes())?;
+        }
+        Some("quit") => {
+            conn.write_all(b"bye\n")?;
+            return Ok(false);
+        }
+        _ => conn.write_all(format!("unknown command {line:?}\n").as_bytes())?,
+    }
+    Ok(true)
+}
+
+/// `bench PORT`: serves the host benchmark's commands on vsock PORT until `quit`.
+fn bench(port: u32) {
+    if std::path::Path::new("/sys/class/net/eth0").exists() {
+        if let Err(e) = configure_ipv4("eth0", [10, 0, 0, 2]) {
+            say(&format!("bench FAIL eth0: {e}"));
+        }
+    }
+    let listener = match vsock_listen(port) {
+        Ok(l) => l,
+        Err(e) => {
+            say(&format!("bench FAIL listen {port}: {e}"));
+            return;
+        }
+    };
+    say(&format!("bench listening port={port}"));
+    loop {
+        let result = vsock_accept(&listener).and_then(|mut c| bench_command(&mut c));
+        match result {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => say(&format!("bench command failed: {e}")),
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let num = |i: usize, default: u32| {
@@ -332,8 +489,14 @@ fn main() -> ExitCode {
             say("done");
             ExitCode::SUCCESS
         }
+        Some("bench") => {
+            bench(num(1, 1234));
+            ExitCode::SUCCESS
+        }
         _ => {
-            eprintln!("usage: hull-guest-test devices VSOCK_PORT HOST_PORT CONNECTIONS");
+            eprintln!(
+                "usage: hull-guest-test devices VSOCK_PORT HOST_PORT CONNECTIONS | bench VSOCK_PORT"
+            );
             ExitCode::from(2)
         }
     }
