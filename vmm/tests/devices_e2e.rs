@@ -2,7 +2,8 @@
 //! runs the guest half (`/usr/libexec/hull/guest-test devices`, started by the agent
 //! through `hull.run=`) while this test plays the host half:
 //!
-//! - entropy: the guest's current hwrng is virtio_rng.0 and /dev/hwrng gives bytes;
+//! - entropy: the guest's current hwrng is virtio_rng.0, /dev/hwrng gives bytes, and its
+//!   quality is non-zero, so the kernel's hwrng thread seeds the crng from it;
 //! - block: a read-only data disk reads back with the content hash computed here, a guest
 //!   write to it is refused, and the file is unchanged afterwards;
 //! - vsock: through the hybrid socket the host reaches the guest's echo listener and gets
@@ -239,12 +240,17 @@ fn guest_drivers_use_entropy_block_vsock_and_net_devices() {
     assert_eq!(f.code, Some(0), "{ctx}");
     assert_eq!(host_side.join().unwrap(), "hello from the guest");
     let console = &f.stdout;
-    assert!(
-        console
-            .lines()
-            .any(|l| l.starts_with("guest-test: hwrng ok current=virtio_rng.0 bytes=32")),
-        "{ctx}"
-    );
+    let hwrng = console
+        .lines()
+        .find(|l| l.starts_with("guest-test: hwrng ok current=virtio_rng.0 bytes=32"))
+        .unwrap_or_else(|| panic!("no hwrng line\n{ctx}"));
+    let quality: u32 = hwrng
+        .trim_end()
+        .rsplit("quality=")
+        .next()
+        .and_then(|q| q.parse().ok())
+        .unwrap_or(0);
+    assert!(quality > 0, "the kernel does not feed its crng from virtio-rng: {hwrng}");
     assert!(
         has_line(
             console,

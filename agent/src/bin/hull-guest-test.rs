@@ -35,9 +35,14 @@ fn fnv1a64(hash: u64, bytes: &[u8]) -> u64 {
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 
 fn entropy() {
-    let current = std::fs::read_to_string("/sys/class/misc/hw_random/rng_current")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|e| format!("unknown({e})"));
+    let sysfs = |f: &str| {
+        std::fs::read_to_string(format!("/sys/class/misc/hw_random/{f}"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|e| format!("unknown({e})"))
+    };
+    let current = sysfs("rng_current");
+    // A quality above zero makes the kernel's hwrng thread feed the crng from it.
+    let quality = sysfs("rng_quality");
     let mut buf = [0u8; 32];
     match File::open("/dev/hwrng").and_then(|mut f| f.read_exact(&mut buf)) {
         Ok(()) => {
