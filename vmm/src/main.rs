@@ -132,6 +132,30 @@ fn merged_config(args: Args) -> Result<ConfigFile, hull_vmm::ConfigError> {
     Ok(file)
 }
 
+/// Raises the soft descriptor limit to the hard one: each vsock connection holds a host
+/// socket, and 1024 of them plus the VMM's own descriptors exceed the usual soft 1024.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: setrlimit reads the struct we pass; raising the soft limit up to the
+        // hard one needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            log::warn!(
+                "cannot raise the descriptor limit: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
 /// `tap=NAME[,mac=MAC]` or `fd=N[,mac=MAC]`.
 fn parse_net_flag(spec: &str) -> Result<NetConfig, hull_vmm::ConfigError> {
     let bad = || hull_vmm::ConfigError::NetFlag(spec.to_string());
@@ -170,6 +194,7 @@ fn main() -> ExitCode {
         }
     };
 
+    raise_fd_limit();
     let vmm = match hull_vmm::build_microvm(&config, start) {
         Ok(v) => v,
         Err(e) => {

@@ -250,7 +250,10 @@ fn guest_drivers_use_entropy_block_vsock_and_net_devices() {
         .next()
         .and_then(|q| q.parse().ok())
         .unwrap_or(0);
-    assert!(quality > 0, "the kernel does not feed its crng from virtio-rng: {hwrng}");
+    assert!(
+        quality > 0,
+        "the kernel does not feed its crng from virtio-rng: {hwrng}"
+    );
     assert!(
         has_line(
             console,

@@ -164,6 +164,9 @@ impl Connection {
         if self.state != State::Closed {
             self.state = State::Closed;
             self.pending = pending::RST;
+            self.deadline = None;
+            // The host learns at once, even if the guest takes long to collect the RST.
+            let _ = self.stream.shutdown(Shutdown::Both);
         }
     }
 
@@ -216,6 +219,11 @@ impl Connection {
         if events.intersects(EventSet::HANG_UP | EventSet::ERROR) {
             self.host_hup = true;
             self.host_readable = true;
+            if self.host_eof || self.peer_shutdown & SHUTDOWN_RCV != 0 {
+                // Nothing left to read for the guest: the close is complete.
+                self.reset();
+                return;
+            }
         }
         if events.contains(EventSet::IN) {
             self.host_readable = true;
@@ -273,8 +281,16 @@ impl Connection {
             return;
         }
         self.rx_from_guest += Wrapping(payload.len() as u32);
+        if self.host_hup {
+            // The host closed; its last bytes are still being delivered before the RST.
+            // What the guest sends meanwhile has nowhere to go: count it as consumed so
+            // the guest never stalls waiting for credit.
+            self.fwd_cnt += Wrapping(payload.len() as u32);
+            self.note_forwarded();
+            return;
+        }
         let mut rest = payload;
-        if self.tx_buf.is_empty() && !self.host_hup {
+        if self.tx_buf.is_empty() {
             match self.stream.write(rest) {
                 Ok(n) => {
                     self.fwd_cnt += Wrapping(n as u32);
@@ -376,7 +392,7 @@ impl Connection {
             self.pending &= !pending::RESPONSE;
             return control(op::RESPONSE, 0);
         }
-        if self.host_readable && self.wants_host_input() {
+        if self.host_readable && self.wants_host_input() && !buf.is_empty() {
             let n = buf.len().min(self.peer_credit() as usize);
             match self.stream.read(&mut buf[..n]) {
                 Ok(0) => {
@@ -545,6 +561,60 @@ mod tests {
         assert_eq!((p.op, &buf[..p.len as usize]), (op::RW, &b"last words"[..]));
         assert_eq!(c.next_rx(&mut buf).unwrap().op, op::RST);
         assert!(c.is_finished());
+    }
+
+    #[test]
+    fn host_close_after_its_half_close_resets_and_guest_data_does_not_stall() {
+        let (mut c, host) = established();
+        host.shutdown(Shutdown::Write).unwrap();
+        c.host_event(EventSet::IN);
+        let mut buf = [0u8; 64];
+        assert_eq!(c.next_rx(&mut buf).unwrap().op, op::SHUTDOWN);
+        drop(host);
+        c.host_event(EventSet::HANG_UP);
+        assert_eq!(c.next_rx(&mut buf).unwrap().op, op::RST);
+        assert!(c.is_finished());
+    }
+
+    #[test]
+    fn guest_data_after_the_host_closed_is_consumed_while_the_rest_drains() {
+        let (mut c, host) = established();
+        (&host).write_all(b"tail").unwrap();
+        drop(host);
+        c.host_event(EventSet::IN | EventSet::HANG_UP);
+        let chunk = vec![0u8; 64 << 10];
+        for _ in 0..8 {
+            c.guest_packet(&hdr(op::RW, 0, 4096, 0), &chunk);
+        }
+        assert_eq!(c.buffered(), 0, "nothing held for a host that is gone");
+        assert_eq!(c.fwd_cnt(), 8 * (64 << 10), "credit keeps flowing");
+        let mut buf = [0u8; 64];
+        let p = c.next_rx(&mut buf).unwrap();
+        assert_eq!((p.op, p.len), (op::RW, 4));
+        assert_eq!(c.next_rx(&mut buf).unwrap().op, op::RST);
+    }
+
+    #[test]
+    fn an_empty_rx_buffer_is_not_mistaken_for_eof() {
+        let (mut c, host) = established();
+        (&host).write_all(b"data").unwrap();
+        c.host_event(EventSet::IN);
+        assert_eq!(c.next_rx(&mut []), None);
+        let mut buf = [0u8; 64];
+        assert_eq!(c.next_rx(&mut buf).unwrap().len, 4);
+    }
+
+    #[test]
+    fn reset_closes_the_host_stream_at_once() {
+        let (mut c, host) = established();
+        c.reset();
+        let mut b = [0u8; 1];
+        assert_eq!(
+            (&host).read(&mut b).unwrap(),
+            0,
+            "host sees EOF before the RST is out"
+        );
+        assert_eq!(c.deadline(), None);
     }
 
     #[test]

@@ -128,6 +128,7 @@ impl Vsock {
                 Ok(()) => HEADER_LEN + payload.len(),
                 Err(e) => {
                     log::warn!("vsock: cannot write an RX packet to guest memory: {e}");
+                    self.muxer.rx_failed(&hdr);
                     0
                 }
             };

@@ -69,6 +69,8 @@ pub struct Muxer {
     epoll: Epoll,
     timer: TimerFd,
     timer_armed: bool,
+    /// The listener is out of the epoll set after accept ran out of descriptors.
+    listener_paused: bool,
     conns: HashMap<ConnKey, Connection>,
     by_fd: HashMap<RawFd, ConnKey>,
     /// Current epoll interest of each registered connection stream.
@@ -113,6 +115,7 @@ impl Muxer {
             epoll,
             timer,
             timer_armed: false,
+            listener_paused: false,
             conns: HashMap::new(),
             by_fd: HashMap::new(),
             watched: HashMap::new(),
@@ -152,8 +155,9 @@ impl Muxer {
                 let _ = self.timer.wait();
                 self.timer_armed = false;
                 self.sweep(Instant::now());
+                self.rearm_after_sweep();
             } else if self.handshakes.contains_key(&fd) {
-                self.continue_handshake(fd);
+                self.continue_handshake(fd, set);
             } else if let Some(&key) = self.by_fd.get(&fd) {
                 if let Some(c) = self.conns.get_mut(&key) {
                     c.host_event(set);
@@ -166,7 +170,6 @@ impl Muxer {
                     .ctl(ControlOperation::Delete, fd, EpollEvent::default());
             }
         }
-        self.update_timer();
     }
 
     fn accept_clients(&mut self) {
@@ -177,6 +180,16 @@ impl Muxer {
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
                     log::warn!("vsock: accept on {}: {e}", self.uds_path.display());
+                    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                        // Out of descriptors: the listener would stay readable and spin
+                        // the loop. Stop watching it; the sweep tries again later.
+                        let fd = self.listener.as_raw_fd();
+                        let _ = self
+                            .epoll
+                            .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+                        self.listener_paused = true;
+                        self.arm_timer();
+                    }
                     return;
                 }
             };
@@ -188,17 +201,21 @@ impl Muxer {
                 continue;
             }
             let fd = stream.as_raw_fd();
+            // Edge-triggered: the line is only peeked at until complete, so a level-
+            // triggered registration would report a partial line over and over.
+            let events = EventSet::IN | EventSet::READ_HANG_UP | EventSet::EDGE_TRIGGERED;
             if self
                 .epoll
                 .ctl(
                     ControlOperation::Add,
                     fd,
-                    EpollEvent::new(EventSet::IN, fd as u64),
+                    EpollEvent::new(events, fd as u64),
                 )
                 .is_err()
             {
                 continue;
             }
+            self.arm_timer();
             self.handshakes.insert(
                 fd,
                 PendingHandshake {
@@ -211,7 +228,7 @@ impl Muxer {
 
     /// Reads a client's CONNECT line. It peeks first and consumes exactly the line, so
     /// bytes the client sends after it stay in the socket for the guest.
-    fn continue_handshake(&mut self, fd: RawFd) {
+    fn continue_handshake(&mut self, fd: RawFd, events: EventSet) {
         let Some(h) = self.handshakes.get(&fd) else {
             return;
         };
@@ -237,7 +254,14 @@ impl Muxer {
             0 => Err(HandshakeError::Eof),
             n => handshake::parse(&buf[..n as usize]),
         };
+        let hung_up =
+            events.intersects(EventSet::READ_HANG_UP | EventSet::HANG_UP | EventSet::ERROR);
         let (port, len) = match result {
+            Ok(None) if hung_up => {
+                log::warn!("vsock: dropping host client: {}", HandshakeError::Eof);
+                self.drop_handshake(fd);
+                return;
+            }
             Ok(None) => return,
             Ok(Some(done)) => done,
             Err(e) => {
@@ -297,7 +321,9 @@ impl Muxer {
                 hdr.dst_port,
                 hdr.type_
             );
-            if hdr.op != op::RST && hdr.src_cid == self.guest_cid {
+            // Only a packet addressed to us can be answered: an RST from CID 2 for a
+            // packet sent elsewhere would match no guest socket.
+            if hdr.op != op::RST && hdr.src_cid == self.guest_cid && hdr.dst_cid == HOST_CID {
                 self.orphan_rst((hdr.dst_port, hdr.src_port));
             }
             return;
@@ -378,18 +404,34 @@ impl Muxer {
                 Some(_) => None,
             };
             if let Some(op) = op {
-                if let Err(e) = self.epoll.ctl(op, fd, EpollEvent::new(want, fd as u64)) {
-                    log::warn!("vsock: cannot watch a host stream: {e}");
+                match self.epoll.ctl(op, fd, EpollEvent::new(want, fd as u64)) {
+                    Ok(()) => {
+                        self.watched.insert(fd, want);
+                        self.by_fd.insert(fd, key);
+                    }
+                    Err(e) => {
+                        // Unwatched, the connection would never make progress.
+                        log::warn!("vsock: cannot watch a host stream ({e}); resetting it");
+                        if let Some(c) = self.conns.get_mut(&key) {
+                            c.reset();
+                        }
+                        return self.sync(key);
+                    }
                 }
-                self.watched.insert(fd, want);
-                self.by_fd.insert(fd, key);
             }
         }
+        let Some(c) = self.conns.get(&key) else {
+            return;
+        };
         if c.is_finished() {
             self.conns.remove(&key);
             return;
         }
-        if c.has_rx() && self.in_rxq.insert(key) {
+        let (has_deadline, has_rx) = (c.deadline().is_some(), c.has_rx());
+        if has_deadline {
+            self.arm_timer();
+        }
+        if has_rx && self.in_rxq.insert(key) {
             self.rxq.push_back(key);
         }
     }
@@ -435,6 +477,16 @@ impl Muxer {
         }
     }
 
+    /// The packet with `hdr` could not be written to the guest: its connection has lost
+    /// bytes and cannot continue.
+    pub fn rx_failed(&mut self, hdr: &Header) {
+        let key = (hdr.src_port, hdr.dst_port);
+        if let Some(c) = self.conns.get_mut(&key) {
+            c.reset();
+        }
+        self.sync(key);
+    }
+
     /// Drops every connection and pending handshake (device reset, transport reset): host
     /// clients see their streams close.
     pub fn reset_all(&mut self) {
@@ -456,6 +508,13 @@ impl Muxer {
 
     /// Expires handshakes and connections whose deadline passed.
     pub fn sweep(&mut self, now: Instant) {
+        if self.listener_paused {
+            let fd = self.listener.as_raw_fd();
+            let ev = EpollEvent::new(EventSet::IN, fd as u64);
+            if self.epoll.ctl(ControlOperation::Add, fd, ev).is_ok() {
+                self.listener_paused = false;
+            }
+        }
         let stale: Vec<RawFd> = self
             .handshakes
             .iter()
@@ -476,15 +535,21 @@ impl Muxer {
         }
     }
 
-    fn update_timer(&mut self) {
-        let needed =
-            !self.handshakes.is_empty() || self.conns.values().any(|c| c.deadline().is_some());
-        if needed && !self.timer_armed {
-            if self.timer.reset(SWEEP_INTERVAL, None).is_ok() {
-                self.timer_armed = true;
-            }
-        } else if !needed && self.timer_armed && self.timer.clear().is_ok() {
-            self.timer_armed = false;
+    /// Starts the periodic sweep if it is not running (O(1); called whenever something
+    /// gets a deadline). The sweep stops itself once nothing has one.
+    fn arm_timer(&mut self) {
+        if !self.timer_armed && self.timer.reset(SWEEP_INTERVAL, None).is_ok() {
+            self.timer_armed = true;
+        }
+    }
+
+    /// After a sweep: run again only while something still has a deadline.
+    fn rearm_after_sweep(&mut self) {
+        let needed = self.listener_paused
+            || !self.handshakes.is_empty()
+            || self.conns.values().any(|c| c.deadline().is_some());
+        if needed {
+            self.arm_timer();
         }
     }
 }
