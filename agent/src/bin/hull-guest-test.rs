@@ -53,7 +53,7 @@ fn entropy() {
                 v.len()
             };
             say(&format!(
-                "hwrng ok current={current} bytes=32 distinct={distinct}"
+                "hwrng ok current={current} bytes=32 distinct={distinct} quality={quality}"
             ));
         }
         Err(e) => say(&format!("hwrng FAIL current={current}: {e}")),
