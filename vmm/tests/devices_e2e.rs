@@ -4,8 +4,10 @@
 //!
 //! - entropy: the guest's current hwrng is virtio_rng.0, /dev/hwrng gives bytes, and its
 //!   quality is non-zero, so the kernel's hwrng thread seeds the crng from it;
-//! - block: a read-only data disk reads back with the content hash computed here, a guest
-//!   write to it is refused, and the file is unchanged afterwards;
+//! - block: two data disks besides the root, each with its own serial (GET_ID): a
+//!   read-only one reads back with the content hash computed here, a guest write to it is
+//!   refused and the file is unchanged afterwards; a writable one from a config file
+//!   reads back too;
 //! - vsock: through the hybrid socket the host reaches the guest's echo listener and gets
 //!   every byte back (1 MiB by default; HULL_E2E_VSOCK_BYTES=1073741824 for the 1 GiB run,
 //!   which takes about half an hour on hosts whose KVM emulates guest kernel code), a
@@ -183,6 +185,22 @@ fn guest_drivers_use_entropy_block_vsock_and_net_devices() {
     std::fs::write(&disk, &content).unwrap();
     let disk_fnv = fnv1a64(FNV_OFFSET, &content);
 
+    // A second, writable disk with its own serial, from a config file.
+    let scratch = dir.path().join("scratch.img");
+    let mut scratch_content = vec![0u8; 256 << 10];
+    Pattern::new(7).fill(&mut scratch_content);
+    std::fs::write(&scratch, &scratch_content).unwrap();
+    let scratch_fnv = fnv1a64(FNV_OFFSET, &scratch_content);
+    let config = dir.path().join("vm.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[drive]]\npath = {:?}\nread_only = false\nserial = \"scratch-01\"\nformat = \"raw\"\n",
+            scratch
+        ),
+    )
+    .unwrap();
+
     let uds = dir.path().join("v.sock");
     let listener = UnixListener::bind(format!("{}_{HOST_PORT}", uds.display())).unwrap();
     let host_side = std::thread::spawn(move || {
@@ -208,7 +226,9 @@ fn guest_drivers_use_entropy_block_vsock_and_net_devices() {
     let mut cmd = vmm(&format!(
         "hull.run=/usr/libexec/hull/guest-test,devices,{GUEST_PORT},{HOST_PORT},2"
     ));
-    cmd.arg("--vsock-uds")
+    cmd.arg("--config")
+        .arg(&config)
+        .arg("--vsock-uds")
         .arg(&uds)
         .arg("--drive")
         .arg(format!("{}:ro", disk.display()));
@@ -258,7 +278,17 @@ fn guest_drivers_use_entropy_block_vsock_and_net_devices() {
         has_line(
             console,
             &format!(
-                "guest-test: blk vdb serial=data.img ro=1 bytes={DISK_BYTES} fnv={disk_fnv:016x} write=refused"
+                "guest-test: blk vdc serial=data.img ro=1 bytes={DISK_BYTES} fnv={disk_fnv:016x} write=refused"
+            )
+        ),
+        "{ctx}"
+    );
+    assert!(
+        has_line(
+            console,
+            &format!(
+                "guest-test: blk vdb serial=scratch-01 ro=0 bytes={} fnv={scratch_fnv:016x} write=skipped",
+                256 << 10
             )
         ),
         "{ctx}"
