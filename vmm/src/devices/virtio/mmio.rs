@@ -224,6 +224,16 @@ impl MmioTransport {
         }
         self.device.activate(self.acked_features);
         self.activated = true;
+        // A driver may post buffers and kick before DRIVER_OK; those kicks found the
+        // device inactive, so serve every ready queue once now.
+        for index in 0..self.queues.len() {
+            if self.queues[index].ready() {
+                let used = self
+                    .device
+                    .process_queue(index, &mut self.queues, &self.mem);
+                self.signal_used(used);
+            }
+        }
     }
 
     fn reset(&mut self) {

@@ -178,6 +178,11 @@ pub fn next_chain<'a>(
     }
 }
 
+/// Queue `index` if it exists and the driver made it ready (a driver may use only some).
+pub fn ready(queues: &mut [Queue], index: usize) -> Option<&mut Queue> {
+    queues.get_mut(index).filter(|q| q.ready())
+}
+
 /// Copies `src` (a little-endian register image) into `data` at `offset`, zero-filling
 /// anything past its end: the shape of every config-space read.
 pub fn read_config_bytes(src: &[u8], offset: u64, data: &mut [u8]) {

@@ -20,7 +20,10 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 
-use super::{next_chain, read_config_bytes, UsedQueues, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{
+    next_chain, read_config_bytes, ready, UsedQueues, VirtioDevice, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX,
+};
 pub use tap::{Tap, TapError, VNET_HDR_LEN};
 
 pub const VIRTIO_ID_NET: u32 = 1;
@@ -136,6 +139,11 @@ impl<B: FrameIo> Net<B> {
                 }
                 match self.backend.recv_frame(&mut self.rx_frame) {
                     Ok(n) if n > VNET_HDR_LEN => self.rx_len = n,
+                    Ok(0) => {
+                        // A closed backend (never a tap): nothing more will come.
+                        self.backend_readable = false;
+                        break;
+                    }
                     Ok(_) => {
                         self.stats.rx_dropped += 1;
                         continue;
@@ -166,38 +174,54 @@ impl<B: FrameIo> Net<B> {
     }
 
     /// Writes the pending frame into one chain, or with merged buffers into as many as
-    /// it needs, all or nothing.
+    /// it needs, all or nothing. Chains that cannot take data (no writable byte, outside
+    /// RAM) are returned empty, but only together with a delivered frame: until then every
+    /// popped chain is rewound as a whole, so the avail position stays exact.
     fn deliver(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap, used: &mut bool) -> Delivery {
         let len = self.rx_len;
         let mut chains = Vec::new();
+        let mut bad = Vec::new();
         let mut room = 0usize;
-        while room < len {
+        let outcome = loop {
+            if room >= len {
+                break Delivery::Delivered;
+            }
+            if chains.len() + bad.len() >= usize::from(queue.size()) {
+                // Even the whole ring cannot hold this frame (tiny buffers and a large
+                // TSO frame): waiting for more buffers would wait forever.
+                log::debug!("virtio-net: {len}-byte frame exceeds the whole RX ring");
+                break Delivery::Dropped;
+            }
             let Some(chain) = next_chain(queue, mem) else {
-                for _ in 0..chains.len() {
-                    queue.go_to_previous_position();
-                }
-                return Delivery::NoBuffers;
+                break Delivery::NoBuffers;
             };
             let head = chain.head_index();
             match chain.writer(mem) {
                 Ok(w) if w.available_bytes() > 0 => {
                     room += w.available_bytes();
                     chains.push((head, w));
+                    if !self.merged() && room < len {
+                        // Without merged buffers a frame must fit one chain.
+                        log::debug!(
+                            "virtio-net: {len}-byte frame does not fit a {room}-byte buffer"
+                        );
+                        break Delivery::Dropped;
+                    }
                 }
                 _ => {
-                    // A chain with no writable byte or outside RAM: return it empty.
                     self.stats.bad_chains += 1;
-                    let _ = queue.add_used(mem, head, 0);
-                    *used = true;
-                    continue;
+                    bad.push(head);
                 }
             }
-            if !self.merged() && room < len {
-                // Without merged buffers a frame must fit one chain.
-                log::debug!("virtio-net: {len}-byte frame does not fit a {room}-byte buffer");
+        };
+        if !matches!(outcome, Delivery::Delivered) {
+            for _ in 0..chains.len() + bad.len() {
                 queue.go_to_previous_position();
-                return Delivery::Dropped;
             }
+            return outcome;
+        }
+        for head in bad {
+            let _ = queue.add_used(mem, head, 0);
         }
         let count = chains.len() as u16;
         self.rx_frame[NUM_BUFFERS_OFFSET..NUM_BUFFERS_OFFSET + 2]
@@ -271,7 +295,7 @@ impl<B: FrameIo> VirtioDevice for Net<B> {
     }
 
     fn avail_features(&self) -> u64 {
-        let mut f = VIRTIO_F_VERSION_1 | features::MRG_RXBUF;
+        let mut f = VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX | features::MRG_RXBUF;
         if self.mac.is_some() {
             f |= features::MAC;
         }
@@ -312,6 +336,14 @@ impl<B: FrameIo> VirtioDevice for Net<B> {
         self.rx_len = 0;
         self.tx_blocked = false;
         self.backend.set_offload(0);
+        // Frames already queued in the tap were shaped for the old offload settings; the
+        // next driver may not accept them.
+        for _ in 0..1024 {
+            if !matches!(self.backend.recv_frame(&mut self.rx_frame), Ok(n) if n > 0) {
+                break;
+            }
+        }
+        self.backend_readable = true;
     }
 
     fn process_queue(
@@ -322,11 +354,11 @@ impl<B: FrameIo> VirtioDevice for Net<B> {
     ) -> UsedQueues {
         let mut used = UsedQueues::default();
         if index == TX {
-            if let Some(q) = queues.get_mut(TX) {
+            if let Some(q) = ready(queues, TX) {
                 used.merge(UsedQueues::one_if(TX, self.serve_tx(q, mem)));
             }
         }
-        if let Some(q) = queues.get_mut(RX) {
+        if let Some(q) = ready(queues, RX) {
             used.merge(UsedQueues::one_if(RX, self.serve_rx(q, mem)));
         }
         used
@@ -351,11 +383,11 @@ impl<B: FrameIo> VirtioDevice for Net<B> {
         }
         let mut used = UsedQueues::default();
         if events.contains(EventSet::OUT) && self.tx_blocked {
-            if let Some(q) = queues.get_mut(TX) {
+            if let Some(q) = ready(queues, TX) {
                 used.merge(UsedQueues::one_if(TX, self.serve_tx(q, mem)));
             }
         }
-        if let Some(q) = queues.get_mut(RX) {
+        if let Some(q) = ready(queues, RX) {
             used.merge(UsedQueues::one_if(RX, self.serve_rx(q, mem)));
         }
         used

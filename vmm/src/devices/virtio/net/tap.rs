@@ -137,7 +137,13 @@ impl Tap {
         // SAFETY: F_GETFL on a descriptor we own; no memory is involved.
         let flags = unsafe { libc::fcntl(raw, libc::F_GETFL) };
         // SAFETY: F_SETFL likewise.
-        unsafe { libc::fcntl(raw, libc::F_SETFL, flags | libc::O_NONBLOCK) };
+        if flags < 0 || unsafe { libc::fcntl(raw, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+            // A blocking tap would block the event loop in read(2).
+            return Err(TapError::Ioctl {
+                what: "F_SETFL O_NONBLOCK",
+                source: std::io::Error::last_os_error(),
+            });
+        }
         let name: String = req
             .name
             .iter()

@@ -379,3 +379,74 @@ fn real_tap_in_a_private_namespace_carries_udp_both_ways() {
     }
     assert!(found, "the reply never reached the RX queue");
 }
+
+#[test]
+fn a_frame_larger_than_the_whole_ring_is_dropped_not_waited_for() {
+    let (mut d, host, fd) = setup(VIRTIO_F_VERSION_1 | features::MRG_RXBUF);
+    // 64 buffers of 64 bytes: 4 KiB of ring for a 10 KB frame.
+    for _ in 0..crate::devices::virtio::test_driver::QUEUE_SIZE {
+        let addr = d.alloc(64);
+        d.add_chain(
+            RX,
+            &[Buf {
+                addr,
+                len: 64,
+                write: true,
+            }],
+        );
+    }
+    host.send_frame(&frame(10_000, 1)).unwrap();
+    host.send_frame(&frame(40, 2)).unwrap();
+    d.host_event(fd);
+    let used = d.take_used(RX);
+    assert_eq!(
+        used.len(),
+        1,
+        "the small frame after the impossible one: {used:?}"
+    );
+    assert_eq!(used[0].1, 40);
+}
+
+#[test]
+fn a_bad_chain_inside_a_merged_frame_keeps_the_ring_consistent() {
+    let (mut d, host, fd) = setup(VIRTIO_F_VERSION_1 | features::MRG_RXBUF);
+    let a = d.alloc(1536);
+    let ha = d.add_chain(
+        RX,
+        &[Buf {
+            addr: a,
+            len: 1536,
+            write: true,
+        }],
+    );
+    let b = d.alloc(1536);
+    let hb = d.add_chain(
+        RX,
+        &[Buf {
+            addr: b,
+            len: 1536,
+            write: false,
+        }],
+    ); // not writable
+    d.notify(RX);
+    host.send_frame(&frame(3000, 9)).unwrap();
+    d.host_event(fd);
+    assert!(
+        d.take_used(RX).is_empty(),
+        "no buffer returned while the frame waits"
+    );
+    let c = d.alloc(4096);
+    let hc = d.add_chain(
+        RX,
+        &[Buf {
+            addr: c,
+            len: 4096,
+            write: true,
+        }],
+    );
+    d.notify(RX);
+    let used = d.take_used(RX);
+    assert_eq!(used, vec![(hb, 0), (ha, 1536), (hc, 3000 - 1536)]);
+    let hdr = d.read(a, 12);
+    assert_eq!(u16::from_le_bytes([hdr[10], hdr[11]]), 2, "num_buffers");
+}

@@ -21,7 +21,10 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{next_chain, read_config_bytes, UsedQueues, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{
+    next_chain, read_config_bytes, ready, UsedQueues, VirtioDevice, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX,
+};
 pub use muxer::{Muxer, MuxerError};
 use packet::{HEADER_LEN, MAX_PAYLOAD};
 
@@ -165,10 +168,10 @@ impl Vsock {
     /// RX and event delivery after anything that may have produced packets.
     fn deliver(&mut self, queues: &mut [Queue], mem: &GuestMemoryMmap) -> UsedQueues {
         let mut used = UsedQueues::default();
-        if let Some(q) = queues.get_mut(RX) {
+        if let Some(q) = ready(queues, RX) {
             used.merge(UsedQueues::one_if(RX, self.serve_rx(q, mem)));
         }
-        if let Some(q) = queues.get_mut(EVENT) {
+        if let Some(q) = ready(queues, EVENT) {
             used.merge(UsedQueues::one_if(EVENT, self.serve_event(q, mem)));
         }
         used
@@ -185,7 +188,7 @@ impl VirtioDevice for Vsock {
     }
 
     fn avail_features(&self) -> u64 {
-        VIRTIO_F_VERSION_1
+        VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -202,7 +205,7 @@ impl VirtioDevice for Vsock {
     ) -> UsedQueues {
         let mut used = UsedQueues::default();
         if index == TX {
-            if let Some(q) = queues.get_mut(TX) {
+            if let Some(q) = ready(queues, TX) {
                 used.merge(UsedQueues::one_if(TX, self.serve_tx(q, mem)));
             }
         }
