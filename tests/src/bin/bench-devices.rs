@@ -281,7 +281,10 @@ fn print_rows(rows: &[Row]) {
         let c = summary(&r.cpu_s_per_gib).map(|x| x.0);
         let f = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
         let ratio = match (g, h) {
-            (Some(g), Some(h)) if h > 0.0 => format!("{:.3}", g / h),
+            (Some(g), Some(h)) if h > 0.0 && (0.01..100.0).contains(&(g / h)) => {
+                format!("{:.3}", g / h)
+            }
+            (Some(g), Some(h)) if h > 0.0 => format!("{:.1e}", g / h),
             _ => "-".into(),
         };
         println!(
