@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
     let Some(q) = fuzzed_queue(&mem, &shape) else {
         return;
     };
-    let (dev_end, host_end) = SeqPacket::pair();
+    let (dev_end, host_end) = SeqPacket::pair().unwrap();
     let mut net = Net::new(dev_end, Some([2, 0, 0, 0, 0, 1]), true);
     let mut acked = VIRTIO_F_VERSION_1;
     if shape.flags & 16 != 0 {

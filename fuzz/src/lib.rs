@@ -1,5 +1,4 @@
-//! Shared by the fuzz targets: turning fuzz bytes into a virtio queue in guest memory, and
-//! a frame-preserving backend for virtio-net.
+//! Shared by the fuzz targets: turning fuzz bytes into a virtio queue in guest memory.
 //!
 //! Queue layout (structure-aware, so most inputs get past the ring into device parsing):
 //! - byte 0: queue size exponent (size = 1 << (b % 9)); byte 1: flags (bit 0 event idx,
@@ -10,9 +9,7 @@
 //! - then a count byte and that many avail-ring head indexes (u8 each);
 //! - the rest is written at [`DATA`] (headers, indirect tables, payloads).
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-
-use hull_vmm::devices::virtio::net::FrameIo;
+pub use hull_vmm::devices::virtio::net::seqpacket::SeqPacket;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -120,56 +117,4 @@ fn queue_at(
 pub fn check_used(mem: &GuestMemoryMmap, q: &Queue) {
     let used_idx: u16 = mem.read_obj(GuestAddress(USED + 2)).unwrap();
     assert_eq!(used_idx, q.next_used());
-}
-
-/// One end of a SOCK_SEQPACKET pair: a backend that keeps frame boundaries like a tap.
-pub struct SeqPacket(OwnedFd);
-
-impl SeqPacket {
-    pub fn pair() -> (SeqPacket, SeqPacket) {
-        let mut fds = [0; 2];
-        // SAFETY: socketpair fills the two-element array on success.
-        let rc = unsafe {
-            libc::socketpair(
-                libc::AF_UNIX,
-                libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                0,
-                fds.as_mut_ptr(),
-            )
-        };
-        assert_eq!(rc, 0, "socketpair");
-        // SAFETY: just created, owned by nothing else.
-        let a = unsafe { OwnedFd::from_raw_fd(fds[0]) };
-        // SAFETY: as above.
-        let b = unsafe { OwnedFd::from_raw_fd(fds[1]) };
-        (SeqPacket(a), SeqPacket(b))
-    }
-}
-
-impl AsRawFd for SeqPacket {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0.as_raw_fd()
-    }
-}
-
-impl FrameIo for SeqPacket {
-    fn recv_frame(&self, buf: &mut [u8]) -> std::io::Result<usize> {
-        // SAFETY: `buf` is a live, writable buffer of the given length.
-        let n = unsafe { libc::recv(self.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(n as usize)
-    }
-    fn send_frame(&self, frame: &[u8]) -> std::io::Result<usize> {
-        // SAFETY: `frame` is a live buffer of the given length.
-        let n = unsafe { libc::send(self.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
-        if n < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(n as usize)
-    }
-    fn set_offload(&self, _flags: u32) -> bool {
-        true
-    }
 }

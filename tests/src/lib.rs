@@ -39,6 +39,19 @@ pub fn process_memory(pid: u32) -> std::io::Result<ProcessMemory> {
     })
 }
 
+/// Checks that the built artifacts a benchmark runs exist, naming the fix if not.
+pub fn require_artifacts(paths: &[(&str, &std::path::Path)]) -> Result<(), String> {
+    for (what, p) in paths {
+        if !p.exists() {
+            return Err(format!(
+                "{what} {} missing: run scripts/build.sh",
+                p.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Median, minimum and maximum of `v` (None when empty).
 pub fn summary(v: &[f64]) -> Option<(f64, f64, f64)> {
     if v.is_empty() {

@@ -286,15 +286,12 @@ fn print_series(s: &Series) {
 
 fn main() -> Result<()> {
     let a = Args::parse();
-    for (what, p) in [
+    hull_e2e::require_artifacts(&[
         ("vmm", &a.vmm),
         ("kernel", &a.kernel),
         ("rootfs", &a.rootfs),
-    ] {
-        if !p.exists() {
-            bail!("{what} {} missing: run scripts/build.sh", p.display());
-        }
-    }
+    ])
+    .map_err(anyhow::Error::msg)?;
     let timeout = Duration::from_secs(a.timeout);
     let host = hull_vmm::quirks::resolve(Default::default());
     let hull = run_series("hull-vmm", a.runs, || hull_cmd(&a), timeout);

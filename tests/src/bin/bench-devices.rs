@@ -300,15 +300,12 @@ fn print_rows(rows: &[Row]) {
 
 fn main() -> Result<()> {
     let a = Args::parse();
-    for (what, p) in [
+    hull_e2e::require_artifacts(&[
         ("vmm", &a.vmm),
         ("kernel", &a.kernel),
         ("rootfs", &a.rootfs),
-    ] {
-        if !p.exists() {
-            bail!("{what} {} missing: run scripts/build.sh", p.display());
-        }
-    }
+    ])
+    .map_err(anyhow::Error::msg)?;
     let dir = std::env::temp_dir().join(format!("hull-bench-devices-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let disk = dir.join("data.img");

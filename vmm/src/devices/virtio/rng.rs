@@ -6,7 +6,7 @@
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
-use super::{UsedQueues, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{ready, UsedQueues, VirtioDevice, VIRTIO_F_VERSION_1};
 
 pub const VIRTIO_ID_ENTROPY: u32 = 4;
 const QUEUE_SIZE: u16 = 64;
@@ -117,80 +117,57 @@ impl VirtioDevice for Rng {
         queues: &mut [Queue],
         mem: &GuestMemoryMmap,
     ) -> UsedQueues {
-        let Some(queue) = queues.get_mut(index) else {
-            return UsedQueues::default();
-        };
-        UsedQueues::one_if(index, self.serve(queue, mem))
+        ready(queues, index)
+            .map(|q| UsedQueues::one_if(index, self.serve(q, mem)))
+            .unwrap_or_default()
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use vm_memory::{Address, Bytes, GuestAddress};
-    use vmm_sys_util::eventfd::EventFd;
-
     use super::*;
-    use crate::devices::bus::BusDevice;
-    use crate::devices::virtio::mmio::{reg, tests::bring_up_queues, MmioTransport};
-    use crate::devices::virtio::Interrupt;
+    use crate::devices::virtio::test_driver::{Buf, TestDriver, MEM_SIZE};
 
-    const DESC: u64 = 0x1000;
-    const AVAIL: u64 = 0x2000;
-    const USED: u64 = 0x3000;
-    const BUF: u64 = 0x10000;
-
-    fn setup() -> (GuestMemoryMmap, MmioTransport) {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x40000)]).unwrap();
-        let irq = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
-        let mut t = MmioTransport::new(Box::new(Rng::new()), mem.clone(), irq).unwrap();
-        bring_up_queues(&mut t, &[(DESC, AVAIL, USED)]);
-        (mem, t)
-    }
-
-    fn post(mem: &GuestMemoryMmap, t: &mut MmioTransport, len: u32, avail_idx: u16) -> u32 {
-        let d = GuestAddress(DESC);
-        mem.write_obj(BUF, d).unwrap();
-        mem.write_obj(len, d.unchecked_add(8)).unwrap();
-        mem.write_obj(2u16, d.unchecked_add(12)).unwrap(); // WRITE
-        mem.write_obj(
-            0u16,
-            GuestAddress(AVAIL + 4 + 2 * u64::from((avail_idx - 1) % 16)),
-        )
-        .unwrap();
-        mem.write_obj(avail_idx, GuestAddress(AVAIL + 2)).unwrap();
-        t.write(reg::QUEUE_NOTIFY, &0u32.to_le_bytes());
-        let used: u16 = mem.read_obj(GuestAddress(USED + 2)).unwrap();
-        assert_eq!(used, avail_idx);
-        mem.read_obj(GuestAddress(USED + 4 + 8 * u64::from((used - 1) % 16) + 4))
-            .unwrap()
+    /// Posts one writable buffer and returns the length the device reported.
+    fn request(d: &mut TestDriver, addr: u64, len: u32) -> u32 {
+        let head = d.add_chain(
+            0,
+            &[Buf {
+                addr,
+                len,
+                write: true,
+            }],
+        );
+        d.notify(0);
+        let used = d.take_used(0);
+        assert_eq!(used.len(), 1);
+        assert_eq!(used[0].0, head);
+        used[0].1
     }
 
     #[test]
     fn fills_the_buffer_with_fresh_bytes() {
-        let (mem, mut t) = setup();
-        assert_eq!(post(&mem, &mut t, 256, 1), 256);
-        let mut a = [0u8; 256];
-        mem.read_slice(&mut a, GuestAddress(BUF)).unwrap();
+        let mut d = TestDriver::new(Box::new(Rng::new()));
+        let addr = d.alloc(256);
+        assert_eq!(request(&mut d, addr, 256), 256);
+        let a = d.read(addr, 256);
         assert!(a.iter().any(|b| *b != 0));
-        assert_eq!(post(&mem, &mut t, 256, 2), 256);
-        let mut b = [0u8; 256];
-        mem.read_slice(&mut b, GuestAddress(BUF)).unwrap();
-        assert_ne!(a, b, "two requests got the same bytes");
+        assert_eq!(request(&mut d, addr, 256), 256);
+        assert_ne!(a, d.read(addr, 256), "two requests got the same bytes");
     }
 
     #[test]
     fn oversized_requests_get_a_bounded_answer() {
-        let (mem, mut t) = setup();
-        assert_eq!(post(&mem, &mut t, 0x30000, 1), MAX_REQUEST_BYTES as u32);
+        let mut d = TestDriver::new(Box::new(Rng::new()));
+        let addr = d.alloc(0x30000);
+        assert_eq!(request(&mut d, addr, 0x30000), MAX_REQUEST_BYTES as u32);
     }
 
     #[test]
     fn a_buffer_past_the_end_of_ram_is_returned_empty() {
-        let (mem, mut t) = setup();
-        // 0x10000 + 0x40000 runs past the 256 KiB of RAM: nothing written, next one works.
-        assert_eq!(post(&mem, &mut t, 0x40000, 1), 0);
-        assert_eq!(post(&mem, &mut t, 16, 2), 16);
+        let mut d = TestDriver::new(Box::new(Rng::new()));
+        assert_eq!(request(&mut d, MEM_SIZE - 16, 0x1000), 0);
+        let addr = d.alloc(16);
+        assert_eq!(request(&mut d, addr, 16), 16);
     }
 }

@@ -8,7 +8,7 @@ use vm_memory::GuestMemoryMmap;
 
 use super::request::{serve_chain, Disk, ID_BYTES, SECTOR_SHIFT};
 use crate::devices::virtio::{
-    read_config_bytes, UsedQueues, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+    read_config_bytes, ready, UsedQueues, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
 
 pub const VIRTIO_ID_BLOCK: u32 = 2;
@@ -114,10 +114,9 @@ impl VirtioDevice for Block {
         queues: &mut [Queue],
         mem: &GuestMemoryMmap,
     ) -> UsedQueues {
-        let Some(queue) = queues.get_mut(index) else {
-            return UsedQueues::default();
-        };
-        UsedQueues::one_if(index, self.serve(queue, mem))
+        ready(queues, index)
+            .map(|q| UsedQueues::one_if(index, self.serve(q, mem)))
+            .unwrap_or_default()
     }
 }
 

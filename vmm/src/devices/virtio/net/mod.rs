@@ -11,6 +11,7 @@
 //! Receive buffers are merged (VIRTIO_NET_F_MRG_RXBUF), so a 64 KiB TSO frame fills as
 //! many of the guest's page-sized buffers as it needs.
 
+pub mod seqpacket;
 pub mod tap;
 
 use std::io::{ErrorKind, Read, Write};
