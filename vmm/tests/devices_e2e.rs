@@ -131,7 +131,7 @@ fn echo_check(stream: UnixStream, total: u64) -> u64 {
         }
         expect.fill(&mut want[..n]);
         assert!(
-            buf[..n] == want[..],
+            buf[..n] == want[..n],
             "echo differs within bytes {got}..{}",
             got + n as u64
         );
