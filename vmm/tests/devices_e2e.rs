@@ -25,7 +25,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{finish, has_line, kvm_available, vmm, BOOT_TIMEOUT};
+use common::{finish, has_line, kvm_available, vmm, KillOnDrop, BOOT_TIMEOUT};
 
 mod common;
 
@@ -239,7 +239,7 @@ fn guest_drivers_use_entropy_block_vsock_and_net_devices() {
             .arg(format!("fd={},mac=02:00:00:00:00:02", tap.as_raw_fd()));
     }
     let started = Instant::now();
-    let child = cmd.spawn().unwrap();
+    let mut child = KillOnDrop(Some(cmd.spawn().unwrap()));
     // Boot, then the transfer at no less than 100 KB/s each way.
     let budget = BOOT_TIMEOUT + Duration::from_secs(total / 100_000);
     let deadline = started + budget;
@@ -259,7 +259,7 @@ fn guest_drivers_use_entropy_block_vsock_and_net_devices() {
     second.read_to_string(&mut back).unwrap();
     assert_eq!(back, "second connection");
 
-    let f = finish(child, budget.saturating_sub(started.elapsed()));
+    let f = finish(child.take(), budget.saturating_sub(started.elapsed()));
     let ctx = f.context();
     assert_eq!(f.code, Some(0), "{ctx}");
     assert_eq!(host_side.join().unwrap(), "hello from the guest");

@@ -50,6 +50,25 @@ pub fn vmm(extra: &str) -> Command {
     c
 }
 
+/// Kills and reaps a spawned VMM if the test fails before waiting for it, so a failed
+/// assertion never leaves a guest running.
+pub struct KillOnDrop(pub Option<Child>);
+
+impl KillOnDrop {
+    pub fn take(&mut self) -> Child {
+        self.0.take().expect("child already taken")
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 pub struct Finished {
     pub code: Option<i32>,
     pub stdout: String,
