@@ -71,7 +71,7 @@ impl FrameIo for Tap {
     }
 }
 
-/// Frame counters, for logs and the benchmark.
+/// Frame counters, logged when the device goes away (drops are otherwise silent).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct NetStats {
     pub rx_frames: u64,
@@ -120,10 +120,6 @@ impl<B: FrameIo> Net<B> {
             tx_blocked: false,
             stats: NetStats::default(),
         }
-    }
-
-    pub fn stats(&self) -> NetStats {
-        self.stats
     }
 
     fn merged(&self) -> bool {
@@ -283,6 +279,20 @@ impl<B: FrameIo> Net<B> {
             used = true;
         }
         used
+    }
+}
+
+impl<B: FrameIo> Drop for Net<B> {
+    fn drop(&mut self) {
+        let s = self.stats;
+        log::info!(
+            "virtio-net: rx {} frames ({} dropped), tx {} frames ({} dropped), {} unusable chains",
+            s.rx_frames,
+            s.rx_dropped,
+            s.tx_frames,
+            s.tx_dropped,
+            s.bad_chains
+        );
     }
 }
 

@@ -132,10 +132,6 @@ impl Muxer {
         self.epoll.as_raw_fd()
     }
 
-    pub fn connection_count(&self) -> usize {
-        self.conns.len()
-    }
-
     /// Serves whatever the host side has ready, without blocking.
     pub fn process_host_events(&mut self) {
         let mut events = [EpollEvent::default(); 32];
