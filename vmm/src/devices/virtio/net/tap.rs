@@ -36,13 +36,13 @@ pub enum TapError {
     BadName(String),
     #[error("open /dev/net/tun (is the tun module loaded, and are we root or CAP_NET_ADMIN?)")]
     OpenTun(#[source] std::io::Error),
-    #[error("attach to tap {name}")]
+    #[error("attach to tap {name} (another process may hold it, or it exists as a tun or without IFF_VNET_HDR; delete it or choose another name)")]
     SetIff {
         name: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("descriptor {fd} is not an open tap device")]
+    #[error("descriptor {fd} is not an open tap device; pass a /dev/net/tun descriptor attached with TUNSETIFF and left open (no close-on-exec) for hull-vmm")]
     NotATap {
         fd: RawFd,
         #[source]
