@@ -12,6 +12,8 @@ kernel_pkg="$package=$version"
 packages=(
     build-essential flex bison bc libelf-dev libssl-dev cpio   # guest kernel build
     erofs-utils                                                # guest root image
+    libseccomp-dev pkg-config                                  # agent: seccomp (linked statically)
+    busybox-static runc                                        # agent tests' rootfs, benchmark peer
     "$kernel_pkg"                                              # guest kernel source
 )
 

@@ -37,6 +37,13 @@ const MOUNTS: &[(&str, &str, &str, libc::c_ulong, &str)] = &[
         "",
     ),
     (
+        "cgroup2",
+        "/sys/fs/cgroup",
+        "cgroup2",
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        "nsdelegate",
+    ),
+    (
         "tmpfs",
         "/run",
         "tmpfs",
@@ -227,16 +234,6 @@ fn reap_one() -> libc::pid_t {
     unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) }
 }
 
-/// "exit 0", "exit 3", "signal 9" for a wait status.
-pub fn describe_status(status: libc::c_int) -> String {
-    if libc::WIFEXITED(status) {
-        format!("exit {}", libc::WEXITSTATUS(status))
-    } else if libc::WIFSIGNALED(status) {
-        format!("signal {}", libc::WTERMSIG(status))
-    } else {
-        format!("status {status:#x}")
-    }
-}
 
 /// Reaps children for up to `limit`, returning early once none are left.
 pub fn reap_for(limit: Duration) {

@@ -1,0 +1,280 @@
+//! Container mechanics, run in a short-lived helper process.
+//!
+//! youki's `libcontainer` creates a container by cloning processes and running Rust code in
+//! them before `exec`. That is only sound in a single-threaded process (a clone of a
+//! multi-threaded one may inherit a lock another thread held, the allocator's included), and
+//! the agent is multi-threaded (RPC workers, stream relays). So the agent does what
+//! containerd does with runc: it runs itself as a helper (`hull-agent __runtime ...`),
+//! single-threaded, which makes the libcontainer call and exits. The container's init is
+//! cloned as a sibling of the helper, so it is the agent's own child and its exit reaches
+//! the agent's reaper.
+//!
+//! The helper inherits the container's stdio as its own fds 0-2 and writes one result line
+//! to fd 3: `ok <pid>\n` or `err <message>\n`.
+
+use std::fmt;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container;
+use libcontainer::syscall::syscall::SyscallType;
+
+use crate::reaper::Reaper;
+
+/// The argv[1] that makes `hull-agent` the helper.
+pub const HELPER_ARG: &str = "__runtime";
+/// How long a helper may take before the agent gives up on it (and kills it).
+const HELPER_TIMEOUT: Duration = Duration::from_secs(120);
+/// The fd the helper writes its result line to.
+const RESULT_FD: i32 = 3;
+
+/// What the agent asks of the helper.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Create `id` from the bundle directory (config.json + rootfs); init waits for Start.
+    Create {
+        bundle: PathBuf,
+        console_socket: Option<PathBuf>,
+    },
+    /// Start the created container's init.
+    Start,
+    /// Run the OCI process in `process_json` inside the running container.
+    Exec {
+        process_json: PathBuf,
+        console_socket: Option<PathBuf>,
+    },
+    /// Kill what is left and remove the container's cgroup and state.
+    Delete,
+}
+
+#[derive(Debug)]
+pub enum RuntimeError {
+    Spawn(std::io::Error),
+    /// The helper reported a failure: libcontainer's message.
+    Failed(String),
+    /// The helper ended without a result line (killed, or crashed).
+    NoResult(String),
+    TimedOut,
+}
+
+impl fmt::Display for RuntimeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RuntimeError::Spawn(e) => write!(f, "cannot start the runtime helper: {e}"),
+            RuntimeError::Failed(msg) => f.write_str(msg),
+            RuntimeError::NoResult(how) => write!(f, "the runtime helper ended without a result ({how})"),
+            RuntimeError::TimedOut => write!(
+                f,
+                "the runtime helper did not finish within {} s and was killed",
+                HELPER_TIMEOUT.as_secs()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for RuntimeError {}
+
+/// Runs `op` on container `id` (state under `root`) in a helper with `stdio` as fds 0-2;
+/// the created or exec'd process's PID (0 for start and delete).
+pub fn run(
+    reaper: &Reaper,
+    root: &Path,
+    id: &str,
+    op: &Op,
+    stdio: [OwnedFd; 3],
+) -> Result<u32, RuntimeError> {
+    let mut args: Vec<std::ffi::OsString> = vec![HELPER_ARG.into()];
+    let push = |args: &mut Vec<std::ffi::OsString>, p: &Path| args.push(p.as_os_str().to_owned());
+    match op {
+        Op::Create {
+            bundle,
+            console_socket,
+        } => {
+            args.push("create".into());
+            push(&mut args, root);
+            args.push(id.into());
+            push(&mut args, bundle);
+            if let Some(s) = console_socket {
+                push(&mut args, s);
+            }
+        }
+        Op::Exec {
+            process_json,
+            console_socket,
+        } => {
+            args.push("exec".into());
+            push(&mut args, root);
+            args.push(id.into());
+            push(&mut args, process_json);
+            if let Some(s) = console_socket {
+                push(&mut args, s);
+            }
+        }
+        Op::Start | Op::Delete => {
+            args.push(if matches!(op, Op::Start) { "start" } else { "delete" }.into());
+            push(&mut args, root);
+            args.push(id.into());
+        }
+    }
+
+    let (result_read, result_write) = pipe().map_err(RuntimeError::Spawn)?;
+    let result_write_fd = result_write.as_raw_fd();
+    let [stdin, stdout, stderr] = stdio;
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.args(&args)
+        .stdin(Stdio::from(stdin))
+        .stdout(Stdio::from(stdout))
+        .stderr(Stdio::from(stderr))
+        .env_clear()
+        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: runs between fork and exec; only async-signal-safe calls (dup2,
+        // sigprocmask) on fds and data that stay valid in the child.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(result_write_fd, RESULT_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                crate::unblock_all_signals()
+            });
+        }
+    }
+    let child = cmd.spawn().map_err(RuntimeError::Spawn)?;
+    drop(result_write);
+    let pid = child.id() as libc::pid_t;
+    // Never `child.wait()`: the reaper owns waitpid.
+    drop(child);
+    reaper.watch(pid);
+    let exit = match reaper.wait(pid, Some(HELPER_TIMEOUT)) {
+        Some(exit) => exit,
+        None => {
+            // SAFETY: kill has no memory effects; `pid` is our unreaped child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            reaper.wait(pid, Some(Duration::from_secs(5)));
+            return Err(RuntimeError::TimedOut);
+        }
+    };
+    // The result line was written before the helper exited. Read without blocking: the
+    // container's processes may still hold the pipe's write end.
+    set_nonblocking(&result_read);
+    let mut text = Vec::new();
+    let mut file = std::fs::File::from(result_read);
+    let _ = file.read_to_end(&mut text);
+    let text = String::from_utf8_lossy(&text);
+    let line = text.lines().next().unwrap_or("");
+    if let Some(pid) = line.strip_prefix("ok ") {
+        return pid
+            .trim()
+            .parse()
+            .map_err(|_| RuntimeError::NoResult(format!("unreadable result {line:?}")));
+    }
+    if let Some(msg) = line.strip_prefix("err ") {
+        return Err(RuntimeError::Failed(msg.to_owned()));
+    }
+    Err(RuntimeError::NoResult(if exit.signal != 0 {
+        format!("killed by signal {}", exit.signal)
+    } else {
+        format!("exit status {}", exit.status)
+    }))
+}
+
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a valid out-array of two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 just returned these two fds; nothing else owns them.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn set_nonblocking(fd: &OwnedFd) {
+    // SAFETY: fcntl on an fd we own; no memory is passed.
+    unsafe {
+        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
+    }
+}
+
+/// The helper's `main`: `args` are what follows [`HELPER_ARG`].
+pub fn helper_main(args: &[String]) -> i32 {
+    // SAFETY: fd 3 was set up by the agent for this process alone.
+    let mut result = unsafe { std::fs::File::from_raw_fd(RESULT_FD) };
+    let outcome = helper(args);
+    let line = match &outcome {
+        Ok(pid) => format!("ok {pid}\n"),
+        Err(msg) => format!("err {}\n", msg.replace('\n', " ")),
+    };
+    let _ = result.write_all(line.as_bytes());
+    i32::from(outcome.is_err())
+}
+
+fn helper(args: &[String]) -> Result<i32, String> {
+    let usage = || format!("usage: hull-agent {HELPER_ARG} create|start|exec|delete ROOT ID [...]; got {args:?}");
+    let (op, root, id) = match args {
+        [op, root, id, ..] => (op.as_str(), PathBuf::from(root), id.clone()),
+        _ => return Err(usage()),
+    };
+    let rest = &args[3..];
+    let builder = || {
+        ContainerBuilder::new(id.clone(), SyscallType::Linux)
+            .with_root_path(root.clone())
+            .map_err(|e| format!("container state directory {}: {e}", root.display()))
+    };
+    match (op, rest) {
+        ("create", [bundle, console @ ..]) => {
+            let container = builder()?
+                .with_console_socket(console.first().map(PathBuf::from))
+                .as_init(bundle)
+                .with_systemd(false)
+                .with_detach(true)
+                .as_sibling(true)
+                .build()
+                .map_err(|e| describe(&e))?;
+            Ok(container.pid().map(|p| p.as_raw()).unwrap_or(0))
+        }
+        ("exec", [process, console @ ..]) => {
+            let pid = builder()?
+                .with_console_socket(console.first().map(PathBuf::from))
+                .as_tenant()
+                .with_process(Some(process))
+                .with_detach(true)
+                .as_sibling(true)
+                .build()
+                .map_err(|e| describe(&e))?;
+            Ok(pid.as_raw())
+        }
+        ("start", []) => {
+            let mut container = Container::load(root.join(&id)).map_err(|e| describe(&e))?;
+            container.start().map_err(|e| describe(&e))?;
+            Ok(0)
+        }
+        ("delete", []) => {
+            let mut container = Container::load(root.join(&id)).map_err(|e| describe(&e))?;
+            container.delete(true).map_err(|e| describe(&e))?;
+            Ok(0)
+        }
+        _ => Err(usage()),
+    }
+}
+
+/// libcontainer's error with its causes, which carry the useful part ("failed to exec:
+/// No such file or directory").
+fn describe(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        source = s.source();
+    }
+    msg
+}

@@ -1,0 +1,250 @@
+//! A container's cgroup, seen from the agent: freeze, resources, stats, processes and OOM
+//! kills. The guest kernel is cgroup v2 only; an agent served on a host with cgroup v1
+//! controllers (hybrid or legacy) goes through libcgroups' v1 manager instead, so both are
+//! handled, with v2's semantics (usage in µs, OOM kills counted) as the reference.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::path::{Path, PathBuf};
+
+use hull_protocol::rpc::agent::{CpuStats, IoStats, MemoryStats, PidsStats, StatsContainerResponse};
+use libcgroups::common::{
+    create_cgroup_manager, get_cgroup_setup, AnyCgroupManager, CgroupConfig, CgroupManager, CgroupSetup,
+    ControllerOpt, FreezerState,
+};
+use libcgroups::stats::Stats;
+use oci_spec::runtime::LinuxResources;
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// One container's cgroup, by its path below the cgroup root (`/hull/c1`).
+#[derive(Debug, Clone)]
+pub struct Cgroup {
+    path: PathBuf,
+    unified: bool,
+}
+
+impl Cgroup {
+    pub fn new(path: &Path) -> Self {
+        let unified = matches!(get_cgroup_setup(), Ok(CgroupSetup::Unified));
+        Cgroup {
+            path: path.to_owned(),
+            unified,
+        }
+    }
+
+    fn manager(&self) -> Result<AnyCgroupManager, String> {
+        create_cgroup_manager(CgroupConfig {
+            cgroup_path: self.path.clone(),
+            systemd_cgroup: false,
+            container_name: String::new(),
+        })
+        .map_err(|e| format!("cgroup {}: {e}", self.path.display()))
+    }
+
+    pub fn freeze(&self, frozen: bool) -> Result<(), String> {
+        let state = if frozen { FreezerState::Frozen } else { FreezerState::Thawed };
+        self.manager()?
+            .freeze(state)
+            .map_err(|e| format!("{} cgroup {}: {e}", if frozen { "freezing" } else { "thawing" }, self.path.display()))
+    }
+
+    pub fn update(&self, resources: &LinuxResources) -> Result<(), String> {
+        let opt = ControllerOpt {
+            resources,
+            disable_oom_killer: false,
+            oom_score_adj: None,
+            freezer_state: None,
+        };
+        self.manager()?
+            .apply(&opt)
+            .map_err(|e| format!("applying resources to cgroup {}: {e}", self.path.display()))
+    }
+
+    pub fn pids(&self) -> Result<Vec<u32>, String> {
+        let pids = self
+            .manager()?
+            .get_all_pids()
+            .map_err(|e| format!("listing cgroup {}: {e}", self.path.display()))?;
+        Ok(pids.into_iter().map(|p| p.as_raw() as u32).collect())
+    }
+
+    pub fn stats(&self) -> Result<StatsContainerResponse, String> {
+        let stats = self
+            .manager()?
+            .stats()
+            .map_err(|e| format!("reading cgroup {} stats: {e}", self.path.display()))?;
+        Ok(self.convert(&stats))
+    }
+
+    fn convert(&self, s: &Stats) -> StatsContainerResponse {
+        // v1 reports CPU time in ns, v2 in µs.
+        let usec = |v: u64| if self.unified { v } else { v / 1000 };
+        let mut out = StatsContainerResponse::new();
+        let mut cpu = CpuStats::new();
+        cpu.usage_usec = usec(s.cpu.usage.usage_total);
+        cpu.user_usec = usec(s.cpu.usage.usage_user);
+        cpu.system_usec = usec(s.cpu.usage.usage_kernel);
+        cpu.nr_periods = s.cpu.throttling.periods;
+        cpu.nr_throttled = s.cpu.throttling.throttled_periods;
+        cpu.throttled_usec = usec(s.cpu.throttling.throttled_time);
+        out.cpu = Some(cpu).into();
+        let mut mem = MemoryStats::new();
+        mem.usage_bytes = s.memory.memory.usage;
+        mem.limit_bytes = s.memory.memory.limit;
+        mem.max_usage_bytes = s.memory.memory.max_usage;
+        let stat = |keys: &[&str]| keys.iter().find_map(|k| s.memory.stats.get(*k).copied()).unwrap_or(0);
+        mem.anon_bytes = stat(&["anon", "total_rss", "rss"]);
+        mem.file_bytes = stat(&["file", "total_cache", "cache"]);
+        mem.oom_kills = self.oom_kills();
+        out.memory = Some(mem).into();
+        let mut pids = PidsStats::new();
+        pids.current = s.pids.current;
+        pids.limit = s.pids.limit;
+        out.pids = Some(pids).into();
+        let mut io = IoStats::new();
+        let sum = |list: &[libcgroups::stats::BlkioDeviceStat], op: &str| {
+            list.iter()
+                .filter(|d| d.op_type.as_deref().is_some_and(|t| t.eq_ignore_ascii_case(op)))
+                .map(|d| d.value)
+                .sum::<u64>()
+        };
+        io.read_bytes = sum(&s.blkio.service_bytes, "read");
+        io.write_bytes = sum(&s.blkio.service_bytes, "write");
+        io.read_ios = sum(&s.blkio.serviced, "read");
+        io.write_ios = sum(&s.blkio.serviced, "write");
+        out.io = Some(io).into();
+        out
+    }
+
+    /// The memory controller's directory for this cgroup and the file that counts OOM kills.
+    fn memory_files(&self) -> (PathBuf, &'static str) {
+        let rel = self.path.strip_prefix("/").unwrap_or(&self.path);
+        if self.unified {
+            (Path::new(CGROUP_ROOT).join(rel), "memory.events")
+        } else {
+            let mount = libcgroups::v1::util::get_subsystem_mount_point(&libcgroups::v1::ControllerType::Memory)
+                .unwrap_or_else(|_| Path::new(CGROUP_ROOT).join("memory"));
+            (mount.join(rel), "memory.oom_control")
+        }
+    }
+
+    /// How many processes the kernel's OOM killer has killed in this cgroup.
+    pub fn oom_kills(&self) -> u64 {
+        let (dir, file) = self.memory_files();
+        std::fs::read_to_string(dir.join(file))
+            .ok()
+            .and_then(|text| parse_oom_kill(&text))
+            .unwrap_or(0)
+    }
+
+    /// Calls `on_oom` from a thread of its own each time the OOM killer kills in this
+    /// cgroup, until the cgroup is removed. Event-driven: inotify on v2's memory.events,
+    /// the v1 memory controller's eventfd notification.
+    pub fn watch_oom(&self, on_oom: impl Fn() + Send + 'static) -> Result<(), String> {
+        let (dir, file) = self.memory_files();
+        let waiter = if self.unified {
+            OomWaiter::inotify(&dir.join(file))
+        } else {
+            OomWaiter::eventfd(&dir)
+        }
+        .map_err(|e| format!("watching {} for OOM kills: {e}", dir.display()))?;
+        let cgroup = self.clone();
+        let mut seen = self.oom_kills();
+        std::thread::Builder::new()
+            .name("oom".into())
+            .spawn(move || {
+                while waiter.wait() && dir.exists() {
+                    let now = cgroup.oom_kills();
+                    if now > seen {
+                        seen = now;
+                        on_oom();
+                    }
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+}
+
+/// The `oom_kill N` line of memory.events (v2) or memory.oom_control (v1).
+pub fn parse_oom_kill(text: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// A blocking wait for "something happened to the memory cgroup".
+struct OomWaiter {
+    fd: File,
+    inotify: bool,
+}
+
+impl OomWaiter {
+    fn inotify(events: &Path) -> std::io::Result<Self> {
+        // SAFETY: plain syscall; the result is checked before use.
+        let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: inotify_init1 returned a fresh fd that only this File owns.
+        let file = unsafe { File::from_raw_fd(fd) };
+        let path = std::ffi::CString::new(events.as_os_str().as_encoded_bytes()).map_err(std::io::Error::other)?;
+        // SAFETY: `path` is a valid NUL-terminated string for the duration of the call.
+        if unsafe { libc::inotify_add_watch(fd, path.as_ptr(), libc::IN_MODIFY) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(OomWaiter { fd: file, inotify: true })
+    }
+
+    fn eventfd(memory_dir: &Path) -> std::io::Result<Self> {
+        // SAFETY: plain syscall; the result is checked before use.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if efd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: eventfd returned a fresh fd that only this File owns.
+        let file = unsafe { File::from_raw_fd(efd) };
+        let control = File::open(memory_dir.join("memory.oom_control"))?;
+        std::fs::write(
+            memory_dir.join("cgroup.event_control"),
+            format!("{} {}", file.as_raw_fd(), control.as_raw_fd()),
+        )?;
+        Ok(OomWaiter { fd: file, inotify: false })
+    }
+
+    /// False once the watch is gone (the cgroup was removed) or the fd fails.
+    fn wait(&self) -> bool {
+        let mut buf = [0u8; 4096];
+        match (&self.fd).read(&mut buf) {
+            Ok(n) if self.inotify => {
+                // struct inotify_event: wd, mask, cookie, len, name.
+                let mut at = 0;
+                while at + 16 <= n {
+                    let mask = u32::from_ne_bytes([buf[at + 4], buf[at + 5], buf[at + 6], buf[at + 7]]);
+                    if mask & libc::IN_IGNORED != 0 {
+                        return false;
+                    }
+                    let len = u32::from_ne_bytes([buf[at + 12], buf[at + 13], buf[at + 14], buf[at + 15]]) as usize;
+                    at += 16 + len;
+                }
+                true
+            }
+            Ok(n) => n == 8,
+            Err(_) => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oom_kill_lines() {
+        assert_eq!(parse_oom_kill("low 0\nhigh 0\nmax 3\noom 2\noom_kill 2\noom_group_kill 0\n"), Some(2));
+        assert_eq!(parse_oom_kill("oom_kill_disable 0\nunder_oom 0\noom_kill 5\n"), Some(5));
+        assert_eq!(parse_oom_kill("oom_kill_disable 0\n"), None);
+    }
+}
