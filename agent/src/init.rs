@@ -234,7 +234,6 @@ fn reap_one() -> libc::pid_t {
     unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) }
 }
 
-
 /// Reaps children for up to `limit`, returning early once none are left.
 pub fn reap_for(limit: Duration) {
     let deadline = Instant::now() + limit;

@@ -101,9 +101,14 @@ fn pid1() -> ExitCode {
     let reaper = Arc::new(Reaper::default());
     let config = guest_config();
     // Without a vsock device (a bare boot test) there is nothing to serve; PID 1 goes on.
-    let _server = match make_dirs(&config).map_err(|e| e.to_string()).and_then(|()| {
-        server::serve(Arc::new(Service::new(config, reaper.clone())), &Listen::Vsock)
-    }) {
+    let _server = match make_dirs(&config)
+        .map_err(|e| e.to_string())
+        .and_then(|()| {
+            server::serve(
+                Arc::new(Service::new(config, reaper.clone())),
+                &Listen::Vsock,
+            )
+        }) {
         Ok(server) => Some(server),
         Err(e) => {
             init::console_line(&format!("hull-agent: not serving: {e}"));
@@ -188,12 +193,15 @@ fn serve(args: &[String]) -> ExitCode {
         eprintln!("hull-agent: serve needs root (it creates namespaces, cgroups and mounts)");
         return ExitCode::from(2);
     }
-    // SAFETY: prctl and unshare take no pointers here; both are checked.
-    unsafe {
-        if libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0 || libc::unshare(libc::CLONE_NEWUTS) != 0 {
-            eprintln!("hull-agent: becoming a subreaper in a UTS namespace of its own: {}", std::io::Error::last_os_error());
-            return ExitCode::from(1);
-        }
+    // SAFETY: prctl with integer arguments only; the result is checked.
+    let subreaper = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    // SAFETY: unshare takes no pointers; the result is checked.
+    if subreaper != 0 || unsafe { libc::unshare(libc::CLONE_NEWUTS) } != 0 {
+        eprintln!(
+            "hull-agent: becoming a subreaper in a UTS namespace of its own: {}",
+            std::io::Error::last_os_error()
+        );
+        return ExitCode::from(1);
     }
     let signals = match init::block_signals() {
         Ok(s) => s,

@@ -130,7 +130,9 @@ impl Reaper {
             callback(exit);
             return;
         }
-        state.watched.insert(pid, Watch::Callback(Box::new(callback)));
+        state
+            .watched
+            .insert(pid, Watch::Callback(Box::new(callback)));
     }
 
     /// Blocks until the watched `pid` has exited, at most `timeout`; `None` on timeout or

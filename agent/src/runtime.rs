@@ -66,7 +66,9 @@ impl fmt::Display for RuntimeError {
         match self {
             RuntimeError::Spawn(e) => write!(f, "cannot start the runtime helper: {e}"),
             RuntimeError::Failed(msg) => f.write_str(msg),
-            RuntimeError::NoResult(how) => write!(f, "the runtime helper ended without a result ({how})"),
+            RuntimeError::NoResult(how) => {
+                write!(f, "the runtime helper ended without a result ({how})")
+            }
             RuntimeError::TimedOut => write!(
                 f,
                 "the runtime helper did not finish within {} s and was killed",
@@ -115,13 +117,20 @@ pub fn run(
             }
         }
         Op::Start | Op::Delete => {
-            args.push(if matches!(op, Op::Start) { "start" } else { "delete" }.into());
+            args.push(
+                if matches!(op, Op::Start) {
+                    "start"
+                } else {
+                    "delete"
+                }
+                .into(),
+            );
             push(&mut args, root);
             args.push(id.into());
         }
     }
 
-    let (result_read, result_write) = pipe().map_err(RuntimeError::Spawn)?;
+    let (result_read, result_write) = crate::service::stdio::pipe().map_err(RuntimeError::Spawn)?;
     let result_write_fd = result_write.as_raw_fd();
     let [stdin, stdout, stderr] = stdio;
     let mut cmd = Command::new("/proc/self/exe");
@@ -130,19 +139,22 @@ pub fn run(
         .stdout(Stdio::from(stdout))
         .stderr(Stdio::from(stderr))
         .env_clear()
-        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        );
     {
         use std::os::unix::process::CommandExt;
-        // SAFETY: runs between fork and exec; only async-signal-safe calls (dup2,
-        // sigprocmask) on fds and data that stay valid in the child.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::dup2(result_write_fd, RESULT_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                crate::unblock_all_signals()
-            });
-        }
+        let hook = move || {
+            // SAFETY: dup2 onto fd 3 of the child; no memory is involved.
+            if unsafe { libc::dup2(result_write_fd, RESULT_FD) } < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            crate::unblock_all_signals()
+        };
+        // SAFETY: the hook runs between fork and exec and only makes async-signal-safe
+        // calls (dup2, sigprocmask) on fds and data that stay valid in the child.
+        unsafe { cmd.pre_exec(hook) };
     }
     let child = cmd.spawn().map_err(RuntimeError::Spawn)?;
     drop(result_write);
@@ -163,7 +175,7 @@ pub fn run(
     // container's processes may still hold the pipe's write end.
     set_nonblocking(&result_read);
     let mut text = Vec::new();
-    let mut file = std::fs::File::from(result_read);
+    let mut file = result_read;
     let _ = file.read_to_end(&mut text);
     let text = String::from_utf8_lossy(&text);
     let line = text.lines().next().unwrap_or("");
@@ -183,22 +195,11 @@ pub fn run(
     }))
 }
 
-fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` is a valid out-array of two ints.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 just returned these two fds; nothing else owns them.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-fn set_nonblocking(fd: &OwnedFd) {
+fn set_nonblocking(fd: &std::fs::File) {
     // SAFETY: fcntl on an fd we own; no memory is passed.
-    unsafe {
-        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
-        libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
-    }
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    // SAFETY: as above.
+    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) };
 }
 
 /// The helper's `main`: `args` are what follows [`HELPER_ARG`].
@@ -215,7 +216,11 @@ pub fn helper_main(args: &[String]) -> i32 {
 }
 
 fn helper(args: &[String]) -> Result<i32, String> {
-    let usage = || format!("usage: hull-agent {HELPER_ARG} create|start|exec|delete ROOT ID [...]; got {args:?}");
+    let usage = || {
+        format!(
+            "usage: hull-agent {HELPER_ARG} create|start|exec|delete ROOT ID [...]; got {args:?}"
+        )
+    };
     let (op, root, id) = match args {
         [op, root, id, ..] => (op.as_str(), PathBuf::from(root), id.clone()),
         _ => return Err(usage()),

@@ -34,7 +34,8 @@ fn listener(listen: &Listen, port: u32) -> std::io::Result<OwnedFd> {
         }
         Listen::Vsock => {
             // SAFETY: plain syscall; the result is checked before use.
-            let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+            let fd =
+                unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
             if fd < 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -64,13 +65,17 @@ fn listener(listen: &Listen, port: u32) -> std::io::Result<OwnedFd> {
 
 /// Starts serving; the returned server must be kept alive.
 pub fn serve(service: Arc<Service>, listen: &Listen) -> Result<ttrpc::Server, String> {
-    let rpc = listener(listen, AGENT_PORT).map_err(|e| format!("listening on the RPC port {AGENT_PORT}: {e}"))?;
-    let streams = listener(listen, STREAM_PORT).map_err(|e| format!("listening on the stream port {STREAM_PORT}: {e}"))?;
+    let rpc = listener(listen, AGENT_PORT)
+        .map_err(|e| format!("listening on the RPC port {AGENT_PORT}: {e}"))?;
+    let streams = listener(listen, STREAM_PORT)
+        .map_err(|e| format!("listening on the stream port {STREAM_PORT}: {e}"))?;
     let mut server = ttrpc::Server::new()
         .add_listener(rpc.into_raw_fd())
         .map_err(|e| format!("RPC listener: {e}"))?
         .register_service(agent_ttrpc::create_agent(service.clone()));
-    server.start().map_err(|e| format!("starting the RPC server: {e}"))?;
+    server
+        .start()
+        .map_err(|e| format!("starting the RPC server: {e}"))?;
     std::thread::Builder::new()
         .name("streams".into())
         .spawn(move || accept_streams(streams, service))
@@ -82,7 +87,12 @@ fn accept_streams(listener: OwnedFd, service: Arc<Service>) {
     loop {
         // SAFETY: accept4 on our listening socket; null address pointers are allowed.
         let fd = unsafe {
-            libc::accept4(listener.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC)
+            libc::accept4(
+                listener.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
         };
         if fd < 0 {
             let e = std::io::Error::last_os_error();

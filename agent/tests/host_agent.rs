@@ -13,7 +13,480 @@ fn echo_returns_exit_codes_and_separates_stdout_from_stderr() {
     let agent = Agent::start();
     let (status, out, err) = agent.run("echo0", &["echo", "hello"], |_| {});
     assert_eq!((status, out.as_str(), err.as_str()), (0, "hello\n", ""));
-    let (status, out, err) = agent.run("echo3", &["sh", "-c", "echo out; echo err >&2; exit 3"], |_| {});
+    let (status, out, err) = agent.run(
+        "echo3",
+        &["sh", "-c", "echo out; echo err >&2; exit 3"],
+        |_| {},
+    );
     assert_eq!((status, out.as_str(), err.as_str()), (3, "out\n", "err\n"));
+    agent.stop();
+}
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::time::{Duration, Instant};
+
+use hull_protocol::rpc::agent::*;
+use hull_protocol::rpc::ttrpc::Code;
+use hull_protocol::stream::{read_frame, Kind};
+use protobuf::Message;
+use serde_json::json;
+
+fn container_req(id: &str) -> ContainerRequest {
+    let mut r = ContainerRequest::new();
+    r.container_id = id.into();
+    r
+}
+
+#[test]
+fn stdin_is_piped_and_closed() {
+    if !can_run("stdin_is_piped_and_closed") {
+        return;
+    }
+    let agent = Agent::start();
+    let mut stdio = out_err();
+    stdio.stdin = true;
+    agent
+        .create("cat", &["sh", "-c", "tr a-z A-Z; echo done"], stdio, |_| {})
+        .unwrap();
+    let mut input = agent.stream(Kind::Stdin, "cat", "");
+    let out = agent.stream(Kind::Stdout, "cat", "");
+    agent.start_container("cat");
+    // More than a pipe holds, so backpressure is exercised both ways.
+    let chunk = "abcdefghij".repeat(10_000);
+    let writer = std::thread::spawn(move || {
+        write_all(&mut input, chunk.as_bytes());
+        input.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    let got = read_all(out);
+    writer.join().unwrap();
+    assert_eq!(agent.wait("cat", "").exit_status, 0);
+    assert_eq!(got.len(), 100_000 + 5);
+    assert!(got.starts_with("ABCDEFGHIJ") && got.ends_with("done\n"));
+    agent.remove("cat");
+    agent.stop();
+}
+
+#[test]
+fn pty_session_with_resize() {
+    if !can_run("pty_session_with_resize") {
+        return;
+    }
+    let agent = Agent::start();
+    let mut stdio = Stdio::new();
+    stdio.terminal = true;
+    stdio.stdin = true;
+    stdio.stdout = true;
+    agent
+        .create(
+            "tty",
+            &["sh", "-c", "read line; echo got:$line; stty size; exit 7"],
+            stdio,
+            |_| {},
+        )
+        .unwrap();
+    let pty = agent.stream(Kind::Pty, "tty", "");
+    agent.start_container("tty");
+    let mut req = ResizePtyRequest::new();
+    req.container_id = "tty".into();
+    req.rows = 42;
+    req.columns = 101;
+    agent.client.resize_pty(ctx(), &req).unwrap();
+    let mut w = pty.try_clone().unwrap();
+    w.write_all(b"hi\n").unwrap();
+    let mut all = String::new();
+    let mut r = BufReader::new(pty);
+    let _ = r.read_to_string(&mut all);
+    assert_eq!(agent.wait("tty", "").exit_status, 7);
+    assert!(all.contains("got:hi"), "{all:?}");
+    assert!(all.contains("42 101"), "{all:?}");
+    // Resizing a process without a terminal says so.
+    agent.create("plain", &["true"], out_err(), |_| {}).unwrap();
+    req.container_id = "plain".into();
+    let (code, msg) = status(agent.client.resize_pty(ctx(), &req).unwrap_err());
+    assert_eq!(code, Code::FAILED_PRECONDITION);
+    assert!(msg.contains("no terminal"), "{msg}");
+    agent.stop();
+}
+
+#[test]
+fn exec_into_a_running_container_and_signals() {
+    if !can_run("exec_into_a_running_container_and_signals") {
+        return;
+    }
+    let agent = Agent::start();
+    agent
+        .create(
+            "svc",
+            &[
+                "sh",
+                "-c",
+                "trap 'exit 42' TERM; echo ready; while :; do sleep 0.05; done",
+            ],
+            out_err(),
+            |_| {},
+        )
+        .unwrap();
+    let out = agent.stream(Kind::Stdout, "svc", "");
+    agent.start_container("svc");
+    let mut lines = BufReader::new(out).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+
+    let mut req = ExecProcessRequest::new();
+    req.container_id = "svc".into();
+    req.exec_id = "e1".into();
+    req.oci_process_json = serde_json::to_vec(&json!({
+        "args": ["sh", "-c", "echo exec-sees-hostname:$(cat /proc/sys/kernel/hostname); exit 5"],
+        "cwd": "/", "env": ["PATH=/bin"], "user": {"uid": 0, "gid": 0}
+    }))
+    .unwrap();
+    req.stdio = Some(out_err()).into();
+    let pid = agent.client.exec_process(ctx(), &req).unwrap().pid;
+    assert!(pid > 0);
+    let exec_out = read_all(agent.stream(Kind::Stdout, "svc", "e1"));
+    assert_eq!(agent.wait("svc", "e1").exit_status, 5);
+    assert_eq!(exec_out, "exec-sees-hostname:box\n");
+    // The same exec id twice is refused.
+    let (code, _) = status(agent.client.exec_process(ctx(), &req).unwrap_err());
+    assert_eq!(code, Code::ALREADY_EXISTS);
+
+    // SIGTERM reaches the trap; the shell exits 42.
+    agent.signal("svc", "", libc::SIGTERM, false).unwrap();
+    assert_eq!(agent.wait("svc", "").exit_status, 42);
+    // Signalling an exited process says it has exited.
+    let (code, msg) = status(agent.signal("svc", "", libc::SIGTERM, false).unwrap_err());
+    assert_eq!(code, Code::NOT_FOUND, "{msg}");
+    agent.remove("svc");
+
+    // SIGKILL: status 137, signal 9.
+    agent
+        .create("victim", &["sleep", "100"], Stdio::new(), |_| {})
+        .unwrap();
+    agent.start_container("victim");
+    agent.signal("victim", "", libc::SIGKILL, false).unwrap();
+    let w = agent.wait("victim", "");
+    assert_eq!((w.exit_status, w.signal), (137, 9));
+    agent.stop();
+}
+
+/// Reads the counter the container writes into its rootfs.
+fn counter(agent: &Agent, id: &str) -> u64 {
+    let path = agent.dir.path().join("rootfs").join(id).join("count");
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn pause_stops_a_counter_and_stats_move_under_load() {
+    if !can_run("pause_stops_a_counter") {
+        return;
+    }
+    let agent = Agent::start();
+    agent
+        .create(
+            "counter",
+            &[
+                "sh",
+                "-c",
+                "i=0; while :; do i=$((i+1)); echo $i > /count; done",
+            ],
+            Stdio::new(),
+            |_| {},
+        )
+        .unwrap();
+    agent.start_container("counter");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while counter(&agent, "counter") < 10 {
+        assert!(Instant::now() < deadline, "the counter never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let before = agent
+        .client
+        .stats_container(ctx(), &container_req("counter"))
+        .unwrap();
+    agent
+        .client
+        .pause_container(ctx(), &container_req("counter"))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let paused_at = counter(&agent, "counter");
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(
+        counter(&agent, "counter"),
+        paused_at,
+        "the counter moved while paused"
+    );
+    agent
+        .client
+        .resume_container(ctx(), &container_req("counter"))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while counter(&agent, "counter") <= paused_at {
+        assert!(Instant::now() < deadline, "the counter did not resume");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let after = agent
+        .client
+        .stats_container(ctx(), &container_req("counter"))
+        .unwrap();
+    assert!(
+        after.cpu.usage_usec > before.cpu.usage_usec,
+        "cpu {} -> {}",
+        before.cpu.usage_usec,
+        after.cpu.usage_usec
+    );
+    assert!(after.memory.usage_bytes > 0);
+    assert!(after.pids.current >= 1);
+    let procs = agent
+        .client
+        .list_processes(ctx(), &container_req("counter"))
+        .unwrap();
+    assert!(
+        procs.pids.contains(&agent.wait_pid_of("counter")),
+        "{:?}",
+        procs.pids
+    );
+    agent.signal("counter", "", libc::SIGKILL, true).unwrap();
+    assert_eq!(agent.wait("counter", "").signal, 9);
+    agent.stop();
+}
+
+#[test]
+fn memory_limit_produces_an_oom_event() {
+    if !can_run("memory_limit_produces_an_oom_event") {
+        return;
+    }
+    let agent = Agent::start();
+    let events = agent
+        .endpoint
+        .open_stream(&hull_protocol::stream::Header::new(Kind::Events, "", ""))
+        .unwrap();
+    // dd's 64 MiB block buffer does not fit in 16 MiB.
+    agent
+        .create(
+            "hog",
+            &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=4"],
+            Stdio::new(),
+            |s| {
+                s["linux"]["resources"] = json!({"memory": {"limit": 16 << 20, "swap": 16 << 20}});
+            },
+        )
+        .unwrap();
+    agent.start_container("hog");
+    let w = agent.wait("hog", "");
+    assert_eq!(w.signal, 9, "the hog was not OOM-killed: {w:?}");
+    let mut events = events;
+    events
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut saw_oom = false;
+    let mut saw_exit = false;
+    while !(saw_oom && saw_exit) {
+        let frame = read_frame(&mut events)
+            .unwrap()
+            .expect("event stream ended");
+        let e = Event::parse_from_bytes(&frame).unwrap();
+        if e.has_oom() {
+            assert_eq!(e.oom().container_id, "hog");
+            saw_oom = true;
+        }
+        if e.has_exit() && e.exit().container_id == "hog" {
+            saw_exit = true;
+        }
+    }
+    let stats = agent
+        .client
+        .stats_container(ctx(), &container_req("hog"))
+        .unwrap();
+    assert!(stats.memory.oom_kills >= 1);
+    agent.stop();
+}
+
+#[test]
+fn pids_limit_read_only_rootfs_user_namespace_and_seccomp() {
+    if !can_run("pids_limit_read_only_rootfs_user_namespace_and_seccomp") {
+        return;
+    }
+    let agent = Agent::start();
+    let (status, _, err) = agent.run(
+        "pids",
+        &[
+            "sh",
+            "-c",
+            "for i in 1 2 3 4 5 6 7 8 9 10; do sleep 5 & done; wait",
+        ],
+        |s| s["linux"]["resources"] = json!({"pids": {"limit": 4}}),
+    );
+    assert!(err.contains("fork"), "status {status}, stderr {err:?}");
+
+    let (status, _, err) = agent.run("ro", &["touch", "/newfile"], |s| {
+        s["root"]["readonly"] = json!(true)
+    });
+    assert_ne!(status, 0);
+    assert!(err.contains("Read-only file system"), "{err:?}");
+
+    let (status, out, err) = agent.run(
+        "userns",
+        &["cat", "/proc/self/uid_map", "/proc/self/gid_map"],
+        |s| {
+            s["linux"]["namespaces"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"type": "user"}));
+            s["linux"]["uidMappings"] =
+                json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+            s["linux"]["gidMappings"] =
+                json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+        },
+    );
+    assert_eq!(status, 0, "{err}");
+    let maps: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(maps, vec![vec!["0", "100000", "65536"]; 2]);
+
+    let (status, _, err) = agent.run("seccomp", &["mkdir", "/tmp/blocked"], |s| {
+        s["linux"]["seccomp"] = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "architectures": ["SCMP_ARCH_X86_64"],
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
+        });
+    });
+    assert_ne!(status, 0);
+    assert!(err.contains("Operation not permitted"), "{err:?}");
+    agent.stop();
+}
+
+#[test]
+fn bad_input_is_refused_by_field_and_the_agent_carries_on() {
+    if !can_run("bad_input_is_refused_by_field") {
+        return;
+    }
+    let agent = Agent::start();
+    let root = agent.rootfs("good");
+    let good = spec(&root, &["true"]);
+    let invalid = |id: &str, json: Vec<u8>, field: &str| {
+        let (code, msg) = status(agent.create_raw(id, json, Stdio::new()).unwrap_err());
+        assert_eq!(code, Code::INVALID_ARGUMENT, "{id}: {msg}");
+        assert!(msg.contains(field), "{id}: {msg:?} does not name {field}");
+    };
+    let with = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut s = good.clone();
+        edit(&mut s);
+        serde_json::to_vec(&s).unwrap()
+    };
+    invalid("c1", b"{ not json".to_vec(), "oci_spec_json");
+    invalid("../x", serde_json::to_vec(&good).unwrap(), "container_id");
+    let outside = tempfile::tempdir().unwrap();
+    invalid(
+        "c2",
+        with(&|s| s["root"]["path"] = json!(outside.path())),
+        "root.path",
+    );
+    std::os::unix::fs::symlink("../../../../../../../etc", root.join("escape")).unwrap();
+    invalid(
+        "c3",
+        with(&|s| {
+            s["mounts"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"destination": "/escape/x", "type": "tmpfs", "source": "tmpfs"}))
+        }),
+        "mounts[",
+    );
+    invalid(
+        "c4",
+        with(&|s| s["linux"]["resources"] = json!({"memory": {"limit": -7}})),
+        "linux.resources.memory.limit",
+    );
+    invalid(
+        "c5",
+        with(&|s| {
+            s["process"]["rlimits"] =
+                json!([{"type": "RLIMIT_NOFILE", "hard": u64::MAX, "soft": 1024}])
+        }),
+        "process.rlimits[0]",
+    );
+    invalid(
+        "c6",
+        with(&|s| s["process"]["args"] = json!([])),
+        "process.args",
+    );
+    invalid(
+        "c7",
+        with(&|s| {
+            s["linux"]["namespaces"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"type": "user", "path": "/proc/1/ns/user"}))
+        }),
+        "linux.namespaces[",
+    );
+    let (code, _) = status(
+        agent
+            .client
+            .start_container(ctx(), &container_req("nope"))
+            .unwrap_err(),
+    );
+    assert_eq!(code, Code::NOT_FOUND);
+    let mut sig = SignalProcessRequest::new();
+    sig.container_id = "nope".into();
+    sig.signal = 999;
+    assert_eq!(
+        status(agent.client.signal_process(ctx(), &sig).unwrap_err()).0,
+        Code::NOT_FOUND
+    );
+    let mut upd = UpdateContainerRequest::new();
+    upd.container_id = "good".into();
+    upd.resources_json = b"{}".to_vec();
+    assert_eq!(
+        status(agent.client.update_container(ctx(), &upd).unwrap_err()).0,
+        Code::NOT_FOUND
+    );
+    // A container whose program does not exist fails alone.
+    agent
+        .create("missing", &["/bin/not-there"], Stdio::new(), |_| {})
+        .ok();
+    let mut reseed = ReseedRandomRequest::new();
+    reseed.entropy = vec![1; 8];
+    assert_eq!(
+        status(agent.client.reseed_random(ctx(), &reseed).unwrap_err()).0,
+        Code::INVALID_ARGUMENT
+    );
+    // Still serving, and still creating containers.
+    agent.client.ping(ctx(), &PingRequest::new()).unwrap();
+    let (status, out, _) = agent.run("after", &["echo", "still here"], |_| {});
+    assert_eq!((status, out.as_str()), (0, "still here\n"));
+    agent.stop();
+}
+
+#[test]
+fn update_changes_limits_of_a_running_container() {
+    if !can_run("update_changes_limits") {
+        return;
+    }
+    let agent = Agent::start();
+    agent
+        .create("upd", &["sleep", "100"], Stdio::new(), |_| {})
+        .unwrap();
+    agent.start_container("upd");
+    let mut upd = UpdateContainerRequest::new();
+    upd.container_id = "upd".into();
+    upd.resources_json =
+        serde_json::to_vec(&json!({"pids": {"limit": 7}, "memory": {"limit": 64 << 20}})).unwrap();
+    agent.client.update_container(ctx(), &upd).unwrap();
+    let stats = agent
+        .client
+        .stats_container(ctx(), &container_req("upd"))
+        .unwrap();
+    assert_eq!(stats.pids.limit, 7);
+    assert_eq!(stats.memory.limit_bytes, 64 << 20);
+    upd.resources_json = serde_json::to_vec(&json!({"pids": {"limit": -3}})).unwrap();
+    let (code, msg) = status(agent.client.update_container(ctx(), &upd).unwrap_err());
+    assert_eq!(code, Code::INVALID_ARGUMENT);
+    assert!(msg.contains("resources_json.pids.limit"), "{msg}");
     agent.stop();
 }

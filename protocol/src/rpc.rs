@@ -53,11 +53,20 @@ pub enum Endpoint {
 /// Why the host could not reach the agent or could not use what it reached.
 #[derive(Debug)]
 pub enum ConnectError {
-    Io { what: String, source: io::Error },
+    Io {
+        what: String,
+        source: io::Error,
+    },
     /// The VMM refused the `CONNECT` (nobody listens on the port yet, or the guest reset).
-    Refused { port: u32, reply: String },
+    Refused {
+        port: u32,
+        reply: String,
+    },
     Rpc(ttrpc::Error),
-    Version { agent: u32, agent_version: String },
+    Version {
+        agent: u32,
+        agent_version: String,
+    },
     Stream(String),
 }
 
@@ -97,7 +106,8 @@ impl Endpoint {
                     let what = format!("{what} ({})", uds.display());
                     move |source| ConnectError::Io { what, source }
                 };
-                let mut s = UnixStream::connect(uds).map_err(io("connecting to the VMM's vsock socket"))?;
+                let mut s =
+                    UnixStream::connect(uds).map_err(io("connecting to the VMM's vsock socket"))?;
                 s.write_all(format!("CONNECT {port}\n").as_bytes())
                     .map_err(io("sending CONNECT"))?;
                 let mut reply = Vec::with_capacity(16);
@@ -122,7 +132,12 @@ impl Endpoint {
     /// Opens the stream `header` names; after this the socket carries only that stream.
     pub fn open_stream(&self, header: &Header) -> Result<UnixStream, ConnectError> {
         let mut s = self.dial(STREAM_PORT)?;
-        let io = |what: &'static str| move |source| ConnectError::Io { what: what.into(), source };
+        let io = |what: &'static str| {
+            move |source| ConnectError::Io {
+                what: what.into(),
+                source,
+            }
+        };
         s.write_all(header.encode().as_bytes())
             .map_err(io("sending the stream header"))?;
         read_reply(&mut s)

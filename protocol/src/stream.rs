@@ -54,9 +54,15 @@ impl Kind {
     }
 
     fn from_name(name: &str) -> Option<Self> {
-        [Kind::Stdin, Kind::Stdout, Kind::Stderr, Kind::Pty, Kind::Events]
-            .into_iter()
-            .find(|k| k.name() == name)
+        [
+            Kind::Stdin,
+            Kind::Stdout,
+            Kind::Stderr,
+            Kind::Pty,
+            Kind::Events,
+        ]
+        .into_iter()
+        .find(|k| k.name() == name)
     }
 }
 
@@ -78,7 +84,10 @@ pub enum StreamError {
     Malformed(&'static str),
     Version(String),
     Kind(String),
-    Id { field: &'static str, reason: &'static str },
+    Id {
+        field: &'static str,
+        reason: &'static str,
+    },
 }
 
 impl fmt::Display for StreamError {
@@ -136,7 +145,13 @@ impl Header {
 
     /// The header line, newline included.
     pub fn encode(&self) -> String {
-        let dash = |s: &str| if s.is_empty() { "-".to_owned() } else { s.to_owned() };
+        let dash = |s: &str| {
+            if s.is_empty() {
+                "-".to_owned()
+            } else {
+                s.to_owned()
+            }
+        };
         format!(
             "STREAM {STREAM_VERSION} {} {} {}\n",
             self.kind.name(),
@@ -162,12 +177,20 @@ impl Header {
         }
         let kind = words.next().ok_or(StreamError::Malformed("no kind"))?;
         let kind = Kind::from_name(kind).ok_or_else(|| StreamError::Kind(kind.to_owned()))?;
-        let container = words.next().ok_or(StreamError::Malformed("no container id"))?;
+        let container = words
+            .next()
+            .ok_or(StreamError::Malformed("no container id"))?;
         let exec = words.next().ok_or(StreamError::Malformed("no exec id"))?;
         if words.next().is_some() {
             return Err(StreamError::Malformed("extra words"));
         }
-        let undash = |s: &str| if s == "-" { String::new() } else { s.to_owned() };
+        let undash = |s: &str| {
+            if s == "-" {
+                String::new()
+            } else {
+                s.to_owned()
+            }
+        };
         let header = Header {
             kind,
             container_id: undash(container),
@@ -309,7 +332,10 @@ mod tests {
             assert!(err.contains(want), "{line:?}: {err}");
         }
         let long = format!("STREAM 1 stdout {} -\n", "a".repeat(129));
-        assert!(Header::parse(long.as_bytes()).unwrap_err().to_string().contains("128"));
+        assert!(Header::parse(long.as_bytes())
+            .unwrap_err()
+            .to_string()
+            .contains("128"));
     }
 
     #[test]
@@ -319,7 +345,10 @@ mod tests {
         assert_eq!(h, Header::new(Kind::Stdin, "c", "e"));
         assert_eq!(input, b"rest");
         let mut endless: &[u8] = &[b'a'; 1000];
-        assert_eq!(read_header(&mut endless).unwrap(), Err(StreamError::TooLong));
+        assert_eq!(
+            read_header(&mut endless).unwrap(),
+            Err(StreamError::TooLong)
+        );
         let mut cut: &[u8] = b"STREAM 1";
         assert!(read_header(&mut cut).is_err());
     }

@@ -8,10 +8,12 @@ use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 
-use hull_protocol::rpc::agent::{CpuStats, IoStats, MemoryStats, PidsStats, StatsContainerResponse};
+use hull_protocol::rpc::agent::{
+    CpuStats, IoStats, MemoryStats, PidsStats, StatsContainerResponse,
+};
 use libcgroups::common::{
-    create_cgroup_manager, get_cgroup_setup, AnyCgroupManager, CgroupConfig, CgroupManager, CgroupSetup,
-    ControllerOpt, FreezerState,
+    create_cgroup_manager, get_cgroup_setup, AnyCgroupManager, CgroupConfig, CgroupManager,
+    CgroupSetup, ControllerOpt, FreezerState,
 };
 use libcgroups::stats::Stats;
 use oci_spec::runtime::LinuxResources;
@@ -44,10 +46,18 @@ impl Cgroup {
     }
 
     pub fn freeze(&self, frozen: bool) -> Result<(), String> {
-        let state = if frozen { FreezerState::Frozen } else { FreezerState::Thawed };
-        self.manager()?
-            .freeze(state)
-            .map_err(|e| format!("{} cgroup {}: {e}", if frozen { "freezing" } else { "thawing" }, self.path.display()))
+        let state = if frozen {
+            FreezerState::Frozen
+        } else {
+            FreezerState::Thawed
+        };
+        self.manager()?.freeze(state).map_err(|e| {
+            format!(
+                "{} cgroup {}: {e}",
+                if frozen { "freezing" } else { "thawing" },
+                self.path.display()
+            )
+        })
     }
 
     pub fn update(&self, resources: &LinuxResources) -> Result<(), String> {
@@ -94,7 +104,11 @@ impl Cgroup {
         mem.usage_bytes = s.memory.memory.usage;
         mem.limit_bytes = s.memory.memory.limit;
         mem.max_usage_bytes = s.memory.memory.max_usage;
-        let stat = |keys: &[&str]| keys.iter().find_map(|k| s.memory.stats.get(*k).copied()).unwrap_or(0);
+        let stat = |keys: &[&str]| {
+            keys.iter()
+                .find_map(|k| s.memory.stats.get(*k).copied())
+                .unwrap_or(0)
+        };
         mem.anon_bytes = stat(&["anon", "total_rss", "rss"]);
         mem.file_bytes = stat(&["file", "total_cache", "cache"]);
         mem.oom_kills = self.oom_kills();
@@ -106,7 +120,11 @@ impl Cgroup {
         let mut io = IoStats::new();
         let sum = |list: &[libcgroups::stats::BlkioDeviceStat], op: &str| {
             list.iter()
-                .filter(|d| d.op_type.as_deref().is_some_and(|t| t.eq_ignore_ascii_case(op)))
+                .filter(|d| {
+                    d.op_type
+                        .as_deref()
+                        .is_some_and(|t| t.eq_ignore_ascii_case(op))
+                })
                 .map(|d| d.value)
                 .sum::<u64>()
         };
@@ -124,8 +142,10 @@ impl Cgroup {
         if self.unified {
             (Path::new(CGROUP_ROOT).join(rel), "memory.events")
         } else {
-            let mount = libcgroups::v1::util::get_subsystem_mount_point(&libcgroups::v1::ControllerType::Memory)
-                .unwrap_or_else(|_| Path::new(CGROUP_ROOT).join("memory"));
+            let mount = libcgroups::v1::util::get_subsystem_mount_point(
+                &libcgroups::v1::ControllerType::Memory,
+            )
+            .unwrap_or_else(|_| Path::new(CGROUP_ROOT).join("memory"));
             (mount.join(rel), "memory.oom_control")
         }
     }
@@ -156,8 +176,11 @@ impl Cgroup {
             .name("oom".into())
             .spawn(move || {
                 while waiter.wait() && dir.exists() {
+                    // v1 notifies when the cgroup hits OOM, possibly before the kill is
+                    // counted: every notification is an OOM (containerd's rule too). v2's
+                    // memory.events changes for other counters as well: compare oom_kill.
                     let now = cgroup.oom_kills();
-                    if now > seen {
+                    if !waiter.inotify || now > seen {
                         seen = now;
                         on_oom();
                     }
@@ -190,12 +213,16 @@ impl OomWaiter {
         }
         // SAFETY: inotify_init1 returned a fresh fd that only this File owns.
         let file = unsafe { File::from_raw_fd(fd) };
-        let path = std::ffi::CString::new(events.as_os_str().as_encoded_bytes()).map_err(std::io::Error::other)?;
+        let path = std::ffi::CString::new(events.as_os_str().as_encoded_bytes())
+            .map_err(std::io::Error::other)?;
         // SAFETY: `path` is a valid NUL-terminated string for the duration of the call.
         if unsafe { libc::inotify_add_watch(fd, path.as_ptr(), libc::IN_MODIFY) } < 0 {
             return Err(std::io::Error::last_os_error());
         }
-        Ok(OomWaiter { fd: file, inotify: true })
+        Ok(OomWaiter {
+            fd: file,
+            inotify: true,
+        })
     }
 
     fn eventfd(memory_dir: &Path) -> std::io::Result<Self> {
@@ -211,7 +238,10 @@ impl OomWaiter {
             memory_dir.join("cgroup.event_control"),
             format!("{} {}", file.as_raw_fd(), control.as_raw_fd()),
         )?;
-        Ok(OomWaiter { fd: file, inotify: false })
+        Ok(OomWaiter {
+            fd: file,
+            inotify: false,
+        })
     }
 
     /// False once the watch is gone (the cgroup was removed) or the fd fails.
@@ -222,11 +252,17 @@ impl OomWaiter {
                 // struct inotify_event: wd, mask, cookie, len, name.
                 let mut at = 0;
                 while at + 16 <= n {
-                    let mask = u32::from_ne_bytes([buf[at + 4], buf[at + 5], buf[at + 6], buf[at + 7]]);
+                    let mask =
+                        u32::from_ne_bytes([buf[at + 4], buf[at + 5], buf[at + 6], buf[at + 7]]);
                     if mask & libc::IN_IGNORED != 0 {
                         return false;
                     }
-                    let len = u32::from_ne_bytes([buf[at + 12], buf[at + 13], buf[at + 14], buf[at + 15]]) as usize;
+                    let len = u32::from_ne_bytes([
+                        buf[at + 12],
+                        buf[at + 13],
+                        buf[at + 14],
+                        buf[at + 15],
+                    ]) as usize;
                     at += 16 + len;
                 }
                 true
@@ -243,8 +279,14 @@ mod tests {
 
     #[test]
     fn oom_kill_lines() {
-        assert_eq!(parse_oom_kill("low 0\nhigh 0\nmax 3\noom 2\noom_kill 2\noom_group_kill 0\n"), Some(2));
-        assert_eq!(parse_oom_kill("oom_kill_disable 0\nunder_oom 0\noom_kill 5\n"), Some(5));
+        assert_eq!(
+            parse_oom_kill("low 0\nhigh 0\nmax 3\noom 2\noom_kill 2\noom_group_kill 0\n"),
+            Some(2)
+        );
+        assert_eq!(
+            parse_oom_kill("oom_kill_disable 0\nunder_oom 0\noom_kill 5\n"),
+            Some(5)
+        );
         assert_eq!(parse_oom_kill("oom_kill_disable 0\n"), None);
     }
 }

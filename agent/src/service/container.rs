@@ -75,10 +75,9 @@ impl Container {
         if exec_id.is_empty() {
             return Ok(self.init.clone());
         }
-        lock(&self.execs)
-            .get(exec_id)
-            .cloned()
-            .ok_or_else(|| AgentError::NotFound(format!("exec {exec_id:?} in container {:?}", self.id)))
+        lock(&self.execs).get(exec_id).cloned().ok_or_else(|| {
+            AgentError::NotFound(format!("exec {exec_id:?} in container {:?}", self.id))
+        })
     }
 }
 
@@ -160,7 +159,10 @@ pub fn rewrite_spec(spec: &mut Spec, rw: &Rewrite<'_>) -> Result<(), AgentError>
     if !rw.files.is_empty() {
         let mounts = spec.mounts_mut().get_or_insert_with(Vec::new);
         for (dest, source) in &rw.files {
-            match mounts.iter_mut().find(|m| m.destination() == Path::new(dest)) {
+            match mounts
+                .iter_mut()
+                .find(|m| m.destination() == Path::new(dest))
+            {
                 Some(m) => {
                     m.set_source(Some(source.clone()));
                     m.set_typ(Some("bind".into()));
@@ -170,7 +172,12 @@ pub fn rewrite_spec(spec: &mut Spec, rw: &Rewrite<'_>) -> Result<(), AgentError>
                     m.set_destination(PathBuf::from(dest));
                     m.set_typ(Some("bind".into()));
                     m.set_source(Some(source.clone()));
-                    m.set_options(Some(vec!["rbind".into(), "ro".into(), "nosuid".into(), "nodev".into()]));
+                    m.set_options(Some(vec![
+                        "rbind".into(),
+                        "ro".into(),
+                        "nosuid".into(),
+                        "nodev".into(),
+                    ]));
                     mounts.push(m);
                 }
             }
@@ -180,11 +187,18 @@ pub fn rewrite_spec(spec: &mut Spec, rw: &Rewrite<'_>) -> Result<(), AgentError>
 }
 
 /// Checks that the request's stdio and the OCI process agree about a terminal.
-pub fn check_terminal(stdio: &Stdio, process_terminal: bool, field: &str) -> Result<(), AgentError> {
+pub fn check_terminal(
+    stdio: &Stdio,
+    process_terminal: bool,
+    field: &str,
+) -> Result<(), AgentError> {
     if stdio.terminal != process_terminal {
         return Err(AgentError::invalid(
             "stdio.terminal",
-            format!("is {} but {field}.terminal is {process_terminal}; they must agree", stdio.terminal),
+            format!(
+                "is {} but {field}.terminal is {process_terminal}; they must agree",
+                stdio.terminal
+            ),
         ));
     }
     Ok(())
@@ -192,7 +206,8 @@ pub fn check_terminal(stdio: &Stdio, process_terminal: bool, field: &str) -> Res
 
 /// Stdio for a process about to be created, with errors as agent errors.
 pub fn prepare_stdio(stdio: &Stdio, dir: &Path, name: &str) -> Result<stdio::Prepared, AgentError> {
-    stdio::prepare(stdio, dir, name).map_err(|e| AgentError::Internal(format!("setting up stdio: {e}")))
+    stdio::prepare(stdio, dir, name)
+        .map_err(|e| AgentError::Internal(format!("setting up stdio: {e}")))
 }
 
 #[cfg(test)]
@@ -218,7 +233,13 @@ mod tests {
         };
         rewrite_spec(&mut s, &rw).unwrap();
         let linux = s.linux().as_ref().unwrap();
-        let ns: Vec<_> = linux.namespaces().as_ref().unwrap().iter().map(|n| (n.typ(), n.path().clone())).collect();
+        let ns: Vec<_> = linux
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|n| (n.typ(), n.path().clone()))
+            .collect();
         assert_eq!(
             ns,
             vec![
@@ -227,15 +248,32 @@ mod tests {
             ]
         );
         assert_eq!(linux.cgroups_path().as_deref(), Some(Path::new("/hull/c1")));
-        assert_eq!(s.root().as_ref().unwrap().path(), Path::new("/run/hull/shared/c1"));
+        assert_eq!(
+            s.root().as_ref().unwrap().path(),
+            Path::new("/run/hull/shared/c1")
+        );
         let m = &s.mounts().as_ref().unwrap()[0];
-        assert_eq!(m.source().as_deref(), Some(Path::new("/run/hull/sandbox/hosts")));
+        assert_eq!(
+            m.source().as_deref(),
+            Some(Path::new("/run/hull/sandbox/hosts"))
+        );
 
-        let mut s = spec(r#"{"ociVersion":"1.0.2","linux":{"namespaces":[{"type":"pid","path":"/proc/9/ns/pid"}]}}"#);
-        let rw = Rewrite { shared_pid_ns: None, files: vec![], ..rw };
+        let mut s = spec(
+            r#"{"ociVersion":"1.0.2","linux":{"namespaces":[{"type":"pid","path":"/proc/9/ns/pid"}]}}"#,
+        );
+        let rw = Rewrite {
+            shared_pid_ns: None,
+            files: vec![],
+            ..rw
+        };
         let err = rewrite_spec(&mut s, &rw).unwrap_err().to_string();
-        assert!(err.contains("linux.namespaces[0].path") && err.contains("shared_pid_namespace"), "{err}");
-        let mut s = spec(r#"{"ociVersion":"1.0.2","linux":{"namespaces":[{"type":"user","path":"/proc/9/ns/user"}]}}"#);
+        assert!(
+            err.contains("linux.namespaces[0].path") && err.contains("shared_pid_namespace"),
+            "{err}"
+        );
+        let mut s = spec(
+            r#"{"ociVersion":"1.0.2","linux":{"namespaces":[{"type":"user","path":"/proc/9/ns/user"}]}}"#,
+        );
         assert!(rewrite_spec(&mut s, &rw).is_err());
     }
 }

@@ -36,10 +36,12 @@ impl Events {
             return;
         };
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner.subscribers.retain(|tx| match tx.try_send(bytes.clone()) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
-        });
+        inner
+            .subscribers
+            .retain(|tx| match tx.try_send(bytes.clone()) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
+            });
         if inner.subscribers.is_empty() {
             if inner.backlog.len() == BACKLOG {
                 inner.backlog.pop_front();
@@ -94,11 +96,17 @@ mod tests {
         events.publish(&oom("early"));
         let (a, mut host) = UnixStream::pair().unwrap();
         events.subscribe(Connection::new(a.into()));
-        assert_eq!(hull_protocol::stream::read_reply(&mut host).unwrap(), Ok(()));
+        assert_eq!(
+            hull_protocol::stream::read_reply(&mut host).unwrap(),
+            Ok(())
+        );
         events.publish(&oom("late"));
         for want in ["early", "late"] {
             let frame = read_frame(&mut host).unwrap().unwrap();
-            assert_eq!(Event::parse_from_bytes(&frame).unwrap().oom().container_id, want);
+            assert_eq!(
+                Event::parse_from_bytes(&frame).unwrap().oom().container_id,
+                want
+            );
         }
     }
 }

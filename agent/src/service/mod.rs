@@ -149,7 +149,8 @@ impl Service {
     }
 
     fn container(&self, id: &str) -> Result<Arc<Container>> {
-        validate_id("container_id", id).map_err(|e| AgentError::invalid("container_id", e.to_string()))?;
+        validate_id("container_id", id)
+            .map_err(|e| AgentError::invalid("container_id", e.to_string()))?;
         lock(&self.containers)
             .get(id)
             .cloned()
@@ -168,8 +169,13 @@ impl Service {
         if !req.hostname.is_empty() {
             sandbox::check_hostname(&req.hostname)?;
         }
-        let cgroup_name = if req.cgroup_name.is_empty() { "hull" } else { req.cgroup_name.as_str() };
-        validate_id("cgroup_name", cgroup_name).map_err(|e| AgentError::invalid("cgroup_name", e.to_string()))?;
+        let cgroup_name = if req.cgroup_name.is_empty() {
+            "hull"
+        } else {
+            req.cgroup_name.as_str()
+        };
+        validate_id("cgroup_name", cgroup_name)
+            .map_err(|e| AgentError::invalid("cgroup_name", e.to_string()))?;
         let mut slot = lock(&self.sandbox);
         if slot.is_some() {
             return Err(AgentError::AlreadyExists("the sandbox".into()));
@@ -206,18 +212,26 @@ impl Service {
             let _ = std::fs::remove_dir_all(self.config.state_dir.join("sandbox"));
         }
         if !failures.is_empty() {
-            return Err(AgentError::Internal(format!("removing containers: {}", failures.join("; "))));
+            return Err(AgentError::Internal(format!(
+                "removing containers: {}",
+                failures.join("; ")
+            )));
         }
         Ok(())
     }
 
     fn create_container(&self, req: &CreateContainerRequest) -> Result<u32> {
         let id = req.container_id.as_str();
-        validate_id("container_id", id).map_err(|e| AgentError::invalid("container_id", e.to_string()))?;
+        validate_id("container_id", id)
+            .map_err(|e| AgentError::invalid("container_id", e.to_string()))?;
         let mut spec = validate::parse_spec(&req.oci_spec_json)?;
         let rootfs = validate::check_spec(&spec, &self.config.rootfs_area)?;
         let stdio = req.stdio.clone().unwrap_or_default();
-        let terminal = spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
+        let terminal = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.terminal())
+            .unwrap_or(false);
         container::check_terminal(&stdio, terminal, "process")?;
 
         let _busy = self.mark_busy(id)?;
@@ -227,7 +241,9 @@ impl Service {
         let (cgroup_path, shared_pid_ns, files, holder_wanted) = {
             let sb = lock(&self.sandbox);
             let sb = sb.as_ref().ok_or_else(|| {
-                AgentError::FailedPrecondition("CreateSandbox must come before the first container".into())
+                AgentError::FailedPrecondition(
+                    "CreateSandbox must come before the first container".into(),
+                )
             })?;
             let shared = match &sb.pid_namespace_holder {
                 Some((holder, pid)) if sb.shared_pid_namespace => {
@@ -262,13 +278,21 @@ impl Service {
 
         let bundle = self.bundle_dir(id);
         let _ = std::fs::remove_dir_all(&bundle);
-        std::fs::create_dir_all(&bundle).map_err(|e| AgentError::Internal(format!("{}: {e}", bundle.display())))?;
+        std::fs::create_dir_all(&bundle)
+            .map_err(|e| AgentError::Internal(format!("{}: {e}", bundle.display())))?;
         let cleanup = |this: &Self| {
-            let _ = runtime::run(&this.reaper, &this.runtime_root(), id, &Op::Delete, null_stdio());
+            let _ = runtime::run(
+                &this.reaper,
+                &this.runtime_root(),
+                id,
+                &Op::Delete,
+                null_stdio(),
+            );
             let _ = std::fs::remove_dir_all(&bundle);
         };
         let result = (|| {
-            let json = serde_json::to_vec_pretty(&spec).map_err(|e| AgentError::Internal(e.to_string()))?;
+            let json = serde_json::to_vec_pretty(&spec)
+                .map_err(|e| AgentError::Internal(e.to_string()))?;
             std::fs::write(bundle.join("config.json"), json)
                 .map_err(|e| AgentError::Internal(format!("writing config.json: {e}")))?;
             let prepared = container::prepare_stdio(&stdio, &bundle, "init")?;
@@ -278,7 +302,9 @@ impl Service {
                 console_socket: prepared.console.as_ref().map(|c| c.path().to_owned()),
             };
             let pid = runtime::run(&self.reaper, &self.runtime_root(), id, &op, prepared.child)
-                .map_err(|e| AgentError::FailedPrecondition(format!("creating container {id:?}: {e}")))?;
+                .map_err(|e| {
+                    AgentError::FailedPrecondition(format!("creating container {id:?}: {e}"))
+                })?;
             if let Some(console) = prepared.console {
                 console
                     .receive(&mut io)
@@ -310,7 +336,10 @@ impl Service {
         });
         let events = self.events.clone();
         let cid = id.to_owned();
-        if let Err(e) = container.cgroup.watch_oom(move || events.publish(&container::oom_event(&cid))) {
+        if let Err(e) = container
+            .cgroup
+            .watch_oom(move || events.publish(&container::oom_event(&cid)))
+        {
             eprintln!("hull-agent: container {id}: {e}; OOM kills will not be reported");
         }
         lock(&self.containers).insert(id.to_owned(), container);
@@ -330,19 +359,30 @@ impl Service {
                 exit.status
             )));
         }
-        runtime::run(&self.reaper, &self.runtime_root(), id, &Op::Start, null_stdio())
-            .map_err(|e| AgentError::FailedPrecondition(format!("starting container {id:?}: {e}")))?;
+        runtime::run(
+            &self.reaper,
+            &self.runtime_root(),
+            id,
+            &Op::Start,
+            null_stdio(),
+        )
+        .map_err(|e| AgentError::FailedPrecondition(format!("starting container {id:?}: {e}")))?;
         Ok(())
     }
 
     fn exec_process(&self, req: &ExecProcessRequest) -> Result<u32> {
         let c = self.container(&req.container_id)?;
         let exec_id = req.exec_id.as_str();
-        validate_id("exec_id", exec_id).map_err(|e| AgentError::invalid("exec_id", e.to_string()))?;
+        validate_id("exec_id", exec_id)
+            .map_err(|e| AgentError::invalid("exec_id", e.to_string()))?;
         let process = validate::parse_process(&req.oci_process_json)?;
         validate::check_process(&process, "oci_process_json")?;
         let stdio = req.stdio.clone().unwrap_or_default();
-        container::check_terminal(&stdio, process.terminal().unwrap_or(false), "oci_process_json")?;
+        container::check_terminal(
+            &stdio,
+            process.terminal().unwrap_or(false),
+            "oci_process_json",
+        )?;
         if c.init.exit().is_some() {
             return Err(AgentError::FailedPrecondition(format!(
                 "container {:?} is not running",
@@ -352,20 +392,31 @@ impl Service {
         let busy_key = format!("{}/{exec_id}", req.container_id);
         let _busy = self.mark_busy(&busy_key)?;
         if lock(&c.execs).contains_key(exec_id) {
-            return Err(AgentError::AlreadyExists(format!("exec {exec_id:?} in container {:?}", req.container_id)));
+            return Err(AgentError::AlreadyExists(format!(
+                "exec {exec_id:?} in container {:?}",
+                req.container_id
+            )));
         }
         let path = c.bundle.join(format!("exec-{exec_id}.json"));
         let json = serde_json::to_vec(&process).map_err(|e| AgentError::Internal(e.to_string()))?;
-        std::fs::write(&path, json).map_err(|e| AgentError::Internal(format!("{}: {e}", path.display())))?;
+        std::fs::write(&path, json)
+            .map_err(|e| AgentError::Internal(format!("{}: {e}", path.display())))?;
         let prepared = container::prepare_stdio(&stdio, &c.bundle, &format!("exec-{exec_id}"))?;
         let mut io = prepared.io;
         let op = Op::Exec {
             process_json: path.clone(),
             console_socket: prepared.console.as_ref().map(|c| c.path().to_owned()),
         };
-        let result = runtime::run(&self.reaper, &self.runtime_root(), &req.container_id, &op, prepared.child);
+        let result = runtime::run(
+            &self.reaper,
+            &self.runtime_root(),
+            &req.container_id,
+            &op,
+            prepared.child,
+        );
         let _ = std::fs::remove_file(&path);
-        let pid = result.map_err(|e| AgentError::FailedPrecondition(format!("exec {exec_id:?}: {e}")))?;
+        let pid =
+            result.map_err(|e| AgentError::FailedPrecondition(format!("exec {exec_id:?}: {e}")))?;
         if let Some(console) = prepared.console {
             console
                 .receive(&mut io)
@@ -386,7 +437,10 @@ impl Service {
         let c = self.container(&req.container_id)?;
         let sig = req.signal as i32;
         if !(1..=64).contains(&sig) {
-            return Err(AgentError::invalid("signal", format!("{} is not a signal number (1-64)", req.signal)));
+            return Err(AgentError::invalid(
+                "signal",
+                format!("{} is not a signal number (1-64)", req.signal),
+            ));
         }
         if req.all {
             for pid in c.cgroup.pids().map_err(AgentError::Internal)? {
@@ -405,7 +459,11 @@ impl Service {
         // SAFETY: kill has no memory effects; the PID is an unreaped child of ours (its
         // exit would have been recorded), so it cannot have been reused.
         if unsafe { libc::kill(p.pid as libc::pid_t, sig) } != 0 {
-            return Err(AgentError::Internal(format!("kill {}: {}", p.pid, std::io::Error::last_os_error())));
+            return Err(AgentError::Internal(format!(
+                "kill {}: {}",
+                p.pid,
+                std::io::Error::last_os_error()
+            )));
         }
         Ok(())
     }
@@ -427,11 +485,15 @@ impl Service {
             return Err(AgentError::invalid("rows/columns", "larger than 65535"));
         };
         let io = p.io();
-        io.resize(rows, cols).map_err(AgentError::FailedPrecondition)
+        io.resize(rows, cols)
+            .map_err(AgentError::FailedPrecondition)
     }
 
     fn freeze(&self, id: &str, frozen: bool) -> Result<()> {
-        self.container(id)?.cgroup.freeze(frozen).map_err(AgentError::Internal)
+        self.container(id)?
+            .cgroup
+            .freeze(frozen)
+            .map_err(AgentError::Internal)
     }
 
     fn update_container(&self, req: &UpdateContainerRequest) -> Result<()> {
@@ -442,24 +504,41 @@ impl Service {
     }
 
     fn stats(&self, id: &str) -> Result<StatsContainerResponse> {
-        self.container(id)?.cgroup.stats().map_err(AgentError::Internal)
+        self.container(id)?
+            .cgroup
+            .stats()
+            .map_err(AgentError::Internal)
     }
 
     fn list_processes(&self, id: &str) -> Result<ListProcessesResponse> {
         let mut r = ListProcessesResponse::new();
-        r.pids = self.container(id)?.cgroup.pids().map_err(AgentError::Internal)?;
+        r.pids = self
+            .container(id)?
+            .cgroup
+            .pids()
+            .map_err(AgentError::Internal)?;
         Ok(r)
     }
 
     pub fn remove_container(&self, id: &str) -> Result<()> {
         let c = self.container(id)?;
         let _busy = self.mark_busy(id)?;
-        runtime::run(&self.reaper, &self.runtime_root(), id, &Op::Delete, null_stdio())
-            .map_err(|e| AgentError::Internal(format!("removing container {id:?}: {e}")))?;
+        runtime::run(
+            &self.reaper,
+            &self.runtime_root(),
+            id,
+            &Op::Delete,
+            null_stdio(),
+        )
+        .map_err(|e| AgentError::Internal(format!("removing container {id:?}: {e}")))?;
         let _ = std::fs::remove_dir_all(&c.bundle);
         lock(&self.containers).remove(id);
         if let Some(sb) = lock(&self.sandbox).as_mut() {
-            if sb.pid_namespace_holder.as_ref().is_some_and(|(h, _)| h == id) {
+            if sb
+                .pid_namespace_holder
+                .as_ref()
+                .is_some_and(|(h, _)| h == id)
+            {
                 sb.pid_namespace_holder = None;
             }
         }
@@ -468,7 +547,11 @@ impl Service {
 
     /// Attaches a stream connection the host opened and answers OK on it; on refusal the
     /// connection comes back with the reason, for the caller to answer.
-    pub fn attach(&self, header: &Header, conn: Connection) -> std::result::Result<(), (String, Connection)> {
+    pub fn attach(
+        &self,
+        header: &Header,
+        conn: Connection,
+    ) -> std::result::Result<(), (String, Connection)> {
         if header.kind == Kind::Events {
             self.events.subscribe(conn);
             return Ok(());
@@ -497,7 +580,9 @@ impl Service {
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
-            Err(AgentError::Internal(format!("{method} failed inside the agent: {what}")))
+            Err(AgentError::Internal(format!(
+                "{method} failed inside the agent: {what}"
+            )))
         });
         outcome.map_err(|e| ttrpc::Error::RpcStatus(ttrpc::get_status(e.code(), e.to_string())))
     }
@@ -532,10 +617,14 @@ impl agent_ttrpc::Agent for Service {
         self.call("Ping", || Ok(Service::ping(self)))
     }
     fn create_sandbox(&self, _: &TtrpcContext, req: CreateSandboxRequest) -> ttrpc::Result<Empty> {
-        self.call("CreateSandbox", || Service::create_sandbox(self, &req).map(|_| Empty::new()))
+        self.call("CreateSandbox", || {
+            Service::create_sandbox(self, &req).map(|_| Empty::new())
+        })
     }
     fn destroy_sandbox(&self, _: &TtrpcContext, _: Empty) -> ttrpc::Result<Empty> {
-        self.call("DestroySandbox", || Service::destroy_sandbox(self).map(|_| Empty::new()))
+        self.call("DestroySandbox", || {
+            Service::destroy_sandbox(self).map(|_| Empty::new())
+        })
     }
     fn set_time(&self, _: &TtrpcContext, req: SetTimeRequest) -> ttrpc::Result<Empty> {
         self.call("SetTime", || {
@@ -548,16 +637,26 @@ impl agent_ttrpc::Agent for Service {
         })
     }
     fn reseed_random(&self, _: &TtrpcContext, req: ReseedRandomRequest) -> ttrpc::Result<Empty> {
-        self.call("ReseedRandom", || sandbox::reseed(&req.entropy).map(|_| Empty::new()))
+        self.call("ReseedRandom", || {
+            sandbox::reseed(&req.entropy).map(|_| Empty::new())
+        })
     }
-    fn configure_network(&self, _: &TtrpcContext, _: ConfigureNetworkRequest) -> ttrpc::Result<Empty> {
+    fn configure_network(
+        &self,
+        _: &TtrpcContext,
+        _: ConfigureNetworkRequest,
+    ) -> ttrpc::Result<Empty> {
         self.call("ConfigureNetwork", || {
             Err(AgentError::FailedPrecondition(
                 "ConfigureNetwork is not implemented by this agent yet".into(),
             ))
         })
     }
-    fn create_container(&self, _: &TtrpcContext, req: CreateContainerRequest) -> ttrpc::Result<CreateContainerResponse> {
+    fn create_container(
+        &self,
+        _: &TtrpcContext,
+        req: CreateContainerRequest,
+    ) -> ttrpc::Result<CreateContainerResponse> {
         self.call("CreateContainer", || {
             let mut r = CreateContainerResponse::new();
             r.pid = Service::create_container(self, &req)?;
@@ -565,9 +664,16 @@ impl agent_ttrpc::Agent for Service {
         })
     }
     fn start_container(&self, _: &TtrpcContext, req: ContainerRequest) -> ttrpc::Result<Empty> {
-        self.call("StartContainer", || self.start_container(&req.container_id).map(|_| Empty::new()))
+        self.call("StartContainer", || {
+            self.start_container(&req.container_id)
+                .map(|_| Empty::new())
+        })
     }
-    fn exec_process(&self, _: &TtrpcContext, req: ExecProcessRequest) -> ttrpc::Result<ExecProcessResponse> {
+    fn exec_process(
+        &self,
+        _: &TtrpcContext,
+        req: ExecProcessRequest,
+    ) -> ttrpc::Result<ExecProcessResponse> {
         self.call("ExecProcess", || {
             let mut r = ExecProcessResponse::new();
             r.pid = Service::exec_process(self, &req)?;
@@ -575,30 +681,60 @@ impl agent_ttrpc::Agent for Service {
         })
     }
     fn signal_process(&self, _: &TtrpcContext, req: SignalProcessRequest) -> ttrpc::Result<Empty> {
-        self.call("SignalProcess", || Service::signal_process(self, &req).map(|_| Empty::new()))
+        self.call("SignalProcess", || {
+            Service::signal_process(self, &req).map(|_| Empty::new())
+        })
     }
-    fn wait_process(&self, _: &TtrpcContext, req: ProcessRequest) -> ttrpc::Result<WaitProcessResponse> {
+    fn wait_process(
+        &self,
+        _: &TtrpcContext,
+        req: ProcessRequest,
+    ) -> ttrpc::Result<WaitProcessResponse> {
         self.call("WaitProcess", || Service::wait_process(self, &req))
     }
     fn resize_pty(&self, _: &TtrpcContext, req: ResizePtyRequest) -> ttrpc::Result<Empty> {
-        self.call("ResizePty", || Service::resize_pty(self, &req).map(|_| Empty::new()))
+        self.call("ResizePty", || {
+            Service::resize_pty(self, &req).map(|_| Empty::new())
+        })
     }
     fn pause_container(&self, _: &TtrpcContext, req: ContainerRequest) -> ttrpc::Result<Empty> {
-        self.call("PauseContainer", || self.freeze(&req.container_id, true).map(|_| Empty::new()))
+        self.call("PauseContainer", || {
+            self.freeze(&req.container_id, true).map(|_| Empty::new())
+        })
     }
     fn resume_container(&self, _: &TtrpcContext, req: ContainerRequest) -> ttrpc::Result<Empty> {
-        self.call("ResumeContainer", || self.freeze(&req.container_id, false).map(|_| Empty::new()))
+        self.call("ResumeContainer", || {
+            self.freeze(&req.container_id, false).map(|_| Empty::new())
+        })
     }
-    fn update_container(&self, _: &TtrpcContext, req: UpdateContainerRequest) -> ttrpc::Result<Empty> {
-        self.call("UpdateContainer", || Service::update_container(self, &req).map(|_| Empty::new()))
+    fn update_container(
+        &self,
+        _: &TtrpcContext,
+        req: UpdateContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.call("UpdateContainer", || {
+            Service::update_container(self, &req).map(|_| Empty::new())
+        })
     }
-    fn stats_container(&self, _: &TtrpcContext, req: ContainerRequest) -> ttrpc::Result<StatsContainerResponse> {
+    fn stats_container(
+        &self,
+        _: &TtrpcContext,
+        req: ContainerRequest,
+    ) -> ttrpc::Result<StatsContainerResponse> {
         self.call("StatsContainer", || self.stats(&req.container_id))
     }
-    fn list_processes(&self, _: &TtrpcContext, req: ContainerRequest) -> ttrpc::Result<ListProcessesResponse> {
-        self.call("ListProcesses", || Service::list_processes(self, &req.container_id))
+    fn list_processes(
+        &self,
+        _: &TtrpcContext,
+        req: ContainerRequest,
+    ) -> ttrpc::Result<ListProcessesResponse> {
+        self.call("ListProcesses", || {
+            Service::list_processes(self, &req.container_id)
+        })
     }
     fn remove_container(&self, _: &TtrpcContext, req: ContainerRequest) -> ttrpc::Result<Empty> {
-        self.call("RemoveContainer", || Service::remove_container(self, &req.container_id).map(|_| Empty::new()))
+        self.call("RemoveContainer", || {
+            Service::remove_container(self, &req.container_id).map(|_| Empty::new())
+        })
     }
 }

@@ -31,7 +31,10 @@ pub fn check_hostname(name: &str) -> Result<(), Invalid> {
         if label.is_empty() || label.starts_with('-') || label.ends_with('-') {
             return bad("has an empty label or one starting or ending with '-'");
         }
-        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
             return bad("may only hold letters, digits, '-' and '.'");
         }
     }
@@ -42,7 +45,10 @@ pub fn set_hostname(name: &str) -> Result<(), AgentError> {
     // SAFETY: the pointer and length describe `name`'s bytes, valid for the call.
     let rc = unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) };
     if rc != 0 {
-        return Err(AgentError::Internal(format!("sethostname: {}", std::io::Error::last_os_error())));
+        return Err(AgentError::Internal(format!(
+            "sethostname: {}",
+            std::io::Error::last_os_error()
+        )));
     }
     Ok(())
 }
@@ -54,12 +60,18 @@ pub fn write_files(
     hosts: &str,
     resolv_conf: &str,
 ) -> Result<Vec<(&'static str, PathBuf)>, AgentError> {
-    std::fs::create_dir_all(dir).map_err(|e| AgentError::Internal(format!("{}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| AgentError::Internal(format!("{}: {e}", dir.display())))?;
     let mut files = Vec::new();
     for (dest, name, text, field) in [
         ("/etc/hostname", "hostname", hostname, "hostname"),
         ("/etc/hosts", "hosts", hosts, "hosts"),
-        ("/etc/resolv.conf", "resolv.conf", resolv_conf, "resolv_conf"),
+        (
+            "/etc/resolv.conf",
+            "resolv.conf",
+            resolv_conf,
+            "resolv_conf",
+        ),
     ] {
         if text.is_empty() {
             continue;
@@ -72,7 +84,8 @@ pub fn write_files(
         if !body.ends_with('\n') {
             body.push('\n');
         }
-        std::fs::write(&path, body).map_err(|e| AgentError::Internal(format!("{}: {e}", path.display())))?;
+        std::fs::write(&path, body)
+            .map_err(|e| AgentError::Internal(format!("{}: {e}", path.display())))?;
         files.push((dest, path));
     }
     Ok(files)
@@ -80,10 +93,16 @@ pub fn write_files(
 
 pub fn set_time(seconds: i64, nanoseconds: u32) -> Result<(), AgentError> {
     if nanoseconds >= 1_000_000_000 {
-        return Err(AgentError::invalid("nanoseconds", format!("{nanoseconds} is not below 1e9")));
+        return Err(AgentError::invalid(
+            "nanoseconds",
+            format!("{nanoseconds} is not below 1e9"),
+        ));
     }
     if seconds < 0 {
-        return Err(AgentError::invalid("seconds", format!("{seconds} is before 1970")));
+        return Err(AgentError::invalid(
+            "seconds",
+            format!("{seconds} is before 1970"),
+        ));
     }
     let ts = libc::timespec {
         tv_sec: seconds as libc::time_t,
@@ -91,7 +110,10 @@ pub fn set_time(seconds: i64, nanoseconds: u32) -> Result<(), AgentError> {
     };
     // SAFETY: `ts` is a valid timespec for the duration of the call.
     if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } != 0 {
-        return Err(AgentError::Internal(format!("clock_settime: {}", std::io::Error::last_os_error())));
+        return Err(AgentError::Internal(format!(
+            "clock_settime: {}",
+            std::io::Error::last_os_error()
+        )));
     }
     Ok(())
 }
@@ -113,7 +135,10 @@ pub fn reseed(entropy: &[u8]) -> Result<(), AgentError> {
     if !(MIN_ENTROPY..=MAX_ENTROPY).contains(&entropy.len()) {
         return Err(AgentError::invalid(
             "entropy",
-            format!("{} bytes; give {MIN_ENTROPY} to {MAX_ENTROPY}", entropy.len()),
+            format!(
+                "{} bytes; give {MIN_ENTROPY} to {MAX_ENTROPY}",
+                entropy.len()
+            ),
         ));
     }
     let random = std::fs::OpenOptions::new()
@@ -129,11 +154,17 @@ pub fn reseed(entropy: &[u8]) -> Result<(), AgentError> {
     // SAFETY: RNDADDENTROPY reads a rand_pool_info whose buf holds buf_size bytes; `info`
     // is valid and large enough for the duration of the call.
     if unsafe { libc::ioctl(random.as_raw_fd(), RNDADDENTROPY, &*info) } != 0 {
-        return Err(AgentError::Internal(format!("RNDADDENTROPY: {}", std::io::Error::last_os_error())));
+        return Err(AgentError::Internal(format!(
+            "RNDADDENTROPY: {}",
+            std::io::Error::last_os_error()
+        )));
     }
     // SAFETY: RNDRESEEDCRNG takes no argument.
     if unsafe { libc::ioctl(random.as_raw_fd(), RNDRESEEDCRNG) } != 0 {
-        return Err(AgentError::Internal(format!("RNDRESEEDCRNG: {}", std::io::Error::last_os_error())));
+        return Err(AgentError::Internal(format!(
+            "RNDRESEEDCRNG: {}",
+            std::io::Error::last_os_error()
+        )));
     }
     Ok(())
 }
@@ -153,8 +184,14 @@ mod tests {
     #[test]
     fn entropy_bounds_and_time_fields() {
         assert!(reseed(&[0; 8]).unwrap_err().to_string().contains("entropy"));
-        assert!(reseed(&[0; 5000]).unwrap_err().to_string().contains("entropy"));
-        assert!(set_time(0, 2_000_000_000).unwrap_err().to_string().contains("nanoseconds"));
+        assert!(reseed(&[0; 5000])
+            .unwrap_err()
+            .to_string()
+            .contains("entropy"));
+        assert!(set_time(0, 2_000_000_000)
+            .unwrap_err()
+            .to_string()
+            .contains("nanoseconds"));
         assert!(set_time(-1, 0).unwrap_err().to_string().contains("seconds"));
     }
 
@@ -163,6 +200,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let files = write_files(dir.path(), "h", "127.0.0.1 localhost", "").unwrap();
         assert_eq!(files.len(), 2);
-        assert_eq!(std::fs::read_to_string(dir.path().join("hosts")).unwrap(), "127.0.0.1 localhost\n");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("hosts")).unwrap(),
+            "127.0.0.1 localhost\n"
+        );
     }
 }

@@ -52,7 +52,8 @@ impl Connection {
 
     /// Tells the host its stream is attached; nothing of the stream may precede this.
     pub fn accept(&mut self) -> io::Result<()> {
-        self.0.write_all(hull_protocol::stream::reply_line(&Ok(())).as_bytes())
+        self.0
+            .write_all(hull_protocol::stream::reply_line(&Ok(())).as_bytes())
     }
 }
 
@@ -107,7 +108,10 @@ impl Console {
     pub fn receive(self, io: &mut ProcessIo) -> io::Result<()> {
         self.listener.set_nonblocking(true)?;
         let (conn, _) = self.listener.accept().map_err(|e| {
-            io::Error::new(e.kind(), format!("the runtime did not send the pty master: {e}"))
+            io::Error::new(
+                e.kind(),
+                format!("the runtime did not send the pty master: {e}"),
+            )
         })?;
         conn.set_nonblocking(false)?;
         let mut buf = [0u8; 64];
@@ -122,14 +126,18 @@ impl Console {
     }
 }
 
-fn pipe() -> io::Result<(File, File)> {
+/// A pipe, both ends close-on-exec: (read, write).
+pub fn pipe() -> io::Result<(File, File)> {
     let mut fds = [0; 2];
     // SAFETY: `fds` is a valid out-array of two ints.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: pipe2 just returned these fds; nothing else owns them.
-    Ok(unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) })
+    // SAFETY: pipe2 just returned this fd; nothing else owns it.
+    let read = unsafe { File::from_raw_fd(fds[0]) };
+    // SAFETY: as above.
+    let write = unsafe { File::from_raw_fd(fds[1]) };
+    Ok((read, write))
 }
 
 fn dev_null(write: bool) -> io::Result<OwnedFd> {
@@ -184,8 +192,14 @@ pub fn prepare(stdio: &Stdio, dir: &Path, name: &str) -> io::Result<Prepared> {
 
 impl ProcessIo {
     /// Joins stream `kind` to `conn` and starts relaying; an error says why it cannot be.
-    pub fn attach(&mut self, kind: Kind, mut conn: Connection, name: &str) -> Result<(), (String, Connection)> {
-        let taken = |what: &str| format!("{what} of {name} is already attached or was not requested");
+    pub fn attach(
+        &mut self,
+        kind: Kind,
+        mut conn: Connection,
+        name: &str,
+    ) -> Result<(), (String, Connection)> {
+        let taken =
+            |what: &str| format!("{what} of {name} is already attached or was not requested");
         match kind {
             Kind::Stdin => {
                 let Some(pipe) = self.stdin.take() else {
@@ -210,7 +224,10 @@ impl ProcessIo {
             }
             Kind::Pty => {
                 if !self.terminal {
-                    return Err((format!("{name} has no terminal; attach stdin/stdout/stderr"), conn));
+                    return Err((
+                        format!("{name} has no terminal; attach stdin/stdout/stderr"),
+                        conn,
+                    ));
                 }
                 let Some(master) = self.pty.take() else {
                     return Err((taken("pty"), conn));
@@ -322,7 +339,10 @@ mod tests {
         // Each stream once; stderr was not asked for.
         let err = |io: &mut ProcessIo, kind| {
             let (c, _h) = conn_pair();
-            io.attach(kind, c, "p").err().map(|(reason, _)| reason).unwrap_or_default()
+            io.attach(kind, c, "p")
+                .err()
+                .map(|(reason, _)| reason)
+                .unwrap_or_default()
         };
         assert!(err(&mut io, Kind::Stdout).contains("already attached"));
         assert!(err(&mut io, Kind::Stderr).contains("not requested"));

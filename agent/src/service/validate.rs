@@ -42,7 +42,8 @@ fn json<T: serde::de::DeserializeOwned>(field: &str, bytes: &[u8]) -> Result<T, 
     if bytes.is_empty() {
         return Err(Invalid::new(field, "is empty"));
     }
-    serde_json::from_slice(bytes).map_err(|e| Invalid::new(field, format!("not valid JSON for this field: {e}")))
+    serde_json::from_slice(bytes)
+        .map_err(|e| Invalid::new(field, format!("not valid JSON for this field: {e}")))
 }
 
 pub fn parse_spec(bytes: &[u8]) -> Result<Spec, Invalid> {
@@ -59,10 +60,12 @@ pub fn parse_resources(bytes: &[u8]) -> Result<LinuxResources, Invalid> {
 
 /// Checks a container's spec; returns its rootfs, canonical, which lies under `area`.
 pub fn check_spec(spec: &Spec, area: &Path) -> Result<PathBuf, Invalid> {
-    let root = spec
-        .root()
-        .as_ref()
-        .ok_or_else(|| Invalid::new("root", "is missing: the spec must name the container's rootfs"))?;
+    let root = spec.root().as_ref().ok_or_else(|| {
+        Invalid::new(
+            "root",
+            "is missing: the spec must name the container's rootfs",
+        )
+    })?;
     let rootfs = check_rootfs(root.path(), area)?;
     let process = spec
         .process()
@@ -76,19 +79,25 @@ pub fn check_spec(spec: &Spec, area: &Path) -> Result<PathBuf, Invalid> {
     }
     for (i, mount) in spec.mounts().iter().flatten().enumerate() {
         let field = format!("mounts[{i}].destination");
-        check_mount_target(&rootfs, mount.destination()).map_err(|reason| Invalid::new(field, reason))?;
+        check_mount_target(&rootfs, mount.destination())
+            .map_err(|reason| Invalid::new(field, reason))?;
     }
     if let Some(linux) = spec.linux() {
         if let Some(resources) = linux.resources() {
             check_resources(resources, "linux.resources")?;
         }
-        for (name, maps) in [("linux.uidMappings", linux.uid_mappings()), ("linux.gidMappings", linux.gid_mappings())] {
+        for (name, maps) in [
+            ("linux.uidMappings", linux.uid_mappings()),
+            ("linux.gidMappings", linux.gid_mappings()),
+        ] {
             for (i, m) in maps.iter().flatten().enumerate() {
                 let field = format!("{name}[{i}]");
                 if m.size() == 0 {
                     return Err(Invalid::new(field, "size is 0"));
                 }
-                if m.container_id().checked_add(m.size()).is_none() || m.host_id().checked_add(m.size()).is_none() {
+                if m.container_id().checked_add(m.size()).is_none()
+                    || m.host_id().checked_add(m.size()).is_none()
+                {
                     return Err(Invalid::new(field, "id + size overflows 32 bits"));
                 }
             }
@@ -96,12 +105,21 @@ pub fn check_spec(spec: &Spec, area: &Path) -> Result<PathBuf, Invalid> {
         let mut seen = HashSet::new();
         for (i, ns) in linux.namespaces().iter().flatten().enumerate() {
             if !seen.insert(ns.typ()) {
-                return Err(Invalid::new(format!("linux.namespaces[{i}]"), format!("{:?} namespace listed twice", ns.typ())));
+                return Err(Invalid::new(
+                    format!("linux.namespaces[{i}]"),
+                    format!("{:?} namespace listed twice", ns.typ()),
+                ));
             }
         }
         for key in linux.sysctl().iter().flat_map(|s| s.keys()) {
-            if key.is_empty() || key.contains('/') || key.split('.').any(|p| p.is_empty() || p == "..") {
-                return Err(Invalid::new(format!("linux.sysctl[{key:?}]"), "not a sysctl name (dotted, like net.ipv4.ip_forward)"));
+            if key.is_empty()
+                || key.contains('/')
+                || key.split('.').any(|p| p.is_empty() || p == "..")
+            {
+                return Err(Invalid::new(
+                    format!("linux.sysctl[{key:?}]"),
+                    "not a sysctl name (dotted, like net.ipv4.ip_forward)",
+                ));
             }
         }
     }
@@ -111,22 +129,43 @@ pub fn check_spec(spec: &Spec, area: &Path) -> Result<PathBuf, Invalid> {
 fn check_rootfs(path: &Path, area: &Path) -> Result<PathBuf, Invalid> {
     let field = "root.path";
     if !path.is_absolute() {
-        return Err(Invalid::new(field, format!("{} is relative; give an absolute path under {}", path.display(), area.display())));
+        return Err(Invalid::new(
+            field,
+            format!(
+                "{} is relative; give an absolute path under {}",
+                path.display(),
+                area.display()
+            ),
+        ));
     }
-    let area = area
-        .canonicalize()
-        .map_err(|e| Invalid::new(field, format!("the agent's rootfs area {} is unusable: {e}", area.display())))?;
+    let area = area.canonicalize().map_err(|e| {
+        Invalid::new(
+            field,
+            format!(
+                "the agent's rootfs area {} is unusable: {e}",
+                area.display()
+            ),
+        )
+    })?;
     let rootfs = path
         .canonicalize()
         .map_err(|e| Invalid::new(field, format!("{}: {e}", path.display())))?;
     if rootfs == area || !rootfs.starts_with(&area) {
         return Err(Invalid::new(
             field,
-            format!("{} (resolved: {}) is outside the rootfs area {}", path.display(), rootfs.display(), area.display()),
+            format!(
+                "{} (resolved: {}) is outside the rootfs area {}",
+                path.display(),
+                rootfs.display(),
+                area.display()
+            ),
         ));
     }
     if !rootfs.is_dir() {
-        return Err(Invalid::new(field, format!("{} is not a directory", path.display())));
+        return Err(Invalid::new(
+            field,
+            format!("{} is not a directory", path.display()),
+        ));
     }
     Ok(rootfs)
 }
@@ -135,10 +174,18 @@ fn check_rootfs(path: &Path, area: &Path) -> Result<PathBuf, Invalid> {
 pub fn check_process(p: &Process, field: &str) -> Result<(), Invalid> {
     match p.args() {
         Some(args) if !args.is_empty() && !args[0].is_empty() => {}
-        _ => return Err(Invalid::new(format!("{field}.args"), "is empty: nothing to run")),
+        _ => {
+            return Err(Invalid::new(
+                format!("{field}.args"),
+                "is empty: nothing to run",
+            ))
+        }
     }
     if !p.cwd().is_absolute() {
-        return Err(Invalid::new(format!("{field}.cwd"), format!("{} is not absolute", p.cwd().display())));
+        return Err(Invalid::new(
+            format!("{field}.cwd"),
+            format!("{} is not absolute", p.cwd().display()),
+        ));
     }
     let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
         .ok()
@@ -152,22 +199,41 @@ pub fn check_process(p: &Process, field: &str) -> Result<(), Invalid> {
         }
         seen.push(r.typ());
         if r.soft() > r.hard() {
-            return Err(Invalid::new(f, format!("soft limit {} is above the hard limit {}", r.soft(), r.hard())));
+            return Err(Invalid::new(
+                f,
+                format!(
+                    "soft limit {} is above the hard limit {}",
+                    r.soft(),
+                    r.hard()
+                ),
+            ));
         }
         if r.typ() == PosixRlimitType::RlimitNofile && r.hard() > nr_open {
-            return Err(Invalid::new(f, format!("RLIMIT_NOFILE {} is above the kernel's maximum {nr_open} (fs.nr_open)", r.hard())));
+            return Err(Invalid::new(
+                f,
+                format!(
+                    "RLIMIT_NOFILE {} is above the kernel's maximum {nr_open} (fs.nr_open)",
+                    r.hard()
+                ),
+            ));
         }
     }
     if let Some(env) = p.env() {
         for (i, e) in env.iter().enumerate() {
             if !e.contains('=') || e.starts_with('=') || e.contains('\0') {
-                return Err(Invalid::new(format!("{field}.env[{i}]"), format!("{e:?} is not NAME=value")));
+                return Err(Invalid::new(
+                    format!("{field}.env[{i}]"),
+                    format!("{e:?} is not NAME=value"),
+                ));
             }
         }
     }
     if let Some(size) = p.console_size() {
         if size.height() > u16::MAX as u64 || size.width() > u16::MAX as u64 {
-            return Err(Invalid::new(format!("{field}.consoleSize"), "larger than 65535"));
+            return Err(Invalid::new(
+                format!("{field}.consoleSize"),
+                "larger than 65535",
+            ));
         }
     }
     Ok(())
@@ -177,7 +243,10 @@ pub fn check_process(p: &Process, field: &str) -> Result<(), Invalid> {
 pub fn check_resources(r: &LinuxResources, field: &str) -> Result<(), Invalid> {
     let limit = |name: &str, v: Option<i64>| -> Result<(), Invalid> {
         match v {
-            Some(v) if v < -1 => Err(Invalid::new(format!("{field}.{name}"), format!("{v} is negative (only -1, unlimited, is allowed)"))),
+            Some(v) if v < -1 => Err(Invalid::new(
+                format!("{field}.{name}"),
+                format!("{v} is negative (only -1, unlimited, is allowed)"),
+            )),
             _ => Ok(()),
         }
     };
@@ -187,12 +256,18 @@ pub fn check_resources(r: &LinuxResources, field: &str) -> Result<(), Invalid> {
         limit("memory.swap", m.swap())?;
         if let Some(s) = m.swappiness() {
             if s > 100 {
-                return Err(Invalid::new(format!("{field}.memory.swappiness"), format!("{s} is above 100")));
+                return Err(Invalid::new(
+                    format!("{field}.memory.swappiness"),
+                    format!("{s} is above 100"),
+                ));
             }
         }
         if let (Some(l), Some(s)) = (m.limit(), m.swap()) {
             if l > 0 && s > 0 && s < l {
-                return Err(Invalid::new(format!("{field}.memory.swap"), "memory+swap limit is below the memory limit"));
+                return Err(Invalid::new(
+                    format!("{field}.memory.swap"),
+                    "memory+swap limit is below the memory limit",
+                ));
             }
         }
     }
@@ -200,12 +275,18 @@ pub fn check_resources(r: &LinuxResources, field: &str) -> Result<(), Invalid> {
         limit("cpu.quota", c.quota())?;
         if let Some(p) = c.period() {
             if p != 0 && !(1_000..=1_000_000).contains(&p) {
-                return Err(Invalid::new(format!("{field}.cpu.period"), format!("{p} µs is outside 1000..=1000000")));
+                return Err(Invalid::new(
+                    format!("{field}.cpu.period"),
+                    format!("{p} µs is outside 1000..=1000000"),
+                ));
             }
         }
         if let Some(s) = c.shares() {
             if s > 262_144 {
-                return Err(Invalid::new(format!("{field}.cpu.shares"), format!("{s} is above 262144")));
+                return Err(Invalid::new(
+                    format!("{field}.cpu.shares"),
+                    format!("{s} is above 262144"),
+                ));
             }
         }
     }
@@ -232,7 +313,10 @@ pub fn check_mount_target(rootfs: &Path, dest: &Path) -> Result<(), String> {
     while let Some(name) = pending.pop_front() {
         if name == ".." {
             if resolved.pop().is_none() {
-                return Err(format!("{} traverses a symlink that leads out of the container root", dest.display()));
+                return Err(format!(
+                    "{} traverses a symlink that leads out of the container root",
+                    dest.display()
+                ));
             }
             continue;
         }
@@ -247,7 +331,8 @@ pub fn check_mount_target(rootfs: &Path, dest: &Path) -> Result<(), String> {
                 if links > MAX_SYMLINKS {
                     return Err(format!("{}: too many levels of symlinks", dest.display()));
                 }
-                let target = std::fs::read_link(&here).map_err(|e| format!("{}: {e}", here.display()))?;
+                let target =
+                    std::fs::read_link(&here).map_err(|e| format!("{}: {e}", here.display()))?;
                 if target.is_absolute() {
                     resolved.clear();
                 }
@@ -291,7 +376,10 @@ mod tests {
         let rootfs = area.path().join("c1");
         std::fs::create_dir(&rootfs).unwrap();
         let spec = parse_spec(&spec_json(&rootfs, "")).unwrap();
-        assert_eq!(check_spec(&spec, area.path()).unwrap(), rootfs.canonicalize().unwrap());
+        assert_eq!(
+            check_spec(&spec, area.path()).unwrap(),
+            rootfs.canonicalize().unwrap()
+        );
 
         let outside = tempfile::tempdir().unwrap();
         let spec = parse_spec(&spec_json(outside.path(), "")).unwrap();
@@ -302,15 +390,24 @@ mod tests {
         // A symlink inside the area that points out of it.
         symlink(outside.path(), area.path().join("sneaky")).unwrap();
         let spec = parse_spec(&spec_json(&area.path().join("sneaky"), "")).unwrap();
-        assert!(check_spec(&spec, area.path()).unwrap_err().reason.contains("outside"));
+        assert!(check_spec(&spec, area.path())
+            .unwrap_err()
+            .reason
+            .contains("outside"));
         let spec = parse_spec(&spec_json(&area.path().join("missing"), "")).unwrap();
-        assert_eq!(check_spec(&spec, area.path()).unwrap_err().field, "root.path");
+        assert_eq!(
+            check_spec(&spec, area.path()).unwrap_err().field,
+            "root.path"
+        );
     }
 
     #[test]
     fn bad_json_and_missing_fields() {
         assert_eq!(parse_spec(b"").unwrap_err().reason, "is empty");
-        assert!(parse_spec(b"{not json").unwrap_err().reason.contains("not valid JSON"));
+        assert!(parse_spec(b"{not json")
+            .unwrap_err()
+            .reason
+            .contains("not valid JSON"));
         assert!(parse_spec(br#"{"ociVersion":"1","process":{"args":"x"}}"#).is_err());
         let area = tempfile::tempdir().unwrap();
         let spec = parse_spec(br#"{"ociVersion":"1.0.2"}"#).unwrap();
@@ -322,9 +419,18 @@ mod tests {
         let ok = parse_process(br#"{"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0}}"#).unwrap();
         check_process(&ok, "process").unwrap();
         let cases: &[(&str, &str)] = &[
-            (r#"{"args":[],"cwd":"/","user":{"uid":0,"gid":0}}"#, "process.args"),
-            (r#"{"args":["sh"],"cwd":"rel","user":{"uid":0,"gid":0}}"#, "process.cwd"),
-            (r#"{"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0},"env":["NOEQUALS"]}"#, "process.env[0]"),
+            (
+                r#"{"args":[],"cwd":"/","user":{"uid":0,"gid":0}}"#,
+                "process.args",
+            ),
+            (
+                r#"{"args":["sh"],"cwd":"rel","user":{"uid":0,"gid":0}}"#,
+                "process.cwd",
+            ),
+            (
+                r#"{"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0},"env":["NOEQUALS"]}"#,
+                "process.env[0]",
+            ),
             (
                 r#"{"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0},"rlimits":[{"type":"RLIMIT_NOFILE","hard":10,"soft":20}]}"#,
                 "process.rlimits[0]",
@@ -336,7 +442,11 @@ mod tests {
         ];
         for (json, field) in cases {
             let p = parse_process(json.as_bytes()).unwrap();
-            assert_eq!(&check_process(&p, "process").unwrap_err().field, field, "{json}");
+            assert_eq!(
+                &check_process(&p, "process").unwrap_err().field,
+                field,
+                "{json}"
+            );
         }
     }
 
@@ -349,7 +459,10 @@ mod tests {
             (r#"{"cpu":{"period":5}}"#, "linux.resources.cpu.period"),
         ] {
             let r = parse_resources(json.as_bytes()).unwrap();
-            assert_eq!(check_resources(&r, "linux.resources").unwrap_err().field, field);
+            assert_eq!(
+                check_resources(&r, "linux.resources").unwrap_err().field,
+                field
+            );
         }
         let r = parse_resources(br#"{"memory":{"limit":-1},"pids":{"limit":-1}}"#).unwrap();
         check_resources(&r, "linux.resources").unwrap();
@@ -367,9 +480,17 @@ mod tests {
         symlink("loop1", r.join("loop2")).unwrap();
         check_mount_target(r, Path::new("/var/run/x")).unwrap();
         check_mount_target(r, Path::new("/new/dir")).unwrap();
-        assert!(check_mount_target(r, Path::new("/escape/x")).unwrap_err().contains("leads out"));
-        assert!(check_mount_target(r, Path::new("/a/../b")).unwrap_err().contains(".."));
-        assert!(check_mount_target(r, Path::new("rel")).unwrap_err().contains("not absolute"));
-        assert!(check_mount_target(r, Path::new("/loop1/x")).unwrap_err().contains("too many"));
+        assert!(check_mount_target(r, Path::new("/escape/x"))
+            .unwrap_err()
+            .contains("leads out"));
+        assert!(check_mount_target(r, Path::new("/a/../b"))
+            .unwrap_err()
+            .contains(".."));
+        assert!(check_mount_target(r, Path::new("rel"))
+            .unwrap_err()
+            .contains("not absolute"));
+        assert!(check_mount_target(r, Path::new("/loop1/x"))
+            .unwrap_err()
+            .contains("too many"));
     }
 }

@@ -18,7 +18,8 @@ use serde_json::{json, Value};
 
 pub const BUSYBOX: &str = "/bin/busybox";
 const APPLETS: &[&str] = &[
-    "sh", "echo", "cat", "sleep", "true", "false", "stty", "id", "touch", "mkdir", "dd", "ls", "head", "tr", "wc",
+    "sh", "echo", "cat", "sleep", "true", "false", "stty", "id", "touch", "mkdir", "dd", "ls",
+    "head", "tr", "wc",
 ];
 
 /// Whether this test can run; prints why not (the test then passes as skipped, saying so).
@@ -53,16 +54,26 @@ impl Agent {
     /// Starts an agent with a sandbox (default settings).
     pub fn start() -> Agent {
         let agent = Agent::start_bare();
-        agent.client.create_sandbox(ctx(), &CreateSandboxRequest::new()).expect("CreateSandbox");
+        agent
+            .client
+            .create_sandbox(ctx(), &CreateSandboxRequest::new())
+            .expect("CreateSandbox");
         agent
     }
 
     pub fn start_bare() -> Agent {
-        let dir = tempfile::Builder::new().prefix("hull-agent-test").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("hull-agent-test")
+            .tempdir()
+            .unwrap();
         for sub in ["sockets", "state", "rootfs"] {
             std::fs::create_dir(dir.path().join(sub)).unwrap();
         }
-        let cgroup_parent = format!("hull-test-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst));
+        let cgroup_parent = format!(
+            "hull-test-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        );
         let child = Command::new(env!("CARGO_BIN_EXE_hull-agent"))
             .arg("serve")
             .arg("--socket-dir")
@@ -108,14 +119,24 @@ impl Agent {
         for applet in APPLETS {
             std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
         }
-        std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n").unwrap();
+        std::fs::write(
+            root.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n",
+        )
+        .unwrap();
         std::fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
         root
     }
 
     /// Creates container `id` running `args` in a fresh rootfs, with `edit` applied to the
     /// spec; returns its init PID.
-    pub fn create(&self, id: &str, args: &[&str], stdio: Stdio, edit: impl FnOnce(&mut Value)) -> Result<u32, ttrpc::Error> {
+    pub fn create(
+        &self,
+        id: &str,
+        args: &[&str],
+        stdio: Stdio,
+        edit: impl FnOnce(&mut Value),
+    ) -> Result<u32, ttrpc::Error> {
         let root = self.rootfs(id);
         let mut spec = spec(&root, args);
         spec["process"]["terminal"] = json!(stdio.terminal);
@@ -134,7 +155,9 @@ impl Agent {
     pub fn start_container(&self, id: &str) {
         let mut req = ContainerRequest::new();
         req.container_id = id.into();
-        self.client.start_container(ctx(), &req).expect("StartContainer");
+        self.client
+            .start_container(ctx(), &req)
+            .expect("StartContainer");
     }
 
     pub fn wait(&self, id: &str, exec_id: &str) -> WaitProcessResponse {
@@ -145,10 +168,18 @@ impl Agent {
     }
 
     pub fn stream(&self, kind: Kind, id: &str, exec_id: &str) -> UnixStream {
-        self.endpoint.open_stream(&Header::new(kind, id, exec_id)).expect("open stream")
+        self.endpoint
+            .open_stream(&Header::new(kind, id, exec_id))
+            .expect("open stream")
     }
 
-    pub fn signal(&self, id: &str, exec_id: &str, signal: i32, all: bool) -> Result<(), ttrpc::Error> {
+    pub fn signal(
+        &self,
+        id: &str,
+        exec_id: &str,
+        signal: i32,
+        all: bool,
+    ) -> Result<(), ttrpc::Error> {
         let mut req = SignalProcessRequest::new();
         req.container_id = id.into();
         req.exec_id = exec_id.into();
@@ -157,15 +188,35 @@ impl Agent {
         self.client.signal_process(ctx(), &req).map(|_| ())
     }
 
+    /// The init PID of a container, from its ListProcesses (the first PID is init).
+    pub fn wait_pid_of(&self, id: &str) -> u32 {
+        let state = self
+            .dir
+            .path()
+            .join("state/containers")
+            .join(id)
+            .join("state.json");
+        let v: Value = serde_json::from_slice(&std::fs::read(state).unwrap()).unwrap();
+        v["pid"].as_u64().unwrap() as u32
+    }
+
     pub fn remove(&self, id: &str) {
         let mut req = ContainerRequest::new();
         req.container_id = id.into();
-        self.client.remove_container(ctx(), &req).expect("RemoveContainer");
+        self.client
+            .remove_container(ctx(), &req)
+            .expect("RemoveContainer");
     }
 
     /// Runs `args` to completion with stdout and stderr captured: (status, stdout, stderr).
-    pub fn run(&self, id: &str, args: &[&str], edit: impl FnOnce(&mut Value)) -> (i32, String, String) {
-        self.create(id, args, out_err(), edit).expect("CreateContainer");
+    pub fn run(
+        &self,
+        id: &str,
+        args: &[&str],
+        edit: impl FnOnce(&mut Value),
+    ) -> (i32, String, String) {
+        self.create(id, args, out_err(), edit)
+            .expect("CreateContainer");
         let out = self.stream(Kind::Stdout, id, "");
         let err = self.stream(Kind::Stderr, id, "");
         self.start_container(id);
