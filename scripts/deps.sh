@@ -13,7 +13,7 @@ packages=(
     build-essential flex bison bc libelf-dev libssl-dev cpio   # guest kernel build
     erofs-utils                                                # guest root image
     libseccomp-dev pkg-config                                  # agent: seccomp (linked statically)
-    busybox-static runc                                        # agent tests' rootfs, benchmark peer
+    busybox-static runc strace                                 # agent tests' rootfs; benchmark peer, syscall counts
     "$kernel_pkg"                                              # guest kernel source
 )
 

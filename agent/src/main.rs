@@ -8,7 +8,7 @@
 //!   the end of `hull.run`'s program).
 //! - **`hull-agent serve`** on a host, as root: the same service over unix sockets in a
 //!   directory, for tests and benchmarks; it is a child subreaper and keeps its hostname
-//!   changes to a UTS namespace of its own.
+//!   and network changes to UTS and network namespaces of its own.
 //! - **`hull-agent __runtime ...`**: the single-threaded helper that makes libcontainer
 //!   calls for the service (see [`runtime`]).
 //!
@@ -71,20 +71,31 @@ fn run_program(argv: &[String]) -> Option<libc::pid_t> {
     }
 }
 
-/// The guest's directories: state on the /run tmpfs, rootfs area below it.
+/// The guest's directories: state on the /run tmpfs; rootfs areas: below it (where the
+/// host's storage will be mounted) and the image's own read-only rootfs collection.
 fn guest_config() -> Config {
     Config {
         state_dir: PathBuf::from("/run/hull"),
-        rootfs_area: PathBuf::from("/run/hull/shared"),
+        rootfs_areas: vec![
+            PathBuf::from("/run/hull/shared"),
+            PathBuf::from(IMAGE_ROOTFS_AREA),
+        ],
         cgroup_parent: PathBuf::from("/"),
         in_guest: true,
     }
 }
 
+/// Read-only container rootfs trees that ship in the guest image (a busybox one for the
+/// end-to-end tests and benchmarks).
+const IMAGE_ROOTFS_AREA: &str = "/usr/share/hull/rootfs";
+
 fn make_dirs(config: &Config) -> std::io::Result<()> {
     std::fs::create_dir_all(config.state_dir.join("containers"))?;
     std::fs::create_dir_all(config.state_dir.join("bundles"))?;
-    std::fs::create_dir_all(&config.rootfs_area)
+    match config.rootfs_areas.first() {
+        Some(area) => std::fs::create_dir_all(area),
+        None => Ok(()),
+    }
 }
 
 fn pid1() -> ExitCode {
@@ -153,13 +164,13 @@ fn pid1() -> ExitCode {
     }
 }
 
-const SERVE_USAGE: &str = "usage: hull-agent serve --socket-dir DIR --state-dir DIR --rootfs-area DIR [--cgroup-parent PATH]";
+const SERVE_USAGE: &str = "usage: hull-agent serve --socket-dir DIR --state-dir DIR --rootfs-area DIR... [--cgroup-parent PATH]";
 
 fn serve(args: &[String]) -> ExitCode {
     let mut socket_dir = None;
     let mut config = Config {
         state_dir: PathBuf::new(),
-        rootfs_area: PathBuf::new(),
+        rootfs_areas: Vec::new(),
         cgroup_parent: PathBuf::from("/"),
         in_guest: false,
     };
@@ -172,7 +183,7 @@ fn serve(args: &[String]) -> ExitCode {
         match flag.as_str() {
             "--socket-dir" => socket_dir = Some(PathBuf::from(value)),
             "--state-dir" => config.state_dir = PathBuf::from(value),
-            "--rootfs-area" => config.rootfs_area = PathBuf::from(value),
+            "--rootfs-area" => config.rootfs_areas.push(PathBuf::from(value)),
             "--cgroup-parent" => config.cgroup_parent = PathBuf::from("/").join(value),
             _ => {
                 eprintln!("hull-agent: unknown flag {flag}\n{SERVE_USAGE}");
@@ -184,7 +195,7 @@ fn serve(args: &[String]) -> ExitCode {
         eprintln!("{SERVE_USAGE}");
         return ExitCode::from(2);
     };
-    if config.state_dir.as_os_str().is_empty() || config.rootfs_area.as_os_str().is_empty() {
+    if config.state_dir.as_os_str().is_empty() || config.rootfs_areas.is_empty() {
         eprintln!("{SERVE_USAGE}");
         return ExitCode::from(2);
     }
@@ -196,9 +207,9 @@ fn serve(args: &[String]) -> ExitCode {
     // SAFETY: prctl with integer arguments only; the result is checked.
     let subreaper = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     // SAFETY: unshare takes no pointers; the result is checked.
-    if subreaper != 0 || unsafe { libc::unshare(libc::CLONE_NEWUTS) } != 0 {
+    if subreaper != 0 || unsafe { libc::unshare(libc::CLONE_NEWUTS | libc::CLONE_NEWNET) } != 0 {
         eprintln!(
-            "hull-agent: becoming a subreaper in a UTS namespace of its own: {}",
+            "hull-agent: becoming a subreaper in UTS and network namespaces of its own: {}",
             std::io::Error::last_os_error()
         );
         return ExitCode::from(1);

@@ -10,7 +10,10 @@
 //! the agent's reaper.
 //!
 //! The helper inherits the container's stdio as its own fds 0-2 and writes one result line
-//! to fd 3: `ok <pid>\n` or `err <message>\n`.
+//! to fd 3: `ok <pid>\n` or `err <message>\n`. libcontainer says why something failed in
+//! its tracing log rather than in the error it returns ("failed to prepare rootfs"), so the
+//! helper logs warnings and errors to the file named by [`LOG_ENV`] and the agent adds the
+//! last of those lines to the error it reports.
 
 use std::fmt;
 use std::io::{Read, Write};
@@ -31,6 +34,10 @@ pub const HELPER_ARG: &str = "__runtime";
 const HELPER_TIMEOUT: Duration = Duration::from_secs(120);
 /// The fd the helper writes its result line to.
 const RESULT_FD: i32 = 3;
+/// The environment variable naming the helper's log file.
+const LOG_ENV: &str = "HULL_RUNTIME_LOG";
+/// How many log lines a failure report carries.
+const LOG_LINES: usize = 4;
 
 /// What the agent asks of the helper.
 #[derive(Debug, Clone)]
@@ -80,14 +87,15 @@ impl fmt::Display for RuntimeError {
 
 impl std::error::Error for RuntimeError {}
 
-/// Runs `op` on container `id` (state under `root`) in a helper with `stdio` as fds 0-2;
-/// the created or exec'd process's PID (0 for start and delete).
+/// Runs `op` on container `id` (state under `root`) in a helper with `stdio` as fds 0-2,
+/// logging to `log`; the created or exec'd process's PID (0 for start and delete).
 pub fn run(
     reaper: &Reaper,
     root: &Path,
     id: &str,
     op: &Op,
     stdio: [OwnedFd; 3],
+    log: &Path,
 ) -> Result<u32, RuntimeError> {
     let mut args: Vec<std::ffi::OsString> = vec![HELPER_ARG.into()];
     let push = |args: &mut Vec<std::ffi::OsString>, p: &Path| args.push(p.as_os_str().to_owned());
@@ -186,7 +194,7 @@ pub fn run(
             .map_err(|_| RuntimeError::NoResult(format!("unreadable result {line:?}")));
     }
     if let Some(msg) = line.strip_prefix("err ") {
-        return Err(RuntimeError::Failed(msg.to_owned()));
+        return Err(RuntimeError::Failed(with_log(msg, log)));
     }
     Err(RuntimeError::NoResult(if exit.signal != 0 {
         format!("killed by signal {}", exit.signal)
@@ -202,8 +210,33 @@ fn set_nonblocking(fd: &std::fs::File) {
     unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) };
 }
 
+/// `msg` with the last lines of the helper's log, which name the cause.
+fn with_log(msg: &str, log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        return msg.to_owned();
+    }
+    let tail = lines[lines.len().saturating_sub(LOG_LINES)..].join(" | ");
+    format!("{msg} (runtime log: {tail})")
+}
+
 /// The helper's `main`: `args` are what follows [`HELPER_ARG`].
 pub fn helper_main(args: &[String]) -> i32 {
+    if let Some(path) = std::env::var_os(LOG_ENV) {
+        if let Ok(file) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = tracing_subscriber::fmt()
+                .with_writer(std::sync::Mutex::new(file))
+                .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+                .without_time()
+                .with_target(false)
+                .try_init();
+        }
+    }
     // SAFETY: fd 3 was set up by the agent for this process alone.
     let mut result = unsafe { std::fs::File::from_raw_fd(RESULT_FD) };
     let outcome = helper(args);

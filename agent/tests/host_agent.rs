@@ -490,3 +490,43 @@ fn update_changes_limits_of_a_running_container() {
     assert!(msg.contains("resources_json.pids.limit"), "{msg}");
     agent.stop();
 }
+
+#[test]
+fn configure_network_sets_addresses_and_routes_the_containers_see() {
+    if !can_run("configure_network") {
+        return;
+    }
+    // `serve` runs in a network namespace of its own: this touches only that one.
+    let agent = Agent::start();
+    let mut lo = Interface::new();
+    lo.name = "lo".into();
+    lo.addresses = vec!["10.9.8.7/32".into()];
+    lo.mtu = 9000;
+    let mut route = Route::new();
+    route.destination = "10.20.0.0/16".into();
+    route.device = "lo".into();
+    let mut req = ConfigureNetworkRequest::new();
+    req.interfaces = vec![lo];
+    req.routes = vec![route];
+    agent.client.configure_network(ctx(), &req).unwrap();
+    // A container without a network namespace of its own shares the sandbox's.
+    let (exit, out, err) = agent.run("net", &["sh", "-c", "ip addr show lo; ip route"], |s| {
+        let ns = s["linux"]["namespaces"].as_array_mut().unwrap();
+        ns.retain(|n| n["type"] != "network");
+    });
+    assert_eq!(exit, 0, "{err}");
+    assert!(out.contains("inet 10.9.8.7/32"), "{out}");
+    assert!(out.contains("mtu 9000"), "{out}");
+    assert!(out.contains("10.20.0.0/16 dev lo"), "{out}");
+    // The same again: the address exists, and the error says which and why.
+    let (code, msg) = status(agent.client.configure_network(ctx(), &req).unwrap_err());
+    assert_eq!(code, Code::FAILED_PRECONDITION);
+    assert!(
+        msg.contains("10.9.8.7/32") && msg.contains("exists"),
+        "{msg}"
+    );
+    req.interfaces[0].name = "nosuch0".into();
+    let (code, _) = status(agent.client.configure_network(ctx(), &req).unwrap_err());
+    assert_eq!(code, Code::NOT_FOUND);
+    agent.stop();
+}

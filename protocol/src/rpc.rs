@@ -39,6 +39,7 @@ pub mod agent_ttrpc {
     include!(concat!(env!("OUT_DIR"), "/agent_ttrpc.rs"));
 }
 
+pub use protobuf;
 pub use ttrpc;
 
 /// Where an agent listens.

@@ -8,6 +8,7 @@
 mod cgroup;
 pub mod container;
 mod events;
+mod network;
 mod sandbox;
 pub mod stdio;
 mod validate;
@@ -39,8 +40,8 @@ pub use validate::Invalid;
 pub struct Config {
     /// Container state (libcontainer's root), bundles, sandbox files.
     pub state_dir: PathBuf,
-    /// Every container rootfs must lie below this directory.
-    pub rootfs_area: PathBuf,
+    /// Every container rootfs must lie below one of these directories.
+    pub rootfs_areas: Vec<PathBuf>,
     /// The cgroup the sandbox cgroup is created in (`/` in the guest).
     pub cgroup_parent: PathBuf,
     /// Guest-wide operations (setting the clock) are allowed: false when served on a host,
@@ -136,6 +137,24 @@ impl Service {
         self.config.state_dir.join("bundles").join(id)
     }
 
+    /// Runs the runtime helper for container `id`, logging into its bundle.
+    fn helper(
+        &self,
+        id: &str,
+        op: &Op,
+        stdio: [std::os::fd::OwnedFd; 3],
+        bundle: &Path,
+    ) -> std::result::Result<u32, runtime::RuntimeError> {
+        runtime::run(
+            &self.reaper,
+            &self.runtime_root(),
+            id,
+            op,
+            stdio,
+            &bundle.join("runtime.log"),
+        )
+    }
+
     fn mark_busy(&self, id: &str) -> Result<Busy<'_>> {
         if !lock(&self.busy).insert(id.to_owned()) {
             return Err(AgentError::FailedPrecondition(format!(
@@ -225,7 +244,7 @@ impl Service {
         validate_id("container_id", id)
             .map_err(|e| AgentError::invalid("container_id", e.to_string()))?;
         let mut spec = validate::parse_spec(&req.oci_spec_json)?;
-        let rootfs = validate::check_spec(&spec, &self.config.rootfs_area)?;
+        let rootfs = validate::check_spec(&spec, &self.config.rootfs_areas)?;
         let stdio = req.stdio.clone().unwrap_or_default();
         let terminal = spec
             .process()
@@ -281,13 +300,7 @@ impl Service {
         std::fs::create_dir_all(&bundle)
             .map_err(|e| AgentError::Internal(format!("{}: {e}", bundle.display())))?;
         let cleanup = |this: &Self| {
-            let _ = runtime::run(
-                &this.reaper,
-                &this.runtime_root(),
-                id,
-                &Op::Delete,
-                null_stdio(),
-            );
+            let _ = this.helper(id, &Op::Delete, null_stdio(), &bundle);
             let _ = std::fs::remove_dir_all(&bundle);
         };
         let result = (|| {
@@ -301,10 +314,9 @@ impl Service {
                 bundle: bundle.clone(),
                 console_socket: prepared.console.as_ref().map(|c| c.path().to_owned()),
             };
-            let pid = runtime::run(&self.reaper, &self.runtime_root(), id, &op, prepared.child)
-                .map_err(|e| {
-                    AgentError::FailedPrecondition(format!("creating container {id:?}: {e}"))
-                })?;
+            let pid = self.helper(id, &op, prepared.child, &bundle).map_err(|e| {
+                AgentError::FailedPrecondition(format!("creating container {id:?}: {e}"))
+            })?;
             if let Some(console) = prepared.console {
                 console
                     .receive(&mut io)
@@ -359,14 +371,10 @@ impl Service {
                 exit.status
             )));
         }
-        runtime::run(
-            &self.reaper,
-            &self.runtime_root(),
-            id,
-            &Op::Start,
-            null_stdio(),
-        )
-        .map_err(|e| AgentError::FailedPrecondition(format!("starting container {id:?}: {e}")))?;
+        self.helper(id, &Op::Start, null_stdio(), &c.bundle)
+            .map_err(|e| {
+                AgentError::FailedPrecondition(format!("starting container {id:?}: {e}"))
+            })?;
         Ok(())
     }
 
@@ -407,13 +415,7 @@ impl Service {
             process_json: path.clone(),
             console_socket: prepared.console.as_ref().map(|c| c.path().to_owned()),
         };
-        let result = runtime::run(
-            &self.reaper,
-            &self.runtime_root(),
-            &req.container_id,
-            &op,
-            prepared.child,
-        );
+        let result = self.helper(&req.container_id, &op, prepared.child, &c.bundle);
         let _ = std::fs::remove_file(&path);
         let pid =
             result.map_err(|e| AgentError::FailedPrecondition(format!("exec {exec_id:?}: {e}")))?;
@@ -523,14 +525,8 @@ impl Service {
     pub fn remove_container(&self, id: &str) -> Result<()> {
         let c = self.container(id)?;
         let _busy = self.mark_busy(id)?;
-        runtime::run(
-            &self.reaper,
-            &self.runtime_root(),
-            id,
-            &Op::Delete,
-            null_stdio(),
-        )
-        .map_err(|e| AgentError::Internal(format!("removing container {id:?}: {e}")))?;
+        self.helper(id, &Op::Delete, null_stdio(), &c.bundle)
+            .map_err(|e| AgentError::Internal(format!("removing container {id:?}: {e}")))?;
         let _ = std::fs::remove_dir_all(&c.bundle);
         lock(&self.containers).remove(id);
         if let Some(sb) = lock(&self.sandbox).as_mut() {
@@ -644,12 +640,10 @@ impl agent_ttrpc::Agent for Service {
     fn configure_network(
         &self,
         _: &TtrpcContext,
-        _: ConfigureNetworkRequest,
+        req: ConfigureNetworkRequest,
     ) -> ttrpc::Result<Empty> {
         self.call("ConfigureNetwork", || {
-            Err(AgentError::FailedPrecondition(
-                "ConfigureNetwork is not implemented by this agent yet".into(),
-            ))
+            network::configure(&req).map(|_| Empty::new())
         })
     }
     fn create_container(

@@ -58,15 +58,16 @@ pub fn parse_resources(bytes: &[u8]) -> Result<LinuxResources, Invalid> {
     json("resources_json", bytes)
 }
 
-/// Checks a container's spec; returns its rootfs, canonical, which lies under `area`.
-pub fn check_spec(spec: &Spec, area: &Path) -> Result<PathBuf, Invalid> {
+/// Checks a container's spec; returns its rootfs, canonical, which lies under one of
+/// `areas`.
+pub fn check_spec(spec: &Spec, areas: &[PathBuf]) -> Result<PathBuf, Invalid> {
     let root = spec.root().as_ref().ok_or_else(|| {
         Invalid::new(
             "root",
             "is missing: the spec must name the container's rootfs",
         )
     })?;
-    let rootfs = check_rootfs(root.path(), area)?;
+    let rootfs = check_rootfs(root.path(), areas)?;
     let process = spec
         .process()
         .as_ref()
@@ -126,38 +127,36 @@ pub fn check_spec(spec: &Spec, area: &Path) -> Result<PathBuf, Invalid> {
     Ok(rootfs)
 }
 
-fn check_rootfs(path: &Path, area: &Path) -> Result<PathBuf, Invalid> {
+fn check_rootfs(path: &Path, areas: &[PathBuf]) -> Result<PathBuf, Invalid> {
     let field = "root.path";
+    let names = areas
+        .iter()
+        .map(|a| a.display().to_string())
+        .collect::<Vec<_>>()
+        .join(" or ");
     if !path.is_absolute() {
         return Err(Invalid::new(
             field,
             format!(
-                "{} is relative; give an absolute path under {}",
-                path.display(),
-                area.display()
+                "{} is relative; give an absolute path under {names}",
+                path.display()
             ),
         ));
     }
-    let area = area.canonicalize().map_err(|e| {
-        Invalid::new(
-            field,
-            format!(
-                "the agent's rootfs area {} is unusable: {e}",
-                area.display()
-            ),
-        )
-    })?;
     let rootfs = path
         .canonicalize()
         .map_err(|e| Invalid::new(field, format!("{}: {e}", path.display())))?;
-    if rootfs == area || !rootfs.starts_with(&area) {
+    let inside = areas
+        .iter()
+        .filter_map(|a| a.canonicalize().ok())
+        .any(|area| rootfs != area && rootfs.starts_with(&area));
+    if !inside {
         return Err(Invalid::new(
             field,
             format!(
-                "{} (resolved: {}) is outside the rootfs area {}",
+                "{} (resolved: {}) is outside the rootfs area ({names})",
                 path.display(),
-                rootfs.display(),
-                area.display()
+                rootfs.display()
             ),
         ));
     }
@@ -377,26 +376,28 @@ mod tests {
         std::fs::create_dir(&rootfs).unwrap();
         let spec = parse_spec(&spec_json(&rootfs, "")).unwrap();
         assert_eq!(
-            check_spec(&spec, area.path()).unwrap(),
+            check_spec(&spec, &[area.path().to_owned()]).unwrap(),
             rootfs.canonicalize().unwrap()
         );
 
         let outside = tempfile::tempdir().unwrap();
         let spec = parse_spec(&spec_json(outside.path(), "")).unwrap();
-        let err = check_spec(&spec, area.path()).unwrap_err();
+        let err = check_spec(&spec, &[area.path().to_owned()]).unwrap_err();
         assert_eq!(err.field, "root.path");
         assert!(err.reason.contains("outside the rootfs area"), "{err}");
 
         // A symlink inside the area that points out of it.
         symlink(outside.path(), area.path().join("sneaky")).unwrap();
         let spec = parse_spec(&spec_json(&area.path().join("sneaky"), "")).unwrap();
-        assert!(check_spec(&spec, area.path())
+        assert!(check_spec(&spec, &[area.path().to_owned()])
             .unwrap_err()
             .reason
             .contains("outside"));
         let spec = parse_spec(&spec_json(&area.path().join("missing"), "")).unwrap();
         assert_eq!(
-            check_spec(&spec, area.path()).unwrap_err().field,
+            check_spec(&spec, &[area.path().to_owned()])
+                .unwrap_err()
+                .field,
             "root.path"
         );
     }
@@ -411,7 +412,12 @@ mod tests {
         assert!(parse_spec(br#"{"ociVersion":"1","process":{"args":"x"}}"#).is_err());
         let area = tempfile::tempdir().unwrap();
         let spec = parse_spec(br#"{"ociVersion":"1.0.2"}"#).unwrap();
-        assert_eq!(check_spec(&spec, area.path()).unwrap_err().field, "root");
+        assert_eq!(
+            check_spec(&spec, &[area.path().to_owned()])
+                .unwrap_err()
+                .field,
+            "root"
+        );
     }
 
     #[test]

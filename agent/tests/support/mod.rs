@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 pub const BUSYBOX: &str = "/bin/busybox";
 const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "sleep", "true", "false", "stty", "id", "touch", "mkdir", "dd", "ls",
-    "head", "tr", "wc",
+    "head", "tr", "wc", "ip",
 ];
 
 /// Whether this test can run; prints why not (the test then passes as skipped, saying so).

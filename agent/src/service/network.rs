@@ -1,0 +1,436 @@
+//! ConfigureNetwork: interfaces up with addresses and MTU, then routes, over rtnetlink.
+//!
+//! Messages are built with `netlink-packet-route` (the rust-netlink crates libcontainer
+//! already uses) and sent on a blocking `netlink-sys` socket, one request and its ACK at a
+//! time, so a kernel refusal comes back as the errno of the request that caused it.
+
+use std::net::IpAddr;
+
+use hull_protocol::rpc::agent::{ConfigureNetworkRequest, Interface, Route};
+use netlink_packet_core::{
+    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST,
+};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+
+use super::validate::Invalid;
+use super::AgentError;
+
+/// Most interfaces, addresses per interface and routes one request may carry.
+const MAX_ITEMS: usize = 64;
+
+/// An address or destination with its prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+pub fn parse_cidr(field: &str, text: &str) -> Result<Cidr, Invalid> {
+    let bad = |why: &str| Invalid::new(field, format!("{text:?} {why}"));
+    let (addr, prefix) = text
+        .split_once('/')
+        .ok_or_else(|| bad("is not CIDR (like 10.0.0.2/24)"))?;
+    let addr: IpAddr = addr.parse().map_err(|_| bad("has no valid IP address"))?;
+    let prefix: u8 = prefix
+        .parse()
+        .map_err(|_| bad("has no valid prefix length"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    if prefix > max {
+        return Err(bad(&format!("has a prefix longer than {max}")));
+    }
+    Ok(Cidr { addr, prefix })
+}
+
+/// One checked interface: how to find it and what to give it.
+#[derive(Debug)]
+struct Planned {
+    name: String,
+    mac: String,
+    addresses: Vec<Cidr>,
+    mtu: u32,
+}
+
+#[derive(Debug)]
+struct PlannedRoute {
+    destination: Option<Cidr>,
+    gateway: Option<IpAddr>,
+    device: String,
+}
+
+fn plan(req: &ConfigureNetworkRequest) -> Result<(Vec<Planned>, Vec<PlannedRoute>), Invalid> {
+    if req.interfaces.len() > MAX_ITEMS || req.routes.len() > MAX_ITEMS {
+        return Err(Invalid::new(
+            "interfaces/routes",
+            format!("more than {MAX_ITEMS}"),
+        ));
+    }
+    let mut ifaces = Vec::new();
+    for (
+        i,
+        Interface {
+            name,
+            mac,
+            addresses,
+            mtu,
+            ..
+        },
+    ) in req.interfaces.iter().enumerate()
+    {
+        if name.is_empty() && mac.is_empty() {
+            return Err(Invalid::new(
+                format!("interfaces[{i}]"),
+                "names neither a name nor a MAC",
+            ));
+        }
+        if name.len() >= libc::IFNAMSIZ {
+            return Err(Invalid::new(
+                format!("interfaces[{i}].name"),
+                "longer than 15 bytes",
+            ));
+        }
+        if !mac.is_empty() && !is_mac(mac) {
+            return Err(Invalid::new(
+                format!("interfaces[{i}].mac"),
+                format!("{mac:?} is not like 02:00:00:00:00:01"),
+            ));
+        }
+        if *mtu != 0 && !(68..=65535).contains(mtu) {
+            return Err(Invalid::new(
+                format!("interfaces[{i}].mtu"),
+                format!("{mtu} is outside 68..=65535"),
+            ));
+        }
+        if addresses.len() > MAX_ITEMS {
+            return Err(Invalid::new(
+                format!("interfaces[{i}].addresses"),
+                format!("more than {MAX_ITEMS}"),
+            ));
+        }
+        let addresses = addresses
+            .iter()
+            .enumerate()
+            .map(|(j, a)| parse_cidr(&format!("interfaces[{i}].addresses[{j}]"), a))
+            .collect::<Result<_, _>>()?;
+        ifaces.push(Planned {
+            name: name.clone(),
+            mac: mac.to_ascii_lowercase(),
+            addresses,
+            mtu: *mtu,
+        });
+    }
+    let mut routes = Vec::new();
+    for (
+        i,
+        Route {
+            destination,
+            gateway,
+            device,
+            ..
+        },
+    ) in req.routes.iter().enumerate()
+    {
+        let destination = if destination == "default" {
+            None
+        } else {
+            Some(parse_cidr(
+                &format!("routes[{i}].destination"),
+                destination,
+            )?)
+        };
+        let gateway = if gateway.is_empty() {
+            None
+        } else {
+            Some(gateway.parse::<IpAddr>().map_err(|_| {
+                Invalid::new(
+                    format!("routes[{i}].gateway"),
+                    format!("{gateway:?} is not an IP address"),
+                )
+            })?)
+        };
+        if gateway.is_none() && device.is_empty() {
+            return Err(Invalid::new(
+                format!("routes[{i}]"),
+                "needs a gateway or a device",
+            ));
+        }
+        let v4 = |a: IpAddr| a.is_ipv4();
+        if let (Some(d), Some(g)) = (destination, gateway) {
+            if v4(d.addr) != v4(g) {
+                return Err(Invalid::new(
+                    format!("routes[{i}].gateway"),
+                    "is not of the destination's address family",
+                ));
+            }
+        }
+        routes.push(PlannedRoute {
+            destination,
+            gateway,
+            device: device.clone(),
+        });
+    }
+    Ok((ifaces, routes))
+}
+
+fn is_mac(s: &str) -> bool {
+    let parts: Vec<&str> = s.split(':').collect();
+    parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The interface whose MAC is `mac`, from sysfs.
+fn name_by_mac(mac: &str) -> Option<String> {
+    std::fs::read_dir("/sys/class/net")
+        .ok()?
+        .flatten()
+        .find_map(|e| {
+            let addr = std::fs::read_to_string(e.path().join("address")).ok()?;
+            (addr.trim().eq_ignore_ascii_case(mac))
+                .then(|| e.file_name().to_string_lossy().into_owned())
+        })
+}
+
+fn index_of(name: &str) -> Result<u32, AgentError> {
+    let c =
+        std::ffi::CString::new(name).map_err(|_| AgentError::invalid("name", "contains NUL"))?;
+    // SAFETY: `c` is a valid NUL-terminated string for the call.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if index == 0 {
+        return Err(AgentError::NotFound(format!("network interface {name:?}")));
+    }
+    Ok(index)
+}
+
+struct Netlink {
+    socket: Socket,
+    seq: u32,
+}
+
+impl Netlink {
+    fn open() -> std::io::Result<Self> {
+        let mut socket = Socket::new(NETLINK_ROUTE)?;
+        socket.bind_auto()?;
+        socket.connect(&SocketAddr::new(0, 0))?;
+        Ok(Netlink { socket, seq: 0 })
+    }
+
+    /// Sends one request and waits for its ACK; the kernel's errno becomes the error.
+    fn request(&mut self, msg: RouteNetlinkMessage, flags: u16) -> std::io::Result<()> {
+        let mut req = NetlinkMessage::from(msg);
+        self.seq += 1;
+        req.header.flags = flags | NLM_F_REQUEST | NLM_F_ACK;
+        req.header.sequence_number = self.seq;
+        req.finalize();
+        let mut buf = vec![0u8; req.header.length as usize];
+        req.serialize(&mut buf);
+        self.socket.send(&buf, 0)?;
+        let mut rx = vec![0u8; 8192];
+        loop {
+            let n = self.socket.recv(&mut &mut rx[..], 0)?;
+            let mut at = 0;
+            while at < n {
+                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rx[at..n])
+                    .map_err(|e| std::io::Error::other(format!("netlink reply: {e}")))?;
+                let len = msg.header.length as usize;
+                if msg.header.sequence_number == self.seq {
+                    if let NetlinkPayload::Error(e) = msg.payload {
+                        return match e.code {
+                            None => Ok(()),
+                            Some(code) => Err(std::io::Error::from_raw_os_error(-code.get())),
+                        };
+                    }
+                }
+                if len == 0 {
+                    break;
+                }
+                at += len;
+            }
+        }
+    }
+}
+
+/// Applies `req`: each interface found (by MAC first, else by name), given its MTU, brought
+/// up and given its addresses; then each route. An address or route that already exists
+/// is an error (EEXIST), so a repeated request says so instead of silently passing.
+pub fn configure(req: &ConfigureNetworkRequest) -> Result<(), AgentError> {
+    let (ifaces, routes) = plan(req)?;
+    let fail = |what: String| {
+        move |e: std::io::Error| AgentError::FailedPrecondition(format!("{what}: {e}"))
+    };
+    let mut nl = Netlink::open().map_err(fail("opening an rtnetlink socket".into()))?;
+    for iface in &ifaces {
+        let name = if iface.mac.is_empty() {
+            iface.name.clone()
+        } else {
+            name_by_mac(&iface.mac).ok_or_else(|| {
+                AgentError::NotFound(format!("network interface with MAC {}", iface.mac))
+            })?
+        };
+        let index = index_of(&name)?;
+        let mut link = LinkMessage::default();
+        link.header.index = index;
+        link.header.flags |= LinkFlags::Up;
+        link.header.change_mask |= LinkFlags::Up;
+        if iface.mtu != 0 {
+            link.attributes.push(LinkAttribute::Mtu(iface.mtu));
+        }
+        nl.request(RouteNetlinkMessage::SetLink(link), 0)
+            .map_err(fail(format!("bringing {name} up")))?;
+        for a in &iface.addresses {
+            let mut msg = AddressMessage::default();
+            msg.header.index = index;
+            msg.header.prefix_len = a.prefix;
+            msg.header.family = family(a.addr);
+            msg.attributes.push(AddressAttribute::Local(a.addr));
+            msg.attributes.push(AddressAttribute::Address(a.addr));
+            nl.request(
+                RouteNetlinkMessage::NewAddress(msg),
+                NLM_F_CREATE | NLM_F_EXCL,
+            )
+            .map_err(fail(format!("adding {}/{} to {name}", a.addr, a.prefix)))?;
+        }
+    }
+    for r in &routes {
+        let mut msg = RouteMessage::default();
+        msg.header.table = RouteHeader::RT_TABLE_MAIN;
+        msg.header.protocol = RouteProtocol::Static;
+        msg.header.kind = RouteType::Unicast;
+        msg.header.scope = if r.gateway.is_some() {
+            RouteScope::Universe
+        } else {
+            RouteScope::Link
+        };
+        let fam = r
+            .destination
+            .map(|d| d.addr)
+            .or(r.gateway)
+            .map(family)
+            .unwrap_or(AddressFamily::Inet);
+        msg.header.address_family = fam;
+        if let Some(d) = r.destination {
+            msg.header.destination_prefix_length = d.prefix;
+            msg.attributes
+                .push(RouteAttribute::Destination(RouteAddress::from(d.addr)));
+        }
+        if let Some(g) = r.gateway {
+            msg.attributes
+                .push(RouteAttribute::Gateway(RouteAddress::from(g)));
+        }
+        if !r.device.is_empty() {
+            msg.attributes
+                .push(RouteAttribute::Oif(index_of(&r.device)?));
+        }
+        let what = match r.destination {
+            Some(d) => format!("{}/{}", d.addr, d.prefix),
+            None => "default".to_owned(),
+        };
+        nl.request(
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+        .map_err(fail(format!("adding the route to {what}")))?;
+    }
+    Ok(())
+}
+
+fn family(a: IpAddr) -> AddressFamily {
+    if a.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(ifaces: Vec<Interface>, routes: Vec<Route>) -> ConfigureNetworkRequest {
+        let mut r = ConfigureNetworkRequest::new();
+        r.interfaces = ifaces;
+        r.routes = routes;
+        r
+    }
+
+    fn iface(name: &str, mac: &str, addrs: &[&str], mtu: u32) -> Interface {
+        let mut i = Interface::new();
+        i.name = name.into();
+        i.mac = mac.into();
+        i.addresses = addrs.iter().map(|s| s.to_string()).collect();
+        i.mtu = mtu;
+        i
+    }
+
+    fn route(dest: &str, gw: &str, dev: &str) -> Route {
+        let mut r = Route::new();
+        r.destination = dest.into();
+        r.gateway = gw.into();
+        r.device = dev.into();
+        r
+    }
+
+    #[test]
+    fn cidrs() {
+        assert_eq!(parse_cidr("f", "10.0.0.2/24").unwrap().prefix, 24);
+        assert_eq!(parse_cidr("f", "fd00::2/64").unwrap().prefix, 64);
+        for bad in ["10.0.0.2", "10.0.0.2/33", "fd00::/129", "x/1", "10.0.0.1/x"] {
+            assert!(parse_cidr("f", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn plans_name_the_bad_field() {
+        let cases = [
+            (req(vec![iface("", "", &[], 0)], vec![]), "interfaces[0]"),
+            (
+                req(vec![iface("eth0", "zz:00", &[], 0)], vec![]),
+                "interfaces[0].mac",
+            ),
+            (
+                req(vec![iface("eth0", "", &["10.0.0.1"], 0)], vec![]),
+                "interfaces[0].addresses[0]",
+            ),
+            (
+                req(vec![iface("eth0", "", &[], 10)], vec![]),
+                "interfaces[0].mtu",
+            ),
+            (req(vec![], vec![route("default", "", "")]), "routes[0]"),
+            (
+                req(vec![], vec![route("10.0.0.0/8", "fd00::1", "")]),
+                "routes[0].gateway",
+            ),
+            (
+                req(vec![], vec![route("10.0.0.0", "10.0.0.1", "")]),
+                "routes[0].destination",
+            ),
+        ];
+        for (r, field) in cases {
+            assert_eq!(plan(&r).unwrap_err().field, field);
+        }
+        let ok = req(
+            vec![iface(
+                "eth0",
+                "02:00:00:00:00:01",
+                &["10.0.0.2/24", "fd00::2/64"],
+                1500,
+            )],
+            vec![
+                route("default", "10.0.0.1", ""),
+                route("10.1.0.0/16", "", "eth0"),
+            ],
+        );
+        let (ifaces, routes) = plan(&ok).unwrap();
+        assert_eq!(
+            (ifaces.len(), ifaces[0].addresses.len(), routes.len()),
+            (1, 2, 2)
+        );
+        assert_eq!(routes[0].destination, None);
+    }
+}
