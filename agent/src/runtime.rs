@@ -13,7 +13,7 @@
 //! to fd 3: `ok <pid>\n` or `err <message>\n`. libcontainer says why something failed in
 //! its tracing log rather than in the error it returns ("failed to prepare rootfs"), so the
 //! helper logs warnings and errors to the file named by [`LOG_ENV`] and the agent adds the
-//! last of those lines to the error it reports.
+//! first errors to the error it reports.
 
 use std::fmt;
 use std::io::{Read, Write};
@@ -37,7 +37,7 @@ const RESULT_FD: i32 = 3;
 /// The environment variable naming the helper's log file.
 const LOG_ENV: &str = "HULL_RUNTIME_LOG";
 /// How many log lines a failure report carries.
-const LOG_LINES: usize = 4;
+const LOG_LINES: usize = 2;
 
 /// What the agent asks of the helper.
 #[derive(Debug, Clone)]
@@ -150,7 +150,8 @@ pub fn run(
         .env(
             "PATH",
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        );
+        )
+        .env(LOG_ENV, log);
     {
         use std::os::unix::process::CommandExt;
         let hook = move || {
@@ -210,14 +211,15 @@ fn set_nonblocking(fd: &std::fs::File) {
     unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) };
 }
 
-/// `msg` with the last lines of the helper's log, which name the cause.
+/// `msg` with the first errors of the helper's log, which name the cause.
 fn with_log(msg: &str, log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let lines: Vec<&str> = text.lines().filter(|l| l.trim_start().starts_with("ERROR")).collect();
     if lines.is_empty() {
         return msg.to_owned();
     }
-    let tail = lines[lines.len().saturating_sub(LOG_LINES)..].join(" | ");
+    // The first errors are the innermost: the failing syscall and its errno.
+    let tail = lines[..lines.len().min(LOG_LINES)].join(" | ");
     format!("{msg} (runtime log: {tail})")
 }
 
