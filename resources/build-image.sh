@@ -65,6 +65,8 @@ for applet in sh echo cat sleep true false ls id hostname stty mkdir touch; do
 done
 printf 'root:x:0:0:root:/root:/bin/sh\n' > "$ctr/etc/passwd"
 printf 'root:x:0:\n' > "$ctr/etc/group"
+# Bind-mount targets for the sandbox's hostname, hosts and resolv.conf.
+: > "$ctr/etc/hostname"; : > "$ctr/etc/hosts"; : > "$ctr/etc/resolv.conf"
 mknod -m 0600 "$stage/dev/console" c 5 1
 mknod -m 0666 "$stage/dev/null" c 1 3
 printf 'root:x:0:0:root:/root:/sbin/init\n' > "$stage/etc/passwd"

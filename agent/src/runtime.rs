@@ -214,7 +214,10 @@ fn set_nonblocking(fd: &std::fs::File) {
 /// `msg` with the first errors of the helper's log, which name the cause.
 fn with_log(msg: &str, log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().filter(|l| l.trim_start().starts_with("ERROR")).collect();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("ERROR"))
+        .collect();
     if lines.is_empty() {
         return msg.to_owned();
     }

@@ -530,4 +530,3 @@ fn configure_network_sets_addresses_and_routes_the_containers_see() {
     assert_eq!(code, Code::NOT_FOUND);
     agent.stop();
 }
-

@@ -103,6 +103,7 @@ pub fn oom_event(container_id: &str) -> Event {
 }
 
 /// What the sandbox imposes on every container's spec.
+#[derive(Clone)]
 pub struct Rewrite<'a> {
     pub rootfs: &'a Path,
     pub cgroup_path: &'a Path,
@@ -157,6 +158,11 @@ pub fn rewrite_spec(spec: &mut Spec, rw: &Rewrite<'_>) -> Result<(), AgentError>
         *namespaces = kept;
     }
     if !rw.files.is_empty() {
+        let readonly = spec
+            .root()
+            .as_ref()
+            .and_then(|r| r.readonly())
+            .unwrap_or(false);
         let mounts = spec.mounts_mut().get_or_insert_with(Vec::new);
         for (dest, source) in &rw.files {
             match mounts
@@ -167,6 +173,9 @@ pub fn rewrite_spec(spec: &mut Spec, rw: &Rewrite<'_>) -> Result<(), AgentError>
                     m.set_source(Some(source.clone()));
                     m.set_typ(Some("bind".into()));
                 }
+                // Bind onto a file only where one exists or can be created: a read-only
+                // rootfs without /etc/hosts keeps its own (missing) file.
+                None if !bind_target_usable(rw.rootfs, dest, readonly) => {}
                 None => {
                     let mut m = Mount::default();
                     m.set_destination(PathBuf::from(dest));
@@ -184,6 +193,15 @@ pub fn rewrite_spec(spec: &mut Spec, rw: &Rewrite<'_>) -> Result<(), AgentError>
         }
     }
     Ok(())
+}
+
+/// Whether `dest` (like /etc/hosts) exists as a file in `rootfs`, or can be created there.
+fn bind_target_usable(rootfs: &Path, dest: &str, readonly: bool) -> bool {
+    let path = rootfs.join(dest.trim_start_matches('/'));
+    match std::fs::symlink_metadata(&path) {
+        Ok(m) => m.is_file(),
+        Err(_) => !readonly && path.parent().is_some_and(|p| p.is_dir()),
+    }
 }
 
 /// Checks that the request's stdio and the OCI process agree about a terminal.
@@ -221,7 +239,9 @@ mod tests {
     #[test]
     fn host_namespace_paths_are_replaced() {
         let mut s = spec(
-            r#"{"ociVersion":"1.0.2","root":{"path":"/x"},"linux":{"namespaces":[
+            r#"{"ociVersion":"1.0.2","root":{"path":"/x"},
+                "mounts":[{"destination":"/etc/hosts","type":"bind","source":"/var/lib/kubelet/pods/p/etc-hosts"}],
+                "linux":{"namespaces":[
                 {"type":"network","path":"/var/run/netns/cni-1"},{"type":"ipc","path":"/proc/9/ns/ipc"},
                 {"type":"mount"},{"type":"pid","path":"/proc/9/ns/pid"}]}}"#,
         );
