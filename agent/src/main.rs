@@ -10,11 +10,11 @@
 //!   directory, for tests and benchmarks; it is a child subreaper and keeps its hostname
 //!   and network changes to UTS and network namespaces of its own.
 //! - **`hull-agent __runtime ...`**: the single-threaded helper that makes libcontainer
-//!   calls for the service (see [`runtime`]).
+//!   calls for the service (see `hull_agent::runtime`).
 //!
 //! Signals are blocked in every thread and taken synchronously by the main thread with
 //! `sigwaitinfo`, so there is no handler that could interrupt the reaper; the main thread
-//! is the only one that reaps ([`reaper`]).
+//! is the only one that reaps (`hull_agent::reaper`).
 //!
 //! Trust: the agent trusts the kernel command line (set by the VMM). Everything that
 //! arrives over the RPC and stream ports is checked before use, and no request can take the
@@ -22,10 +22,6 @@
 
 mod init;
 mod power;
-mod reaper;
-mod runtime;
-mod server;
-mod service;
 mod stage;
 
 use std::path::PathBuf;
@@ -35,21 +31,12 @@ use std::sync::Arc;
 
 use hull_protocol::boot::{Stage, READY_MARKER};
 
-use crate::init::AfterReady;
-use crate::reaper::Reaper;
-use crate::server::Listen;
-use crate::service::{Config, Service};
+use hull_agent::reaper::Reaper;
+use hull_agent::server::{self, Listen};
+use hull_agent::service::{Config, Service};
+use hull_agent::{runtime, unblock_all_signals};
 
-/// Clears the signal mask (async-signal-safe: only sigemptyset and sigprocmask).
-pub(crate) fn unblock_all_signals() -> std::io::Result<()> {
-    // SAFETY: sigset_t is plain data; sigemptyset initialises it before use.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid, exclusively borrowed sigset_t.
-    unsafe { libc::sigemptyset(&mut set) };
-    // SAFETY: `set` is initialised; a null old-set pointer is allowed.
-    unsafe { libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) };
-    Ok(())
-}
+use crate::init::AfterReady;
 
 /// Starts `hull.run`'s program on the console with default signal handling; its PID.
 fn run_program(argv: &[String]) -> Option<libc::pid_t> {

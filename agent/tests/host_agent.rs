@@ -530,3 +530,159 @@ fn configure_network_sets_addresses_and_routes_the_containers_see() {
     assert_eq!(code, Code::NOT_FOUND);
     agent.stop();
 }
+
+#[test]
+fn oci_process_and_mount_settings_take_effect() {
+    if !can_run("oci_process_and_mount_settings_take_effect") {
+        return;
+    }
+    let agent = Agent::start();
+    let shared = agent.dir.path().join("shared-data");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::write(shared.join("hello.txt"), "from the host\n").unwrap();
+    let hooks = agent.dir.path().join("hooks");
+    std::fs::create_dir(&hooks).unwrap();
+    let hook = |name: &str| json!({"path": "/bin/sh", "args": ["sh", "-c", format!("echo ran > {}/{name}", hooks.display())]});
+    let script = "\
+        echo cwd=$(pwd); echo env=$GREETING; id; \
+        echo nofile=$(ulimit -n); \
+        grep -E '^(NoNewPrivs|CapBnd|CapEff)' /proc/self/status; \
+        echo masked=$(wc -c < /etc/passwd); \
+        grep ' /proc/sys ' /proc/mounts; \
+        echo forward=$(cat /proc/sys/net/ipv4/ip_forward); \
+        cat /data/hello.txt; grep ' /data ' /proc/mounts; \
+        echo scratch > /scratch/f && echo tmpfs=$(cat /scratch/f); \
+        ls /dev/pts/ptmx /dev/mqueue >/dev/null && echo devpts+mqueue=ok";
+    let (status, out, err) = agent.run("oci", &["sh", "-c", script], |s| {
+        s["process"]["cwd"] = json!("/tmp");
+        s["process"]["env"] = json!(["PATH=/bin", "GREETING=hi"]);
+        s["process"]["user"] = json!({"uid": 1000, "gid": 1000, "additionalGids": [10]});
+        s["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "hard": 512, "soft": 256}]);
+        s["process"]["noNewPrivileges"] = json!(true);
+        let caps = json!(["CAP_CHOWN", "CAP_KILL"]);
+        s["process"]["capabilities"] =
+            json!({"bounding": caps, "effective": caps, "permitted": caps, "inheritable": caps, "ambient": caps});
+        s["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1"});
+        s["linux"]["maskedPaths"].as_array_mut().unwrap().push(json!("/etc/passwd"));
+        let mounts = s["mounts"].as_array_mut().unwrap();
+        mounts.push(json!({"destination": "/data", "type": "bind", "source": shared, "options": ["rbind", "ro", "rprivate"]}));
+        mounts.push(json!({"destination": "/scratch", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777", "size=1m"]}));
+        s["hooks"] = json!({"createRuntime": [hook("createRuntime")], "poststart": [hook("poststart")], "poststop": [hook("poststop")]});
+    });
+    assert_eq!(status, 0, "stdout {out}\nstderr {err}");
+    for want in [
+        "cwd=/tmp",
+        "env=hi",
+        "uid=1000 gid=1000 groups=10",
+        "nofile=256",
+        "NoNewPrivs:\t1",
+        // CAP_CHOWN (0) and CAP_KILL (5).
+        "CapBnd:\t0000000000000021",
+        "CapEff:\t0000000000000021",
+        "masked=0",
+        " /proc/sys proc ro,",
+        "forward=1",
+        "from the host",
+        "tmpfs=scratch",
+        "devpts+mqueue=ok",
+    ] {
+        assert!(
+            out.contains(want),
+            "{want:?} missing from:\n{out}\nstderr:\n{err}"
+        );
+    }
+    let data = out
+        .lines()
+        .find(|l| l.contains(" /data "))
+        .expect("/data is mounted");
+    assert!(
+        data.split_whitespace().nth(3).unwrap().starts_with("ro,"),
+        "{data}"
+    );
+    for h in ["createRuntime", "poststart", "poststop"] {
+        assert!(hooks.join(h).exists(), "the {h} hook did not run");
+    }
+    assert!(!shared.join("x").exists());
+    agent.stop();
+}
+
+#[test]
+fn a_pod_shares_hostname_files_and_pid_namespace() {
+    if !can_run("a_pod_shares_hostname_files_and_pid_namespace") {
+        return;
+    }
+    let mut sb = CreateSandboxRequest::new();
+    sb.hostname = "pod-1".into();
+    sb.hosts = "127.0.0.1 localhost\n10.0.0.2 pod-1".into();
+    sb.resolv_conf = "nameserver 10.0.0.10".into();
+    sb.shared_pid_namespace = true;
+    let agent = Agent::start_with(&sb);
+    // A second sandbox in the same agent is refused.
+    let (code, _) = status(agent.client.create_sandbox(ctx(), &sb).unwrap_err());
+    assert_eq!(code, Code::ALREADY_EXISTS);
+    // What kubelet sends: the pod's namespaces as host paths.
+    let pod_namespaces = |s: &mut serde_json::Value| {
+        s["linux"]["namespaces"] = json!([
+            {"type": "pid", "path": "/proc/4242/ns/pid"},
+            {"type": "network", "path": "/var/run/netns/cni-1234"},
+            {"type": "ipc", "path": "/proc/4242/ns/ipc"},
+            {"type": "uts", "path": "/proc/4242/ns/uts"},
+            {"type": "mount"}
+        ]);
+    };
+    agent
+        .create(
+            "pause",
+            &["sh", "-c", "exec sleep 1000"],
+            Stdio::new(),
+            |s| {
+                pod_namespaces(s);
+                s["linux"]["namespaces"][0] = json!({"type": "pid"});
+            },
+        )
+        .unwrap();
+    agent.start_container("pause");
+    let (exit, out, err) = agent.run(
+        "app",
+        &[
+            "sh",
+            "-c",
+            "hostname; cat /etc/hosts /etc/resolv.conf; cat /proc/1/cmdline | tr '\\0' ' '",
+        ],
+        pod_namespaces,
+    );
+    assert_eq!(exit, 0, "{err}");
+    assert!(out.starts_with("pod-1\n"), "{out}");
+    assert!(
+        out.contains("10.0.0.2 pod-1") && out.contains("nameserver 10.0.0.10"),
+        "{out}"
+    );
+    assert!(
+        out.contains("sleep 1000"),
+        "the app does not see the pause container's PID 1: {out}"
+    );
+    let mut reseed = ReseedRandomRequest::new();
+    reseed.entropy = vec![7; 64];
+    agent.client.reseed_random(ctx(), &reseed).unwrap();
+    let (code, _) = status(
+        agent
+            .client
+            .set_time(ctx(), &SetTimeRequest::new())
+            .unwrap_err(),
+    );
+    assert_eq!(
+        code,
+        Code::FAILED_PRECONDITION,
+        "serve must not set the host's clock"
+    );
+    agent
+        .client
+        .destroy_sandbox(ctx(), &protobuf::well_known_types::empty::Empty::new())
+        .unwrap();
+    assert!(
+        agent.cgroup_dirs().iter().all(|d| !d.join("hull").exists()),
+        "{:?}",
+        agent.cgroup_dirs()
+    );
+    agent.stop();
+}

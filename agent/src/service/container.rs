@@ -67,6 +67,9 @@ pub struct Container {
     pub cgroup: Cgroup,
     pub init: Arc<Process>,
     pub execs: Mutex<HashMap<String, Arc<Process>>>,
+    /// Start needs no process of its own (no poststart hooks to run and wait for): the
+    /// agent tells init to go itself instead of running the helper.
+    pub start_in_agent: bool,
 }
 
 impl Container {
@@ -119,6 +122,7 @@ pub fn rewrite_spec(spec: &mut Spec, rw: &Rewrite<'_>) -> Result<(), AgentError>
     if let Some(root) = spec.root_mut() {
         root.set_path(rw.rootfs.to_owned());
     }
+    let mut shares_guest_uts = false;
     let linux = spec.linux_mut().get_or_insert_with(Default::default);
     linux.set_cgroups_path(Some(rw.cgroup_path.to_owned()));
     if let Some(namespaces) = linux.namespaces_mut() {
@@ -130,7 +134,8 @@ pub fn rewrite_spec(spec: &mut Spec, rw: &Rewrite<'_>) -> Result<(), AgentError>
             };
             match ns.typ() {
                 // A pod shares the VM's network, UTS and IPC namespaces: the guest's own.
-                LinuxNamespaceType::Network | LinuxNamespaceType::Uts | LinuxNamespaceType::Ipc => {}
+                LinuxNamespaceType::Uts => shares_guest_uts = true,
+                LinuxNamespaceType::Network | LinuxNamespaceType::Ipc => {}
                 LinuxNamespaceType::Pid => match &rw.shared_pid_ns {
                     Some(shared) => {
                         let mut ns = ns;
@@ -156,6 +161,11 @@ pub fn rewrite_spec(spec: &mut Spec, rw: &Rewrite<'_>) -> Result<(), AgentError>
             }
         }
         *namespaces = kept;
+    }
+    if shares_guest_uts {
+        // The sandbox's hostname applies; setting one needs a UTS namespace of its own.
+        spec.set_hostname(None);
+        spec.set_domainname(None);
     }
     if !rw.files.is_empty() {
         let readonly = spec

@@ -11,7 +11,7 @@ mod events;
 mod network;
 mod sandbox;
 pub mod stdio;
-mod validate;
+pub mod validate;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -295,6 +295,10 @@ impl Service {
             },
         )?;
 
+        let start_in_agent = spec
+            .hooks()
+            .as_ref()
+            .is_none_or(|h| h.poststart().as_ref().is_none_or(|p| p.is_empty()));
         let bundle = self.bundle_dir(id);
         let _ = std::fs::remove_dir_all(&bundle);
         std::fs::create_dir_all(&bundle)
@@ -339,6 +343,7 @@ impl Service {
             cgroup: Cgroup::new(&cgroup_path),
             init: init.clone(),
             execs: Mutex::new(HashMap::new()),
+            start_in_agent,
         });
         let events = self.events.clone();
         let cid = id.to_owned();
@@ -371,11 +376,14 @@ impl Service {
                 exit.status
             )));
         }
-        self.helper(id, &Op::Start, null_stdio(), &c.bundle)
-            .map_err(|e| {
-                AgentError::FailedPrecondition(format!("starting container {id:?}: {e}"))
-            })?;
-        Ok(())
+        let started = if c.start_in_agent {
+            runtime::start(&self.runtime_root(), id, &c.bundle.join("runtime.log"))
+        } else {
+            self.helper(id, &Op::Start, null_stdio(), &c.bundle)
+                .map(|_| ())
+        };
+        started
+            .map_err(|e| AgentError::FailedPrecondition(format!("starting container {id:?}: {e}")))
     }
 
     fn exec_process(&self, req: &ExecProcessRequest) -> Result<u32> {

@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 pub const BUSYBOX: &str = "/bin/busybox";
 const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "sleep", "true", "false", "stty", "id", "touch", "mkdir", "dd", "ls",
-    "head", "tr", "wc", "ip",
+    "head", "tr", "wc", "ip", "grep", "pwd",
 ];
 
 /// Whether this test can run; prints why not (the test then passes as skipped, saying so).
@@ -53,10 +53,14 @@ pub fn ctx() -> ttrpc::context::Context {
 impl Agent {
     /// Starts an agent with a sandbox (default settings).
     pub fn start() -> Agent {
+        Agent::start_with(&CreateSandboxRequest::new())
+    }
+
+    pub fn start_with(sandbox: &CreateSandboxRequest) -> Agent {
         let agent = Agent::start_bare();
         agent
             .client
-            .create_sandbox(ctx(), &CreateSandboxRequest::new())
+            .create_sandbox(ctx(), sandbox)
             .expect("CreateSandbox");
         agent
     }

@@ -1,0 +1,20 @@
+//! Fuzzes the agent's stream-header parser with arbitrary bytes from a stream connection:
+//! it must never panic, never read past the newline, and whatever it accepts must encode
+//! back to a header that parses to the same thing.
+#![no_main]
+
+use hull_protocol::stream::{read_header, Header, MAX_HEADER};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(h) = Header::parse(data) {
+        assert_eq!(Header::parse(h.encode().as_bytes()), Ok(h));
+    }
+    let mut rest = data;
+    if let Ok(Ok(h)) = read_header(&mut rest) {
+        let used = data.len() - rest.len();
+        assert!(used <= MAX_HEADER);
+        assert_eq!(data[used - 1], b'\n');
+        assert_eq!(Header::parse(&data[..used]), Ok(h));
+    }
+});
