@@ -1,6 +1,6 @@
 //! End-to-end: the VMM boots the image, the host reaches the guest agent through the hybrid
-//! vsock socket (protocol version checked), and a container from the image's busybox rootfs
-//! runs `echo`, its output comes back over a stream connection and its exit code over
+//! vsock socket (protocol version checked), sets the guest clock and reseeds its CRNG, and a
+//! container from the image's busybox rootfs runs `echo`, its output comes back over a stream connection and its exit code over
 //! WaitProcess. Each step's wall time is printed: on hosts whose KVM emulates guest kernel
 //! code every guest syscall costs milliseconds, so these are far from hardware figures.
 
@@ -106,6 +106,28 @@ fn a_container_in_the_guest_runs_echo_and_returns_its_exit_code() {
         .unwrap_or_else(|e| panic!("CreateSandbox: {e}\n{}", context()));
     step("CreateSandbox", t);
 
+    // What the host does after restoring a snapshot: fix the clock, reseed the CRNG.
+    let t = Instant::now();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let mut time = SetTimeRequest::new();
+    time.seconds = now.as_secs() as i64;
+    time.nanoseconds = now.subsec_nanos();
+    agent
+        .set_time(ctx(), &time)
+        .unwrap_or_else(|e| panic!("SetTime: {e}\n{}", context()));
+    let mut seed = ReseedRandomRequest::new();
+    seed.entropy = vec![0; 64];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut seed.entropy)
+        .unwrap();
+    agent
+        .reseed_random(ctx(), &seed)
+        .unwrap_or_else(|e| panic!("ReseedRandom: {e}\n{}", context()));
+    step("SetTime + ReseedRandom", t);
+
     let t = Instant::now();
     let mut req = CreateContainerRequest::new();
     req.container_id = "echo".into();
@@ -139,6 +161,20 @@ fn a_container_in_the_guest_runs_echo_and_returns_its_exit_code() {
     out.read_to_string(&mut text).unwrap();
     assert_eq!(exit.exit_status, 3, "{}", context());
     assert_eq!(text, "hello from e2e\n");
+
+    // The guest's cgroup v2 paths: stats and freeze (on the now-empty cgroup).
+    let t = Instant::now();
+    let stats = agent
+        .stats_container(ctx(), &start)
+        .unwrap_or_else(|e| panic!("StatsContainer: {e}\n{}", context()));
+    assert!(stats.cpu.usage_usec > 0, "no CPU time accounted: {stats:?}");
+    agent
+        .pause_container(ctx(), &start)
+        .unwrap_or_else(|e| panic!("PauseContainer: {e}\n{}", context()));
+    agent
+        .resume_container(ctx(), &start)
+        .unwrap_or_else(|e| panic!("ResumeContainer: {e}\n{}", context()));
+    step("StatsContainer + Pause + Resume", t);
 
     let t = Instant::now();
     agent.remove_container(ctx(), &start).unwrap();

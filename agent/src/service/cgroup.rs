@@ -278,6 +278,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn inotify_waiter_wakes_on_writes_and_ends_with_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let events = dir.path().join("memory.events");
+        std::fs::write(&events, "oom_kill 0\n").unwrap();
+        let waiter = OomWaiter::inotify(&events).unwrap();
+        let path = events.clone();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            std::fs::write(&path, "oom_kill 1\n").unwrap();
+        });
+        assert!(waiter.wait(), "a write to memory.events wakes the waiter");
+        writer.join().unwrap();
+        std::fs::remove_file(&events).unwrap();
+        // Removal (as when the cgroup goes away) ends the watch; earlier events may come first.
+        while waiter.wait() {}
+    }
+
+    #[test]
     fn oom_kill_lines() {
         assert_eq!(
             parse_oom_kill("low 0\nhigh 0\nmax 3\noom 2\noom_kill 2\noom_group_kill 0\n"),
