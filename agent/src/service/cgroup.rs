@@ -81,6 +81,16 @@ impl Cgroup {
     }
 
     pub fn stats(&self) -> Result<StatsContainerResponse, String> {
+        if self.unified {
+            // libcgroups' v2 stats also read the pressure (PSI) files, which a guest kernel
+            // without CONFIG_PSI (hull's: PSI costs every task switch) does not have.
+            let rel = self.path.strip_prefix("/").unwrap_or(&self.path);
+            let dir = Path::new(CGROUP_ROOT).join(rel);
+            if !dir.is_dir() {
+                return Err(format!("cgroup {} does not exist", dir.display()));
+            }
+            return Ok(read_v2_stats(&dir));
+        }
         let stats = self
             .manager()?
             .stats()
@@ -102,7 +112,7 @@ impl Cgroup {
         out.cpu = Some(cpu).into();
         let mut mem = MemoryStats::new();
         mem.usage_bytes = s.memory.memory.usage;
-        mem.limit_bytes = s.memory.memory.limit;
+        mem.limit_bytes = no_limit_as_zero(s.memory.memory.limit);
         mem.max_usage_bytes = s.memory.memory.max_usage;
         let stat = |keys: &[&str]| {
             keys.iter()
@@ -115,7 +125,7 @@ impl Cgroup {
         out.memory = Some(mem).into();
         let mut pids = PidsStats::new();
         pids.current = s.pids.current;
-        pids.limit = s.pids.limit;
+        pids.limit = no_limit_as_zero(s.pids.limit);
         out.pids = Some(pids).into();
         let mut io = IoStats::new();
         let sum = |list: &[libcgroups::stats::BlkioDeviceStat], op: &str| {
@@ -189,6 +199,83 @@ impl Cgroup {
             .map_err(|e| e.to_string())?;
         Ok(())
     }
+}
+
+/// v1 reports "no limit" as a huge number (the page-rounded i64::MAX); the protocol says 0.
+fn no_limit_as_zero(v: u64) -> u64 {
+    if v >= 1 << 62 {
+        0
+    } else {
+        v
+    }
+}
+
+/// A cgroup v2 interface file of one number, or "max" (no limit, 0); missing files (a
+/// controller not enabled, a kernel without the file) read as 0.
+fn v2_number(dir: &Path, file: &str) -> u64 {
+    std::fs::read_to_string(dir.join(file))
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A flat-keyed v2 file (`key value` per line) as a lookup.
+fn v2_keyed(dir: &Path, file: &str) -> impl Fn(&str) -> u64 {
+    let text = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+    move |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// Reads a v2 cgroup's statistics straight from its interface files.
+pub fn read_v2_stats(dir: &Path) -> StatsContainerResponse {
+    let mut out = StatsContainerResponse::new();
+    let cpu_stat = v2_keyed(dir, "cpu.stat");
+    let mut cpu = CpuStats::new();
+    cpu.usage_usec = cpu_stat("usage_usec");
+    cpu.user_usec = cpu_stat("user_usec");
+    cpu.system_usec = cpu_stat("system_usec");
+    cpu.nr_periods = cpu_stat("nr_periods");
+    cpu.nr_throttled = cpu_stat("nr_throttled");
+    cpu.throttled_usec = cpu_stat("throttled_usec");
+    out.cpu = Some(cpu).into();
+    let mem_stat = v2_keyed(dir, "memory.stat");
+    let mut mem = MemoryStats::new();
+    mem.usage_bytes = v2_number(dir, "memory.current");
+    mem.limit_bytes = v2_number(dir, "memory.max");
+    mem.max_usage_bytes = v2_number(dir, "memory.peak");
+    mem.anon_bytes = mem_stat("anon");
+    mem.file_bytes = mem_stat("file");
+    mem.oom_kills = v2_keyed(dir, "memory.events")("oom_kill");
+    out.memory = Some(mem).into();
+    let mut pids = PidsStats::new();
+    pids.current = v2_number(dir, "pids.current");
+    pids.limit = v2_number(dir, "pids.max");
+    out.pids = Some(pids).into();
+    let mut io = IoStats::new();
+    for line in std::fs::read_to_string(dir.join("io.stat"))
+        .unwrap_or_default()
+        .lines()
+    {
+        for field in line.split_whitespace().skip(1) {
+            let Some((k, v)) = field.split_once('=') else {
+                continue;
+            };
+            let v: u64 = v.parse().unwrap_or(0);
+            match k {
+                "rbytes" => io.read_bytes += v,
+                "wbytes" => io.write_bytes += v,
+                "rios" => io.read_ios += v,
+                "wios" => io.write_ios += v,
+                _ => {}
+            }
+        }
+    }
+    out.io = Some(io).into();
+    out
 }
 
 /// The `oom_kill N` line of memory.events (v2) or memory.oom_control (v1).
@@ -293,6 +380,58 @@ mod tests {
         std::fs::remove_file(&events).unwrap();
         // Removal (as when the cgroup goes away) ends the watch; earlier events may come first.
         while waiter.wait() {}
+    }
+
+    #[test]
+    fn v2_stats_from_interface_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let files = [
+            ("cpu.stat", "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\nnr_periods 4\nnr_throttled 1\nthrottled_usec 20\n"),
+            ("memory.current", "4096\n"),
+            ("memory.max", "max\n"),
+            ("memory.stat", "anon 1024\nfile 2048\nanon_thp 0\nfile_mapped 7\n"),
+            ("memory.events", "low 0\nhigh 0\nmax 2\noom 1\noom_kill 1\n"),
+            ("pids.current", "3\n"),
+            ("pids.max", "7\n"),
+            ("io.stat", "254:0 rbytes=100 wbytes=200 rios=1 wios=2 dbytes=0 dios=0\n254:16 rbytes=1 wbytes=2 rios=3 wios=4\n"),
+        ];
+        for (name, text) in files {
+            std::fs::write(d.join(name), text).unwrap();
+        }
+        let s = read_v2_stats(d);
+        assert_eq!(
+            (s.cpu.usage_usec, s.cpu.user_usec, s.cpu.system_usec),
+            (1500, 1000, 500)
+        );
+        assert_eq!(
+            (s.cpu.nr_periods, s.cpu.nr_throttled, s.cpu.throttled_usec),
+            (4, 1, 20)
+        );
+        // "max" is no limit: 0. memory.peak is missing (older kernels): 0.
+        assert_eq!(
+            (
+                s.memory.usage_bytes,
+                s.memory.limit_bytes,
+                s.memory.max_usage_bytes
+            ),
+            (4096, 0, 0)
+        );
+        assert_eq!(
+            (s.memory.anon_bytes, s.memory.file_bytes, s.memory.oom_kills),
+            (1024, 2048, 1)
+        );
+        assert_eq!((s.pids.current, s.pids.limit), (3, 7));
+        assert_eq!(
+            (
+                s.io.read_bytes,
+                s.io.write_bytes,
+                s.io.read_ios,
+                s.io.write_ios
+            ),
+            (101, 202, 4, 6)
+        );
+        assert_eq!(no_limit_as_zero(9223372036854771712), 0);
     }
 
     #[test]
