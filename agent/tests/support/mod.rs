@@ -252,6 +252,8 @@ impl Agent {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let status = self.child.wait().unwrap();
         assert!(status.success(), "agent exited with {status}");
+        // Every container process lived in a cgroup below the parent; a cgroup with a
+        // process in it cannot be removed, so none left means no process left either.
         cleanup_cgroups(&self.cgroup_parent);
         let left = self.cgroup_dirs();
         assert!(left.is_empty(), "cgroups left behind: {left:?}");
