@@ -6,6 +6,7 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::thread::JoinHandleExt;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -34,6 +35,7 @@ use crate::exit::{ExitEvent, ExitReason};
 use crate::quirks::{self, HostMode};
 use crate::signals;
 use crate::vstate::memory::{create_guest_memory, GuestRam};
+use crate::vstate::pause::PauseGate;
 use crate::vstate::vcpu::{Recoveries, Vcpu, VcpuContext};
 use crate::vstate::vm::{open_kvm, Vm};
 
@@ -125,6 +127,7 @@ pub struct Vmm {
     exit: ExitEvent,
     event_manager: EventManager<Subscriber>,
     vcpus: Vec<JoinHandle<Recoveries>>,
+    control: VmmControl,
     stages: StageLog,
     host: HostMode,
     /// Written to, makes the vsock device post a transport reset (snapshot restore).
@@ -191,12 +194,14 @@ pub fn build_microvm(config: &VmConfig, start: Instant) -> Result<Vmm, BuildErro
         term: term_evt.try_clone().map_err(BuildError::EventFd)?,
     })));
 
+    let pause = Arc::new(PauseGate::new(usize::from(config.vcpus)));
     let ctx = VcpuContext {
         pio: Arc::new(pio),
         mmio: Arc::new(mmio),
         mem: mem.clone(),
         exit: exit.clone(),
         emulated_host: host.is_emulated(),
+        pause: pause.clone(),
     };
     let mut vcpus = Vec::new();
     for index in 0..config.vcpus {
@@ -217,10 +222,19 @@ pub fn build_microvm(config: &VmConfig, start: Instant) -> Result<Vmm, BuildErro
         start.elapsed().as_secs_f64() * 1e3
     );
 
+    let control = VmmControl {
+        exit: exit.clone(),
+        pause,
+        vcpu_threads: Arc::new(handles.iter().map(|h| h.as_pthread_t()).collect()),
+        started: start,
+        vcpus: config.vcpus,
+        memory_mib: config.memory_mib,
+    };
     Ok(Vmm {
         exit,
         event_manager,
         vcpus: handles,
+        control,
         stages,
         host,
         vsock_reset,
@@ -477,6 +491,83 @@ impl MutEventSubscriber for ExitWatcher {
     }
 }
 
+/// Pauses, resumes, stops and describes a running VM from any thread (the control API's
+/// server threads hold one).
+#[derive(Clone)]
+pub struct VmmControl {
+    exit: ExitEvent,
+    pause: Arc<PauseGate>,
+    vcpu_threads: Arc<Vec<libc::pthread_t>>,
+    started: Instant,
+    vcpus: u8,
+    memory_mib: u32,
+}
+
+/// A point-in-time description of the VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmmMetrics {
+    pub paused: bool,
+    pub uptime: Duration,
+    pub vcpus: u8,
+    pub memory_mib: u32,
+    /// The VMM's resident memory without the guest RAM mapping (anon + file), KiB.
+    pub vmm_rss_kib: u64,
+    /// Guest RAM resident in this process (shared memfd pages), KiB.
+    pub guest_resident_kib: u64,
+}
+
+impl VmmControl {
+    /// Stops every vCPU between two KVM_RUNs; returns once all are parked. Devices keep
+    /// serving host I/O.
+    pub fn pause(&self) {
+        let sig = signals::kick_signal();
+        self.pause.pause(|index| {
+            if let Some(&t) = self.vcpu_threads.get(index) {
+                // SAFETY: pthread_kill with a signal whose handler is installed, at a thread
+                // that is alive: the gate only asks for vCPUs that have not reported their
+                // end, and runs this under the lock each takes to report it, before its
+                // thread returns.
+                unsafe { libc::pthread_kill(t, sig) };
+            }
+        });
+        log::info!("VM paused");
+    }
+
+    pub fn resume(&self) {
+        self.pause.resume();
+        log::info!("VM resumed");
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.pause.is_paused()
+    }
+
+    /// Ends the VM as SIGTERM would: orderly, exit status 0.
+    pub fn shutdown(&self) {
+        self.exit.signal(ExitReason::Signal(libc::SIGTERM));
+    }
+
+    pub fn metrics(&self) -> VmmMetrics {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let kib = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        VmmMetrics {
+            paused: self.is_paused(),
+            uptime: self.started.elapsed(),
+            vcpus: self.vcpus,
+            memory_mib: self.memory_mib,
+            vmm_rss_kib: kib("RssAnon:") + kib("RssFile:"),
+            guest_resident_kib: kib("RssShmem:"),
+        }
+    }
+}
+
 /// How a VM run ended.
 #[derive(Debug)]
 pub struct RunOutcome {
@@ -510,8 +601,15 @@ impl Vmm {
         }
     }
 
+    /// A handle that pauses, resumes, stops and describes this VM from any thread.
+    pub fn control(&self) -> VmmControl {
+        self.control.clone()
+    }
+
     /// Kicks each vCPU out of KVM_RUN until its thread has seen the exit event.
     fn stop_vcpus(&mut self) {
+        // A paused vCPU waits at the gate, not in KVM_RUN: let it see the exit.
+        self.control.pause.resume();
         for handle in self.vcpus.drain(..) {
             while !handle.is_finished() {
                 if handle.kill(signals::kick_signal()).is_err() {

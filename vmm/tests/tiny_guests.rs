@@ -12,6 +12,7 @@ use hull_vmm::devices::i8042::I8042;
 use hull_vmm::devices::serial::SerialDevice;
 use hull_vmm::devices::{Bus, BusDevice};
 use hull_vmm::exit::{ExitEvent, ExitReason};
+use hull_vmm::vstate::pause::PauseGate;
 use hull_vmm::vstate::vcpu::{Vcpu, VcpuContext};
 use hull_vmm::vstate::vm::{open_kvm, Vm};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -130,6 +131,7 @@ impl TinyGuest {
             mem: mem.clone(),
             exit: exit.clone(),
             emulated_host: hull_vmm::quirks::resolve(Default::default()).is_emulated(),
+            pause: Arc::new(PauseGate::new(1)),
         };
         let mut vcpu = Vcpu::new(&vm, 0, ctx).unwrap();
         vcpu.configure_real_mode(CODE, 0x8000).unwrap();
@@ -241,4 +243,63 @@ fn reset_after_a_panic_reboot_flag_is_reported_as_panic() {
     let out = TinyGuest::new(code).run();
     assert_eq!(out.reason, Some(ExitReason::GuestPanic));
     assert_ne!(out.reason.unwrap().exit_code(), 0);
+}
+
+#[test]
+fn a_paused_vcpu_stops_running_guest_code_until_resumed() {
+    use std::os::unix::thread::JoinHandleExt;
+    use std::time::{Duration, Instant};
+    if !kvm_available() {
+        return;
+    }
+    hull_vmm::signals::install_kick_handler().unwrap();
+    let kvm = open_kvm().unwrap();
+    let vm = Vm::new(&kvm).unwrap();
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM_SIZE)]).unwrap();
+    // inc word [0x2000]; jmp back to it: a counter the host can watch.
+    mem.write_slice(&[0xff, 0x06, 0x00, 0x20, 0xeb, 0xfa], GuestAddress(CODE))
+        .unwrap();
+    vm.register_memory(&mem).unwrap();
+    let exit = ExitEvent::new().unwrap();
+    let gate = Arc::new(PauseGate::new(1));
+    let ctx = VcpuContext {
+        pio: Arc::new(Bus::new()),
+        mmio: Arc::new(Bus::new()),
+        mem: mem.clone(),
+        exit: exit.clone(),
+        emulated_host: hull_vmm::quirks::resolve(Default::default()).is_emulated(),
+        pause: gate.clone(),
+    };
+    let vcpu = Vcpu::new(&vm, 0, ctx).unwrap();
+    vcpu.configure_real_mode(CODE, 0x8000).unwrap();
+    let handle = vcpu.spawn().unwrap();
+    let thread = handle.as_pthread_t();
+    let counter = || mem.read_obj::<u16>(GuestAddress(0x2000)).unwrap();
+    let kick = |_: usize| {
+        // SAFETY: the vCPU thread is alive until it reports its end to the gate.
+        unsafe { libc::pthread_kill(thread, hull_vmm::signals::kick_signal()) };
+    };
+    let wait_for_change = |from: u16| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while counter() == from {
+            assert!(Instant::now() < deadline, "the guest counter did not move");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    wait_for_change(0);
+    gate.pause(kick);
+    let at = counter();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(counter(), at, "guest code ran while the vCPU was paused");
+    gate.resume();
+    wait_for_change(at);
+    // A paused VM can still be stopped.
+    gate.pause(kick);
+    exit.signal(ExitReason::Signal(libc::SIGTERM));
+    gate.resume();
+    while !handle.is_finished() {
+        kick(0);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    handle.join().unwrap();
 }

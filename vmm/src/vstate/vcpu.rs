@@ -10,6 +10,7 @@ use kvm_bindings::{
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use super::pause::PauseGate;
 use super::vm::Vm;
 use crate::arch::x86_64::{cpuid, interrupts, msr, regs};
 use crate::devices::{i8042, Bus};
@@ -48,6 +49,8 @@ pub struct VcpuContext {
     pub exit: ExitEvent,
     /// Apply the emulated-host recoveries (see `quirks`).
     pub emulated_host: bool,
+    /// Where the vCPU waits while the VM is paused.
+    pub pause: Arc<PauseGate>,
 }
 
 /// Counts of recovered emulation failures, for the exit log.
@@ -169,6 +172,10 @@ impl Vcpu {
     /// Runs the vCPU until the VM's exit event is set (by this vCPU or anyone else).
     pub fn run(&mut self) {
         while !self.ctx.exit.is_set() {
+            self.ctx.pause.pass();
+            if self.ctx.exit.is_set() {
+                break;
+            }
             let next = self.run_once();
             match next {
                 Next::Continue => {}
@@ -185,6 +192,7 @@ impl Vcpu {
                 Next::Stop(reason) => self.ctx.exit.signal(reason),
             }
         }
+        self.ctx.pause.ended(usize::from(self.index));
         if self.recoveries.breakpoints + self.recoveries.skipped > 0 {
             log::info!(
                 "vCPU {}: recovered {} int3 and skipped {} fwait emulation failures",
@@ -381,6 +389,7 @@ pub fn run_real_mode_snippet(code: &[u8]) -> Result<(), VcpuError> {
         mem,
         exit,
         emulated_host: false,
+        pause: Arc::new(PauseGate::new(1)),
     };
     let mut vcpu = Vcpu::new(&vm, 0, ctx)?;
     vcpu.configure_real_mode(0x1000, 0x8000)?;
