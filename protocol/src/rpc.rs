@@ -39,6 +39,29 @@ pub mod agent_ttrpc {
     include!(concat!(env!("OUT_DIR"), "/agent_ttrpc.rs"));
 }
 
+/// The VMM control API (`protos/vmm.proto`).
+#[allow(
+    warnings,
+    clippy::all,
+    clippy::pedantic,
+    clippy::undocumented_unsafe_blocks,
+    clippy::multiple_unsafe_ops_per_block
+)]
+pub mod vmm {
+    include!(concat!(env!("OUT_DIR"), "/vmm.rs"));
+}
+
+#[allow(
+    warnings,
+    clippy::all,
+    clippy::pedantic,
+    clippy::undocumented_unsafe_blocks,
+    clippy::multiple_unsafe_ops_per_block
+)]
+pub mod vmm_ttrpc {
+    include!(concat!(env!("OUT_DIR"), "/vmm_ttrpc.rs"));
+}
+
 pub use protobuf;
 pub use ttrpc;
 
@@ -173,4 +196,14 @@ pub fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<AgentConnection
         });
     }
     Ok(AgentConnection { client, hello })
+}
+
+/// Connects to a VMM's control API socket (`hull-vmm --api-sock PATH`).
+pub fn connect_vmm(path: &std::path::Path) -> Result<vmm_ttrpc::VmmClient, ConnectError> {
+    let stream = UnixStream::connect(path).map_err(|source| ConnectError::Io {
+        what: format!("connecting to the VMM control API at {}", path.display()),
+        source,
+    })?;
+    let client = ttrpc::Client::new(stream.into_raw_fd()).map_err(ConnectError::Rpc)?;
+    Ok(vmm_ttrpc::VmmClient::new(client))
 }

@@ -91,6 +91,12 @@ pub enum ConfigError {
     VsockDir { path: PathBuf, dir: PathBuf },
     #[error("vsock.uds_path = {0}: too long for a unix socket once \"_<port>\" is appended (at most {max} bytes); choose a shorter path", max = MAX_VSOCK_PATH)]
     VsockPathTooLong(PathBuf),
+    #[error("api_socket = {0}: longer than 107 bytes, the most a unix socket path holds; choose a shorter path")]
+    ApiSocketTooLong(PathBuf),
+    #[error(
+        "api_socket = {path}: the directory {dir} does not exist; create it or choose another path"
+    )]
+    ApiSocketDir { path: PathBuf, dir: PathBuf },
 }
 
 /// Longest `vsock.uds_path`: `sun_path` holds 107 bytes plus NUL, and guest-initiated
@@ -244,6 +250,8 @@ pub struct ConfigFile {
     pub entropy: Option<bool>,
     #[serde(default)]
     pub net: Vec<NetConfig>,
+    /// The control API's unix socket (pause, resume, shutdown, metrics; docs/control-api.md).
+    pub api_socket: Option<PathBuf>,
 }
 
 impl ConfigFile {
@@ -284,6 +292,7 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     pub entropy: bool,
     pub net: Vec<NetConfig>,
+    pub api_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -398,6 +407,9 @@ impl VmConfig {
         for (index, n) in file.net.iter().enumerate() {
             validate_net(index, n)?;
         }
+        if let Some(path) = &file.api_socket {
+            validate_api_socket(path)?;
+        }
 
         Ok(VmConfig {
             kernel,
@@ -412,6 +424,7 @@ impl VmConfig {
             vsock: file.vsock,
             entropy: file.entropy.unwrap_or(true),
             net: file.net,
+            api_socket: file.api_socket,
         })
     }
 
@@ -442,6 +455,22 @@ fn validate_net(index: usize, n: &NetConfig) -> Result<(), ConfigError> {
             return Err(ConfigError::NetMacMulticast {
                 index,
                 mac: mac.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn validate_api_socket(path: &Path) -> Result<(), ConfigError> {
+    if path.as_os_str().len() > 107 {
+        return Err(ConfigError::ApiSocketTooLong(path.to_path_buf()));
+    }
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(dir) = dir {
+        if !dir.is_dir() {
+            return Err(ConfigError::ApiSocketDir {
+                path: path.to_path_buf(),
+                dir: dir.to_path_buf(),
             });
         }
     }
@@ -834,6 +863,29 @@ mod tests {
             VmConfig::validate(file, 2),
             Err(ConfigError::VsockPathTooLong(_))
         ));
+    }
+
+    #[test]
+    fn api_socket_path_is_checked() {
+        let f = fixture();
+        let mut file = file_for(&f);
+        file.api_socket = Some("/nonexistent-dir/vm.api".into());
+        assert!(matches!(
+            VmConfig::validate(file, 2),
+            Err(ConfigError::ApiSocketDir { .. })
+        ));
+        let mut file = file_for(&f);
+        file.api_socket = Some(PathBuf::from(format!("/tmp/{}", "x".repeat(110))));
+        assert!(matches!(
+            VmConfig::validate(file, 2),
+            Err(ConfigError::ApiSocketTooLong(_))
+        ));
+        let mut file = file_for(&f);
+        file.api_socket = Some(f.dir.path().join("vm.api"));
+        assert_eq!(
+            VmConfig::validate(file, 2).unwrap().api_socket,
+            Some(f.dir.path().join("vm.api"))
+        );
     }
 
     #[test]

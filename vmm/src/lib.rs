@@ -18,6 +18,7 @@
 //! operator may use, but every value is validated before any VM is created.
 #![cfg(target_arch = "x86_64")]
 
+pub mod api;
 pub mod arch;
 pub mod builder;
 pub mod cmdline;
@@ -28,6 +29,6 @@ pub mod quirks;
 pub mod signals;
 pub mod vstate;
 
-pub use builder::{build_microvm, BuildError, Vmm};
+pub use builder::{build_microvm, BuildError, Vmm, VmmControl, VmmMetrics};
 pub use config::{ConfigError, VmConfig};
 pub use exit::ExitReason;

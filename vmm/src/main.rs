@@ -67,6 +67,9 @@ struct Args {
     /// Do not attach the virtio-rng entropy device.
     #[arg(long)]
     no_entropy: bool,
+    /// Serve the control API (ttrpc: pause, resume, shutdown, metrics) on this unix socket.
+    #[arg(long)]
+    api_sock: Option<PathBuf>,
 }
 
 fn merged_config(args: Args) -> Result<ConfigFile, hull_vmm::ConfigError> {
@@ -98,6 +101,7 @@ fn merged_config(args: Args) -> Result<ConfigFile, hull_vmm::ConfigError> {
     for spec in args.nets {
         file.net.push(parse_net_flag(&spec)?);
     }
+    file.api_socket = args.api_sock.or(file.api_socket);
     if args.no_entropy {
         file.entropy = Some(false);
     }
@@ -201,6 +205,16 @@ fn main() -> ExitCode {
             eprintln!("hull-vmm: cannot start the VM: {}", error_chain(&e));
             return ExitCode::from(if e.is_config_error() { 2 } else { 1 });
         }
+    };
+    let _api = match &config.api_socket {
+        Some(path) => match hull_vmm::api::ApiServer::start(path, vmm.control()) {
+            Ok(server) => Some(server),
+            Err(e) => {
+                eprintln!("hull-vmm: cannot serve the control API: {e}");
+                return ExitCode::from(1);
+            }
+        },
+        None => None,
     };
     let outcome = vmm.run();
     let code = outcome.reason.exit_code();

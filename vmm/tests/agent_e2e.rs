@@ -50,8 +50,9 @@ fn a_container_in_the_guest_runs_echo_and_returns_its_exit_code() {
     }
     let dir = tempfile::tempdir().unwrap();
     let uds = dir.path().join("vm.vsock");
+    let api = dir.path().join("vm.api");
     let mut cmd = vmm("");
-    cmd.arg("--vsock-uds").arg(&uds);
+    cmd.arg("--vsock-uds").arg(&uds).arg("--api-sock").arg(&api);
     let mut vm = KillOnDrop(Some(cmd.spawn().unwrap()));
     let mut console = vm.0.as_mut().unwrap().stdout.take().unwrap();
     let console_text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
@@ -96,6 +97,25 @@ fn a_container_in_the_guest_runs_echo_and_returns_its_exit_code() {
         conn.hello.protocol_version
     );
     let agent = conn.client;
+
+    // The VMM's control API: a paused VM does not answer, a resumed one does.
+    let control = hull_protocol::rpc::connect_vmm(&api).unwrap();
+    let empty = hull_protocol::rpc::protobuf::well_known_types::empty::Empty::new;
+    let m = control.metrics(ctx(), &empty()).unwrap();
+    assert!(!m.paused && m.vcpus == 1 && m.memory_mib == 128, "{m:?}");
+    assert!(m.guest_resident_kib > 0 && m.vmm_rss_kib > 0, "{m:?}");
+    assert!(control.pause(ctx(), &empty()).unwrap().paused);
+    let short = || ttrpc::context::with_timeout(Duration::from_secs(3).as_nanos() as i64);
+    assert!(
+        agent.ping(short(), &PingRequest::new()).is_err(),
+        "a paused guest answered"
+    );
+    assert!(control.metrics(ctx(), &empty()).unwrap().paused);
+    assert!(!control.resume(ctx(), &empty()).unwrap().paused);
+    agent
+        .ping(ctx(), &PingRequest::new())
+        .unwrap_or_else(|e| panic!("no answer after resume: {e}\n{}", context()));
+    eprintln!("control API: pause, resume, metrics ok");
     let step = |what: &str, t: Instant| eprintln!("{what}: {:.1} s", t.elapsed().as_secs_f64());
 
     let t = Instant::now();
@@ -185,5 +205,21 @@ fn a_container_in_the_guest_runs_echo_and_returns_its_exit_code() {
         )
         .unwrap();
     step("RemoveContainer + DestroySandbox", t);
-    drop(vm.take().kill());
+
+    // Shutdown through the API: an orderly stop, exit status 0, socket removed.
+    control.shutdown(ctx(), &empty()).unwrap();
+    let mut child = vm.take();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the VMM did not stop after Shutdown"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "hull-vmm exited {status} after Shutdown");
+    assert!(!api.exists(), "the VMM removes its API socket on exit");
 }

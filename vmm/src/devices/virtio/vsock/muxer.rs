@@ -558,7 +558,7 @@ impl Drop for Muxer {
 
 /// Makes `path` free for a listener: a socket nobody listens on (left by a VMM that was
 /// killed) is removed; a live one or any other file is an error.
-fn prepare_socket_path(path: &Path) -> Result<(), MuxerError> {
+pub(crate) fn prepare_socket_path(path: &Path) -> Result<(), MuxerError> {
     let Ok(meta) = std::fs::symlink_metadata(path) else {
         return Ok(());
     };

@@ -1,0 +1,110 @@
+//! The control API: `protos/vmm.proto`'s `hull.vmm.v1.Vmm` service over ttrpc on a unix
+//! socket (`--api-sock`), served by ttrpc's own threads and acting through [`VmmControl`].
+//!
+//! ttrpc, not Firecracker's HTTP: the callers are hull's own host library (shim, CLI),
+//! which already speak ttrpc to containerd and to the agent; one wire format and generated
+//! clients, and no hand-written HTTP parser facing the socket.
+
+use std::os::fd::IntoRawFd;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use hull_protocol::rpc::protobuf::well_known_types::empty::Empty;
+use hull_protocol::rpc::ttrpc::{self, TtrpcContext};
+use hull_protocol::rpc::vmm::{Metrics, VmState};
+use hull_protocol::rpc::vmm_ttrpc;
+
+use crate::builder::VmmControl;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Path(String),
+    #[error("binding {path}: {source}")]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("starting the ttrpc server: {0}")]
+    Server(ttrpc::Error),
+}
+
+/// The running API server; dropping it stops serving and removes the socket.
+pub struct ApiServer {
+    server: Option<ttrpc::Server>,
+    path: PathBuf,
+}
+
+impl ApiServer {
+    /// Listens on `path` (a stale socket of a killed VMM is replaced; a live one or another
+    /// file is refused) and serves `control`.
+    pub fn start(path: &Path, control: VmmControl) -> Result<ApiServer, ApiError> {
+        crate::devices::virtio::vsock::muxer::prepare_socket_path(path)
+            .map_err(|e| ApiError::Path(e.to_string()))?;
+        let listener = UnixListener::bind(path).map_err(|source| ApiError::Bind {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let service = vmm_ttrpc::create_vmm(Arc::new(Service { control }));
+        let mut server = ttrpc::Server::new()
+            .add_listener(listener.into_raw_fd())
+            .map_err(ApiError::Server)?
+            .register_service(service);
+        server.start().map_err(ApiError::Server)?;
+        log::info!("control API on {}", path.display());
+        Ok(ApiServer {
+            server: Some(server),
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+struct Service {
+    control: VmmControl,
+}
+
+fn state(control: &VmmControl) -> VmState {
+    let mut s = VmState::new();
+    s.paused = control.is_paused();
+    s
+}
+
+impl vmm_ttrpc::Vmm for Service {
+    fn pause(&self, _: &TtrpcContext, _: Empty) -> ttrpc::Result<VmState> {
+        self.control.pause();
+        Ok(state(&self.control))
+    }
+
+    fn resume(&self, _: &TtrpcContext, _: Empty) -> ttrpc::Result<VmState> {
+        self.control.resume();
+        Ok(state(&self.control))
+    }
+
+    fn shutdown(&self, _: &TtrpcContext, _: Empty) -> ttrpc::Result<Empty> {
+        self.control.shutdown();
+        Ok(Empty::new())
+    }
+
+    fn metrics(&self, _: &TtrpcContext, _: Empty) -> ttrpc::Result<Metrics> {
+        let m = self.control.metrics();
+        let mut out = Metrics::new();
+        out.paused = m.paused;
+        out.uptime_ms = m.uptime.as_millis() as u64;
+        out.vcpus = u32::from(m.vcpus);
+        out.memory_mib = m.memory_mib;
+        out.vmm_rss_kib = m.vmm_rss_kib;
+        out.guest_resident_kib = m.guest_resident_kib;
+        Ok(out)
+    }
+}
