@@ -5,6 +5,7 @@
 //! is not inside KVM, so its registers, the irqchip and guest memory are stable for whoever
 //! paused (a snapshot). Stopping the VM lowers the gate, so a paused VM can always be ended.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -23,6 +24,9 @@ struct State {
 
 #[derive(Debug)]
 pub struct PauseGate {
+    /// `state.raised`, readable without the lock: the check every vCPU makes before each
+    /// `KVM_RUN` (a hot path: every port and MMIO exit) is one atomic load while the VM runs.
+    raised: AtomicBool,
     state: Mutex<State>,
     changed: Condvar,
 }
@@ -30,6 +34,7 @@ pub struct PauseGate {
 impl PauseGate {
     pub fn new(vcpus: usize) -> Self {
         PauseGate {
+            raised: AtomicBool::new(false),
             state: Mutex::new(State {
                 raised: false,
                 parked: 0,
@@ -45,6 +50,11 @@ impl PauseGate {
 
     /// Called by a vCPU thread before each `KVM_RUN`: waits while the gate is raised.
     pub fn pass(&self) {
+        // A vCPU that misses a pause raised just after this load enters KVM_RUN and is
+        // kicked out again by `pause`, which keeps kicking until it parks.
+        if !self.raised.load(Ordering::Acquire) {
+            return;
+        }
         let mut state = self.lock();
         if !state.raised {
             return;
@@ -76,6 +86,7 @@ impl PauseGate {
     pub fn pause(&self, kick: impl Fn(usize)) {
         let mut state = self.lock();
         state.raised = true;
+        self.raised.store(true, Ordering::Release);
         while !Self::settled(&state) {
             for (index, _) in state.ended.iter().enumerate().filter(|(_, e)| !**e) {
                 kick(index);
@@ -90,12 +101,15 @@ impl PauseGate {
 
     /// Lowers the gate: parked vCPUs go back into the guest.
     pub fn resume(&self) {
-        self.lock().raised = false;
+        let mut state = self.lock();
+        state.raised = false;
+        self.raised.store(false, Ordering::Release);
+        drop(state);
         self.changed.notify_all();
     }
 
     pub fn is_paused(&self) -> bool {
-        self.lock().raised
+        self.raised.load(Ordering::Acquire)
     }
 }
 
