@@ -523,10 +523,9 @@ impl VmmControl {
         let sig = signals::kick_signal();
         self.pause.pause(|index| {
             if let Some(&t) = self.vcpu_threads.get(index) {
-                // SAFETY: pthread_kill with a signal whose handler is installed, at a thread
-                // that is alive: the gate only asks for vCPUs that have not reported their
-                // end, and runs this under the lock each takes to report it, before its
-                // thread returns.
+                // The gate only asks for vCPUs that have not reported their end, under the
+                // lock each takes to report it before its thread returns.
+                // SAFETY: `t` is a live thread; the kick signal's handler is installed.
                 unsafe { libc::pthread_kill(t, sig) };
             }
         });
@@ -544,7 +543,7 @@ impl VmmControl {
 
     /// Ends the VM as SIGTERM would: orderly, exit status 0.
     pub fn shutdown(&self) {
-        self.exit.signal(ExitReason::Signal(libc::SIGTERM));
+        self.exit.signal(ExitReason::Shutdown);
     }
 
     pub fn metrics(&self) -> VmmMetrics {

@@ -21,6 +21,8 @@ pub enum ExitReason {
     TripleFault { vcpu: u8 },
     /// SIGTERM or SIGINT: the operator asked the VMM to stop.
     Signal(i32),
+    /// The control API's Shutdown: the host library asked the VMM to stop.
+    Shutdown,
     /// KVM could not execute a guest instruction and no quirk recovers from it.
     EmulationFailure { vcpu: u8, diagnostic: String },
     /// Anything else that stops a vCPU: a failed ioctl, an entry failure.
@@ -33,7 +35,10 @@ impl ExitReason {
     /// The process exit status for this reason. 2 is reserved for configuration errors.
     pub fn exit_code(&self) -> i32 {
         match self {
-            ExitReason::Poweroff | ExitReason::Reset | ExitReason::Signal(_) => 0,
+            ExitReason::Poweroff
+            | ExitReason::Reset
+            | ExitReason::Signal(_)
+            | ExitReason::Shutdown => 0,
             ExitReason::VcpuError { .. } | ExitReason::EventLoop(_) => 1,
             ExitReason::GuestPanic => 3,
             ExitReason::TripleFault { .. } => 4,
@@ -52,6 +57,7 @@ impl std::fmt::Display for ExitReason {
             }
             ExitReason::TripleFault { vcpu } => write!(f, "vCPU {vcpu}: guest triple fault"),
             ExitReason::Signal(sig) => write!(f, "stopped by signal {sig}"),
+            ExitReason::Shutdown => write!(f, "stopped through the control API"),
             ExitReason::EmulationFailure { vcpu, diagnostic } => {
                 write!(f, "vCPU {vcpu}: emulation failure: {diagnostic}")
             }
@@ -140,6 +146,7 @@ mod tests {
         assert_eq!(ExitReason::Poweroff.exit_code(), 0);
         assert_eq!(ExitReason::Reset.exit_code(), 0);
         assert_eq!(ExitReason::Signal(15).exit_code(), 0);
+        assert_eq!(ExitReason::Shutdown.exit_code(), 0);
         assert_ne!(ExitReason::GuestPanic.exit_code(), 0);
         assert_ne!(ExitReason::TripleFault { vcpu: 0 }.exit_code(), 0);
         assert_ne!(ExitReason::GuestPanic.exit_code(), 2, "2 means bad config");

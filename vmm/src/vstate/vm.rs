@@ -98,10 +98,10 @@ impl Vm {
                 memory_size: region.len(),
                 userspace_addr: host as u64,
             };
-            // SAFETY: the host range [host, host + len) is a live mapping owned by `mem`,
-            // which the caller keeps alive for as long as the VM runs (the builder stores
-            // both in the same `Vmm`), and slots do not overlap because the regions of a
-            // GuestMemoryMmap do not.
+            // The builder keeps `mem` and the VM in the same `Vmm`, and the regions of a
+            // GuestMemoryMmap never overlap.
+            // SAFETY: [host, host + len) is a live mapping owned by `mem` for as long as
+            // the VM runs, and no other slot covers it.
             let registered = unsafe { self.fd.set_user_memory_region(region_desc) };
             registered.map_err(|source| VmError::MemorySlot { slot, source })?;
         }
