@@ -1,14 +1,8 @@
-//! Generates the agent service's protobuf messages and ttrpc stubs from `protos/` with the
-//! pure-Rust protobuf parser: no `protoc` on the build machine.
+//! Generates the protobuf messages and ttrpc stubs of `protos/` (the agent service and the
+//! VMM control API) with the pure-Rust protobuf parser: no `protoc` on the build machine.
 
 fn main() {
     println!("cargo:rerun-if-changed=protos");
-    #[cfg(feature = "rpc")]
-    generate();
-}
-
-#[cfg(feature = "rpc")]
-fn generate() {
     let out = std::env::var("OUT_DIR").expect("cargo sets OUT_DIR");
     ttrpc_codegen::Codegen::new()
         .out_dir(&out)

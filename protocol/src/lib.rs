@@ -4,14 +4,14 @@
 //! - [`ports`]: the vsock ports the agent listens on.
 //! - [`stream`]: how a host connection to the stream port names the process stream it wants
 //!   (stdin, stdout, stderr, pty, events), and how events are framed on it.
-//! - [`rpc`] (feature `rpc`): the agent's ttrpc service, generated from `protos/agent.proto`,
-//!   its version, and the host's way of reaching it ([`rpc::connect`]).
+//! - [`rpc`]: the agent's ttrpc service (`protos/agent.proto`) and the VMM's
+//!   control API (`protos/vmm.proto`), generated at build time, and the host's way of
+//!   reaching them ([`rpc::connect`], [`rpc::connect_within`], [`rpc::connect_vmm`]).
 
 pub mod boot;
 pub mod ports;
 pub mod stream;
 
-#[cfg(feature = "rpc")]
 pub mod rpc;
 
 /// The version of the agent protocol (the RPC service and the stream framing) this build

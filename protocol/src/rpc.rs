@@ -17,6 +17,9 @@ use crate::ports::{unix_socket_name, AGENT_PORT, STREAM_PORT};
 use crate::stream::{read_reply, Header};
 use crate::PROTOCOL_VERSION;
 
+/// The code `build.rs` generates from `protos/`: the agent service ([`agent`],
+/// [`agent_ttrpc`]) and the VMM control API ([`vmm`], [`vmm_ttrpc`]). Siblings in one module,
+/// as the generated stubs refer to their messages through `super::`.
 #[allow(
     warnings,
     clippy::all,
@@ -24,44 +27,22 @@ use crate::PROTOCOL_VERSION;
     clippy::undocumented_unsafe_blocks,
     clippy::multiple_unsafe_ops_per_block
 )]
-pub mod agent {
-    include!(concat!(env!("OUT_DIR"), "/agent.rs"));
+mod generated {
+    pub mod agent {
+        include!(concat!(env!("OUT_DIR"), "/agent.rs"));
+    }
+    pub mod agent_ttrpc {
+        include!(concat!(env!("OUT_DIR"), "/agent_ttrpc.rs"));
+    }
+    pub mod vmm {
+        include!(concat!(env!("OUT_DIR"), "/vmm.rs"));
+    }
+    pub mod vmm_ttrpc {
+        include!(concat!(env!("OUT_DIR"), "/vmm_ttrpc.rs"));
+    }
 }
 
-#[allow(
-    warnings,
-    clippy::all,
-    clippy::pedantic,
-    clippy::undocumented_unsafe_blocks,
-    clippy::multiple_unsafe_ops_per_block
-)]
-pub mod agent_ttrpc {
-    include!(concat!(env!("OUT_DIR"), "/agent_ttrpc.rs"));
-}
-
-/// The VMM control API (`protos/vmm.proto`).
-#[allow(
-    warnings,
-    clippy::all,
-    clippy::pedantic,
-    clippy::undocumented_unsafe_blocks,
-    clippy::multiple_unsafe_ops_per_block
-)]
-pub mod vmm {
-    include!(concat!(env!("OUT_DIR"), "/vmm.rs"));
-}
-
-#[allow(
-    warnings,
-    clippy::all,
-    clippy::pedantic,
-    clippy::undocumented_unsafe_blocks,
-    clippy::multiple_unsafe_ops_per_block
-)]
-pub mod vmm_ttrpc {
-    include!(concat!(env!("OUT_DIR"), "/vmm_ttrpc.rs"));
-}
-
+pub use generated::{agent, agent_ttrpc, vmm, vmm_ttrpc};
 pub use protobuf;
 pub use ttrpc;
 
@@ -196,6 +177,25 @@ pub fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<AgentConnection
         });
     }
     Ok(AgentConnection { client, hello })
+}
+
+/// [`connect`], retried every `poll` until it succeeds or `within` has passed (an agent
+/// still starting, a guest still booting); the last error when it never does. A protocol
+/// version mismatch is returned at once: waiting does not cure it.
+pub fn connect_within(
+    endpoint: &Endpoint,
+    within: Duration,
+    poll: Duration,
+) -> Result<AgentConnection, ConnectError> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        match connect(endpoint, within) {
+            Ok(c) => return Ok(c),
+            Err(e @ ConnectError::Version { .. }) => return Err(e),
+            Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(poll),
+        }
+    }
 }
 
 /// Connects to a VMM's control API socket (`hull-vmm --api-sock PATH`).
