@@ -21,7 +21,7 @@ busybox=/bin/busybox
 # The agent is PID 1 of a minimal guest with no shared libraries: link it statically.
 # Building for an explicit --target keeps these flags away from build scripts and the host
 # binaries.
-echo "guest image: building hull-agent (static; a minute or two the first time)" >&2
+echo "guest image: building hull-agent (static, with libcontainer and libseccomp; three to five minutes the first time)" >&2
 # libseccomp-sys links the shared library unless told otherwise; a static-pie that still
 # needs libseccomp.so.2 crashes before main.
 (cd "$repo" && RUSTFLAGS="-C target-feature=+crt-static" \

@@ -204,26 +204,9 @@ pub fn wait_signal(set: &SignalSet) -> Event {
     }
 }
 
-/// Reaps every exited child without blocking; returns the wait status of `watched` if it
-/// was among them.
-pub fn reap_all_watching(watched: Option<libc::pid_t>) -> Option<libc::c_int> {
-    let mut found = None;
-    loop {
-        let mut status = 0;
-        // SAFETY: waitpid with a valid out-pointer; WNOHANG never blocks.
-        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-        if pid <= 0 {
-            return found;
-        }
-        if Some(pid) == watched {
-            found = Some(status);
-        }
-    }
-}
-
 /// Reaps every exited child without blocking.
 pub fn reap_all() {
-    reap_all_watching(None);
+    while reap_one() > 0 {}
 }
 
 /// One non-blocking waitpid: the reaped PID, 0 if children remain but none exited, or a

@@ -4,7 +4,8 @@
 //! every orphan ends up as its child. One thread (the signal loop) calls [`Reaper::reap`] on
 //! each SIGCHLD; everything that wants a process's exit status registers the PID with
 //! [`Reaper::watch`] and blocks in [`Reaper::wait`] or gets a callback. Nothing else may
-//! call `waitpid` (std's `Child::wait` included), or it would steal statuses from here.
+//! call `waitpid` (std's `Child::wait` included), or it would steal statuses from here;
+//! only power-off reaps on its own, on the way out.
 //!
 //! A process can exit before whoever started it has registered it (a container init that
 //! fails early): the exits of unwatched processes are kept for a while, bounded, so a late

@@ -183,7 +183,7 @@ fn pause_stops_a_counter_and_stats_move_under_load() {
         return;
     }
     let agent = Agent::start();
-    agent
+    let init_pid = agent
         .create(
             "counter",
             &[
@@ -243,11 +243,7 @@ fn pause_stops_a_counter_and_stats_move_under_load() {
         .client
         .list_processes(ctx(), &container_req("counter"))
         .unwrap();
-    assert!(
-        procs.pids.contains(&agent.wait_pid_of("counter")),
-        "{:?}",
-        procs.pids
-    );
+    assert!(procs.pids.contains(&init_pid), "{:?}", procs.pids);
     agent.signal("counter", "", libc::SIGKILL, true).unwrap();
     assert_eq!(agent.wait("counter", "").signal, 9);
     agent.stop();

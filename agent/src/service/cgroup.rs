@@ -95,12 +95,13 @@ impl Cgroup {
             .manager()?
             .stats()
             .map_err(|e| format!("reading cgroup {} stats: {e}", self.path.display()))?;
-        Ok(self.convert(&stats))
+        Ok(self.convert_v1(&stats))
     }
 
-    fn convert(&self, s: &Stats) -> StatsContainerResponse {
-        // v1 reports CPU time in ns, v2 in µs.
-        let usec = |v: u64| if self.unified { v } else { v / 1000 };
+    /// libcgroups' v1 statistics in the protocol's terms (v2 is read by [`read_v2_stats`]).
+    fn convert_v1(&self, s: &Stats) -> StatsContainerResponse {
+        // v1 reports CPU time in ns; the protocol, like v2, in µs.
+        let usec = |v: u64| v / 1000;
         let mut out = StatsContainerResponse::new();
         let mut cpu = CpuStats::new();
         cpu.usage_usec = usec(s.cpu.usage.usage_total);

@@ -137,14 +137,19 @@ impl Service {
         self.config.state_dir.join("bundles").join(id)
     }
 
-    /// Runs the runtime helper for container `id`, logging into its bundle.
+    /// Runs the runtime helper for container `id`, logging into its bundle; `stdio` is the
+    /// new process's fds 0-2 (/dev/null when there is no process to give them to).
     fn helper(
         &self,
         id: &str,
         op: &Op,
-        stdio: [std::os::fd::OwnedFd; 3],
+        stdio: Option<[std::os::fd::OwnedFd; 3]>,
         bundle: &Path,
     ) -> std::result::Result<u32, runtime::RuntimeError> {
+        let stdio = match stdio {
+            Some(fds) => fds,
+            None => stdio::null_stdio().map_err(runtime::RuntimeError::Spawn)?,
+        };
         runtime::run(
             &self.reaper,
             &self.runtime_root(),
@@ -304,7 +309,7 @@ impl Service {
         std::fs::create_dir_all(&bundle)
             .map_err(|e| AgentError::Internal(format!("{}: {e}", bundle.display())))?;
         let cleanup = |this: &Self| {
-            let _ = this.helper(id, &Op::Delete, null_stdio(), &bundle);
+            let _ = this.helper(id, &Op::Delete, None, &bundle);
             let _ = std::fs::remove_dir_all(&bundle);
         };
         let result = (|| {
@@ -318,9 +323,11 @@ impl Service {
                 bundle: bundle.clone(),
                 console_socket: prepared.console.as_ref().map(|c| c.path().to_owned()),
             };
-            let pid = self.helper(id, &op, prepared.child, &bundle).map_err(|e| {
-                AgentError::FailedPrecondition(format!("creating container {id:?}: {e}"))
-            })?;
+            let pid = self
+                .helper(id, &op, Some(prepared.child), &bundle)
+                .map_err(|e| {
+                    AgentError::FailedPrecondition(format!("creating container {id:?}: {e}"))
+                })?;
             if let Some(console) = prepared.console {
                 console
                     .receive(&mut io)
@@ -379,8 +386,7 @@ impl Service {
         let started = if c.start_in_agent {
             runtime::start(&self.runtime_root(), id, &c.bundle.join("runtime.log"))
         } else {
-            self.helper(id, &Op::Start, null_stdio(), &c.bundle)
-                .map(|_| ())
+            self.helper(id, &Op::Start, None, &c.bundle).map(|_| ())
         };
         started
             .map_err(|e| AgentError::FailedPrecondition(format!("starting container {id:?}: {e}")))
@@ -423,7 +429,7 @@ impl Service {
             process_json: path.clone(),
             console_socket: prepared.console.as_ref().map(|c| c.path().to_owned()),
         };
-        let result = self.helper(&req.container_id, &op, prepared.child, &c.bundle);
+        let result = self.helper(&req.container_id, &op, Some(prepared.child), &c.bundle);
         let _ = std::fs::remove_file(&path);
         let pid =
             result.map_err(|e| AgentError::FailedPrecondition(format!("exec {exec_id:?}: {e}")))?;
@@ -533,7 +539,7 @@ impl Service {
     pub fn remove_container(&self, id: &str) -> Result<()> {
         let c = self.container(id)?;
         let _busy = self.mark_busy(id)?;
-        self.helper(id, &Op::Delete, null_stdio(), &c.bundle)
+        self.helper(id, &Op::Delete, None, &c.bundle)
             .map_err(|e| AgentError::Internal(format!("removing container {id:?}: {e}")))?;
         let _ = std::fs::remove_dir_all(&c.bundle);
         lock(&self.containers).remove(id);
@@ -590,18 +596,6 @@ impl Service {
         });
         outcome.map_err(|e| ttrpc::Error::RpcStatus(ttrpc::get_status(e.code(), e.to_string())))
     }
-}
-
-fn null_stdio() -> [std::os::fd::OwnedFd; 3] {
-    let open = |w: bool| -> std::os::fd::OwnedFd {
-        std::fs::OpenOptions::new()
-            .read(!w)
-            .write(w)
-            .open("/dev/null")
-            .expect("/dev/null exists in the guest and on the host")
-            .into()
-    };
-    [open(false), open(true), open(true)]
 }
 
 /// Removes a (now empty) cgroup directory in every hierarchy it exists in.

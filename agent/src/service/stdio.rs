@@ -148,6 +148,11 @@ fn dev_null(write: bool) -> io::Result<OwnedFd> {
         .into())
 }
 
+/// /dev/null as fds 0-2: the stdio of a runtime helper whose process has none of its own.
+pub fn null_stdio() -> io::Result<[OwnedFd; 3]> {
+    Ok([dev_null(false)?, dev_null(true)?, dev_null(true)?])
+}
+
 /// Sets up pipes (or a console socket in `dir` named `name` for a terminal) as `stdio`
 /// asks; streams not asked for are /dev/null.
 pub fn prepare(stdio: &Stdio, dir: &Path, name: &str) -> io::Result<Prepared> {
@@ -160,7 +165,7 @@ pub fn prepare(stdio: &Stdio, dir: &Path, name: &str) -> io::Result<Prepared> {
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path)?;
         return Ok(Prepared {
-            child: [dev_null(false)?, dev_null(true)?, dev_null(true)?],
+            child: null_stdio()?,
             io,
             console: Some(Console { listener, path }),
         });

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use hull_protocol::rpc::agent::*;
 use hull_protocol::rpc::agent_ttrpc::AgentClient;
-use hull_protocol::rpc::{connect, ttrpc, Endpoint};
+use hull_protocol::rpc::{connect_within, ttrpc, Endpoint};
 use hull_protocol::stream::{Header, Kind};
 use serde_json::{json, Value};
 
@@ -92,14 +92,12 @@ impl Agent {
             .spawn()
             .expect("starting hull-agent serve");
         let endpoint = Endpoint::UnixDir(dir.path().join("sockets"));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let conn = loop {
-            match connect(&endpoint, Duration::from_secs(10)) {
-                Ok(c) => break c,
-                Err(e) if Instant::now() > deadline => panic!("agent did not come up: {e}"),
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        };
+        let conn = connect_within(
+            &endpoint,
+            Duration::from_secs(20),
+            Duration::from_millis(20),
+        )
+        .unwrap_or_else(|e| panic!("agent did not come up: {e}"));
         Agent {
             dir,
             child,
@@ -190,18 +188,6 @@ impl Agent {
         req.signal = signal as u32;
         req.all = all;
         self.client.signal_process(ctx(), &req).map(|_| ())
-    }
-
-    /// The init PID of a container, from its ListProcesses (the first PID is init).
-    pub fn wait_pid_of(&self, id: &str) -> u32 {
-        let state = self
-            .dir
-            .path()
-            .join("state/containers")
-            .join(id)
-            .join("state.json");
-        let v: Value = serde_json::from_slice(&std::fs::read(state).unwrap()).unwrap();
-        v["pid"].as_u64().unwrap() as u32
     }
 
     pub fn remove(&self, id: &str) {

@@ -23,7 +23,7 @@ use clap::Parser;
 use hull_e2e::{require_artifacts, summary};
 use hull_protocol::rpc::agent::*;
 use hull_protocol::rpc::agent_ttrpc::AgentClient;
-use hull_protocol::rpc::{connect, ttrpc, Endpoint};
+use hull_protocol::rpc::{connect_within, ttrpc, Endpoint};
 use serde_json::json;
 
 #[derive(Debug, Parser)]
@@ -109,14 +109,7 @@ fn oci_spec_default() -> serde_json::Value {
 
 fn create_start_wait(agent: &AgentClient, id: &str, spec: &serde_json::Value) -> Result<Duration> {
     let t = Instant::now();
-    let mut req = CreateContainerRequest::new();
-    req.container_id = id.into();
-    req.oci_spec_json = serde_json::to_vec(spec)?;
-    req.stdio = Some(Stdio::new()).into();
-    agent.create_container(ctx(), &req)?;
-    let mut c = ContainerRequest::new();
-    c.container_id = id.into();
-    agent.start_container(ctx(), &c)?;
+    create_and_start(agent, id, spec)?;
     let mut w = ProcessRequest::new();
     w.container_id = id.into();
     let exit = agent.wait_process(ctx(), &w)?;
@@ -124,6 +117,8 @@ fn create_start_wait(agent: &AgentClient, id: &str, spec: &serde_json::Value) ->
         bail!("container {id} exited {}", exit.exit_status);
     }
     // `runc run` deletes the container too: time the same work.
+    let mut c = ContainerRequest::new();
+    c.container_id = id.into();
     agent.remove_container(ctx(), &c)?;
     Ok(t.elapsed())
 }
@@ -148,7 +143,7 @@ fn exec_wait(agent: &AgentClient, id: &str, exec_id: &str) -> Result<Duration> {
     Ok(t.elapsed())
 }
 
-fn start_long(agent: &AgentClient, id: &str, spec: &serde_json::Value) -> Result<()> {
+fn create_and_start(agent: &AgentClient, id: &str, spec: &serde_json::Value) -> Result<()> {
     let mut req = CreateContainerRequest::new();
     req.container_id = id.into();
     req.oci_spec_json = serde_json::to_vec(spec)?;
@@ -284,14 +279,13 @@ fn main() -> Result<()> {
         .context("starting hull-agent serve")?;
     let agent_proc = KillOnDrop(agent_proc);
     let endpoint = Endpoint::UnixDir(dir.path().join("sockets"));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let agent = loop {
-        match connect(&endpoint, Duration::from_secs(10)) {
-            Ok(c) => break c.client,
-            Err(e) if Instant::now() > deadline => bail!("hull-agent serve never answered: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    };
+    let agent = connect_within(
+        &endpoint,
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+    )
+    .context("hull-agent serve never answered")?
+    .client;
     agent.create_sandbox(ctx(), &CreateSandboxRequest::new())?;
 
     let mut run_row = Row {
@@ -327,7 +321,7 @@ fn main() -> Result<()> {
             )
         })?);
     }
-    start_long(&agent, "long", &sleep_spec)?;
+    create_and_start(&agent, "long", &sleep_spec)?;
     runc(
         &runc_root,
         &[
@@ -429,15 +423,13 @@ fn guest(args: &Args, run_row: &mut Row, exec_row: &mut Row) -> Result<()> {
     let _vm = KillOnDrop(vm);
     let endpoint = Endpoint::HybridVsock(uds);
     let started = Instant::now();
-    let agent = loop {
-        match connect(&endpoint, Duration::from_secs(120)) {
-            Ok(c) => break c.client,
-            Err(e) if started.elapsed().as_secs() > args.timeout => {
-                bail!("the guest agent never answered: {e}")
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(500)),
-        }
-    };
+    let agent = connect_within(
+        &endpoint,
+        Duration::from_secs(args.timeout),
+        Duration::from_millis(500),
+    )
+    .context("the guest agent never answered")?
+    .client;
     eprintln!(
         "guest: agent answered after {:.1} s; {} runs each",
         started.elapsed().as_secs_f64(),
@@ -451,7 +443,7 @@ fn guest(args: &Args, run_row: &mut Row, exec_row: &mut Row) -> Result<()> {
         eprintln!("guest: container {i}: {:.1} s", d.as_secs_f64());
         run_row.guest.push(d);
     }
-    start_long(&agent, "long", &spec(root, &["sleep", "100000"], true))?;
+    create_and_start(&agent, "long", &spec(root, &["sleep", "100000"], true))?;
     for i in 0..args.guest_runs {
         let d = exec_wait(&agent, "long", &format!("e{i}"))?;
         eprintln!("guest: exec {i}: {:.1} s", d.as_secs_f64());
