@@ -303,3 +303,109 @@ fn a_paused_vcpu_stops_running_guest_code_until_resumed() {
     }
     handle.join().unwrap();
 }
+
+/// Snapshot a running guest (registers, MSRs, LAPIC, irqchip, clock, memory) and restore
+/// it into a new VM: the restored vCPU continues from the saved register state.
+#[test]
+fn a_snapshot_restores_into_a_new_vm_and_continues() {
+    use hull_vmm::vstate::vcpu_state::{self, VcpuState};
+    use std::os::unix::thread::JoinHandleExt;
+    use std::time::{Duration, Instant};
+    if !kvm_available() {
+        return;
+    }
+    hull_vmm::signals::install_kick_handler().unwrap();
+    // inc eax (0x66 0x40); mov [0x2000], eax (0x66 0xa3 0x00 0x20); jmp back: the
+    // counter lives in a register, the memory word only shows it to the host.
+    let code = [0x66, 0x40, 0x66, 0xa3, 0x00, 0x20, 0xeb, 0xf8];
+    let emulated = hull_vmm::quirks::resolve(Default::default()).is_emulated();
+    let start_vm = |mem: &GuestMemoryMmap,
+                    state: Option<&(VcpuState, hull_vmm::vstate::vm::VmState)>| {
+        let kvm = open_kvm().unwrap();
+        let vm = Vm::new(&kvm).unwrap();
+        vm.register_memory(mem).unwrap();
+        if let Some((_, vm_state)) = state {
+            vm.restore_state(vm_state).unwrap();
+        }
+        let exit = ExitEvent::new().unwrap();
+        let gate = Arc::new(PauseGate::new(1));
+        let ctx = VcpuContext {
+            pio: Arc::new(Bus::new()),
+            mmio: Arc::new(Bus::new()),
+            mem: mem.clone(),
+            exit: exit.clone(),
+            emulated_host: emulated,
+            pause: gate.clone(),
+        };
+        let vcpu = Vcpu::new(&vm, 0, ctx).unwrap();
+        match state {
+            Some((vcpu_state, _)) => vcpu.restore_state(vcpu_state).unwrap(),
+            None => vcpu.configure_real_mode(CODE, 0x8000).unwrap(),
+        }
+        let handle = vcpu.spawn().unwrap();
+        (kvm, vm, exit, gate, handle)
+    };
+    let counter = |mem: &GuestMemoryMmap| mem.read_obj::<u32>(GuestAddress(0x2000)).unwrap();
+    let wait_above = |mem: &GuestMemoryMmap, floor: u32| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while counter(mem) <= floor {
+            assert!(
+                Instant::now() < deadline,
+                "the guest counter did not pass {floor}"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    let stop = |exit: ExitEvent, gate: Arc<PauseGate>, handle: std::thread::JoinHandle<_>| {
+        let thread = handle.as_pthread_t();
+        exit.signal(ExitReason::Signal(libc::SIGTERM));
+        gate.resume();
+        while !handle.is_finished() {
+            // SAFETY: the thread has not returned (checked just above).
+            unsafe { libc::pthread_kill(thread, hull_vmm::signals::kick_signal()) };
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        handle.join().unwrap();
+    };
+
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM_SIZE)]).unwrap();
+    mem.write_slice(&code, GuestAddress(CODE)).unwrap();
+    let (kvm, vm, exit, gate, handle) = start_vm(&mem, None);
+    wait_above(&mem, 1000);
+    let thread = handle.as_pthread_t();
+    gate.pause(|_| {
+        // SAFETY: the vCPU thread lives until it reports its end to the gate.
+        unsafe { libc::pthread_kill(thread, hull_vmm::signals::kick_signal()) };
+    });
+    let msrs: Vec<u32> = kvm.get_msr_index_list().unwrap().as_slice().to_vec();
+    let (tx, rx) = std::sync::mpsc::channel();
+    gate.run_parked(
+        0,
+        Box::new(move |fd| {
+            tx.send(vcpu_state::save(fd, 0, &msrs)).unwrap();
+        }),
+    )
+    .unwrap();
+    let saved = rx.recv().unwrap().expect("save vCPU state");
+    let vm_state = vm.save_state().expect("save VM state");
+    assert!(saved.regs.rax as u32 >= 1000);
+    // Paused between the increment and the store at most.
+    assert!((saved.regs.rax as u32).wrapping_sub(counter(&mem)) <= 1);
+    let mut image = vec![0u8; RAM_SIZE];
+    mem.read_slice(&mut image, GuestAddress(0)).unwrap();
+    stop(exit, gate, handle);
+    drop(vm);
+
+    // Through the state file's serializer, as a restore in another process gets it.
+    let bytes = postcard::to_stdvec(&(saved, vm_state)).unwrap();
+    let restored: (VcpuState, hull_vmm::vstate::vm::VmState) =
+        postcard::from_bytes(&bytes).unwrap();
+    let at = restored.0.regs.rax as u32;
+    let mem2 = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM_SIZE)]).unwrap();
+    mem2.write_slice(&image, GuestAddress(0)).unwrap();
+    // Clear the host-visible copy: whatever appears there now comes from the restored EAX.
+    mem2.write_obj(0u32, GuestAddress(0x2000)).unwrap();
+    let (_kvm2, _vm2, exit2, gate2, handle2) = start_vm(&mem2, Some(&restored));
+    wait_above(&mem2, at);
+    stop(exit2, gate2, handle2);
+}

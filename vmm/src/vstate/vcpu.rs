@@ -165,6 +165,14 @@ impl Vcpu {
         self.index
     }
 
+    /// Gives a freshly created vCPU the state a snapshot saved (see `vcpu_state`).
+    pub fn restore_state(
+        &self,
+        state: &super::vcpu_state::VcpuState,
+    ) -> Result<(), super::vcpu_state::VcpuStateError> {
+        super::vcpu_state::restore(&self.fd, self.index, state)
+    }
+
     pub fn recoveries(&self) -> Recoveries {
         self.recoveries
     }
@@ -172,7 +180,7 @@ impl Vcpu {
     /// Runs the vCPU until the VM's exit event is set (by this vCPU or anyone else).
     pub fn run(&mut self) {
         while !self.ctx.exit.is_set() {
-            self.ctx.pause.pass();
+            self.ctx.pause.pass(usize::from(self.index), &self.fd);
             if self.ctx.exit.is_set() {
                 break;
             }

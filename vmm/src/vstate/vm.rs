@@ -1,7 +1,11 @@
 //! The KVM VM: in-kernel irqchip and PIT, memory slots, irqfds and ioeventfds.
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_clock_data, kvm_irqchip, kvm_pit_config, kvm_pit_state2, kvm_userspace_memory_region,
+    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
+use serde::{Deserialize, Serialize};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -35,12 +39,29 @@ pub enum VmError {
         #[source]
         source: kvm_ioctls::Error,
     },
+    #[error("{op}")]
+    State {
+        op: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
     #[error("register ioeventfd at {addr:#x}")]
     Ioevent {
         addr: u64,
         #[source]
         source: kvm_ioctls::Error,
     },
+}
+
+/// The VM-wide state KVM keeps outside the vCPUs: the guest clock, the interrupt
+/// controllers and the PIT.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmState {
+    pub clock: kvm_clock_data,
+    pub pic_master: kvm_irqchip,
+    pub pic_slave: kvm_irqchip,
+    pub ioapic: kvm_irqchip,
+    pub pit: kvm_pit_state2,
 }
 
 pub fn open_kvm() -> Result<Kvm, VmError> {
@@ -104,6 +125,49 @@ impl Vm {
             // the VM runs, and no other slot covers it.
             let registered = unsafe { self.fd.set_user_memory_region(region_desc) };
             registered.map_err(|source| VmError::MemorySlot { slot, source })?;
+        }
+        Ok(())
+    }
+
+    fn irqchip(&self, chip_id: u32) -> Result<kvm_irqchip, VmError> {
+        let mut chip = kvm_irqchip {
+            chip_id,
+            ..Default::default()
+        };
+        self.fd
+            .get_irqchip(&mut chip)
+            .map_err(|source| VmError::State {
+                op: "get irqchip",
+                source,
+            })?;
+        Ok(chip)
+    }
+
+    /// Reads the VM-wide state; the vCPUs must be paused.
+    pub fn save_state(&self) -> Result<VmState, VmError> {
+        let state = |op| move |source| VmError::State { op, source };
+        Ok(VmState {
+            clock: self.fd.get_clock().map_err(state("get clock"))?,
+            pic_master: self.irqchip(KVM_IRQCHIP_PIC_MASTER)?,
+            pic_slave: self.irqchip(KVM_IRQCHIP_PIC_SLAVE)?,
+            ioapic: self.irqchip(KVM_IRQCHIP_IOAPIC)?,
+            pit: self.fd.get_pit2().map_err(state("get PIT"))?,
+        })
+    }
+
+    /// Writes the VM-wide state into a VM made by [`Vm::new`], before its vCPUs exist.
+    pub fn restore_state(&self, s: &VmState) -> Result<(), VmError> {
+        let state = |op| move |source| VmError::State { op, source };
+        self.fd.set_pit2(&s.pit).map_err(state("set PIT"))?;
+        // The guest's clock continues from the value it had when it was paused: no flags,
+        // so KVM does not advance it by the host's real time since (KVM_CLOCK_REALTIME),
+        // which would make kvmclock jump while the restored TSC does not. The host sets the
+        // guest's wall clock through the agent after the restore.
+        let mut clock = s.clock;
+        clock.flags = 0;
+        self.fd.set_clock(&clock).map_err(state("set clock"))?;
+        for chip in [&s.pic_master, &s.pic_slave, &s.ioapic] {
+            self.fd.set_irqchip(chip).map_err(state("set irqchip"))?;
         }
         Ok(())
     }

@@ -11,6 +11,7 @@ pub const MSR_CSTAR: u32 = 0xc000_0083;
 pub const MSR_SYSCALL_MASK: u32 = 0xc000_0084;
 pub const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
 pub const MSR_IA32_TSC: u32 = 0x10;
+pub const MSR_IA32_TSC_DEADLINE: u32 = 0x6e0;
 pub const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
 pub const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
 const MISC_ENABLE_FAST_STRING: u64 = 1;
