@@ -12,10 +12,11 @@ use std::sync::Arc;
 
 use hull_protocol::rpc::protobuf::well_known_types::empty::Empty;
 use hull_protocol::rpc::ttrpc::{self, TtrpcContext};
-use hull_protocol::rpc::vmm::{Metrics, VmState};
+use hull_protocol::rpc::vmm::{Metrics, SnapshotRequest, SnapshotResult, VmState};
 use hull_protocol::rpc::vmm_ttrpc;
 
 use crate::builder::VmmControl;
+use crate::error_chain;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -74,6 +75,10 @@ struct Service {
     control: VmmControl,
 }
 
+fn status(code: ttrpc::Code, message: String) -> ttrpc::Error {
+    ttrpc::Error::RpcStatus(ttrpc::get_status(code, message))
+}
+
 fn state(control: &VmmControl) -> VmState {
     let mut s = VmState::new();
     s.paused = control.is_paused();
@@ -94,6 +99,32 @@ impl vmm_ttrpc::Vmm for Service {
     fn shutdown(&self, _: &TtrpcContext, _: Empty) -> ttrpc::Result<Empty> {
         self.control.shutdown();
         Ok(Empty::new())
+    }
+
+    fn snapshot(&self, _: &TtrpcContext, req: SnapshotRequest) -> ttrpc::Result<SnapshotResult> {
+        let dir = Path::new(&req.dir);
+        if !dir.is_absolute() {
+            return Err(status(
+                ttrpc::Code::INVALID_ARGUMENT,
+                format!("dir {:?}: give an absolute path", req.dir),
+            ));
+        }
+        match self.control.snapshot(dir) {
+            Ok(info) => {
+                let mut out = SnapshotResult::new();
+                out.memory_bytes_written = info.memory_bytes_written;
+                out.state_bytes = info.state_bytes;
+                out.took_us = info.took.as_micros() as u64;
+                Ok(out)
+            }
+            Err(e) => {
+                let code = match e {
+                    crate::snapshot::SnapshotError::NotPaused => ttrpc::Code::FAILED_PRECONDITION,
+                    _ => ttrpc::Code::INTERNAL,
+                };
+                Err(status(code, error_chain(&e)))
+            }
+        }
     }
 
     fn metrics(&self, _: &TtrpcContext, _: Empty) -> ttrpc::Result<Metrics> {

@@ -34,7 +34,8 @@ use crate::devices::{Bus, BusDevice};
 use crate::exit::{ExitEvent, ExitReason};
 use crate::quirks::{self, HostMode};
 use crate::signals;
-use crate::vstate::memory::{create_guest_memory, GuestRam};
+use crate::snapshot::{self, SnapshotError, SnapshotState, VmShape};
+use crate::vstate::memory::{create_guest_memory, map_snapshot_memory, GuestRam};
 use crate::vstate::pause::PauseGate;
 use crate::vstate::vcpu::{Recoveries, Vcpu, VcpuContext};
 use crate::vstate::vm::{open_kvm, Vm};
@@ -103,6 +104,12 @@ pub enum BuildError {
     EventManager(event_manager::Error),
     #[error(transparent)]
     Signal(#[from] signals::SignalError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error(transparent)]
+    VcpuState(#[from] crate::vstate::vcpu_state::VcpuStateError),
+    #[error("list the MSRs KVM saves")]
+    MsrList(#[source] kvm_ioctls::Error),
 }
 
 impl BuildError {
@@ -116,6 +123,7 @@ impl BuildError {
                 | BuildError::Block(crate::devices::virtio::block::BlockError::SerialTooLong(_))
                 | BuildError::Vsock(_)
                 | BuildError::Tap { .. }
+                | BuildError::Snapshot(_)
         )
     }
 }
@@ -132,16 +140,93 @@ pub struct Vmm {
     host: HostMode,
     /// Written to, makes the vsock device post a transport reset (snapshot restore).
     vsock_reset: Option<EventFd>,
-    // Kept alive for the vCPUs: KVM memory slots point into this mapping.
-    _ram: GuestRam,
-    _vm: Vm,
+    // Kept alive for the vCPUs: KVM memory slots point into this mapping (the control
+    // handle holds them too, for snapshots).
+    _ram: Arc<GuestRam>,
+    _vm: Arc<Vm>,
     _kvm: Kvm,
+}
+
+/// How the VM's state comes about: a fresh boot or a snapshot.
+enum Origin {
+    Boot,
+    Restore {
+        dir: std::path::PathBuf,
+        state: Box<SnapshotState>,
+    },
+}
+
+/// The VM shape a configuration builds (what a snapshot must match to restore into it).
+pub fn config_shape(config: &VmConfig) -> VmShape {
+    use crate::devices::virtio::{block, net, rng, vsock};
+    let mut devices = vec![block::VIRTIO_ID_BLOCK; config.drives.len()];
+    devices.extend(std::iter::repeat_n(net::VIRTIO_ID_NET, config.net.len()));
+    if config.vsock.is_some() {
+        devices.push(vsock::VIRTIO_ID_VSOCK);
+    }
+    if config.entropy {
+        devices.push(rng::VIRTIO_ID_ENTROPY);
+    }
+    VmShape {
+        vcpus: config.vcpus,
+        memory_mib: config.memory_mib,
+        devices,
+    }
 }
 
 /// Creates the VM described by `config`, starts its vCPUs and returns it running.
 /// `start` is the VMM's start time, against which guest boot stages are reported.
 pub fn build_microvm(config: &VmConfig, start: Instant) -> Result<Vmm, BuildError> {
-    let host = quirks::resolve(config.quirks);
+    build(config, start, Origin::Boot)
+}
+
+/// Restores the snapshot in `dir` into a new VM built from `config` (the same shape, new
+/// host resources: vsock socket, taps, console, control socket), starts its vCPUs, and
+/// posts a vsock transport reset so the guest drops connections to the old host.
+pub fn restore_microvm(
+    config: &VmConfig,
+    dir: &std::path::Path,
+    start: Instant,
+) -> Result<Vmm, BuildError> {
+    let state = snapshot::read_state(&dir.join(snapshot::STATE_FILE))?;
+    state.shape.check(&config_shape(config))?;
+    let vmm = build(
+        config,
+        start,
+        Origin::Restore {
+            dir: dir.to_path_buf(),
+            state: Box::new(state),
+        },
+    )?;
+    if vmm.vsock_transport_reset() {
+        log::info!("vsock: transport reset posted to the restored guest");
+    }
+    Ok(vmm)
+}
+
+fn build(config: &VmConfig, start: Instant, origin: Origin) -> Result<Vmm, BuildError> {
+    let mut host = quirks::resolve(config.quirks);
+    if let Origin::Restore { state, .. } = &origin {
+        // The guest's command line was fixed at boot: recover the way it expects.
+        if state.emulated_host != host.is_emulated() {
+            log::warn!(
+                "the snapshot was taken {} the emulated-host quirks; restoring with them {}",
+                if state.emulated_host {
+                    "with"
+                } else {
+                    "without"
+                },
+                if state.emulated_host { "on" } else { "off" },
+            );
+            host = if state.emulated_host {
+                HostMode::Emulated {
+                    why: "the snapshot's guest was booted for an emulated host".into(),
+                }
+            } else {
+                HostMode::Hardware
+            };
+        }
+    }
     if let HostMode::Emulated { why } = &host {
         log::info!("host KVM emulates guest kernel mode ({why}); applying quirks");
     }
@@ -150,25 +235,134 @@ pub fn build_microvm(config: &VmConfig, start: Instant) -> Result<Vmm, BuildErro
     let term_evt = signals::install_termination_handlers()?;
 
     let kvm = open_kvm()?;
+    let msr_indices = kvm
+        .get_msr_index_list()
+        .map_err(BuildError::MsrList)?
+        .as_slice()
+        .to_vec();
     let vm = Vm::new(&kvm)?;
-    let ram = create_guest_memory(config.memory_bytes())?;
+    let ram = match &origin {
+        Origin::Boot => create_guest_memory(config.memory_bytes())?,
+        Origin::Restore { dir, .. } => {
+            map_snapshot_memory(&dir.join(snapshot::MEMORY_FILE), config.memory_bytes())?
+        }
+    };
     vm.register_memory(&ram.memory)?;
     let mem = &ram.memory;
-
-    let (entry, setup_header, kernel_end) = load_kernel(config, mem)?;
-    let initrd = load_initrd(config, mem, kernel_end)?;
+    let restoring = match &origin {
+        Origin::Restore { state, .. } => Some(&**state),
+        Origin::Boot => None,
+    };
+    if let Some(state) = restoring {
+        vm.restore_state(&state.vm)?;
+    }
 
     let exit = ExitEvent::new().map_err(BuildError::EventFd)?;
     let mut event_manager = EventManager::<Subscriber>::new().map_err(BuildError::EventManager)?;
 
-    let (pio, stages) = legacy_devices(config, &vm, mem, &exit, start)?;
-    let (mmio, mmio_devices, root, vsock_reset) =
-        virtio_devices(config, &vm, mem, &mut event_manager)?;
+    let legacy = legacy_devices(config, &vm, mem, &exit, start, restoring.map(|s| &s.serial))?;
+    let virtio = virtio_devices(
+        config,
+        &vm,
+        mem,
+        &mut event_manager,
+        restoring.map(|s| s.transports.as_slice()),
+    )?;
 
+    let entry = match restoring {
+        None => Some(write_boot_image(config, mem, &host, &virtio)?),
+        Some(_) => None,
+    };
+
+    event_manager.add_subscriber(Arc::new(Mutex::new(ExitWatcher {
+        exit: exit.clone(),
+        term: term_evt.try_clone().map_err(BuildError::EventFd)?,
+    })));
+
+    let pause = Arc::new(PauseGate::new(usize::from(config.vcpus)));
+    let ctx = VcpuContext {
+        pio: Arc::new(legacy.pio),
+        mmio: Arc::new(virtio.bus),
+        mem: mem.clone(),
+        exit: exit.clone(),
+        emulated_host: host.is_emulated(),
+        pause: pause.clone(),
+    };
+    let mut vcpus = Vec::new();
+    for index in 0..config.vcpus {
+        let vcpu = Vcpu::new(&vm, index, ctx.clone())?;
+        match (restoring, entry) {
+            (Some(state), _) => vcpu.restore_state(&state.vcpus[usize::from(index)])?,
+            (None, Some(entry)) => vcpu.configure_boot(&kvm, entry, config.vcpus)?,
+            (None, None) => unreachable!("a boot always has an entry point"),
+        }
+        vcpus.push(vcpu);
+    }
+    let handles = vcpus
+        .into_iter()
+        .map(Vcpu::spawn)
+        .collect::<Result<Vec<_>, _>>()?;
+    signals::block_dump_signal_here();
+    log::info!(
+        "{} {} vCPU(s), {} MiB, {} virtio device(s), {:.1} ms after VMM start",
+        if restoring.is_some() {
+            "restored"
+        } else {
+            "started"
+        },
+        config.vcpus,
+        config.memory_mib,
+        virtio.transports.len(),
+        start.elapsed().as_secs_f64() * 1e3
+    );
+
+    let vm = Arc::new(vm);
+    let ram = Arc::new(ram);
+    let control = VmmControl {
+        exit: exit.clone(),
+        pause,
+        vcpu_threads: Arc::new(handles.iter().map(|h| h.as_pthread_t()).collect()),
+        started: start,
+        vcpus: config.vcpus,
+        memory_mib: config.memory_mib,
+        sources: Arc::new(SnapshotSources {
+            vm: vm.clone(),
+            ram: ram.clone(),
+            transports: virtio.transports,
+            serial: legacy.serial,
+            msr_indices,
+            shape: config_shape(config),
+            emulated_host: host.is_emulated(),
+        }),
+    };
+    Ok(Vmm {
+        exit,
+        event_manager,
+        vcpus: handles,
+        control,
+        stages: legacy.stages,
+        host,
+        vsock_reset: virtio.vsock_reset,
+        _ram: ram,
+        _vm: vm,
+        _kvm: kvm,
+    })
+}
+
+/// Loads the kernel and initrd and writes the command line and boot structures; returns
+/// the kernel's entry point.
+fn write_boot_image(
+    config: &VmConfig,
+    mem: &GuestMemoryMmap,
+    host: &HostMode,
+    virtio: &VirtioDevices,
+) -> Result<u64, BuildError> {
+    let (entry, setup_header, kernel_end) = load_kernel(config, mem)?;
+    let initrd = load_initrd(config, mem, kernel_end)?;
     let cmdline = cmdline::build(&CmdlineSpec {
         quirks: host.is_emulated().then_some(quirks::EMULATED_HOST_CMDLINE),
-        devices: &mmio_devices,
-        root,
+        devices: &virtio.announced,
+        root: virtio.root.clone(),
         extra: &config.cmdline_extra,
     })?;
     log::debug!("kernel command line: {cmdline:?}");
@@ -188,60 +382,7 @@ pub fn build_microvm(config: &VmConfig, start: Instant) -> Result<Vmm, BuildErro
     boot::write_boot_params(mem, &params)?;
     mptable::setup_mptable(mem, config.vcpus)?;
     regs::write_boot_tables(mem)?;
-
-    event_manager.add_subscriber(Arc::new(Mutex::new(ExitWatcher {
-        exit: exit.clone(),
-        term: term_evt.try_clone().map_err(BuildError::EventFd)?,
-    })));
-
-    let pause = Arc::new(PauseGate::new(usize::from(config.vcpus)));
-    let ctx = VcpuContext {
-        pio: Arc::new(pio),
-        mmio: Arc::new(mmio),
-        mem: mem.clone(),
-        exit: exit.clone(),
-        emulated_host: host.is_emulated(),
-        pause: pause.clone(),
-    };
-    let mut vcpus = Vec::new();
-    for index in 0..config.vcpus {
-        let vcpu = Vcpu::new(&vm, index, ctx.clone())?;
-        vcpu.configure_boot(&kvm, entry, config.vcpus)?;
-        vcpus.push(vcpu);
-    }
-    let handles = vcpus
-        .into_iter()
-        .map(Vcpu::spawn)
-        .collect::<Result<Vec<_>, _>>()?;
-    signals::block_dump_signal_here();
-    log::info!(
-        "started {} vCPU(s), {} MiB, {} virtio device(s), {:.1} ms after VMM start",
-        config.vcpus,
-        config.memory_mib,
-        mmio_devices.len(),
-        start.elapsed().as_secs_f64() * 1e3
-    );
-
-    let control = VmmControl {
-        exit: exit.clone(),
-        pause,
-        vcpu_threads: Arc::new(handles.iter().map(|h| h.as_pthread_t()).collect()),
-        started: start,
-        vcpus: config.vcpus,
-        memory_mib: config.memory_mib,
-    };
-    Ok(Vmm {
-        exit,
-        event_manager,
-        vcpus: handles,
-        control,
-        stages,
-        host,
-        vsock_reset,
-        _ram: ram,
-        _vm: vm,
-        _kvm: kvm,
-    })
+    Ok(entry)
 }
 
 fn load_kernel(
@@ -335,23 +476,31 @@ fn console_writer(config: &VmConfig) -> Result<Box<dyn Write + Send>, BuildError
     })
 }
 
-/// Serial, i8042 and boot timer on the port-I/O bus.
+struct LegacyDevices {
+    pio: Bus,
+    stages: StageLog,
+    serial: Arc<Mutex<SerialDevice>>,
+}
+
+/// Serial, i8042 and boot timer on the port-I/O bus; the UART in a snapshot's state when
+/// restoring.
 fn legacy_devices(
     config: &VmConfig,
     vm: &Vm,
     mem: &GuestMemoryMmap,
     exit: &ExitEvent,
     start: Instant,
-) -> Result<(Bus, StageLog), BuildError> {
+    serial_state: Option<&crate::devices::serial::SerialSnapshot>,
+) -> Result<LegacyDevices, BuildError> {
     let mut pio = Bus::new();
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
     vm.register_irqfd(&serial_irq, layout::SERIAL_IRQ)?;
-    let serial = SerialDevice::new(serial_irq, console_writer(config)?);
-    pio.insert(
-        Arc::new(Mutex::new(serial)),
-        u64::from(layout::SERIAL_PORT),
-        8,
-    )?;
+    let serial = Arc::new(Mutex::new(match serial_state {
+        Some(state) => SerialDevice::from_snapshot(serial_irq, console_writer(config)?, state),
+        None => SerialDevice::new(serial_irq, console_writer(config)?),
+    }));
+    let as_bus: Arc<Mutex<dyn BusDevice>> = serial.clone();
+    pio.insert(as_bus, u64::from(layout::SERIAL_PORT), 8)?;
     pio.insert(
         Arc::new(Mutex::new(I8042::new(mem.clone(), exit.clone()))),
         u64::from(layout::I8042_PORT),
@@ -364,19 +513,34 @@ fn legacy_devices(
         u64::from(hull_protocol::boot::BOOT_TIMER_PORT),
         1,
     )?;
-    Ok((pio, stages))
+    Ok(LegacyDevices {
+        pio,
+        stages,
+        serial,
+    })
 }
 
 type RootSpec = Option<(String, Option<String>, bool)>;
 
+struct VirtioDevices {
+    bus: Bus,
+    announced: Vec<MmioDevice>,
+    root: RootSpec,
+    vsock_reset: Option<EventFd>,
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
+}
+
 /// One virtio-mmio window, GSI, irqfd and ioeventfds per device. Disks come first, the
-/// root disk leading so it becomes /dev/vda; then vsock and the entropy device.
+/// root disk leading so it becomes /dev/vda; then net, vsock and the entropy device (the
+/// order [`config_shape`] lists). When restoring, each transport takes its saved state.
 fn virtio_devices(
     config: &VmConfig,
     vm: &Vm,
     mem: &GuestMemoryMmap,
     event_manager: &mut EventManager<Subscriber>,
-) -> Result<(Bus, Vec<MmioDevice>, RootSpec, Option<EventFd>), BuildError> {
+    saved: Option<&[crate::devices::virtio::mmio::TransportState]>,
+) -> Result<VirtioDevices, BuildError> {
+    let restoring = saved.is_some();
     let mut drives: Vec<_> = config.drives.iter().collect();
     drives.sort_by_key(|d| !d.root);
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
@@ -423,7 +587,11 @@ fn virtio_devices(
     }
     let mut vsock_reset = None;
     if let Some(v) = &config.vsock {
-        let vsock = Vsock::new(v.guest_cid, &v.uds_path)?;
+        let vsock = if restoring {
+            Vsock::for_restore(v.guest_cid, &v.uds_path)?
+        } else {
+            Vsock::new(v.guest_cid, &v.uds_path)?
+        };
         vsock_reset = Some(vsock.reset_trigger()?);
         log::info!(
             "vsock: guest CID {}, host socket {}",
@@ -442,12 +610,17 @@ fn virtio_devices(
     }
     let mut bus = Bus::new();
     let mut announced = Vec::new();
+    let mut transports = Vec::new();
     for (i, device) in devices.into_iter().enumerate() {
         let base = layout::VIRTIO_MMIO_START + (i as u64) * layout::VIRTIO_MMIO_SIZE;
         let irq = layout::VIRTIO_IRQ_BASE + i as u32;
         let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
         vm.register_irqfd(&irqfd, irq)?;
-        let transport = MmioTransport::new(device, mem.clone(), Arc::new(Interrupt::new(irqfd)))?;
+        let mut transport =
+            MmioTransport::new(device, mem.clone(), Arc::new(Interrupt::new(irqfd)))?;
+        if let Some(state) = saved.and_then(|s| s.get(i)) {
+            transport.restore_state(state)?;
+        }
         for (q, evt) in transport.queue_evts().iter().enumerate() {
             vm.register_mmio_ioevent(
                 evt,
@@ -458,10 +631,17 @@ fn virtio_devices(
         let transport = Arc::new(Mutex::new(transport));
         let as_bus: Arc<Mutex<dyn BusDevice>> = transport.clone();
         bus.insert(as_bus, base, layout::VIRTIO_MMIO_SIZE)?;
-        event_manager.add_subscriber(transport);
+        event_manager.add_subscriber(transport.clone());
+        transports.push(transport);
         announced.push(MmioDevice { base, irq });
     }
-    Ok((bus, announced, root, vsock_reset))
+    Ok(VirtioDevices {
+        bus,
+        announced,
+        root,
+        vsock_reset,
+        transports,
+    })
 }
 
 /// Wakes the event loop when the VM ends or a termination signal arrives.
@@ -501,6 +681,27 @@ pub struct VmmControl {
     started: Instant,
     vcpus: u8,
     memory_mib: u32,
+    sources: Arc<SnapshotSources>,
+}
+
+/// What a snapshot reads besides the vCPUs.
+struct SnapshotSources {
+    vm: Arc<Vm>,
+    ram: Arc<GuestRam>,
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
+    serial: Arc<Mutex<SerialDevice>>,
+    msr_indices: Vec<u32>,
+    shape: VmShape,
+    emulated_host: bool,
+}
+
+/// What a snapshot wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// Bytes of guest RAM written (non-zero pages); the file is the RAM's size, sparse.
+    pub memory_bytes_written: u64,
+    pub state_bytes: u64,
+    pub took: Duration,
 }
 
 /// A point-in-time description of the VM.
@@ -539,6 +740,76 @@ impl VmmControl {
 
     pub fn is_paused(&self) -> bool {
         self.pause.is_paused()
+    }
+
+    /// Writes a snapshot of the paused VM into `dir` (created if missing): the state file
+    /// and the memory file. The VM stays paused; resume it or shut it down after.
+    pub fn snapshot(&self, dir: &std::path::Path) -> Result<SnapshotInfo, SnapshotError> {
+        let t0 = Instant::now();
+        if !self.is_paused() {
+            return Err(SnapshotError::NotPaused);
+        }
+        let src = &self.sources;
+        let mut vcpus = Vec::with_capacity(usize::from(self.vcpus));
+        for index in 0..usize::from(self.vcpus) {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let msrs = src.msr_indices.clone();
+            let job = Box::new(move |fd: &kvm_ioctls::VcpuFd| {
+                let _ = tx.send(crate::vstate::vcpu_state::save(fd, index as u8, &msrs));
+            });
+            self.pause.run_parked(index, job).map_err(|e| match e {
+                crate::vstate::pause::PauseError::NotPaused => SnapshotError::NotPaused,
+                _ => SnapshotError::VcpuGone(index),
+            })?;
+            vcpus.push(rx.recv().map_err(|_| SnapshotError::VcpuGone(index))??);
+        }
+        let vm = src.vm.save_state()?;
+        // Every transport stays locked until the memory is written: the event loop cannot
+        // put a buffer into a queue between the queue state and the RAM that holds it.
+        let locked: Vec<_> = src
+            .transports
+            .iter()
+            .map(|t| crate::devices::bus::lock(t))
+            .collect();
+        let transports = locked.iter().map(|t| t.save_state()).collect();
+        let serial = crate::devices::bus::lock(&src.serial).snapshot();
+        let io = |op, path: &std::path::Path| {
+            let path = path.to_path_buf();
+            move |source| SnapshotError::Io { op, path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+        let memory_path = dir.join(snapshot::MEMORY_FILE);
+        let tmp = memory_path.with_extension("tmp");
+        let file = File::create(&tmp).map_err(io("create", &tmp))?;
+        let memory_bytes_written = crate::vstate::memory::write_snapshot_memory(&src.ram, &file)?;
+        file.sync_all().map_err(io("sync", &tmp))?;
+        drop(locked);
+        std::fs::rename(&tmp, &memory_path).map_err(io("rename into place", &memory_path))?;
+        let state = SnapshotState {
+            hull_version: env!("CARGO_PKG_VERSION").to_string(),
+            shape: src.shape.clone(),
+            emulated_host: src.emulated_host,
+            vm,
+            vcpus,
+            serial,
+            transports,
+        };
+        let state_path = dir.join(snapshot::STATE_FILE);
+        snapshot::write_state(&state_path, &state)?;
+        let state_bytes = std::fs::metadata(&state_path).map(|m| m.len()).unwrap_or(0);
+        let info = SnapshotInfo {
+            memory_bytes_written,
+            state_bytes,
+            took: t0.elapsed(),
+        };
+        log::info!(
+            "snapshot written to {}: {} KiB of guest memory, {} bytes of state, {:.1} ms",
+            dir.display(),
+            info.memory_bytes_written >> 10,
+            info.state_bytes,
+            info.took.as_secs_f64() * 1e3
+        );
+        Ok(info)
     }
 
     /// Ends the VM as SIGTERM would: orderly, exit status 0.

@@ -27,8 +27,22 @@ pub mod devices;
 pub mod exit;
 pub mod quirks;
 pub mod signals;
+pub mod snapshot;
 pub mod vstate;
 
-pub use builder::{build_microvm, BuildError, Vmm, VmmControl, VmmMetrics};
+pub use builder::{build_microvm, restore_microvm, BuildError, Vmm, VmmControl, VmmMetrics};
 pub use config::{ConfigError, VmConfig};
 pub use exit::ExitReason;
+
+/// "outer: inner: innermost" for an error and its sources: the one-line form every
+/// message to an operator or API client takes.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

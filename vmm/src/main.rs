@@ -14,6 +14,7 @@ use hull_vmm::config::{
     default_guest_cid, ConfigFile, ConsoleOutput, DriveConfig, DriveFormat, NetConfig, QuirksMode,
     VmConfig, VsockConfig,
 };
+use hull_vmm::error_chain;
 
 #[derive(Debug, Parser)]
 #[command(name = "hull-vmm", version, about = "Run one hull microVM")]
@@ -67,9 +68,15 @@ struct Args {
     /// Do not attach the virtio-rng entropy device.
     #[arg(long)]
     no_entropy: bool,
-    /// Serve the control API (ttrpc: pause, resume, shutdown, metrics) on this unix socket.
+    /// Serve the control API (ttrpc: pause, resume, snapshot, shutdown, metrics) on this
+    /// unix socket.
     #[arg(long)]
     api_sock: Option<PathBuf>,
+    /// Restore the snapshot in this directory instead of booting. The configuration must
+    /// describe the same VM shape (vCPUs, memory, devices in order); host resources (vsock
+    /// socket, taps, disks, console, control socket) may differ.
+    #[arg(long)]
+    restore: Option<PathBuf>,
 }
 
 fn merged_config(args: Args) -> Result<ConfigFile, hull_vmm::ConfigError> {
@@ -190,6 +197,7 @@ fn main() -> ExitCode {
     let host_cpus = std::thread::available_parallelism()
         .map(|n| n.get() as u32)
         .unwrap_or(1);
+    let restore = args.restore.clone();
     let config = match merged_config(args).and_then(|f| VmConfig::validate(f, host_cpus)) {
         Ok(c) => c,
         Err(e) => {
@@ -199,10 +207,19 @@ fn main() -> ExitCode {
     };
 
     raise_fd_limit();
-    let vmm = match hull_vmm::build_microvm(&config, start) {
+    let built = match &restore {
+        Some(dir) => hull_vmm::restore_microvm(&config, dir, start),
+        None => hull_vmm::build_microvm(&config, start),
+    };
+    let vmm = match built {
         Ok(v) => v,
         Err(e) => {
-            eprintln!("hull-vmm: cannot start the VM: {}", error_chain(&e));
+            let what = if restore.is_some() {
+                "restore"
+            } else {
+                "start"
+            };
+            eprintln!("hull-vmm: cannot {what} the VM: {}", error_chain(&e));
             return ExitCode::from(if e.is_config_error() { 2 } else { 1 });
         }
     };
@@ -224,16 +241,4 @@ fn main() -> ExitCode {
         eprintln!("hull-vmm: {}", outcome.reason);
     }
     ExitCode::from(code as u8)
-}
-
-/// "outer: inner: innermost" for an error and its sources.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

@@ -3,7 +3,8 @@
 
 use std::io::Write;
 
-use vm_superio::serial::NoEvents;
+use serde::{Deserialize, Serialize};
+use vm_superio::serial::{NoEvents, SerialState};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -39,10 +40,64 @@ pub struct SerialDevice {
     uart: Serial<EventFdTrigger, NoEvents, ConsoleSink>,
 }
 
+/// The 16550A's receive FIFO (vm-superio's, which it does not export).
+const UART_FIFO_SIZE: usize = 64;
+
+/// The UART's registers and receive FIFO, for a snapshot.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SerialSnapshot {
+    pub registers: [u8; 9],
+    pub in_buffer: Vec<u8>,
+}
+
 impl SerialDevice {
     pub fn new(irq: EventFd, out: Box<dyn Write + Send>) -> Self {
         SerialDevice {
             uart: Serial::new(EventFdTrigger(irq), ConsoleSink(out)),
+        }
+    }
+
+    /// A UART in the state a snapshot recorded. A receive FIFO longer than the UART's
+    /// (only a corrupt file has one) is cut to fit.
+    pub fn from_snapshot(irq: EventFd, out: Box<dyn Write + Send>, s: &SerialSnapshot) -> Self {
+        let [dll, dlh, ier, iir, lcr, lsr, mcr, msr, scr] = s.registers;
+        let mut in_buffer = s.in_buffer.clone();
+        in_buffer.truncate(UART_FIFO_SIZE);
+        let state = SerialState {
+            baud_divisor_low: dll,
+            baud_divisor_high: dlh,
+            interrupt_enable: ier,
+            interrupt_identification: iir,
+            line_control: lcr,
+            line_status: lsr,
+            modem_control: mcr,
+            modem_status: msr,
+            scratch: scr,
+            in_buffer,
+        };
+        let trigger = EventFdTrigger(irq);
+        match Serial::from_state(&state, trigger, NoEvents, ConsoleSink(out)) {
+            Ok(uart) => SerialDevice { uart },
+            // Unreachable: the FIFO was cut to size above, the only check from_state makes.
+            Err(e) => unreachable!("serial state rejected: {e:?}"),
+        }
+    }
+
+    pub fn snapshot(&self) -> SerialSnapshot {
+        let s = self.uart.state();
+        SerialSnapshot {
+            registers: [
+                s.baud_divisor_low,
+                s.baud_divisor_high,
+                s.interrupt_enable,
+                s.interrupt_identification,
+                s.line_control,
+                s.line_status,
+                s.modem_control,
+                s.modem_status,
+                s.scratch,
+            ],
+            in_buffer: s.in_buffer,
         }
     }
 
@@ -98,6 +153,27 @@ mod tests {
             s.write(0, &[*b]);
         }
         assert_eq!(&*sink.0.lock().unwrap(), b"hi\n");
+    }
+
+    #[test]
+    fn registers_survive_a_snapshot() {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut s = SerialDevice::new(irq.try_clone().unwrap(), Box::new(std::io::sink()));
+        s.write(3, &[0x83]); // DLAB on, 8 bits
+        s.write(0, &[0x0c]); // divisor low
+        s.write(3, &[0x03]); // DLAB off
+        s.write(7, &[0x5a]); // scratch
+        s.enqueue_input(b"ab");
+        let snap = s.snapshot();
+        let mut r = SerialDevice::from_snapshot(irq, Box::new(std::io::sink()), &snap);
+        let mut d = [0u8];
+        r.read(7, &mut d);
+        assert_eq!(d[0], 0x5a);
+        r.read(3, &mut d);
+        assert_eq!(d[0], 0x03);
+        r.read(0, &mut d);
+        assert_eq!(d[0], b'a');
+        assert_eq!(r.snapshot().registers[0], 0x0c);
     }
 
     #[test]

@@ -7,7 +7,8 @@
 use std::sync::Arc;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
-use virtio_queue::{Queue, QueueT};
+use serde::{Deserialize, Serialize};
+use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
@@ -59,6 +60,51 @@ pub enum MmioError {
     },
     #[error("create queue notification eventfd")]
     EventFd(#[source] std::io::Error),
+    #[error("snapshot: device type {found} where this VM has type {want}")]
+    DeviceType { found: u32, want: u32 },
+    #[error("snapshot: {found} queues for device type {device}, which has {want}")]
+    QueueCount {
+        device: u32,
+        found: usize,
+        want: usize,
+    },
+    #[error("snapshot: queue {index} of device type {device}")]
+    QueueState {
+        device: u32,
+        index: usize,
+        #[source]
+        source: virtio_queue::Error,
+    },
+}
+
+/// One virtqueue as the transport and the device left it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueueSnapshot {
+    pub max_size: u16,
+    pub size: u16,
+    pub ready: bool,
+    pub event_idx: bool,
+    pub desc_table: u64,
+    pub avail_ring: u64,
+    pub used_ring: u64,
+    pub next_avail: u16,
+    pub next_used: u16,
+}
+
+/// The transport's register state and its queues: everything a device's driver negotiated.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TransportState {
+    pub device_type: u32,
+    pub status: u32,
+    pub acked_features: u64,
+    pub device_features_sel: u32,
+    pub driver_features_sel: u32,
+    pub queue_sel: u32,
+    pub config_generation: u32,
+    pub activated: bool,
+    pub interrupt_status: u32,
+    pub bad_size: Vec<bool>,
+    pub queues: Vec<QueueSnapshot>,
 }
 
 pub struct MmioTransport {
@@ -249,6 +295,97 @@ impl MmioTransport {
         self.queue_sel = 0;
         self.activated = false;
         self.interrupt.ack(u32::MAX);
+    }
+
+    /// The transport's state for a snapshot (taken between two events: the device has no
+    /// request half-done).
+    pub fn save_state(&self) -> TransportState {
+        TransportState {
+            device_type: self.device.device_type(),
+            status: self.status,
+            acked_features: self.acked_features,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            queue_sel: self.queue_sel,
+            config_generation: self.config_generation,
+            activated: self.activated,
+            interrupt_status: self.interrupt.status(),
+            bad_size: self.bad_size.clone(),
+            queues: self
+                .queues
+                .iter()
+                .map(|q| {
+                    let s = q.state();
+                    QueueSnapshot {
+                        max_size: s.max_size,
+                        size: s.size,
+                        ready: s.ready,
+                        event_idx: s.event_idx_enabled,
+                        desc_table: s.desc_table,
+                        avail_ring: s.avail_ring,
+                        used_ring: s.used_ring,
+                        next_avail: s.next_avail,
+                        next_used: s.next_used,
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// Takes a snapshot's transport state into a transport just built for the same device
+    /// type, and re-activates the device with the features its driver had accepted.
+    pub fn restore_state(&mut self, state: &TransportState) -> Result<(), MmioError> {
+        let device = self.device.device_type();
+        if state.device_type != device {
+            return Err(MmioError::DeviceType {
+                found: state.device_type,
+                want: device,
+            });
+        }
+        if state.queues.len() != self.queues.len() || state.bad_size.len() != self.queues.len() {
+            return Err(MmioError::QueueCount {
+                device,
+                found: state.queues.len(),
+                want: self.queues.len(),
+            });
+        }
+        let mut queues = Vec::with_capacity(state.queues.len());
+        for (index, q) in state.queues.iter().enumerate() {
+            let qs = QueueState {
+                max_size: self.queues[index].max_size(),
+                next_avail: q.next_avail,
+                next_used: q.next_used,
+                event_idx_enabled: q.event_idx,
+                size: q.size,
+                ready: q.ready,
+                desc_table: q.desc_table,
+                avail_ring: q.avail_ring,
+                used_ring: q.used_ring,
+            };
+            queues.push(Queue::try_from(qs).map_err(|source| MmioError::QueueState {
+                device,
+                index,
+                source,
+            })?);
+        }
+        self.queues = queues;
+        self.bad_size = state.bad_size.clone();
+        self.status = state.status;
+        self.acked_features = state.acked_features;
+        self.device_features_sel = state.device_features_sel;
+        self.driver_features_sel = state.driver_features_sel;
+        self.queue_sel = state.queue_sel;
+        self.config_generation = state.config_generation;
+        self.interrupt.ack(u32::MAX);
+        if state.interrupt_status != 0 {
+            // Set the bits without a new interrupt: the restored irqchip holds the line.
+            self.interrupt.restore(state.interrupt_status);
+        }
+        self.activated = state.activated;
+        if self.activated {
+            self.device.activate(self.acked_features);
+        }
+        Ok(())
     }
 
     /// Serves queue `index` and raises the interrupt if the guest wants one.

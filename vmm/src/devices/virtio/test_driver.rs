@@ -88,6 +88,14 @@ impl TestDriver {
         }
     }
 
+    /// The `avail_event` the device wrote for queue `q` (after the used ring, EVENT_IDX).
+    pub fn avail_event(&self, q: usize) -> u16 {
+        let tq = &self.queues[q];
+        self.mem
+            .read_obj::<u16>(GuestAddress(tq.used + 4 + 8 * u64::from(tq.size)))
+            .unwrap()
+    }
+
     /// A fresh buffer of `len` bytes in guest RAM (never reused).
     pub fn alloc(&mut self, len: u32) -> u64 {
         let addr = self.next_data;

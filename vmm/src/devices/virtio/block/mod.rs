@@ -7,4 +7,4 @@ pub mod request;
 #[cfg(test)]
 mod robustness;
 
-pub use device::{Block, BlockError};
+pub use device::{Block, BlockError, VIRTIO_ID_BLOCK};

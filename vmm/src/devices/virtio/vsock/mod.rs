@@ -50,26 +50,55 @@ pub enum VsockError {
     EventFd(#[source] std::io::Error),
 }
 
+/// Where a transport reset stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reset {
+    Idle,
+    /// Asked for; waits for an event buffer from the guest.
+    Pending,
+    /// Posted; the guest's next event-queue notification (it refills the buffer after
+    /// handling the event) says it has dropped its stale connections.
+    Posted,
+}
+
+fn check_cid(cid: u64) -> Result<(), VsockError> {
+    if !(MIN_GUEST_CID..=MAX_GUEST_CID).contains(&cid) {
+        return Err(VsockError::BadCid(cid));
+    }
+    Ok(())
+}
+
 pub struct Vsock {
     cid: u64,
     muxer: Muxer,
     /// Written by whoever wants a transport reset posted (snapshot restore).
     reset_evt: EventFd,
-    reset_pending: bool,
+    reset: Reset,
     rx_buf: Vec<u8>,
     tx_payload: Vec<u8>,
 }
 
 impl Vsock {
     pub fn new(cid: u64, uds_path: &Path) -> Result<Self, VsockError> {
-        if !(MIN_GUEST_CID..=MAX_GUEST_CID).contains(&cid) {
-            return Err(VsockError::BadCid(cid));
-        }
+        check_cid(cid)?;
+        Self::with_muxer(cid, Muxer::new(cid, uds_path)?)
+    }
+
+    /// The device of a restored VM: its host socket appears at `uds_path` only once the
+    /// guest has handled the transport reset that [`Vsock::reset_trigger`] asks for. A host
+    /// connection made earlier could be dropped by the guest's reset without the host ever
+    /// hearing of it (the guest sends no RST for connections a reset closes).
+    pub fn for_restore(cid: u64, uds_path: &Path) -> Result<Self, VsockError> {
+        check_cid(cid)?;
+        Self::with_muxer(cid, Muxer::new_staged(cid, uds_path)?)
+    }
+
+    fn with_muxer(cid: u64, muxer: Muxer) -> Result<Self, VsockError> {
         Ok(Vsock {
             cid,
-            muxer: Muxer::new(cid, uds_path)?,
+            muxer,
             reset_evt: EventFd::new(libc::EFD_NONBLOCK).map_err(VsockError::EventFd)?,
-            reset_pending: false,
+            reset: Reset::Idle,
             rx_buf: vec![0; MAX_PAYLOAD],
             tx_payload: Vec::with_capacity(MAX_PAYLOAD),
         })
@@ -144,7 +173,7 @@ impl Vsock {
     }
 
     fn serve_event(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
-        if !self.reset_pending {
+        if self.reset != Reset::Pending {
             return false;
         }
         let Some(chain) = next_chain(queue, mem) else {
@@ -159,7 +188,8 @@ impl Vsock {
             Err(_) => 0,
         };
         if len == 4 {
-            self.reset_pending = false;
+            self.reset = Reset::Posted;
+            ask_for_next_buffer(queue, mem);
         }
         let _ = queue.add_used(mem, head, len);
         true
@@ -204,6 +234,11 @@ impl VirtioDevice for Vsock {
         mem: &GuestMemoryMmap,
     ) -> UsedQueues {
         let mut used = UsedQueues::default();
+        if index == EVENT && self.reset == Reset::Posted {
+            log::info!("vsock: the guest handled the transport reset");
+            self.reset = Reset::Idle;
+            self.muxer.publish();
+        }
         if index == TX {
             if let Some(q) = ready(queues, TX) {
                 used.merge(UsedQueues::one_if(TX, self.serve_tx(q, mem)));
@@ -215,7 +250,7 @@ impl VirtioDevice for Vsock {
 
     fn reset(&mut self) {
         self.muxer.reset_all();
-        self.reset_pending = false;
+        self.reset = Reset::Idle;
     }
 
     fn host_events(&self) -> Vec<(RawFd, EventSet)> {
@@ -236,12 +271,42 @@ impl VirtioDevice for Vsock {
             let _ = self.reset_evt.read();
             log::info!("vsock: transport reset: dropping all connections");
             self.muxer.reset_all();
-            self.reset_pending = true;
+            self.reset = Reset::Pending;
+            if ready(queues, EVENT).is_none() {
+                // No driver to tell (the snapshot predates it): nothing in the guest is stale.
+                self.reset = Reset::Idle;
+                self.muxer.publish();
+            }
         } else {
             self.muxer.process_host_events();
         }
         self.deliver(queues, mem)
     }
+}
+
+/// Makes the guest notify the queue when it adds its next buffer: clears NO_NOTIFY and,
+/// with EVENT_IDX, sets `avail_event` to the ring's current index (virtio-queue sets it to
+/// where the device stopped reading, which a driver that posted several buffers ahead has
+/// long passed).
+fn ask_for_next_buffer(queue: &mut Queue, mem: &GuestMemoryMmap) {
+    use std::sync::atomic::Ordering;
+    use vm_memory::{Bytes, GuestAddress};
+    if let Err(e) = queue.enable_notification(mem) {
+        log::warn!("vsock: event queue: {e}");
+        return;
+    }
+    if !queue.event_idx_enabled() {
+        return;
+    }
+    let Ok(avail) = queue.avail_idx(mem, Ordering::Acquire) else {
+        return;
+    };
+    // The used ring: flags (2), idx (2), `size` elements of 8 bytes, then avail_event.
+    let at = queue.used_ring() + 4 + 8 * u64::from(queue.size());
+    if let Err(e) = mem.write_obj(avail.0.to_le(), GuestAddress(at)) {
+        log::warn!("vsock: event queue: cannot write avail_event: {e}");
+    }
+    std::sync::atomic::fence(Ordering::SeqCst);
 }
 
 #[cfg(test)]

@@ -65,6 +65,9 @@ struct PendingHandshake {
 pub struct Muxer {
     guest_cid: u64,
     uds_path: PathBuf,
+    /// Where the listener is bound until [`Muxer::publish`] moves it to `uds_path` (a
+    /// restored VM: see `Vsock::for_restore`); `None` once it is there.
+    staged_at: Option<PathBuf>,
     listener: UnixListener,
     epoll: Epoll,
     timer: TimerFd,
@@ -85,9 +88,25 @@ pub struct Muxer {
 impl Muxer {
     /// Listens on `uds_path`, replacing a stale socket left by a VMM that died.
     pub fn new(guest_cid: u64, uds_path: &Path) -> Result<Self, MuxerError> {
+        Self::bind(guest_cid, uds_path, false)
+    }
+
+    /// Like [`Muxer::new`], but the listener stays at a staging path next to `uds_path`
+    /// until [`Muxer::publish`]: host clients that wait for `uds_path` to appear cannot
+    /// connect before the guest is ready for them.
+    pub fn new_staged(guest_cid: u64, uds_path: &Path) -> Result<Self, MuxerError> {
+        Self::bind(guest_cid, uds_path, true)
+    }
+
+    fn bind(guest_cid: u64, uds_path: &Path, staged: bool) -> Result<Self, MuxerError> {
         prepare_socket_path(uds_path)?;
-        let listener = UnixListener::bind(uds_path).map_err(|source| MuxerError::Bind {
-            path: uds_path.to_path_buf(),
+        let staged_at = staged.then(|| staging_path(uds_path));
+        let bind_at = staged_at.as_deref().unwrap_or(uds_path);
+        if staged {
+            prepare_socket_path(bind_at)?;
+        }
+        let listener = UnixListener::bind(bind_at).map_err(|source| MuxerError::Bind {
+            path: bind_at.to_path_buf(),
             source,
         })?;
         listener
@@ -111,6 +130,7 @@ impl Muxer {
         Ok(Muxer {
             guest_cid,
             uds_path: uds_path.to_path_buf(),
+            staged_at,
             listener,
             epoll,
             timer,
@@ -125,6 +145,32 @@ impl Muxer {
             orphan_rsts: VecDeque::new(),
             local_port_last: LOCAL_PORT_MIN - 1,
         })
+    }
+
+    /// Moves a staged listener to its real path (a no-op once there). A failure leaves it
+    /// staged, and says so: host clients would wait for the socket forever otherwise.
+    pub fn publish(&mut self) {
+        let Some(staged) = self.staged_at.take() else {
+            return;
+        };
+        let moved = prepare_socket_path(&self.uds_path)
+            .map_err(|e| e.to_string())
+            .and_then(|()| std::fs::rename(&staged, &self.uds_path).map_err(|e| e.to_string()));
+        match moved {
+            Ok(()) => log::info!("vsock: listening on {}", self.uds_path.display()),
+            Err(e) => {
+                log::error!(
+                    "vsock: cannot move the listener from {} to {}: {e}",
+                    staged.display(),
+                    self.uds_path.display()
+                );
+                self.staged_at = Some(staged);
+            }
+        }
+    }
+
+    pub fn is_published(&self) -> bool {
+        self.staged_at.is_none()
     }
 
     /// The descriptor the event loop watches for the whole backend.
@@ -552,8 +598,15 @@ impl Muxer {
 
 impl Drop for Muxer {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.uds_path);
+        let _ = std::fs::remove_file(self.staged_at.as_deref().unwrap_or(&self.uds_path));
     }
+}
+
+/// `<uds_path>.staged`: within the length `uds_path` may have (its `_<port>` reserve).
+fn staging_path(uds_path: &Path) -> PathBuf {
+    let mut p = uds_path.as_os_str().to_owned();
+    p.push(".staged");
+    PathBuf::from(p)
 }
 
 /// Makes `path` free for a listener: a socket nobody listens on (left by a VMM that was

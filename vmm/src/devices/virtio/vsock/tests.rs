@@ -27,9 +27,13 @@ struct Guest {
 
 impl Guest {
     fn new() -> Self {
+        Self::with(Vsock::new)
+    }
+
+    fn with(make: fn(u64, &std::path::Path) -> Result<Vsock, VsockError>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let uds = dir.path().join("v.sock");
-        let dev = Vsock::new(CID, &uds).unwrap();
+        let dev = make(CID, &uds).unwrap();
         let d = TestDriver::new(Box::new(dev));
         let fds = d.transport.host_fds();
         let mut g = Guest {
@@ -365,6 +369,57 @@ fn transport_reset_drops_connections_and_posts_an_event() {
         0,
         "host client sees the close"
     );
+}
+
+/// A restored VM's socket appears only after the guest has handled the reset (it refills
+/// the event buffer and notifies): a host client cannot connect before the guest drops its
+/// stale connections, which would drop the new one silently.
+#[test]
+fn a_restored_device_publishes_its_socket_once_the_guest_handled_the_reset() {
+    let mut g = Guest::with(Vsock::for_restore);
+    assert!(!g.uds.exists(), "socket visible before the reset");
+    let mut heads = Vec::new();
+    for _ in 0..3 {
+        let addr = g.d.alloc(8);
+        let write = true;
+        heads.push(g.d.add_chain(
+            EVENT,
+            &[Buf {
+                addr,
+                len: 8,
+                write,
+            }],
+        ));
+    }
+    g.d.notify(EVENT);
+    assert!(
+        !g.uds.exists(),
+        "an early event-queue notification published the socket"
+    );
+    // SAFETY: writes 8 bytes from a live u64 to the device's eventfd, open for the test.
+    let n = unsafe { libc::write(g.reset_fd, (&1u64 as *const u64).cast(), 8) };
+    assert_eq!(n, 8);
+    g.d.host_event(g.reset_fd);
+    assert_eq!(g.d.take_used(EVENT), vec![(heads[0], 4)]);
+    assert!(
+        !g.uds.exists(),
+        "published before the guest handled the event"
+    );
+    // The driver is two buffers ahead of the device: the device asks to hear of the next.
+    assert_eq!(g.d.avail_event(EVENT), 3);
+    let addr = g.d.alloc(8);
+    g.d.add_chain(
+        EVENT,
+        &[Buf {
+            addr,
+            len: 8,
+            write: true,
+        }],
+    );
+    g.d.notify(EVENT);
+    assert!(g.uds.exists(), "not published after the guest's refill");
+    assert!(!g.uds.with_extension("sock.staged").exists());
+    let (_client, _) = g.host_connect(1024);
 }
 
 #[test]
