@@ -69,13 +69,13 @@ pub fn serve(service: Arc<Service>, listen: &Listen) -> Result<ttrpc::Server, St
         .map_err(|e| format!("listening on the RPC port {AGENT_PORT}: {e}"))?;
     let streams = listener(listen, STREAM_PORT)
         .map_err(|e| format!("listening on the stream port {STREAM_PORT}: {e}"))?;
-    // One method-handler thread per connection to start with, and a spare made as soon as
-    // it is busy: each thread costs dozens of syscalls, expensive in a guest (ttrpc's
-    // default starts three). Up to 64 may block at once (WaitProcess for every container
-    // of a pod, each on the shim's one connection); ttrpc's default of 5 would stall the
-    // sixth call behind them.
+    // Two method-handler threads per connection to start with (ttrpc wants more than the
+    // minimum), and a spare made whenever fewer than one is idle: each thread costs dozens
+    // of syscalls, expensive in a guest (ttrpc's default starts three). Up to 64 may block
+    // at once (WaitProcess for every container of a pod, each on the shim's one
+    // connection); ttrpc's default of 5 would stall the sixth call behind them.
     let mut server = ttrpc::Server::new()
-        .set_thread_count_default(1)
+        .set_thread_count_default(2)
         .set_thread_count_min(1)
         .set_thread_count_max(64)
         .add_listener(rpc.into_raw_fd())

@@ -12,6 +12,53 @@ pub struct ProcessMemory {
     pub pss_excl_guest_kib: u64,
     /// Guest RAM resident in the process, KiB.
     pub guest_kib: u64,
+    /// PSS of everything, KiB.
+    pub pss_total_kib: u64,
+}
+
+/// Memory of the mappings of one file in a process (a restored guest's RAM).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct MappingMemory {
+    pub pss_kib: u64,
+    /// Pages only this process has: for a private file mapping, the ones it wrote.
+    pub private_kib: u64,
+}
+
+/// Sums /proc/PID/smaps over the mappings whose path ends with `suffix`.
+pub fn mapping_memory(pid: u32, suffix: &str) -> std::io::Result<MappingMemory> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
+    Ok(sum_mappings(&text, suffix))
+}
+
+fn sum_mappings(smaps: &str, suffix: &str) -> MappingMemory {
+    let mut out = MappingMemory::default();
+    let mut inside = false;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            // A mapping header: "start-end perms offset dev inode [path]".
+            inside = line
+                .split_whitespace()
+                .nth(5)
+                .is_some_and(|p| p.ends_with(suffix));
+            continue;
+        }
+        if !inside {
+            continue;
+        }
+        let value = || {
+            line.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        match first {
+            "Pss:" => out.pss_kib += value(),
+            "Private_Clean:" | "Private_Dirty:" => out.private_kib += value(),
+            _ => {}
+        }
+    }
+    out
 }
 
 /// Parses `Key:   123 kB` lines into a map of KiB values.
@@ -36,6 +83,7 @@ pub fn process_memory(pid: u32) -> std::io::Result<ProcessMemory> {
         rss_excl_guest_kib: get(&status, "RssAnon") + get(&status, "RssFile"),
         pss_excl_guest_kib: get(&rollup, "Pss_Anon") + get(&rollup, "Pss_File"),
         guest_kib: get(&status, "RssShmem"),
+        pss_total_kib: get(&rollup, "Pss"),
     })
 }
 
@@ -71,6 +119,31 @@ pub fn summary(v: &[f64]) -> Option<(f64, f64, f64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn smaps_sums_only_the_named_file() {
+        let smaps = "\
+7f00-7f10 rw-p 00000000 08:01 42 /var/cache/hull/templates/ab/memory
+Size:                 64 kB
+Pss:                  20 kB
+Private_Clean:         0 kB
+Private_Dirty:         8 kB
+7f10-7f20 r-xp 00000000 08:01 43 /usr/bin/hull-vmm
+Pss:                 100 kB
+Private_Dirty:       100 kB
+7f20-7f30 rw-p 00000000 08:01 42 /var/cache/hull/templates/ab/memory
+Pss:                   6 kB
+Private_Clean:         4 kB
+";
+        let m = sum_mappings(smaps, "/memory");
+        assert_eq!(
+            m,
+            MappingMemory {
+                pss_kib: 26,
+                private_kib: 12
+            }
+        );
+    }
 
     #[test]
     fn median_of_odd_and_even_samples() {

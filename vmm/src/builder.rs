@@ -188,8 +188,13 @@ pub fn restore_microvm(
     dir: &std::path::Path,
     start: Instant,
 ) -> Result<Vmm, BuildError> {
+    let t = Instant::now();
     let state = snapshot::read_state(&dir.join(snapshot::STATE_FILE))?;
     state.shape.check(&config_shape(config))?;
+    log::info!(
+        "restore: state file read and checked in {:.2} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
     let vmm = build(
         config,
         start,
@@ -244,7 +249,13 @@ fn build(config: &VmConfig, start: Instant, origin: Origin) -> Result<Vmm, Build
     let ram = match &origin {
         Origin::Boot => create_guest_memory(config.memory_bytes())?,
         Origin::Restore { dir, .. } => {
-            map_snapshot_memory(&dir.join(snapshot::MEMORY_FILE), config.memory_bytes())?
+            let t = Instant::now();
+            let ram = map_snapshot_memory(&dir.join(snapshot::MEMORY_FILE), config.memory_bytes())?;
+            log::info!(
+                "restore: guest memory mapped in {:.2} ms",
+                t.elapsed().as_secs_f64() * 1e3
+            );
+            ram
         }
     };
     vm.register_memory(&ram.memory)?;

@@ -1,0 +1,341 @@
+//! A sandbox VM from the host's side: started from a template when one exists (restore)
+//! or by a cold boot, its agent reached over hybrid vsock, and the guest made consistent
+//! after a restore (clock set, kernel RNG reseeded with fresh host entropy) before anyone
+//! uses it.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hull_protocol::rpc::agent::{PingRequest, ReseedRandomRequest, SetTimeRequest};
+use hull_protocol::rpc::agent_ttrpc::AgentClient;
+use hull_protocol::rpc::protobuf::well_known_types::empty::Empty;
+use hull_protocol::rpc::vmm::SnapshotRequest;
+use hull_protocol::rpc::vmm_ttrpc::VmmClient;
+use hull_protocol::rpc::{connect_vmm, connect_within, ttrpc, ConnectError, Endpoint};
+
+use crate::template::{Template, TemplateCache, TemplateError};
+use crate::vmm_process::{VmmPaths, VmmProcess, VmmProcessError};
+use crate::VmSpec;
+
+/// A cold boot on a host whose KVM emulates guest kernel code takes about a minute;
+/// hardware takes well under a second.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(480);
+/// From a restored VMM's start to its agent's answer.
+pub const RESTORE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Any one control or agent call made while starting.
+const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// Bytes of host entropy given to every guest at start.
+const ENTROPY_BYTES: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error(transparent)]
+    Vmm(#[from] VmmProcessError),
+    #[error("the agent did not answer within {within:?}: {source}; VMM log: {log}")]
+    Agent {
+        within: Duration,
+        #[source]
+        source: ConnectError,
+        log: String,
+    },
+    #[error("{call}: {source}")]
+    Call {
+        call: &'static str,
+        #[source]
+        source: ttrpc::Error,
+    },
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error("{op} {path}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How a sandbox came to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartPath {
+    /// Restored from the template in `dir`; `built` when this start had to make it first.
+    Template {
+        dir: PathBuf,
+        built: bool,
+    },
+    /// Restored from a snapshot the caller named.
+    Snapshot {
+        dir: PathBuf,
+    },
+    ColdBoot,
+}
+
+impl std::fmt::Display for StartPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartPath::Template { dir, built: false } => {
+                write!(f, "restored from template {}", dir.display())
+            }
+            StartPath::Template { dir, built: true } => {
+                write!(f, "restored from template {} (made now)", dir.display())
+            }
+            StartPath::Snapshot { dir } => write!(f, "restored from snapshot {}", dir.display()),
+            StartPath::ColdBoot => write!(f, "cold boot"),
+        }
+    }
+}
+
+/// Where the time to a usable sandbox went.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StartTimings {
+    /// Spawning hull-vmm until its vsock socket is there (for a restore: the VMM mapped
+    /// memory, loaded the state and the guest handled the transport reset).
+    pub vmm_ready: Duration,
+    /// Until the agent's first answer.
+    pub agent_ready: Duration,
+    /// Until the guest clock and RNG were set: the sandbox is usable.
+    pub ready: Duration,
+}
+
+pub struct Sandbox {
+    vmm: VmmProcess,
+    pub agent: AgentClient,
+    pub control: VmmClient,
+    pub path: StartPath,
+    pub timings: StartTimings,
+}
+
+fn ctx() -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(CALL_TIMEOUT.as_nanos() as i64)
+}
+
+fn call<T>(name: &'static str, r: ttrpc::Result<T>) -> Result<T, SandboxError> {
+    r.map_err(|source| SandboxError::Call { call: name, source })
+}
+
+impl Sandbox {
+    /// Starts a sandbox whose sockets and logs live in `run_dir`: restored from the
+    /// template for `spec` (made first if the cache has none) when `templates` is given,
+    /// else cold-booted. A template that cannot be made or restored falls back to a cold
+    /// boot; the log says which path was taken and why.
+    pub fn start(
+        spec: &VmSpec,
+        run_dir: &Path,
+        templates: Option<&TemplateCache>,
+    ) -> Result<Sandbox, SandboxError> {
+        let Some(cache) = templates else {
+            let s = Self::cold_boot(spec, run_dir)?;
+            log::info!("sandbox started by a cold boot (no template cache)");
+            return Ok(s);
+        };
+        let template = match cache.get_or_build(spec, |dir| make_template(spec, dir)) {
+            Ok(t) => t,
+            Err(e) => {
+                log::warn!("no template ({e}); cold boot instead");
+                return Self::cold_boot(spec, run_dir);
+            }
+        };
+        match Self::restore_template(spec, run_dir, &template) {
+            Ok(s) => {
+                log::info!(
+                    "sandbox {} in {:.1} ms",
+                    s.path,
+                    s.timings.ready.as_secs_f64() * 1e3
+                );
+                Ok(s)
+            }
+            Err(e) => {
+                log::warn!(
+                    "restoring template {} failed ({e}); cold boot instead",
+                    template.dir.display()
+                );
+                clear_run_dir(run_dir);
+                Self::cold_boot(spec, run_dir)
+            }
+        }
+    }
+
+    pub fn cold_boot(spec: &VmSpec, run_dir: &Path) -> Result<Sandbox, SandboxError> {
+        let paths = VmmPaths::in_dir(run_dir);
+        let vmm = VmmProcess::spawn(spec, paths, None)?;
+        Self::connect(vmm, StartPath::ColdBoot, BOOT_TIMEOUT)
+    }
+
+    fn restore_template(
+        spec: &VmSpec,
+        run_dir: &Path,
+        template: &Template,
+    ) -> Result<Sandbox, SandboxError> {
+        let mut s = Self::restore(spec, run_dir, &template.dir)?;
+        s.path = StartPath::Template {
+            dir: template.dir.clone(),
+            built: template.built,
+        };
+        Ok(s)
+    }
+
+    /// Restores the snapshot in `snapshot_dir` (made with [`Sandbox::snapshot`]).
+    pub fn restore(
+        spec: &VmSpec,
+        run_dir: &Path,
+        snapshot_dir: &Path,
+    ) -> Result<Sandbox, SandboxError> {
+        let paths = VmmPaths::in_dir(run_dir);
+        let vmm = VmmProcess::spawn(spec, paths, Some(snapshot_dir))?;
+        let path = StartPath::Snapshot {
+            dir: snapshot_dir.to_path_buf(),
+        };
+        Self::connect(vmm, path, RESTORE_TIMEOUT)
+    }
+
+    fn connect(
+        mut vmm: VmmProcess,
+        path: StartPath,
+        within: Duration,
+    ) -> Result<Sandbox, SandboxError> {
+        let vsock = vmm.paths.vsock.clone();
+        vmm.wait_for_path(&vsock, within)?;
+        let vmm_ready = vmm.started.elapsed();
+        let endpoint = Endpoint::HybridVsock(vsock);
+        let deadline = Instant::now() + within;
+        let conn = loop {
+            // Short attempts, so a VMM that dies is noticed between them.
+            let left = deadline.saturating_duration_since(Instant::now());
+            match connect_within(
+                &endpoint,
+                left.min(Duration::from_secs(5)),
+                Duration::from_millis(20),
+            ) {
+                Ok(c) => break c,
+                Err(source) => {
+                    vmm.check_alive("its agent answered")?;
+                    if Instant::now() >= deadline || matches!(source, ConnectError::Version { .. })
+                    {
+                        return Err(SandboxError::Agent {
+                            within,
+                            source,
+                            log: vmm.log_text(),
+                        });
+                    }
+                }
+            }
+        };
+        let agent_ready = vmm.started.elapsed();
+        let api = vmm.paths.api.clone();
+        vmm.wait_for_path(&api, within)?;
+        let control = connect_vmm(&api).map_err(|source| SandboxError::Agent {
+            within,
+            source,
+            log: vmm.log_text(),
+        })?;
+        let sandbox = Sandbox {
+            vmm,
+            agent: conn.client,
+            control,
+            path,
+            timings: StartTimings {
+                vmm_ready,
+                agent_ready,
+                ready: Duration::ZERO,
+            },
+        };
+        let mut sandbox = sandbox;
+        sandbox.make_consistent()?;
+        sandbox.timings.ready = sandbox.vmm.started.elapsed();
+        Ok(sandbox)
+    }
+
+    /// What a guest needs after a restore (and gets after a boot too): the host's time and
+    /// fresh entropy, so two sandboxes restored from one template never share RNG output.
+    fn make_consistent(&self) -> Result<(), SandboxError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let mut t = SetTimeRequest::new();
+        t.seconds = now.as_secs() as i64;
+        t.nanoseconds = now.subsec_nanos();
+        call("SetTime", self.agent.set_time(ctx(), &t))?;
+        let mut r = ReseedRandomRequest::new();
+        r.entropy = host_entropy()?;
+        call("ReseedRandom", self.agent.reseed_random(ctx(), &r))?;
+        Ok(())
+    }
+
+    /// Pauses the VM and writes a snapshot into `dir`; the VM stays paused.
+    pub fn snapshot(&self, dir: &Path) -> Result<(), SandboxError> {
+        call("Pause", self.control.pause(ctx(), &Empty::new()))?;
+        let mut req = SnapshotRequest::new();
+        req.dir = dir.to_string_lossy().into_owned();
+        call("Snapshot", self.control.snapshot(ctx(), &req))?;
+        Ok(())
+    }
+
+    pub fn resume(&self) -> Result<(), SandboxError> {
+        call("Resume", self.control.resume(ctx(), &Empty::new()))?;
+        Ok(())
+    }
+
+    pub fn ping(&self) -> Result<(), SandboxError> {
+        call("Ping", self.agent.ping(ctx(), &PingRequest::new()))?;
+        Ok(())
+    }
+
+    pub fn vmm_pid(&self) -> Option<u32> {
+        self.vmm.pid()
+    }
+
+    pub fn paths(&self) -> &VmmPaths {
+        &self.vmm.paths
+    }
+
+    /// Stops the VM through its control API and waits for the VMM to exit.
+    pub fn shutdown(mut self) -> Option<std::process::ExitStatus> {
+        let _ = self.control.shutdown(ctx(), &Empty::new());
+        self.vmm.wait(Duration::from_secs(10))
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(mut self) {
+        self.vmm.kill();
+    }
+}
+
+/// A cold boot to agent-ready, then a snapshot into `dir`: the template build. Returns the
+/// boot's duration in milliseconds.
+fn make_template(spec: &VmSpec, dir: &Path) -> Result<u64, String> {
+    let run = dir.join("run");
+    std::fs::create_dir_all(&run).map_err(|e| format!("create {}: {e}", run.display()))?;
+    let sandbox = Sandbox::cold_boot(spec, &run).map_err(|e| hull_vmm::error_chain(&e))?;
+    let boot_ms = sandbox.timings.agent_ready.as_millis() as u64;
+    log::info!("template: agent ready {boot_ms} ms after the VMM started; snapshotting");
+    sandbox
+        .snapshot(dir)
+        .map_err(|e| hull_vmm::error_chain(&e))?;
+    let status = sandbox.shutdown();
+    log::debug!("template VMM ended: {status:?}");
+    let _ = std::fs::remove_dir_all(&run);
+    Ok(boot_ms)
+}
+
+fn host_entropy() -> Result<Vec<u8>, SandboxError> {
+    let mut buf = vec![0u8; ENTROPY_BYTES];
+    let path = Path::new("/dev/urandom");
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .map_err(|source| SandboxError::Io {
+            op: "read",
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok(buf)
+}
+
+/// Removes what a failed start left in `run_dir` (sockets, logs), keeping the directory.
+fn clear_run_dir(run_dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(run_dir) {
+        for e in entries.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}

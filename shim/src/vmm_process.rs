@@ -1,0 +1,203 @@
+//! One `hull-vmm` child process: how it is started (boot or restore), and how it ends.
+//!
+//! The VMM runs as its own process (as Firecracker's and Cloud Hypervisor's do), so a guest
+//! that takes its VMM down takes nothing else with it, and `kill -9` of one sandbox is
+//! exactly that sandbox. The process is killed and reaped when the handle drops.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::VmSpec;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmmProcessError {
+    #[error("cannot find the hull-vmm binary (looked at $HULL_VMM, next to this program and on PATH); build it with scripts/build.sh or set HULL_VMM")]
+    NotFound,
+    #[error("start {path}")]
+    Spawn {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("hull-vmm exited ({status}) before {what}; its log: {log}")]
+    Exited {
+        status: std::process::ExitStatus,
+        what: String,
+        log: String,
+    },
+    #[error("{what} did not appear within {within:?}")]
+    Timeout { what: String, within: Duration },
+}
+
+/// Where the `hull-vmm` binary is: `$HULL_VMM`, next to the running program (or one level
+/// up, for test binaries in `target/*/deps`), then `PATH`.
+pub fn find_vmm() -> Result<PathBuf, VmmProcessError> {
+    if let Some(p) = std::env::var_os("HULL_VMM") {
+        return Ok(PathBuf::from(p));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        for dir in exe.ancestors().skip(1).take(2) {
+            let candidate = dir.join("hull-vmm");
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+    }
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("hull-vmm"))
+        .find(|p| p.is_file())
+        .ok_or(VmmProcessError::NotFound)
+}
+
+/// The host resources of one VMM: its sockets and log, all in `run_dir`.
+#[derive(Debug, Clone)]
+pub struct VmmPaths {
+    pub vsock: PathBuf,
+    pub api: PathBuf,
+    pub console: PathBuf,
+    pub log: PathBuf,
+}
+
+impl VmmPaths {
+    pub fn in_dir(run_dir: &Path) -> Self {
+        VmmPaths {
+            vsock: run_dir.join("vsock.sock"),
+            api: run_dir.join("api.sock"),
+            console: run_dir.join("console.log"),
+            log: run_dir.join("vmm.log"),
+        }
+    }
+}
+
+pub struct VmmProcess {
+    child: Option<Child>,
+    pub paths: VmmPaths,
+    pub started: Instant,
+}
+
+impl VmmProcess {
+    /// Starts `hull-vmm` for `spec`: a cold boot, or a restore of the snapshot in `restore`.
+    pub fn spawn(
+        spec: &VmSpec,
+        paths: VmmPaths,
+        restore: Option<&Path>,
+    ) -> Result<Self, VmmProcessError> {
+        let bin = find_vmm()?;
+        let log = std::fs::File::create(&paths.log).map_err(|source| VmmProcessError::Spawn {
+            path: paths.log.clone(),
+            source,
+        })?;
+        let mut cmd = Command::new(&bin);
+        cmd.arg("--kernel")
+            .arg(&spec.kernel)
+            .arg("--root")
+            .arg(&spec.image)
+            .arg("--vcpus")
+            .arg(spec.vcpus.to_string())
+            .arg("--memory-mib")
+            .arg(spec.memory_mib.to_string())
+            .arg("--vsock-uds")
+            .arg(&paths.vsock)
+            .arg("--api-sock")
+            .arg(&paths.api)
+            .arg("--console")
+            .arg(&paths.console);
+        if let Some(dir) = restore {
+            cmd.arg("--restore").arg(dir);
+        }
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("HULL_VMM_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+        let started = Instant::now();
+        let child = cmd.spawn().map_err(|source| VmmProcessError::Spawn {
+            path: bin.clone(),
+            source,
+        })?;
+        Ok(VmmProcess {
+            child: Some(child),
+            paths,
+            started,
+        })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The VMM's log so far (for error messages).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.paths.log).unwrap_or_default()
+    }
+
+    /// An error if the VMM has exited (saying what it was waiting for).
+    pub fn check_alive(&mut self, what: &str) -> Result<(), VmmProcessError> {
+        let Some(child) = self.child.as_mut() else {
+            return Ok(());
+        };
+        match child.try_wait() {
+            Ok(Some(status)) => Err(VmmProcessError::Exited {
+                status,
+                what: what.to_string(),
+                log: last_lines(&self.log_text(), 5),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Waits for `path` to exist (a socket the VMM creates), the VMM staying alive.
+    pub fn wait_for_path(&mut self, path: &Path, within: Duration) -> Result<(), VmmProcessError> {
+        let deadline = Instant::now() + within;
+        let what = format!("{} appeared", path.display());
+        while !path.exists() {
+            self.check_alive(&what)?;
+            if Instant::now() >= deadline {
+                return Err(VmmProcessError::Timeout { what, within });
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(())
+    }
+
+    /// Waits for the VMM to exit on its own (after a control-API Shutdown), killing it
+    /// after `within`.
+    pub fn wait(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(s)) = child.try_wait() {
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                return child.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for VmmProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
+}

@@ -1,0 +1,272 @@
+//! End-to-end through the host sandbox library and real guests: sandboxes restored from
+//! the template cache (made by a cold boot the first time) answer, run containers, stay
+//! independent of each other, and a snapshot taken in the middle of a workload restores
+//! and lets it finish. Each step's wall time is printed: on hosts whose KVM emulates guest
+//! kernel code every guest syscall costs milliseconds.
+
+use std::io::Read;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use hull_protocol::rpc::agent::*;
+use hull_protocol::rpc::agent_ttrpc::AgentClient;
+use hull_protocol::rpc::protobuf::well_known_types::empty::Empty;
+use hull_protocol::rpc::{ttrpc, Endpoint};
+use hull_protocol::stream::{Header, Kind};
+use hull_shim::template::DEFAULT_ROOT;
+use hull_shim::{Sandbox, StartPath, TemplateCache, VmSpec};
+
+/// The image's read-only busybox rootfs (resources/build-image.sh).
+const ROOTFS: &str = "/usr/share/hull/rootfs/busybox";
+
+fn ctx() -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(Duration::from_secs(300).as_nanos() as i64)
+}
+
+/// Whether this host can run the guest tests; says `skipped: ...` when not.
+fn guest_available() -> bool {
+    let kvm = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    if !kvm {
+        eprintln!("skipped: /dev/kvm is not available to this user");
+        return false;
+    }
+    let spec = VmSpec::default();
+    for p in [&spec.kernel, &spec.image] {
+        assert!(
+            p.exists(),
+            "{} is missing: run scripts/build.sh",
+            p.display()
+        );
+    }
+    let _ = env_logger::builder().is_test(true).try_init();
+    true
+}
+
+fn start(run_dir: &Path) -> Sandbox {
+    let t = Instant::now();
+    let s = Sandbox::start(
+        &VmSpec::default(),
+        run_dir,
+        Some(&TemplateCache::new(DEFAULT_ROOT)),
+    )
+    .unwrap_or_else(|e| panic!("sandbox start: {}", hull_vmm::error_chain(&e)));
+    eprintln!(
+        "sandbox {}: VMM ready {:.0} ms, agent {:.0} ms, usable {:.0} ms (call took {:.1} s)",
+        s.path,
+        s.timings.vmm_ready.as_secs_f64() * 1e3,
+        s.timings.agent_ready.as_secs_f64() * 1e3,
+        s.timings.ready.as_secs_f64() * 1e3,
+        t.elapsed().as_secs_f64()
+    );
+    assert!(
+        matches!(s.path, StartPath::Template { .. }),
+        "did not restore from the template: {}",
+        s.path
+    );
+    s
+}
+
+fn spec(args: &[&str]) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "ociVersion": "1.0.2",
+        "root": {"path": ROOTFS, "readonly": true},
+        "hostname": "e2e",
+        "process": {
+            "args": args,
+            "cwd": "/",
+            "env": ["PATH=/bin"],
+            "user": {"uid": 0, "gid": 0},
+            "noNewPrivileges": true
+        },
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755", "size=65536k"]}
+        ],
+        "linux": {
+            "namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "uts"}, {"type": "ipc"}]
+        }
+    }))
+    .unwrap()
+}
+
+fn step(what: &str, t: Instant) {
+    eprintln!("{what}: {:.1} s", t.elapsed().as_secs_f64());
+}
+
+fn create(agent: &AgentClient, id: &str, args: &[&str], stdout: bool) {
+    let t = Instant::now();
+    let mut req = CreateContainerRequest::new();
+    req.container_id = id.into();
+    req.oci_spec_json = spec(args);
+    let mut stdio = Stdio::new();
+    stdio.stdout = stdout;
+    req.stdio = Some(stdio).into();
+    let pid = agent
+        .create_container(ctx(), &req)
+        .unwrap_or_else(|e| panic!("CreateContainer {id}: {e}"))
+        .pid;
+    assert!(pid > 1);
+    step(&format!("CreateContainer {id}"), t);
+}
+
+fn container(id: &str) -> ContainerRequest {
+    let mut r = ContainerRequest::new();
+    r.container_id = id.into();
+    r
+}
+
+fn wait(agent: &AgentClient, id: &str) -> i32 {
+    let mut w = ProcessRequest::new();
+    w.container_id = id.into();
+    agent
+        .wait_process(ctx(), &w)
+        .unwrap_or_else(|e| panic!("WaitProcess {id}: {e}"))
+        .exit_status
+}
+
+/// Runs `args` in a new container; returns its exit status and standard output.
+fn run(s: &Sandbox, id: &str, args: &[&str]) -> (i32, String) {
+    create(&s.agent, id, args, true);
+    let endpoint = Endpoint::HybridVsock(s.paths().vsock.clone());
+    let mut out = endpoint
+        .open_stream(&Header::new(Kind::Stdout, id, ""))
+        .unwrap();
+    let t = Instant::now();
+    s.agent.start_container(ctx(), &container(id)).unwrap();
+    let code = wait(&s.agent, id);
+    let mut text = String::new();
+    out.read_to_string(&mut text).unwrap();
+    step(&format!("start and wait {id}"), t);
+    (code, text)
+}
+
+#[test]
+fn a_restored_sandbox_answers_and_runs_a_container() {
+    if !guest_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path());
+    s.ping().unwrap();
+
+    // The control API of a restored VMM: a paused VM does not answer, a resumed one does.
+    let m = s.control.metrics(ctx(), &Empty::new()).unwrap();
+    assert!(!m.paused && m.vcpus == 1 && m.memory_mib == 128, "{m:?}");
+    assert!(s.control.pause(ctx(), &Empty::new()).unwrap().paused);
+    let short = ttrpc::context::with_timeout(Duration::from_secs(3).as_nanos() as i64);
+    assert!(
+        s.agent.ping(short, &PingRequest::new()).is_err(),
+        "a paused guest answered"
+    );
+    s.resume().unwrap();
+    s.ping().unwrap();
+
+    let mut sb = CreateSandboxRequest::new();
+    sb.hostname = "restored".into();
+    s.agent.create_sandbox(ctx(), &sb).unwrap();
+    let (code, out) = run(
+        &s,
+        "echo",
+        &["sh", "-c", "echo hello from $(hostname); exit 3"],
+    );
+    assert_eq!(code, 3);
+    assert_eq!(out, "hello from e2e\n");
+    let stats = s.agent.stats_container(ctx(), &container("echo")).unwrap();
+    assert!(stats.cpu.usage_usec > 0, "no CPU time accounted: {stats:?}");
+    s.agent.remove_container(ctx(), &container("echo")).unwrap();
+    s.agent.destroy_sandbox(ctx(), &Empty::new()).unwrap();
+    let status = s.shutdown().expect("the VMM was already gone");
+    assert!(status.success(), "hull-vmm exited {status} after Shutdown");
+}
+
+/// Two sandboxes from one template run side by side: separate containers, separate
+/// kernels, and different random numbers (each got fresh host entropy after its restore).
+#[test]
+fn sandboxes_restored_from_one_template_are_independent() {
+    if !guest_available() {
+        return;
+    }
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let sandboxes: Vec<Sandbox> = dirs.iter().map(|d| start(d.path())).collect();
+    let random = [
+        "sh",
+        "-c",
+        "head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'",
+    ];
+    let outputs: Vec<(i32, String)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = sandboxes
+            .iter()
+            .map(|s| scope.spawn(move || run(s, "rng", &random)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (code, out) in &outputs {
+        assert_eq!(*code, 0);
+        assert_eq!(out.len(), 32, "not 16 bytes of hex: {out:?}");
+    }
+    assert_ne!(
+        outputs[0].1, outputs[1].1,
+        "two sandboxes from one template produced the same random bytes"
+    );
+    // The container exists only in the sandbox that made it.
+    sandboxes[0]
+        .agent
+        .remove_container(ctx(), &container("rng"))
+        .unwrap();
+    let gone = sandboxes[0].agent.stats_container(ctx(), &container("rng"));
+    assert!(gone.is_err(), "removed container still there");
+    sandboxes[1]
+        .agent
+        .stats_container(ctx(), &container("rng"))
+        .expect("the other sandbox lost its container");
+    for s in sandboxes {
+        s.kill();
+    }
+}
+
+/// A snapshot taken while a container runs restores into a new VMM, and the container
+/// finishes there with its own exit status.
+#[test]
+fn a_snapshot_taken_mid_workload_restores_and_continues() {
+    if !guest_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let first_run = dir.path().join("first");
+    let second_run = dir.path().join("second");
+    let snap = dir.path().join("snap");
+    for d in [&first_run, &second_run] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let s = start(&first_run);
+    let counter = "n=0; while [ $n -lt 8 ]; do n=$((n+1)); echo $n > /dev/shm/n; sleep 1; done; exit $((n+34))";
+    create(&s.agent, "count", &["sh", "-c", counter], false);
+    s.agent.start_container(ctx(), &container("count")).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let running = s.agent.list_processes(ctx(), &container("count")).unwrap();
+    assert!(
+        !running.pids.is_empty(),
+        "the loop ended before the snapshot"
+    );
+    let t = Instant::now();
+    s.snapshot(&snap).unwrap();
+    step("snapshot mid-workload", t);
+    s.kill();
+
+    let t = Instant::now();
+    let restored = Sandbox::restore(&VmSpec::default(), &second_run, &snap)
+        .unwrap_or_else(|e| panic!("restore: {}", hull_vmm::error_chain(&e)));
+    step("restore", t);
+    let t = Instant::now();
+    assert_eq!(
+        wait(&restored.agent, "count"),
+        42,
+        "the loop did not finish"
+    );
+    step("the container finished after the restore", t);
+    restored.kill();
+}
