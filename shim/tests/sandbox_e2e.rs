@@ -70,6 +70,14 @@ fn start(run_dir: &Path) -> Sandbox {
     s
 }
 
+fn create_sandbox(s: &Sandbox, hostname: &str) {
+    let mut sb = CreateSandboxRequest::new();
+    sb.hostname = hostname.into();
+    s.agent
+        .create_sandbox(ctx(), &sb)
+        .unwrap_or_else(|e| panic!("CreateSandbox: {e}"));
+}
+
 fn spec(args: &[&str]) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
         "ociVersion": "1.0.2",
@@ -165,9 +173,7 @@ fn a_restored_sandbox_answers_and_runs_a_container() {
     s.resume().unwrap();
     s.ping().unwrap();
 
-    let mut sb = CreateSandboxRequest::new();
-    sb.hostname = "restored".into();
-    s.agent.create_sandbox(ctx(), &sb).unwrap();
+    create_sandbox(&s, "restored");
     let (code, out) = run(
         &s,
         "echo",
@@ -192,6 +198,9 @@ fn sandboxes_restored_from_one_template_are_independent() {
     }
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let sandboxes: Vec<Sandbox> = dirs.iter().map(|d| start(d.path())).collect();
+    for (s, name) in sandboxes.iter().zip(["one", "two"]) {
+        create_sandbox(s, name);
+    }
     let random = [
         "sh",
         "-c",
@@ -243,6 +252,7 @@ fn a_snapshot_taken_mid_workload_restores_and_continues() {
         std::fs::create_dir_all(d).unwrap();
     }
     let s = start(&first_run);
+    create_sandbox(&s, "counter");
     let counter = "n=0; while [ $n -lt 8 ]; do n=$((n+1)); echo $n > /dev/shm/n; sleep 1; done; exit $((n+34))";
     create(&s.agent, "count", &["sh", "-c", counter], false);
     s.agent.start_container(ctx(), &container("count")).unwrap();
