@@ -524,6 +524,36 @@ fn configure_network_sets_addresses_and_routes_the_containers_see() {
     req.interfaces[0].name = "nosuch0".into();
     let (code, _) = status(agent.client.configure_network(ctx(), &req).unwrap_err());
     assert_eq!(code, Code::NOT_FOUND);
+
+    // Identity after a restore: an interface found by name takes the MAC it is given.
+    let in_agent_ns = |cmd: &str| {
+        let out = std::process::Command::new("nsenter")
+            .args(["-t", &agent.pid().to_string(), "-n", "sh", "-c", cmd])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    in_agent_ns("ip tuntap add hull0 mode tap && ip link set hull0 address 02:00:00:00:00:01");
+    let mut nic = Interface::new();
+    nic.name = "hull0".into();
+    nic.mac = "02:AA:BB:00:00:07".into();
+    let mut req = ConfigureNetworkRequest::new();
+    req.interfaces = vec![nic.clone()];
+    agent.client.configure_network(ctx(), &req).unwrap();
+    let link = in_agent_ns("ip link show hull0");
+    assert!(link.contains("link/ether 02:aa:bb:00:00:07"), "{link}");
+    // Found by that MAC alone from now on.
+    nic.name.clear();
+    nic.addresses = vec!["10.1.2.3/24".into()];
+    req.interfaces = vec![nic];
+    agent.client.configure_network(ctx(), &req).unwrap();
+    let addrs = in_agent_ns("ip addr show hull0");
+    assert!(addrs.contains("inet 10.1.2.3/24"), "{addrs}");
     agent.stop();
 }
 

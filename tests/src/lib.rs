@@ -20,8 +20,8 @@ pub struct ProcessMemory {
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct MappingMemory {
     pub pss_kib: u64,
-    /// Pages only this process has: for a private file mapping, the ones it wrote.
-    pub private_kib: u64,
+    /// Anonymous pages: for a private file mapping, the copies of the pages it wrote.
+    pub anon_kib: u64,
 }
 
 /// Sums /proc/PID/smaps over the mappings whose path ends with `suffix`.
@@ -54,7 +54,7 @@ fn sum_mappings(smaps: &str, suffix: &str) -> MappingMemory {
         };
         match first {
             "Pss:" => out.pss_kib += value(),
-            "Private_Clean:" | "Private_Dirty:" => out.private_kib += value(),
+            "Anonymous:" => out.anon_kib += value(),
             _ => {}
         }
     }
@@ -126,21 +126,22 @@ mod tests {
 7f00-7f10 rw-p 00000000 08:01 42 /var/cache/hull/templates/ab/memory
 Size:                 64 kB
 Pss:                  20 kB
-Private_Clean:         0 kB
+Private_Clean:        12 kB
 Private_Dirty:         8 kB
+Anonymous:             8 kB
 7f10-7f20 r-xp 00000000 08:01 43 /usr/bin/hull-vmm
 Pss:                 100 kB
-Private_Dirty:       100 kB
+Anonymous:           100 kB
 7f20-7f30 rw-p 00000000 08:01 42 /var/cache/hull/templates/ab/memory
 Pss:                   6 kB
-Private_Clean:         4 kB
+Anonymous:             4 kB
 ";
         let m = sum_mappings(smaps, "/memory");
         assert_eq!(
             m,
             MappingMemory {
                 pss_kib: 26,
-                private_kib: 12
+                anon_kib: 12
             }
         );
     }

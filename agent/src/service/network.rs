@@ -5,6 +5,7 @@
 //! time, so a kernel refusal comes back as the errno of the request that caused it.
 
 use std::net::IpAddr;
+use std::os::fd::{AsRawFd, FromRawFd};
 
 use hull_protocol::rpc::agent::{ConfigureNetworkRequest, Interface, Route};
 use netlink_packet_core::{
@@ -185,16 +186,84 @@ fn is_mac(s: &str) -> bool {
             .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
-/// The interface whose MAC is `mac`, from sysfs.
+/// `aa:bb:cc:dd:ee:ff` (checked by `is_mac`) as bytes.
+fn mac_bytes(mac: &str) -> [u8; 6] {
+    let mut out = [0u8; 6];
+    for (b, part) in out.iter_mut().zip(mac.split(':')) {
+        *b = u8::from_str_radix(part, 16).unwrap_or(0);
+    }
+    out
+}
+
+/// The hardware address of interface `name` in this network namespace, as
+/// `aa:bb:cc:dd:ee:ff` (SIOCGIFHWADDR: sysfs shows the namespace it was mounted in, which
+/// for `hull-agent serve` is the host's).
+fn current_mac(name: &str) -> Option<String> {
+    if name.len() >= libc::IFNAMSIZ {
+        return None;
+    }
+    // SAFETY: a plain datagram socket, closed by OwnedFd below; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is a fresh descriptor nothing else owns.
+    let sock = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: an all-zero ifreq is a valid value of the type.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFHWADDR reads the NUL-terminated name in `req` and writes its
+    // ifr_hwaddr member; `req` outlives the call.
+    let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) };
+    if r != 0 {
+        return None;
+    }
+    // SAFETY: the ioctl succeeded, so the union holds ifr_hwaddr.
+    let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
+    Some(
+        data[..6]
+            .iter()
+            .map(|b| format!("{:02x}", *b as u8))
+            .collect::<Vec<_>>()
+            .join(":"),
+    )
+}
+
+/// The interface in this network namespace whose MAC is `mac`.
 fn name_by_mac(mac: &str) -> Option<String> {
-    std::fs::read_dir("/sys/class/net")
-        .ok()?
-        .flatten()
-        .find_map(|e| {
-            let addr = std::fs::read_to_string(e.path().join("address")).ok()?;
-            (addr.trim().eq_ignore_ascii_case(mac))
-                .then(|| e.file_name().to_string_lossy().into_owned())
-        })
+    interface_names()
+        .into_iter()
+        .find(|n| current_mac(n).is_some_and(|m| m.eq_ignore_ascii_case(mac)))
+}
+
+/// Every interface of this network namespace (if_nameindex).
+fn interface_names() -> Vec<String> {
+    // SAFETY: if_nameindex allocates an array ending in a zero entry, freed below.
+    let list = unsafe { libc::if_nameindex() };
+    if list.is_null() {
+        return Vec::new();
+    }
+    let mut names = Vec::new();
+    let mut i = 0;
+    loop {
+        // SAFETY: the array is terminated by an entry with index 0, which we stop at, so
+        // entry `i` is within it.
+        let ptr = unsafe { list.add(i) };
+        // SAFETY: `ptr` points at a live, initialized entry of the array.
+        let entry = unsafe { &*ptr };
+        if entry.if_index == 0 || entry.if_name.is_null() {
+            break;
+        }
+        // SAFETY: if_name is a NUL-terminated string owned by the array.
+        let name = unsafe { std::ffi::CStr::from_ptr(entry.if_name) };
+        names.push(name.to_string_lossy().into_owned());
+        i += 1;
+    }
+    // SAFETY: `list` came from if_nameindex and is freed once.
+    unsafe { libc::if_freenameindex(list) };
+    names
 }
 
 fn index_of(name: &str) -> Result<u32, AgentError> {
@@ -266,14 +335,31 @@ pub fn configure(req: &ConfigureNetworkRequest) -> Result<(), AgentError> {
     };
     let mut nl = Netlink::open().map_err(fail("opening an rtnetlink socket".into()))?;
     for iface in &ifaces {
-        let name = if iface.mac.is_empty() {
-            iface.name.clone()
-        } else {
+        // By name when there is one (and then given the MAC if it has another: a guest
+        // restored from a template keeps the template's MAC until told); else by MAC.
+        let name = if iface.name.is_empty() {
             name_by_mac(&iface.mac).ok_or_else(|| {
                 AgentError::NotFound(format!("network interface with MAC {}", iface.mac))
             })?
+        } else {
+            iface.name.clone()
         };
         let index = index_of(&name)?;
+        if !iface.mac.is_empty() && current_mac(&name).as_deref() != Some(iface.mac.as_str()) {
+            // Most drivers (virtio-net without VIRTIO_NET_F_CTRL_MAC_ADDR) change the
+            // address only while the link is down.
+            let mut down = LinkMessage::default();
+            down.header.index = index;
+            down.header.change_mask |= LinkFlags::Up;
+            nl.request(RouteNetlinkMessage::SetLink(down), 0)
+                .map_err(fail(format!("taking {name} down to change its MAC")))?;
+            let mut addr = LinkMessage::default();
+            addr.header.index = index;
+            addr.attributes
+                .push(LinkAttribute::Address(mac_bytes(&iface.mac).to_vec()));
+            nl.request(RouteNetlinkMessage::SetLink(addr), 0)
+                .map_err(fail(format!("setting the MAC of {name} to {}", iface.mac)))?;
+        }
         let mut link = LinkMessage::default();
         link.header.index = index;
         link.header.flags |= LinkFlags::Up;
@@ -374,6 +460,14 @@ mod tests {
         r.gateway = gw.into();
         r.device = dev.into();
         r
+    }
+
+    #[test]
+    fn mac_text_becomes_bytes_and_lo_has_a_readable_address() {
+        assert_eq!(mac_bytes("02:aa:BB:00:00:07"), [2, 0xaa, 0xbb, 0, 0, 7]);
+        assert_eq!(current_mac("lo").as_deref(), Some("00:00:00:00:00:00"));
+        assert!(interface_names().iter().any(|n| n == "lo"));
+        assert_eq!(current_mac("nosuch-if0"), None);
     }
 
     #[test]

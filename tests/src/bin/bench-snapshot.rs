@@ -177,7 +177,7 @@ fn main() -> Result<()> {
     println!("{}", row("SetTime + ReseedRandom done: usable", &ready));
 
     println!("\n### Memory of idle sandboxes restored from one template (PSS per sandbox)\n");
-    println!("| sandboxes | total | VMM (no guest RAM) | guest: private pages | guest: share of template pages |");
+    println!("| sandboxes | total | VMM (no guest RAM) | guest: pages it wrote (its own) | guest: share of template pages |");
     println!("| --- | --- | --- | --- | --- |");
     for &n in &args.counts {
         let mut sandboxes = Vec::new();
@@ -196,8 +196,8 @@ fn main() -> Result<()> {
             let guest = mapping_memory(pid, "/memory")?;
             total += all.pss_total_kib;
             vmm += all.pss_total_kib.saturating_sub(guest.pss_kib);
-            private += guest.private_kib;
-            shared += guest.pss_kib.saturating_sub(guest.private_kib);
+            private += guest.anon_kib;
+            shared += guest.pss_kib.saturating_sub(guest.anon_kib);
         }
         let per = |v: u64| format!("{:.1} MiB", v as f64 / n as f64 / 1024.0);
         println!(
