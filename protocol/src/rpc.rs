@@ -98,6 +98,23 @@ impl std::error::Error for ConnectError {}
 impl Endpoint {
     /// A connected byte stream to guest `port`.
     pub fn dial(&self, port: u32) -> Result<UnixStream, ConnectError> {
+        self.dial_with(port, "CONNECT")
+    }
+
+    /// Through a restored VMM's hybrid vsock: the connection to guest `port` that the
+    /// snapshot kept open (`ADOPT`), already accepted by the guest. Refused when there is
+    /// none (or for a unix-socket endpoint); `dial` then makes a new one.
+    pub fn adopt(&self, port: u32) -> Result<UnixStream, ConnectError> {
+        match self {
+            Endpoint::UnixDir(_) => Err(ConnectError::Refused {
+                port,
+                reply: "nothing to adopt on a unix-socket endpoint".into(),
+            }),
+            Endpoint::HybridVsock(_) => self.dial_with(port, "ADOPT"),
+        }
+    }
+
+    fn dial_with(&self, port: u32, verb: &str) -> Result<UnixStream, ConnectError> {
         match self {
             Endpoint::UnixDir(dir) => {
                 let path = dir.join(unix_socket_name(port));
@@ -113,8 +130,8 @@ impl Endpoint {
                 };
                 let mut s =
                     UnixStream::connect(uds).map_err(io("connecting to the VMM's vsock socket"))?;
-                s.write_all(format!("CONNECT {port}\n").as_bytes())
-                    .map_err(io("sending CONNECT"))?;
+                s.write_all(format!("{verb} {port}\n").as_bytes())
+                    .map_err(io("sending the handshake"))?;
                 let mut reply = Vec::with_capacity(16);
                 let mut byte = [0u8; 1];
                 while reply.len() < 32 {
@@ -122,7 +139,7 @@ impl Endpoint {
                         Ok(0) => break,
                         Ok(_) if byte[0] == b'\n' => break,
                         Ok(_) => reply.push(byte[0]),
-                        Err(e) => return Err(io("reading the CONNECT reply")(e)),
+                        Err(e) => return Err(io("reading the handshake reply")(e)),
                     }
                 }
                 let reply = String::from_utf8_lossy(&reply).into_owned();
@@ -161,7 +178,16 @@ pub struct AgentConnection {
 
 /// Connects to the agent's RPC port and checks its protocol version.
 pub fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<AgentConnection, ConnectError> {
-    let stream = endpoint.dial(AGENT_PORT)?;
+    hello(endpoint.dial(AGENT_PORT)?, timeout)
+}
+
+/// Takes over the agent connection a restored snapshot kept (see [`Endpoint::adopt`]) and
+/// checks the protocol version on it: no new connection for the guest to set up.
+pub fn adopt(endpoint: &Endpoint, timeout: Duration) -> Result<AgentConnection, ConnectError> {
+    hello(endpoint.adopt(AGENT_PORT)?, timeout)
+}
+
+fn hello(stream: UnixStream, timeout: Duration) -> Result<AgentConnection, ConnectError> {
     let client = ttrpc::Client::new(stream.into_raw_fd()).map_err(ConnectError::Rpc)?;
     let client = agent_ttrpc::AgentClient::new(client);
     let hello = client

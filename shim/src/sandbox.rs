@@ -12,7 +12,7 @@ use hull_protocol::rpc::agent_ttrpc::AgentClient;
 use hull_protocol::rpc::protobuf::well_known_types::empty::Empty;
 use hull_protocol::rpc::vmm::SnapshotRequest;
 use hull_protocol::rpc::vmm_ttrpc::VmmClient;
-use hull_protocol::rpc::{connect_vmm, connect_within, ttrpc, ConnectError, Endpoint};
+use hull_protocol::rpc::{adopt, connect_vmm, connect_within, ttrpc, ConnectError, Endpoint};
 
 use crate::template::{Template, TemplateCache, TemplateError};
 use crate::vmm_process::{VmmPaths, VmmProcess, VmmProcessError};
@@ -25,6 +25,9 @@ pub const BOOT_TIMEOUT: Duration = Duration::from_secs(480);
 pub const RESTORE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Any one control or agent call made while starting.
 const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// The first Ping on an adopted connection: the guest answers at once or the connection
+/// is not worth keeping (a new one is made instead).
+const ADOPT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Bytes of host entropy given to every guest at start.
 const ENTROPY_BYTES: usize = 64;
 
@@ -96,6 +99,9 @@ pub struct StartTimings {
     pub agent_ready: Duration,
     /// Until the guest clock and RNG were set: the sandbox is usable.
     pub ready: Duration,
+    /// The agent connection the snapshot kept was adopted (no new connection for the
+    /// guest to set up).
+    pub adopted: bool,
 }
 
 pub struct Sandbox {
@@ -159,7 +165,7 @@ impl Sandbox {
     pub fn cold_boot(spec: &VmSpec, run_dir: &Path) -> Result<Sandbox, SandboxError> {
         let paths = VmmPaths::in_dir(run_dir);
         let vmm = VmmProcess::spawn(spec, paths, None)?;
-        Self::connect(vmm, StartPath::ColdBoot, BOOT_TIMEOUT)
+        Self::connect(vmm, StartPath::ColdBoot, BOOT_TIMEOUT, false)
     }
 
     fn restore_template(
@@ -186,37 +192,65 @@ impl Sandbox {
         let path = StartPath::Snapshot {
             dir: snapshot_dir.to_path_buf(),
         };
-        Self::connect(vmm, path, RESTORE_TIMEOUT)
+        Self::connect(vmm, path, RESTORE_TIMEOUT, true)
     }
 
     fn connect(
         mut vmm: VmmProcess,
         path: StartPath,
         within: Duration,
+        restored: bool,
     ) -> Result<Sandbox, SandboxError> {
         let vsock = vmm.paths.vsock.clone();
         vmm.wait_for_path(&vsock, within)?;
         let vmm_ready = vmm.started.elapsed();
         let endpoint = Endpoint::HybridVsock(vsock);
         let deadline = Instant::now() + within;
-        let conn = loop {
-            // Short attempts, so a VMM that dies is noticed between them.
-            let left = deadline.saturating_duration_since(Instant::now());
-            match connect_within(
-                &endpoint,
-                left.min(Duration::from_secs(5)),
-                Duration::from_millis(20),
-            ) {
-                Ok(c) => break c,
-                Err(source) => {
-                    vmm.check_alive("its agent answered")?;
-                    if Instant::now() >= deadline || matches!(source, ConnectError::Version { .. })
-                    {
-                        return Err(SandboxError::Agent {
-                            within,
-                            source,
-                            log: vmm.log_text(),
-                        });
+        // A restored VMM may hold the snapshot's idle agent connection: taking it over
+        // skips the guest's setup of a new one (its threads), most of a restore's time on
+        // a host whose KVM emulates guest kernel code.
+        let adopted = if restored {
+            match adopt(&endpoint, ADOPT_TIMEOUT) {
+                Ok(c) => Some(c),
+                Err(e @ ConnectError::Version { .. }) => {
+                    return Err(SandboxError::Agent {
+                        within,
+                        source: e,
+                        log: vmm.log_text(),
+                    })
+                }
+                Err(e) => {
+                    log::debug!("no kept agent connection to adopt ({e}); connecting anew");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let was_adopted = adopted.is_some();
+        let conn = if let Some(c) = adopted {
+            c
+        } else {
+            loop {
+                // Short attempts, so a VMM that dies is noticed between them.
+                let left = deadline.saturating_duration_since(Instant::now());
+                match connect_within(
+                    &endpoint,
+                    left.min(Duration::from_secs(5)),
+                    Duration::from_millis(20),
+                ) {
+                    Ok(c) => break c,
+                    Err(source) => {
+                        vmm.check_alive("its agent answered")?;
+                        if Instant::now() >= deadline
+                            || matches!(source, ConnectError::Version { .. })
+                        {
+                            return Err(SandboxError::Agent {
+                                within,
+                                source,
+                                log: vmm.log_text(),
+                            });
+                        }
                     }
                 }
             }
@@ -238,6 +272,7 @@ impl Sandbox {
                 vmm_ready,
                 agent_ready,
                 ready: Duration::ZERO,
+                adopted: was_adopted,
             },
         };
         let mut sandbox = sandbox;

@@ -204,7 +204,7 @@ pub fn restore_microvm(
         },
     )?;
     if vmm.vsock_transport_reset() {
-        log::info!("vsock: transport reset posted to the restored guest");
+        log::debug!("vsock: asked the device to finish its restore");
     }
     Ok(vmm)
 }

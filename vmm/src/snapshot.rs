@@ -27,7 +27,7 @@ pub const MEMORY_FILE: &str = "memory";
 const MAGIC: &[u8; 8] = b"HULLSNAP";
 /// The state file layout this build reads and writes. Bump it whenever [`SnapshotState`]
 /// or anything inside it changes shape.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 const HEADER_LEN: usize = 8 + 4 + 8 + 4;
 /// No state file comes near this (a few hundred KiB with many vCPUs); a larger length field
 /// is corruption, refused before allocating.
@@ -271,7 +271,7 @@ mod tests {
             e.contains("format version 7 (written by hull 0.1.0)"),
             "{e}"
         );
-        assert!(e.contains("reads version 1"), "{e}");
+        assert!(e.contains("reads version 2"), "{e}");
     }
 
     #[test]

@@ -125,3 +125,123 @@ fn a_snapshot_of_a_ready_guest_restores_and_answers() {
     std::fs::remove_file(snap.join("state")).unwrap();
     refused(&snap, &[], "open");
 }
+
+/// In a new network namespace (this thread and the VMMs it spawns), a tap named `name`
+/// whose host end has `host_cidr`, its descriptor inheritable. None where namespaces are
+/// not permitted.
+fn tap_in_new_netns(name: &str, host_cidr: &str) -> Option<hull_vmm::devices::virtio::net::Tap> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: unshare takes flags only; it affects the calling thread.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        return None;
+    }
+    let tap = hull_vmm::devices::virtio::net::Tap::open(name).unwrap();
+    for args in [
+        format!("link set {name} up"),
+        format!("addr add {host_cidr} dev {name}"),
+    ] {
+        let ok = std::process::Command::new("ip")
+            .args(args.split_whitespace())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "ip {args}");
+    }
+    // SAFETY: F_SETFD on a descriptor we own; no memory is involved.
+    unsafe { libc::fcntl(tap.as_raw_fd(), libc::F_SETFD, 0) };
+    Some(tap)
+}
+
+/// A VM snapshotted with one tap and MAC is restored onto another tap in another network
+/// namespace; the agent gives eth0 the new MAC and an address, and the guest kernel answers
+/// on the new network (its ICMP "port unreachable" reaches a host socket, and the host's
+/// neighbour table holds the new MAC).
+#[test]
+fn a_restored_vm_takes_a_new_tap_and_mac() {
+    use std::os::fd::AsRawFd;
+    if !kvm_available() {
+        return;
+    }
+    // The test moves its own thread between namespaces: run it on a thread of its own.
+    std::thread::spawn(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let snap = dir.path().join("snap");
+        let Some(tap_a) = tap_in_new_netns("hull-snap-a", "10.0.0.1/24") else {
+            eprintln!("skipped: cannot create a network namespace (needs root)");
+            return;
+        };
+        let uds = dir.path().join("a.vsock");
+        let api = dir.path().join("a.api");
+        let mut cmd = vmm("");
+        cmd.arg("--vsock-uds").arg(&uds).arg("--api-sock").arg(&api);
+        cmd.arg("--net")
+            .arg(format!("fd={},mac=02:00:00:00:00:0a", tap_a.as_raw_fd()));
+        cmd.stdout(std::process::Stdio::null());
+        let mut booted = KillOnDrop(Some(cmd.spawn().unwrap()));
+        let conn = connect_within(
+            &Endpoint::HybridVsock(uds),
+            BOOT_TIMEOUT,
+            Duration::from_millis(500),
+        )
+        .expect("agent never answered");
+        drop(conn);
+        let control = connect_vmm(&api).unwrap();
+        control.pause(ctx(), &Empty::new()).unwrap();
+        let mut req = SnapshotRequest::new();
+        req.dir = snap.to_string_lossy().into_owned();
+        control.snapshot(ctx(), &req).unwrap();
+        control.shutdown(ctx(), &Empty::new()).unwrap();
+        assert!(booted.take().wait().unwrap().success());
+        drop(tap_a);
+
+        let tap_b = tap_in_new_netns("hull-snap-b", "10.0.1.1/24").unwrap();
+        let uds = dir.path().join("b.vsock");
+        let mut cmd = vmm("");
+        cmd.arg("--vsock-uds").arg(&uds).arg("--restore").arg(&snap);
+        cmd.arg("--net")
+            .arg(format!("fd={},mac=02:00:00:00:00:0b", tap_b.as_raw_fd()));
+        cmd.stdout(std::process::Stdio::null());
+        let mut restored = KillOnDrop(Some(cmd.spawn().unwrap()));
+        wait_for_socket(&uds, restored.0.as_mut().unwrap());
+        let conn = connect_within(
+            &Endpoint::HybridVsock(uds),
+            Duration::from_secs(120),
+            Duration::from_millis(20),
+        )
+        .expect("restored agent never answered");
+        let mut nic = Interface::new();
+        nic.name = "eth0".into();
+        nic.mac = "02:00:00:00:00:0b".into();
+        nic.addresses = vec!["10.0.1.2/24".into()];
+        let mut net = ConfigureNetworkRequest::new();
+        net.interfaces = vec![nic];
+        conn.client
+            .configure_network(ctx(), &net)
+            .unwrap_or_else(|e| panic!("ConfigureNetwork: {e}"));
+
+        let sock = std::net::UdpSocket::bind("10.0.1.1:0").unwrap();
+        sock.connect("10.0.1.2:9").unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut buf = [0u8; 16];
+        loop {
+            sock.send(b"anyone there?").unwrap();
+            match sock.recv(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+                other => assert!(
+                    Instant::now() < deadline,
+                    "the restored guest never answered on the new tap: {other:?}"
+                ),
+            }
+        }
+        let neigh = std::process::Command::new("ip")
+            .args(["neigh", "show", "10.0.1.2"])
+            .output()
+            .unwrap();
+        let neigh = String::from_utf8_lossy(&neigh.stdout);
+        assert!(neigh.contains("02:00:00:00:00:0b"), "{neigh}");
+        drop(restored);
+    })
+    .join()
+    .unwrap();
+}

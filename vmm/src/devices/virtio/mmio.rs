@@ -68,6 +68,8 @@ pub enum MmioError {
         found: usize,
         want: usize,
     },
+    #[error("snapshot: device type {device}: {reason}")]
+    DeviceState { device: u32, reason: String },
     #[error("snapshot: queue {index} of device type {device}")]
     QueueState {
         device: u32,
@@ -105,6 +107,8 @@ pub struct TransportState {
     pub interrupt_status: u32,
     pub bad_size: Vec<bool>,
     pub queues: Vec<QueueSnapshot>,
+    /// The device's own state ([`VirtioDevice::save_device`]).
+    pub device: Vec<u8>,
 }
 
 pub struct MmioTransport {
@@ -329,6 +333,7 @@ impl MmioTransport {
                     }
                 })
                 .collect(),
+            device: self.device.save_device(),
         }
     }
 
@@ -385,6 +390,9 @@ impl MmioTransport {
         if self.activated {
             self.device.activate(self.acked_features);
         }
+        self.device
+            .restore_device(&state.device)
+            .map_err(|reason| MmioError::DeviceState { device, reason })?;
         Ok(())
     }
 

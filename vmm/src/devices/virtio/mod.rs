@@ -145,6 +145,16 @@ pub trait VirtioDevice: Send {
     ) -> UsedQueues;
     /// The driver reset the device: drop negotiated state.
     fn reset(&mut self) {}
+    /// Device-specific state for a snapshot, in the device's own encoding (the transport
+    /// state carries it opaquely). Most devices have none between two events.
+    fn save_device(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    /// Takes what [`Self::save_device`] returned, in a restored VM after the device was
+    /// re-activated. An error stops the restore.
+    fn restore_device(&mut self, _state: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
     /// Host descriptors the event loop should watch for this device, with the events
     /// wanted. They stay registered for the device's life; a device that must stop
     /// watching one temporarily uses edge triggering or a nested epoll of its own.

@@ -17,6 +17,7 @@ use std::num::Wrapping;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
 use vmm_sys_util::epoll::EventSet;
 
 use super::packet::{op, Header, SHUTDOWN_BOTH, SHUTDOWN_RCV, SHUTDOWN_SEND};
@@ -30,6 +31,23 @@ const CREDIT_UPDATE_THRESHOLD: u32 = 64 << 10;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a closing connection may take to hand its last bytes to the host.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection kept by a restored snapshot waits for a host client to adopt it
+/// before it is reset.
+pub const PARK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An idle, established host-initiated connection as a snapshot keeps it: its credit
+/// counters, so a restored VMM can carry it on without the guest noticing.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SavedConnection {
+    pub host_port: u32,
+    pub guest_port: u32,
+    pub rx_from_guest: u32,
+    pub fwd_cnt: u32,
+    pub fwd_cnt_sent: u32,
+    pub peer_buf_alloc: u32,
+    pub peer_fwd_cnt: u32,
+    pub tx_cnt: u32,
+}
 
 mod pending {
     pub const REQUEST: u8 = 1;
@@ -60,6 +78,11 @@ pub struct RxPacket {
 pub struct Connection {
     stream: UnixStream,
     state: State,
+    /// Opened by a host client (CONNECT) rather than by the guest.
+    host_initiated: bool,
+    /// Kept by a restored snapshot, waiting for a host client to adopt it: `stream` is a
+    /// placeholder nothing reads or writes, guest data waits in `tx_buf`.
+    parked: bool,
     /// Guest data not yet accepted by the host stream, preceded by `reply_len` bytes of
     /// the handshake reply.
     tx_buf: VecDeque<u8>,
@@ -91,6 +114,7 @@ impl Connection {
     /// A host client asked for a guest port: a REQUEST goes to the guest.
     pub fn host_initiated(stream: UnixStream, now: Instant) -> Self {
         let mut c = Connection::new(stream, State::Connecting);
+        c.host_initiated = true;
         c.pending = pending::REQUEST;
         c.deadline = Some(now + CONNECT_TIMEOUT);
         c
@@ -104,10 +128,73 @@ impl Connection {
         c
     }
 
+    /// A connection a snapshot kept, parked until a host client adopts it (or
+    /// [`PARK_TIMEOUT`] passes and it is reset).
+    pub fn parked(saved: &SavedConnection, placeholder: UnixStream, now: Instant) -> Self {
+        let mut c = Connection::new(placeholder, State::Established);
+        c.host_initiated = true;
+        c.parked = true;
+        c.rx_from_guest = Wrapping(saved.rx_from_guest);
+        c.fwd_cnt = Wrapping(saved.fwd_cnt);
+        c.fwd_cnt_sent = Wrapping(saved.fwd_cnt_sent);
+        c.peer_buf_alloc = saved.peer_buf_alloc;
+        c.peer_fwd_cnt = Wrapping(saved.peer_fwd_cnt);
+        c.tx_cnt = Wrapping(saved.tx_cnt);
+        c.deadline = Some(now + PARK_TIMEOUT);
+        c
+    }
+
+    /// What a snapshot keeps of this connection: only an established, host-initiated one
+    /// with nothing in flight either way (no buffered guest data, no unread host input, no
+    /// packet owed to the guest, no half-close). Anything else cannot be carried on by
+    /// another host client, and a restore resets it.
+    pub fn save(&self, host_port: u32, guest_port: u32) -> Option<SavedConnection> {
+        let idle = self.state == State::Established
+            && self.host_initiated
+            && !self.parked
+            && self.tx_buf.is_empty()
+            && self.pending == 0
+            && self.shutdown_to_send == 0
+            && self.peer_shutdown == 0
+            && !self.host_readable
+            && !self.host_eof
+            && !self.host_hup;
+        idle.then_some(SavedConnection {
+            host_port,
+            guest_port,
+            rx_from_guest: self.rx_from_guest.0,
+            fwd_cnt: self.fwd_cnt.0,
+            fwd_cnt_sent: self.fwd_cnt_sent.0,
+            peer_buf_alloc: self.peer_buf_alloc,
+            peer_fwd_cnt: self.peer_fwd_cnt.0,
+            tx_cnt: self.tx_cnt.0,
+        })
+    }
+
+    pub fn is_parked(&self) -> bool {
+        self.parked && self.state != State::Closed
+    }
+
+    /// A host client takes over a parked connection: it gets `OK <host_port>` and then
+    /// whatever the guest sent meanwhile.
+    pub fn adopt(&mut self, stream: UnixStream, host_port: u32) {
+        self.stream = stream;
+        self.parked = false;
+        self.deadline = None;
+        let reply = super::handshake::ok_reply(host_port);
+        self.reply_len = reply.len();
+        let guest_data: Vec<u8> = self.tx_buf.drain(..).collect();
+        self.tx_buf.extend(reply);
+        self.tx_buf.extend(guest_data);
+        self.flush();
+    }
+
     fn new(stream: UnixStream, state: State) -> Self {
         Connection {
             stream,
             state,
+            host_initiated: false,
+            parked: false,
             tx_buf: VecDeque::new(),
             reply_len: 0,
             rx_from_guest: Wrapping(0),
@@ -185,7 +272,7 @@ impl Connection {
     /// what is left in the socket is read as credit allows.
     pub fn interest(&self) -> EventSet {
         let mut e = EventSet::empty();
-        if self.host_hup || self.state == State::Closed {
+        if self.host_hup || self.state == State::Closed || self.parked {
             return e;
         }
         if self.wants_host_input() && !self.host_readable {
@@ -198,7 +285,7 @@ impl Connection {
     }
 
     pub fn watchable(&self) -> bool {
-        !self.host_hup && self.state != State::Closed
+        !self.host_hup && self.state != State::Closed && !self.parked
     }
 
     fn wants_host_input(&self) -> bool {
@@ -290,7 +377,7 @@ impl Connection {
             return;
         }
         let mut rest = payload;
-        if self.tx_buf.is_empty() {
+        if self.tx_buf.is_empty() && !self.parked {
             match self.stream.write(rest) {
                 Ok(n) => {
                     self.fwd_cnt += Wrapping(n as u32);
@@ -311,7 +398,7 @@ impl Connection {
 
     /// Writes buffered bytes to the host stream until it would block.
     fn flush(&mut self) {
-        while !self.tx_buf.is_empty() && !self.host_hup {
+        while !self.tx_buf.is_empty() && !self.host_hup && !self.parked {
             let (front, _) = self.tx_buf.as_slices();
             match self.stream.write(front) {
                 Ok(0) => break,

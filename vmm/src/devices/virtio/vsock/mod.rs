@@ -25,7 +25,7 @@ use super::{
     next_chain, read_config_bytes, ready, UsedQueues, VirtioDevice, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
 };
-pub use muxer::{Muxer, MuxerError};
+pub use muxer::{Muxer, MuxerError, MuxerState};
 use packet::{HEADER_LEN, MAX_PAYLOAD};
 
 pub const VIRTIO_ID_VSOCK: u32 = 19;
@@ -68,9 +68,19 @@ fn check_cid(cid: u64) -> Result<(), VsockError> {
     Ok(())
 }
 
+/// What a snapshot keeps of the device: its CID and the connection table.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct VsockState {
+    cid: u64,
+    muxer: MuxerState,
+}
+
 pub struct Vsock {
     cid: u64,
     muxer: Muxer,
+    /// A restore took the snapshot's connection table as it was (same CID): no transport
+    /// reset is needed, the guest's stale connections get RSTs, idle ones wait for ADOPT.
+    precise_restore: bool,
     /// Written by whoever wants a transport reset posted (snapshot restore).
     reset_evt: EventFd,
     reset: Reset,
@@ -97,6 +107,7 @@ impl Vsock {
         Ok(Vsock {
             cid,
             muxer,
+            precise_restore: false,
             reset_evt: EventFd::new(libc::EFD_NONBLOCK).map_err(VsockError::EventFd)?,
             reset: Reset::Idle,
             rx_buf: vec![0; MAX_PAYLOAD],
@@ -253,6 +264,35 @@ impl VirtioDevice for Vsock {
         self.reset = Reset::Idle;
     }
 
+    fn save_device(&self) -> Vec<u8> {
+        let state = VsockState {
+            cid: self.cid,
+            muxer: self.muxer.save(),
+        };
+        postcard::to_stdvec(&state).unwrap_or_default()
+    }
+
+    fn restore_device(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let state: VsockState =
+            postcard::from_bytes(bytes).map_err(|e| format!("vsock state: {e}"))?;
+        if state.cid != self.cid {
+            // The guest must re-read its CID: only a transport reset makes it.
+            log::info!(
+                "vsock: guest CID changes from {} to {}: connections will be reset",
+                state.cid,
+                self.cid
+            );
+            return Ok(());
+        }
+        let kept = self.muxer.restore(&state.muxer);
+        log::info!(
+            "vsock: {kept} idle connection(s) kept for ADOPT, {} reset",
+            state.muxer.reset.len()
+        );
+        self.precise_restore = true;
+        Ok(())
+    }
+
     fn host_events(&self) -> Vec<(RawFd, EventSet)> {
         vec![
             (self.muxer.epoll_fd(), EventSet::IN),
@@ -267,7 +307,14 @@ impl VirtioDevice for Vsock {
         queues: &mut [Queue],
         mem: &GuestMemoryMmap,
     ) -> UsedQueues {
-        if fd == self.reset_evt.as_raw_fd() {
+        if fd == self.reset_evt.as_raw_fd() && self.precise_restore {
+            // The restore carried the connection table over: no reset, the socket can
+            // appear now (the RSTs for stale connections are queued ahead of anything a
+            // new client sends).
+            let _ = self.reset_evt.read();
+            self.precise_restore = false;
+            self.muxer.publish();
+        } else if fd == self.reset_evt.as_raw_fd() {
             let _ = self.reset_evt.read();
             log::info!("vsock: transport reset: dropping all connections");
             self.muxer.reset_all();

@@ -19,11 +19,12 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::timerfd::TimerFd;
 
-use super::connection::{Connection, BUF_ALLOC};
-use super::handshake::{self, HandshakeError};
+use super::connection::{Connection, SavedConnection, BUF_ALLOC};
+use super::handshake::{self, HandshakeError, Request};
 use super::packet::{op, Header, HOST_CID, TYPE_STREAM};
 
 /// Connections per VM; requests beyond it are refused.
@@ -56,6 +57,15 @@ pub enum MuxerError {
 }
 
 type ConnKey = (u32, u32); // (host port, guest port)
+
+/// The connection table as a snapshot keeps it: idle host-initiated connections a new host
+/// client may adopt, and the keys of every other connection, which a restore resets.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MuxerState {
+    pub kept: Vec<SavedConnection>,
+    pub reset: Vec<(u32, u32)>,
+    pub local_port_last: u32,
+}
 
 struct PendingHandshake {
     stream: UnixStream,
@@ -171,6 +181,50 @@ impl Muxer {
 
     pub fn is_published(&self) -> bool {
         self.staged_at.is_none()
+    }
+
+    /// The connection table for a snapshot (see [`MuxerState`]).
+    pub fn save(&self) -> MuxerState {
+        let mut state = MuxerState {
+            local_port_last: self.local_port_last,
+            ..Default::default()
+        };
+        for (&(host, guest), c) in &self.conns {
+            match c.save(host, guest) {
+                Some(kept) => state.kept.push(kept),
+                None if !c.is_finished() => state.reset.push((host, guest)),
+                None => {}
+            }
+        }
+        state.kept.sort_by_key(|k| (k.host_port, k.guest_port));
+        state.reset.sort_unstable();
+        state
+    }
+
+    /// Takes a snapshot's connection table into a fresh muxer: kept connections wait for
+    /// `ADOPT`, every other one gets an RST (the guest still holds it; no host client
+    /// will). Returns how many were kept.
+    pub fn restore(&mut self, state: &MuxerState) -> usize {
+        let now = Instant::now();
+        self.local_port_last = state.local_port_last;
+        let mut kept = 0;
+        for saved in state.kept.iter().take(MAX_CONNECTIONS) {
+            let Ok((placeholder, _)) = UnixStream::pair() else {
+                self.orphan_rst((saved.host_port, saved.guest_port));
+                continue;
+            };
+            let key = (saved.host_port, saved.guest_port);
+            self.conns
+                .insert(key, Connection::parked(saved, placeholder, now));
+            kept += 1;
+        }
+        for &key in state.reset.iter().take(MAX_ORPHAN_RSTS) {
+            self.orphan_rst(key);
+        }
+        if kept > 0 {
+            self.arm_timer();
+        }
+        kept
     }
 
     /// The descriptor the event loop watches for the whole backend.
@@ -298,7 +352,7 @@ impl Muxer {
         };
         let hung_up =
             events.intersects(EventSet::READ_HANG_UP | EventSet::HANG_UP | EventSet::ERROR);
-        let (port, len) = match result {
+        let (request, len) = match result {
             Ok(None) if hung_up => {
                 log::warn!("vsock: dropping host client: {}", HandshakeError::Eof);
                 self.drop_handshake(fd);
@@ -320,6 +374,10 @@ impl Muxer {
         let Some(PendingHandshake { stream, .. }) = self.drop_handshake(fd) else {
             return;
         };
+        let port = match request {
+            Request::Adopt(port) => return self.adopt(stream, port),
+            Request::Connect(port) => port,
+        };
         if self.conns.len() >= MAX_CONNECTIONS {
             log::warn!("vsock: {MAX_CONNECTIONS} connections open; refusing CONNECT {port}");
             return;
@@ -332,6 +390,26 @@ impl Muxer {
         let key = (local_port, port);
         self.conns
             .insert(key, Connection::host_initiated(stream, Instant::now()));
+        self.sync(key);
+    }
+
+    /// `ADOPT <port>`: hands the client a parked connection to guest `port` (the oldest
+    /// host port first), or closes it when there is none.
+    fn adopt(&mut self, stream: UnixStream, port: u32) {
+        let key = self
+            .conns
+            .iter()
+            .filter(|(k, c)| k.1 == port && c.is_parked())
+            .map(|(k, _)| *k)
+            .min();
+        let Some(key) = key else {
+            log::debug!("vsock: ADOPT {port}: no kept connection to that port; closing");
+            return;
+        };
+        log::info!("vsock: host client adopted the kept connection to guest port {port}");
+        if let Some(c) = self.conns.get_mut(&key) {
+            c.adopt(stream, key.0);
+        }
         self.sync(key);
     }
 

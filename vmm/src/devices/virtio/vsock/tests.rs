@@ -422,6 +422,82 @@ fn a_restored_device_publishes_its_socket_once_the_guest_handled_the_reset() {
     let (_client, _) = g.host_connect(1024);
 }
 
+/// A snapshot keeps an idle host connection: in the restored device a new host client
+/// adopts it (`ADOPT`, no REQUEST to the guest) and data flows both ways on the guest's
+/// old ports; a connection with data in flight is reset instead; nothing is left to adopt
+/// twice.
+#[test]
+fn a_restored_device_hands_a_kept_connection_to_an_adopting_client() {
+    let mut old = Guest::new();
+    let (mut idle, idle_port) = old.host_connect(1024);
+    idle.write_all(b"before").unwrap();
+    old.pump_until(|p| payloads(p) == b"before");
+    old.send(old.hdr(op::RW, 1024, idle_port), b"reply");
+    let mut buf = [0u8; 5];
+    idle.read_exact(&mut buf).unwrap();
+    let (busy, busy_port) = old.host_connect(1025);
+    // Half closed by the guest: not idle, so not kept.
+    let mut shut = old.hdr(op::SHUTDOWN, 1025, busy_port);
+    shut.flags = super::packet::SHUTDOWN_SEND;
+    old.send(shut, &[]);
+    let saved = old.d.transport.save_state().device;
+
+    let mut new = Guest::with(Vsock::for_restore);
+    let mut st = new.d.transport.save_state();
+    st.device = saved;
+    new.d.transport.restore_state(&st).unwrap();
+    // SAFETY: writes 8 bytes from a live u64 to the device's eventfd, open for the test.
+    let n = unsafe { libc::write(new.reset_fd, (&1u64 as *const u64).cast(), 8) };
+    assert_eq!(n, 8);
+    new.d.host_event(new.reset_fd);
+    assert!(
+        new.uds.exists(),
+        "no transport reset needed: the socket is published at once"
+    );
+    let rsts = new.recv();
+    assert!(
+        rsts.iter()
+            .any(|(h, _)| h.op == op::RST && (h.src_port, h.dst_port) == (busy_port, 1025)),
+        "the busy connection was not reset: {rsts:?}"
+    );
+    assert!(!rsts.iter().any(|(h, _)| h.dst_port == 1024), "{rsts:?}");
+
+    let mut client = UnixStream::connect(&new.uds).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    client.write_all(b"ADOPT 1024\n").unwrap();
+    for _ in 0..20 {
+        new.d.host_event(new.muxer_fd);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut line = vec![0u8; format!("OK {idle_port}\n").len()];
+    client.read_exact(&mut line).unwrap();
+    assert_eq!(line, format!("OK {idle_port}\n").as_bytes());
+    assert!(new.recv().iter().all(|(h, _)| h.op != op::REQUEST));
+    client.write_all(b"after").unwrap();
+    let got = new.pump_until(|p| payloads(p) == b"after");
+    assert_eq!((got[0].0.src_port, got[0].0.dst_port), (idle_port, 1024));
+    new.send(new.hdr(op::RW, 1024, idle_port), b"still here");
+    let mut buf = [0u8; 10];
+    client.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"still here");
+
+    // Nothing left to adopt: the second client is closed.
+    let mut second = UnixStream::connect(&new.uds).unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    second.write_all(b"ADOPT 1024\n").unwrap();
+    for _ in 0..20 {
+        new.d.host_event(new.muxer_fd);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut rest = Vec::new();
+    assert_eq!(second.read_to_end(&mut rest).unwrap(), 0);
+    drop(busy);
+}
+
 #[test]
 fn a_bad_tx_packet_is_skipped_and_the_next_one_served() {
     let mut g = Guest::new();
