@@ -5,8 +5,8 @@
 //!   if the cache has none), each from spawning `hull-vmm` to the agent's first answer and
 //!   to a usable sandbox (clock set, RNG reseeded); medians, and the ratio.
 //! - cost split of a restore, from the VMM's log and the host library's timings: state
-//!   file read and checked, guest memory mapped, VM built and vCPUs running, the guest done
-//!   with the vsock transport reset (the socket appears), the agent's first answer, usable.
+//!   file read and checked, guest memory mapped, VM built and vCPUs running, the vsock
+//!   socket published, the agent's first answer (on the adopted connection), usable.
 //! - memory: N sandboxes restored from one template and left idle, for each N in
 //!   `--counts`; per sandbox, the PSS of the VMM process split into the VMM itself and
 //!   guest RAM (the private pages the guest wrote, and its share of the template's file
@@ -89,6 +89,8 @@ fn run_dir(base: &Path, name: &str) -> Result<PathBuf> {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    // The host library says which start path it took, and why a template was not used.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let spec = VmSpec::default();
     require_artifacts(&[
         ("kernel", spec.kernel.as_path()),
