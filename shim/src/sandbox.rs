@@ -156,6 +156,13 @@ impl Sandbox {
                     "restoring template {} failed ({e}); cold boot instead",
                     template.dir.display()
                 );
+                if !template.built {
+                    // Made on another occasion and no longer restorable here: rebuild it
+                    // next time rather than fail the same way on every start.
+                    if let Err(d) = cache.discard(&template) {
+                        log::warn!("cannot remove template {}: {d}", template.dir.display());
+                    }
+                }
                 clear_run_dir(run_dir);
                 Self::cold_boot(spec, run_dir)
             }

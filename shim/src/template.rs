@@ -65,8 +65,11 @@ pub struct FileIdentity {
 impl FileIdentity {
     pub fn of(path: &Path) -> Result<Self, TemplateError> {
         let m = std::fs::metadata(path).map_err(io("stat", path))?;
+        // Absolute, so another process in another directory sees the same file; symlinks
+        // kept (the image path is one, re-pointed by each image build).
+        let path = std::path::absolute(path).map_err(io("resolve", path))?;
         Ok(FileIdentity {
-            path: path.to_path_buf(),
+            path,
             size: m.len(),
             mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
             inode: m.ino(),
@@ -183,18 +186,28 @@ impl TemplateCache {
                 return Err(TemplateError::Build(e));
             }
         };
-        let memory = tmp.join(MEMORY_FILE);
-        let (memory_len, memory_crc32) = crc_file(&memory)?;
-        let meta = TemplateMeta {
-            key: key.clone(),
-            memory_len,
-            memory_crc32,
-            boot_ms,
+        let finish = || -> Result<TemplateMeta, TemplateError> {
+            let memory = tmp.join(MEMORY_FILE);
+            let (memory_len, memory_crc32) = crc_file(&memory)?;
+            let meta = TemplateMeta {
+                key: key.clone(),
+                memory_len,
+                memory_crc32,
+                boot_ms,
+            };
+            let json = serde_json::to_vec_pretty(&meta).unwrap_or_default();
+            let meta_path = tmp.join(META_FILE);
+            std::fs::write(&meta_path, json).map_err(io("write", &meta_path))?;
+            std::fs::rename(&tmp, &dir).map_err(io("rename into place", &dir))?;
+            Ok(meta)
         };
-        let json = serde_json::to_vec_pretty(&meta).unwrap_or_default();
-        let meta_path = tmp.join(META_FILE);
-        std::fs::write(&meta_path, json).map_err(io("write", &meta_path))?;
-        std::fs::rename(&tmp, &dir).map_err(io("rename into place", &dir))?;
+        let meta = match finish() {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(e);
+            }
+        };
         remember_verified(&dir.join(MEMORY_FILE));
         log::info!("template {}: made ({} ms boot)", dir.display(), boot_ms);
         self.prune_stale();
@@ -227,16 +240,32 @@ impl TemplateCache {
                 }
                 Err(_) => true,
             };
+            // Lock files stay: a process may be waiting on one, and a new file under the
+            // same name would let two builders into one directory.
             if stale && std::fs::remove_dir_all(&dir).is_ok() {
                 log::info!("template {}: stale, removed", dir.display());
-                let _ = std::fs::remove_file(self.root.join(format!(
-                    "{}.{LOCK_FILE}",
-                    entry.file_name().to_string_lossy()
-                )));
                 removed += 1;
             }
         }
         removed
+    }
+
+    /// Removes a template that validated but could not be restored (a host change its key
+    /// does not cover, such as a kernel update that refuses some saved MSR), so the next
+    /// start builds a new one instead of failing the same way.
+    pub fn discard(&self, template: &Template) -> Result<(), TemplateError> {
+        let id = template
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let _lock = lock(&self.root.join(format!("{id}.{LOCK_FILE}")))?;
+        match std::fs::remove_dir_all(&template.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(io("remove", &template.dir)(e))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The valid template for `spec`, if the cache has one (never builds).
@@ -452,7 +481,7 @@ mod tests {
                 shape: hull_vmm::snapshot::VmShape {
                     vcpus: spec.vcpus,
                     memory_mib: spec.memory_mib,
-                    devices: vec![2, 19, 4],
+                    devices: vec![],
                 },
                 emulated_host: false,
                 vm: hull_vmm::vstate::vm::VmState {
@@ -462,7 +491,20 @@ mod tests {
                     ioapic: Default::default(),
                     pit: Default::default(),
                 },
-                vcpus: vec![],
+                vcpus: (0..spec.vcpus)
+                    .map(|_| hull_vmm::vstate::vcpu_state::VcpuState {
+                        cpuid: vec![],
+                        mp_state: Default::default(),
+                        regs: Default::default(),
+                        sregs: Default::default(),
+                        xsave: Default::default(),
+                        xcrs: Default::default(),
+                        debug_regs: Default::default(),
+                        lapic: Default::default(),
+                        msrs: vec![],
+                        vcpu_events: Default::default(),
+                    })
+                    .collect(),
                 serial: Default::default(),
                 transports: vec![],
             };

@@ -154,11 +154,13 @@ impl VmmProcess {
     /// Waits for `path` to exist (a socket the VMM creates), the VMM staying alive.
     pub fn wait_for_path(&mut self, path: &Path, within: Duration) -> Result<(), VmmProcessError> {
         let deadline = Instant::now() + within;
-        let what = format!("{} appeared", path.display());
         while !path.exists() {
-            self.check_alive(&what)?;
+            self.check_alive(&format!("{} appeared", path.display()))?;
             if Instant::now() >= deadline {
-                return Err(VmmProcessError::Timeout { what, within });
+                return Err(VmmProcessError::Timeout {
+                    what: path.display().to_string(),
+                    within,
+                });
             }
             std::thread::sleep(Duration::from_millis(2));
         }

@@ -332,6 +332,7 @@ fn build(config: &VmConfig, start: Instant, origin: Origin) -> Result<Vmm, Build
     let control = VmmControl {
         exit: exit.clone(),
         pause,
+        ops: Arc::new(Mutex::new(())),
         vcpu_threads: Arc::new(handles.iter().map(|h| h.as_pthread_t()).collect()),
         started: start,
         vcpus: config.vcpus,
@@ -688,6 +689,9 @@ impl MutEventSubscriber for ExitWatcher {
 pub struct VmmControl {
     exit: ExitEvent,
     pause: Arc<PauseGate>,
+    /// Serializes Pause, Resume and Snapshot: a Resume in the middle of a snapshot would
+    /// let vCPUs run between the reads of their state and of guest memory.
+    ops: Arc<Mutex<()>>,
     vcpu_threads: Arc<Vec<libc::pthread_t>>,
     started: Instant,
     vcpus: u8,
@@ -732,6 +736,7 @@ impl VmmControl {
     /// Stops every vCPU between two KVM_RUNs; returns once all are parked. Devices keep
     /// serving host I/O.
     pub fn pause(&self) {
+        let _ops = crate::devices::bus::lock(&self.ops);
         let sig = signals::kick_signal();
         self.pause.pause(|index| {
             if let Some(&t) = self.vcpu_threads.get(index) {
@@ -745,6 +750,7 @@ impl VmmControl {
     }
 
     pub fn resume(&self) {
+        let _ops = crate::devices::bus::lock(&self.ops);
         self.pause.resume();
         log::info!("VM resumed");
     }
@@ -757,10 +763,20 @@ impl VmmControl {
     /// and the memory file. The VM stays paused; resume it or shut it down after.
     pub fn snapshot(&self, dir: &std::path::Path) -> Result<SnapshotInfo, SnapshotError> {
         let t0 = Instant::now();
+        let _ops = crate::devices::bus::lock(&self.ops);
         if !self.is_paused() {
             return Err(SnapshotError::NotPaused);
         }
         let src = &self.sources;
+        // Every transport is locked first and stays locked until guest memory is written:
+        // the event loop cannot complete a request (used ring, interrupt) between the
+        // moment the vCPUs and the irqchip are read and the moment the RAM holding the
+        // ring is.
+        let locked: Vec<_> = src
+            .transports
+            .iter()
+            .map(|t| crate::devices::bus::lock(t))
+            .collect();
         let mut vcpus = Vec::with_capacity(usize::from(self.vcpus));
         for index in 0..usize::from(self.vcpus) {
             let (tx, rx) = std::sync::mpsc::channel();
@@ -770,18 +786,12 @@ impl VmmControl {
             });
             self.pause.run_parked(index, job).map_err(|e| match e {
                 crate::vstate::pause::PauseError::NotPaused => SnapshotError::NotPaused,
-                _ => SnapshotError::VcpuGone(index),
+                crate::vstate::pause::PauseError::Busy(i) => SnapshotError::Busy(i),
+                crate::vstate::pause::PauseError::Ended(i) => SnapshotError::VcpuGone(i),
             })?;
             vcpus.push(rx.recv().map_err(|_| SnapshotError::VcpuGone(index))??);
         }
         let vm = src.vm.save_state()?;
-        // Every transport stays locked until the memory is written: the event loop cannot
-        // put a buffer into a queue between the queue state and the RAM that holds it.
-        let locked: Vec<_> = src
-            .transports
-            .iter()
-            .map(|t| crate::devices::bus::lock(t))
-            .collect();
         let transports = locked.iter().map(|t| t.save_state()).collect();
         let serial = crate::devices::bus::lock(&src.serial).snapshot();
         let io = |op, path: &std::path::Path| {
@@ -789,13 +799,37 @@ impl VmmControl {
             move |source| SnapshotError::Io { op, path, source }
         };
         std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+        // The state file is written last and marks the snapshot complete: an older one is
+        // removed first, so a failure in between never pairs new memory with old state.
+        let state_path = dir.join(snapshot::STATE_FILE);
+        match std::fs::remove_file(&state_path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io("remove the old", &state_path)(e))
+            }
+            _ => {}
+        }
         let memory_path = dir.join(snapshot::MEMORY_FILE);
         let tmp = memory_path.with_extension("tmp");
-        let file = File::create(&tmp).map_err(io("create", &tmp))?;
-        let memory_bytes_written = crate::vstate::memory::write_snapshot_memory(&src.ram, &file)?;
-        file.sync_all().map_err(io("sync", &tmp))?;
+        let written = File::create(&tmp)
+            .map_err(io("create", &tmp))
+            .and_then(|file| {
+                let n = crate::vstate::memory::write_snapshot_memory(&src.ram, &file, &tmp)?;
+                file.sync_all().map_err(io("sync", &tmp))?;
+                Ok(n)
+            })
+            .and_then(|n| {
+                std::fs::rename(&tmp, &memory_path)
+                    .map_err(io("rename into place", &memory_path))
+                    .map(|()| n)
+            });
         drop(locked);
-        std::fs::rename(&tmp, &memory_path).map_err(io("rename into place", &memory_path))?;
+        let memory_bytes_written = match written {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
         let state = SnapshotState {
             hull_version: env!("CARGO_PKG_VERSION").to_string(),
             shape: src.shape.clone(),
@@ -805,7 +839,6 @@ impl VmmControl {
             serial,
             transports,
         };
-        let state_path = dir.join(snapshot::STATE_FILE);
         snapshot::write_state(&state_path, &state)?;
         let state_bytes = std::fs::metadata(&state_path).map(|m| m.len()).unwrap_or(0);
         let info = SnapshotInfo {

@@ -58,6 +58,8 @@ pub enum SnapshotError {
     NotPaused,
     #[error("vCPU {0} stopped before its state was saved")]
     VcpuGone(usize),
+    #[error("vCPU {0} is still busy with another request; try again")]
+    Busy(usize),
     #[error(transparent)]
     VcpuState(#[from] crate::vstate::vcpu_state::VcpuStateError),
     #[error(transparent)]
@@ -157,18 +159,26 @@ pub fn write_state(path: &Path, state: &SnapshotState) -> Result<(), SnapshotErr
     out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
     out.extend_from_slice(&payload);
     let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
-    f.write_all(&out).map_err(io_err("write", &tmp))?;
-    f.sync_all().map_err(io_err("sync", &tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err("rename into place", path))?;
-    Ok(())
+    let written = File::create(&tmp)
+        .map_err(io_err("create", &tmp))
+        .and_then(|mut f| {
+            f.write_all(&out).map_err(io_err("write", &tmp))?;
+            f.sync_all().map_err(io_err("sync", &tmp))
+        })
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(io_err("rename into place", path)));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Reads and checks a state file (see the module docs for what is checked, in which order).
 pub fn read_state(path: &Path) -> Result<SnapshotState, SnapshotError> {
     let mut bytes = Vec::new();
+    // Never more than a valid file can hold: a huge file is refused by its length check.
     File::open(path)
         .map_err(io_err("open", path))?
+        .take(HEADER_LEN as u64 + MAX_PAYLOAD + 1)
         .read_to_end(&mut bytes)
         .map_err(io_err("read", path))?;
     decode_state(path, &bytes)
@@ -216,7 +226,22 @@ pub fn decode_state(path: &Path, bytes: &[u8]) -> Result<SnapshotState, Snapshot
     if crc32fast::hash(payload) != crc {
         return Err(corrupt("checksum mismatch".into()));
     }
-    postcard::from_bytes(payload).map_err(|e| corrupt(format!("cannot decode: {e}")))
+    let state: SnapshotState =
+        postcard::from_bytes(payload).map_err(|e| corrupt(format!("cannot decode: {e}")))?;
+    // The CRC says the bytes are what was written, not that a writer was sane: the parts
+    // a restore indexes must agree with the shape.
+    if state.vcpus.len() != usize::from(state.shape.vcpus)
+        || state.transports.len() != state.shape.devices.len()
+    {
+        return Err(corrupt(format!(
+            "{} vCPU states and {} device states for a VM of {} vCPUs and {} devices",
+            state.vcpus.len(),
+            state.transports.len(),
+            state.shape.vcpus,
+            state.shape.devices.len()
+        )));
+    }
+    Ok(state)
 }
 
 #[cfg(test)]
@@ -227,9 +252,9 @@ mod tests {
         SnapshotState {
             hull_version: "0.1.0".into(),
             shape: VmShape {
-                vcpus: 1,
+                vcpus: 0,
                 memory_mib: 256,
-                devices: vec![2, 19, 4],
+                devices: vec![],
             },
             emulated_host: true,
             vm: VmState {
@@ -294,8 +319,26 @@ mod tests {
     }
 
     #[test]
+    fn parts_that_disagree_with_the_shape_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STATE_FILE);
+        let mut s = sample();
+        s.shape.vcpus = 2;
+        write_state(&path, &s).unwrap();
+        let e = read_state(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("0 vCPU states and 0 device states for a VM of 2 vCPUs"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn a_different_shape_names_the_field() {
-        let s = sample().shape;
+        let s = VmShape {
+            vcpus: 1,
+            memory_mib: 256,
+            devices: vec![2, 19, 4],
+        };
         let mut c = s.clone();
         c.devices = vec![2, 4];
         let e = s.check(&c).unwrap_err().to_string();

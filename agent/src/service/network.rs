@@ -345,7 +345,8 @@ pub fn configure(req: &ConfigureNetworkRequest) -> Result<(), AgentError> {
             iface.name.clone()
         };
         let index = index_of(&name)?;
-        if !iface.mac.is_empty() && current_mac(&name).as_deref() != Some(iface.mac.as_str()) {
+        let has_mac = current_mac(&name).is_some_and(|m| m.eq_ignore_ascii_case(&iface.mac));
+        if !iface.mac.is_empty() && !has_mac {
             // Most drivers (virtio-net without VIRTIO_NET_F_CTRL_MAC_ADDR) change the
             // address only while the link is down.
             let mut down = LinkMessage::default();

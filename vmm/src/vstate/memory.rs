@@ -182,11 +182,15 @@ fn data_extents(memfd: &File, len: u64) -> Vec<(u64, u64)> {
 
 /// Writes guest RAM to `out` in the memfd's layout, leaving a hole for every zero page.
 /// The vCPUs must be paused. Returns the bytes written (the non-zero pages).
-pub fn write_snapshot_memory(ram: &GuestRam, out: &File) -> Result<u64, MemoryError> {
+pub fn write_snapshot_memory(
+    ram: &GuestRam,
+    out: &File,
+    out_path: &Path,
+) -> Result<u64, MemoryError> {
     let io = |op| {
         move |source| MemoryError::File {
             op,
-            path: "<memory file>".into(),
+            path: out_path.to_path_buf(),
             source,
         }
     };
@@ -263,7 +267,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("memory");
         let out = File::create(&path).unwrap();
-        let written = write_snapshot_memory(&ram, &out).unwrap();
+        let written = write_snapshot_memory(&ram, &out, &path).unwrap();
         assert_eq!(written, 2 * PAGE as u64);
         let meta = std::fs::metadata(&path).unwrap();
         assert_eq!(meta.len(), size);
@@ -296,7 +300,7 @@ mod tests {
 
         // A snapshot of a restored VM reads its private pages.
         let path2 = dir.path().join("memory2");
-        write_snapshot_memory(&restored, &File::create(&path2).unwrap()).unwrap();
+        write_snapshot_memory(&restored, &File::create(&path2).unwrap(), &path2).unwrap();
         let third = map_snapshot_memory(&path2, size).unwrap();
         assert_eq!(
             third.memory.read_obj::<u32>(GuestAddress(0x3000)).unwrap(),

@@ -180,6 +180,9 @@ impl Vcpu {
     /// Runs the vCPU until the VM's exit event is set (by this vCPU or anyone else).
     pub fn run(&mut self) {
         while !self.ctx.exit.is_set() {
+            if self.ctx.pause.is_paused() {
+                self.complete_pending_io();
+            }
             self.ctx.pause.pass(usize::from(self.index), &self.fd);
             if self.ctx.exit.is_set() {
                 break;
@@ -209,6 +212,24 @@ impl Vcpu {
                 self.recoveries.skipped
             );
         }
+    }
+
+    /// Lets KVM finish the port or MMIO access of the last exit before the vCPU parks: an
+    /// access completes only when userspace re-enters KVM_RUN (api.rst), so a vCPU parked
+    /// right after an exit would be saved with RIP still on the instruction, which a
+    /// restored guest would run again (a second write, a second read of a FIFO).
+    /// `immediate_exit` makes KVM complete it and return EINTR without running the guest.
+    fn complete_pending_io(&mut self) {
+        self.fd.set_kvm_immediate_exit(1);
+        match self.fd.run() {
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+            Ok(exit) => log::warn!(
+                "vCPU {}: exit {exit:?} while completing I/O before a pause",
+                self.index
+            ),
+            Err(e) => log::warn!("vCPU {}: completing I/O before a pause: {e}", self.index),
+        }
+        self.fd.set_kvm_immediate_exit(0);
     }
 
     fn log_state(&self) {

@@ -382,10 +382,6 @@ impl MmioTransport {
         self.queue_sel = state.queue_sel;
         self.config_generation = state.config_generation;
         self.interrupt.ack(u32::MAX);
-        if state.interrupt_status != 0 {
-            // Set the bits without a new interrupt: the restored irqchip holds the line.
-            self.interrupt.restore(state.interrupt_status);
-        }
         self.activated = state.activated;
         if self.activated {
             self.device.activate(self.acked_features);
@@ -393,6 +389,24 @@ impl MmioTransport {
         self.device
             .restore_device(&state.device)
             .map_err(|reason| MmioError::DeviceState { device, reason })?;
+        if state.interrupt_status != 0 {
+            // The irqfd is a pulse: an interrupt raised just before the snapshot may not be
+            // in the saved irqchip. Raise it again; a spurious one is harmless (the
+            // driver reads the status).
+            self.interrupt.trigger(state.interrupt_status);
+        }
+        if self.activated {
+            // A notification the guest wrote just before the pause may still have been in
+            // its ioeventfd: serve every ready queue once.
+            for index in 0..self.queues.len() {
+                if self.queues[index].ready() {
+                    let used = self
+                        .device
+                        .process_queue(index, &mut self.queues, &self.mem);
+                    self.signal_used(used);
+                }
+            }
+        }
         Ok(())
     }
 

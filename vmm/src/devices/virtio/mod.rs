@@ -72,11 +72,6 @@ impl Interrupt {
         self.status.load(Ordering::SeqCst)
     }
 
-    /// Sets the status bits a snapshot recorded, without raising the line.
-    pub fn restore(&self, bits: u32) {
-        self.status.store(bits, Ordering::SeqCst);
-    }
-
     pub fn ack(&self, bits: u32) {
         self.status.fetch_and(!bits, Ordering::SeqCst);
     }

@@ -196,8 +196,11 @@ impl Muxer {
                 None => {}
             }
         }
+        // RSTs still waiting for RX buffers: the restored guest must get them too.
+        state.reset.extend(self.orphan_rsts.iter().copied());
         state.kept.sort_by_key(|k| (k.host_port, k.guest_port));
         state.reset.sort_unstable();
+        state.reset.dedup();
         state
     }
 
