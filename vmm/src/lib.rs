@@ -23,6 +23,7 @@ pub mod arch;
 pub mod builder;
 pub mod cmdline;
 pub mod config;
+pub mod control;
 pub mod devices;
 pub mod exit;
 pub mod quirks;

@@ -147,26 +147,10 @@ fn echo_check(stream: UnixStream, total: u64) -> u64 {
 /// tap whose host end is 10.0.0.1/24. Returns the tap and a UDP socket on the host end,
 /// or None where namespaces are not permitted.
 fn private_tap() -> Option<(hull_vmm::devices::virtio::net::Tap, std::net::UdpSocket)> {
-    // SAFETY: unshare takes flags only; it affects the calling thread.
-    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+    let Some(tap) = common::tap_in_new_netns("hull-e2e0", "10.0.0.1/24") else {
         eprintln!("network part skipped: cannot create a network namespace (needs root)");
         return None;
-    }
-    let tap = hull_vmm::devices::virtio::net::Tap::open("hull-e2e0").unwrap();
-    for args in [
-        "link set hull-e2e0 up",
-        "addr add 10.0.0.1/24 dev hull-e2e0",
-    ] {
-        let ok = std::process::Command::new("ip")
-            .args(args.split_whitespace())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "ip {args}");
-    }
-    // The VMM inherits the descriptor.
-    // SAFETY: F_SETFD on a descriptor we own; no memory is involved.
-    unsafe { libc::fcntl(tap.as_raw_fd(), libc::F_SETFD, 0) };
+    };
     let sock = std::net::UdpSocket::bind("10.0.0.1:9000").unwrap();
     Some((tap, sock))
 }

@@ -35,18 +35,14 @@ fn wait_for_socket(path: &Path, child: &mut Child) {
     }
 }
 
-#[test]
-fn a_snapshot_of_a_ready_guest_restores_and_answers() {
-    if !kvm_available() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let snap = dir.path().join("snap");
-    let uds = dir.path().join("boot.vsock");
-    let api = dir.path().join("boot.api");
+/// Boots the image with `extra` flags (vsock and control sockets in `dir`) to
+/// agent-ready, then pauses, snapshots into `snap` and shuts it down through the API.
+fn boot_and_snapshot(dir: &Path, extra: &[&str], snap: &Path) {
+    let uds = dir.join("boot.vsock");
+    let api = dir.join("boot.api");
     let mut cmd = vmm("");
     cmd.arg("--vsock-uds").arg(&uds).arg("--api-sock").arg(&api);
-    cmd.stdout(std::process::Stdio::null());
+    cmd.args(extra).stdout(std::process::Stdio::null());
     let mut booted = KillOnDrop(Some(cmd.spawn().unwrap()));
     let t = Instant::now();
     let conn = connect_within(
@@ -60,7 +56,6 @@ fn a_snapshot_of_a_ready_guest_restores_and_answers() {
         t.elapsed().as_secs_f64()
     );
     drop(conn);
-
     let control = connect_vmm(&api).unwrap();
     assert!(control.pause(ctx(), &Empty::new()).unwrap().paused);
     let mut req = SnapshotRequest::new();
@@ -70,6 +65,16 @@ fn a_snapshot_of_a_ready_guest_restores_and_answers() {
     control.shutdown(ctx(), &Empty::new()).unwrap();
     let status = booted.take().wait().unwrap();
     assert!(status.success(), "{status}");
+}
+
+#[test]
+fn a_snapshot_of_a_ready_guest_restores_and_answers() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("snap");
+    boot_and_snapshot(dir.path(), &[], &snap);
 
     // Two VMs restored from the one snapshot, running at the same time.
     let mut running = Vec::new();
@@ -126,32 +131,6 @@ fn a_snapshot_of_a_ready_guest_restores_and_answers() {
     refused(&snap, &[], "open");
 }
 
-/// In a new network namespace (this thread and the VMMs it spawns), a tap named `name`
-/// whose host end has `host_cidr`, its descriptor inheritable. None where namespaces are
-/// not permitted.
-fn tap_in_new_netns(name: &str, host_cidr: &str) -> Option<hull_vmm::devices::virtio::net::Tap> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: unshare takes flags only; it affects the calling thread.
-    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        return None;
-    }
-    let tap = hull_vmm::devices::virtio::net::Tap::open(name).unwrap();
-    for args in [
-        format!("link set {name} up"),
-        format!("addr add {host_cidr} dev {name}"),
-    ] {
-        let ok = std::process::Command::new("ip")
-            .args(args.split_whitespace())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "ip {args}");
-    }
-    // SAFETY: F_SETFD on a descriptor we own; no memory is involved.
-    unsafe { libc::fcntl(tap.as_raw_fd(), libc::F_SETFD, 0) };
-    Some(tap)
-}
-
 /// A VM snapshotted with one tap and MAC is restored onto another tap in another network
 /// namespace; the agent gives eth0 the new MAC and an address, and the guest kernel answers
 /// on the new network (its ICMP "port unreachable" reaches a host socket, and the host's
@@ -166,35 +145,15 @@ fn a_restored_vm_takes_a_new_tap_and_mac() {
     std::thread::spawn(|| {
         let dir = tempfile::tempdir().unwrap();
         let snap = dir.path().join("snap");
-        let Some(tap_a) = tap_in_new_netns("hull-snap-a", "10.0.0.1/24") else {
+        let Some(tap_a) = common::tap_in_new_netns("hull-snap-a", "10.0.0.1/24") else {
             eprintln!("skipped: cannot create a network namespace (needs root)");
             return;
         };
-        let uds = dir.path().join("a.vsock");
-        let api = dir.path().join("a.api");
-        let mut cmd = vmm("");
-        cmd.arg("--vsock-uds").arg(&uds).arg("--api-sock").arg(&api);
-        cmd.arg("--net")
-            .arg(format!("fd={},mac=02:00:00:00:00:0a", tap_a.as_raw_fd()));
-        cmd.stdout(std::process::Stdio::null());
-        let mut booted = KillOnDrop(Some(cmd.spawn().unwrap()));
-        let conn = connect_within(
-            &Endpoint::HybridVsock(uds),
-            BOOT_TIMEOUT,
-            Duration::from_millis(500),
-        )
-        .expect("agent never answered");
-        drop(conn);
-        let control = connect_vmm(&api).unwrap();
-        control.pause(ctx(), &Empty::new()).unwrap();
-        let mut req = SnapshotRequest::new();
-        req.dir = snap.to_string_lossy().into_owned();
-        control.snapshot(ctx(), &req).unwrap();
-        control.shutdown(ctx(), &Empty::new()).unwrap();
-        assert!(booted.take().wait().unwrap().success());
+        let net = format!("fd={},mac=02:00:00:00:00:0a", tap_a.as_raw_fd());
+        boot_and_snapshot(dir.path(), &["--net", &net], &snap);
         drop(tap_a);
 
-        let tap_b = tap_in_new_netns("hull-snap-b", "10.0.1.1/24").unwrap();
+        let tap_b = common::tap_in_new_netns("hull-snap-b", "10.0.1.1/24").unwrap();
         let uds = dir.path().join("b.vsock");
         let mut cmd = vmm("");
         cmd.arg("--vsock-uds").arg(&uds).arg("--restore").arg(&snap);

@@ -131,3 +131,32 @@ pub fn boot(mut cmd: Command) -> Finished {
 pub fn has_line(console: &str, line: &str) -> bool {
     console.lines().any(|l| l.trim_end() == line)
 }
+
+/// In a new network namespace (this thread and the VMMs it spawns), a tap named `name`
+/// whose host end has `host_cidr`, its descriptor inheritable. None where namespaces are
+/// not permitted.
+pub fn tap_in_new_netns(
+    name: &str,
+    host_cidr: &str,
+) -> Option<hull_vmm::devices::virtio::net::Tap> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: unshare takes flags only; it affects the calling thread.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        return None;
+    }
+    let tap = hull_vmm::devices::virtio::net::Tap::open(name).unwrap();
+    for args in [
+        format!("link set {name} up"),
+        format!("addr add {host_cidr} dev {name}"),
+    ] {
+        let ok = std::process::Command::new("ip")
+            .args(args.split_whitespace())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "ip {args}");
+    }
+    // SAFETY: F_SETFD on a descriptor we own; no memory is involved.
+    unsafe { libc::fcntl(tap.as_raw_fd(), libc::F_SETFD, 0) };
+    Some(tap)
+}

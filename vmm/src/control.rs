@@ -1,0 +1,215 @@
+//! The handle that acts on a running VM from any thread: pause, resume, snapshot, stop,
+//! describe. The control API's server threads hold one ([`crate::api`]); the builder makes
+//! it with what a snapshot reads besides the vCPUs.
+
+use std::fs::File;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::devices::serial::SerialDevice;
+use crate::devices::virtio::MmioTransport;
+use crate::exit::{ExitEvent, ExitReason};
+use crate::signals;
+use crate::snapshot::{self, SnapshotError, SnapshotState, VmShape};
+use crate::vstate::memory::GuestRam;
+use crate::vstate::pause::PauseGate;
+use crate::vstate::vm::Vm;
+
+/// Pauses, resumes, stops and describes a running VM from any thread (the control API's
+/// server threads hold one).
+#[derive(Clone)]
+pub struct VmmControl {
+    pub(crate) exit: ExitEvent,
+    pub(crate) pause: Arc<PauseGate>,
+    /// Serializes Pause, Resume and Snapshot: a Resume in the middle of a snapshot would
+    /// let vCPUs run between the reads of their state and of guest memory.
+    pub(crate) ops: Arc<Mutex<()>>,
+    pub(crate) vcpu_threads: Arc<Vec<libc::pthread_t>>,
+    pub(crate) started: Instant,
+    pub(crate) vcpus: u8,
+    pub(crate) memory_mib: u32,
+    pub(crate) sources: Arc<SnapshotSources>,
+}
+
+/// What a snapshot reads besides the vCPUs.
+pub(crate) struct SnapshotSources {
+    pub(crate) vm: Arc<Vm>,
+    pub(crate) ram: Arc<GuestRam>,
+    pub(crate) transports: Vec<Arc<Mutex<MmioTransport>>>,
+    pub(crate) serial: Arc<Mutex<SerialDevice>>,
+    pub(crate) msr_indices: Vec<u32>,
+    pub(crate) shape: VmShape,
+    pub(crate) emulated_host: bool,
+}
+
+/// What a snapshot wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// Bytes of guest RAM written (non-zero pages); the file is the RAM's size, sparse.
+    pub memory_bytes_written: u64,
+    pub state_bytes: u64,
+    pub took: Duration,
+}
+
+/// A point-in-time description of the VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmmMetrics {
+    pub paused: bool,
+    pub uptime: Duration,
+    pub vcpus: u8,
+    pub memory_mib: u32,
+    /// The VMM's resident memory without the guest RAM mapping (anon + file), KiB.
+    pub vmm_rss_kib: u64,
+    /// Guest RAM resident in this process (shared memfd pages), KiB.
+    pub guest_resident_kib: u64,
+}
+
+impl VmmControl {
+    /// Stops every vCPU between two KVM_RUNs; returns once all are parked. Devices keep
+    /// serving host I/O.
+    pub fn pause(&self) {
+        let _ops = crate::devices::bus::lock(&self.ops);
+        let sig = signals::kick_signal();
+        self.pause.pause(|index| {
+            if let Some(&t) = self.vcpu_threads.get(index) {
+                // The gate only asks for vCPUs that have not reported their end, under the
+                // lock each takes to report it before its thread returns.
+                // SAFETY: `t` is a live thread; the kick signal's handler is installed.
+                unsafe { libc::pthread_kill(t, sig) };
+            }
+        });
+        log::info!("VM paused");
+    }
+
+    pub fn resume(&self) {
+        let _ops = crate::devices::bus::lock(&self.ops);
+        self.pause.resume();
+        log::info!("VM resumed");
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.pause.is_paused()
+    }
+
+    /// Writes a snapshot of the paused VM into `dir` (created if missing): the state file
+    /// and the memory file. The VM stays paused; resume it or shut it down after.
+    pub fn snapshot(&self, dir: &std::path::Path) -> Result<SnapshotInfo, SnapshotError> {
+        let t0 = Instant::now();
+        let _ops = crate::devices::bus::lock(&self.ops);
+        if !self.is_paused() {
+            return Err(SnapshotError::NotPaused);
+        }
+        let src = &self.sources;
+        // Every transport is locked first and stays locked until guest memory is written:
+        // the event loop cannot complete a request (used ring, interrupt) between the
+        // moment the vCPUs and the irqchip are read and the moment the RAM holding the
+        // ring is.
+        let locked: Vec<_> = src
+            .transports
+            .iter()
+            .map(|t| crate::devices::bus::lock(t))
+            .collect();
+        let mut vcpus = Vec::with_capacity(usize::from(self.vcpus));
+        for index in 0..usize::from(self.vcpus) {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let msrs = src.msr_indices.clone();
+            let job = Box::new(move |fd: &kvm_ioctls::VcpuFd| {
+                let _ = tx.send(crate::vstate::vcpu_state::save(fd, index as u8, &msrs));
+            });
+            self.pause.run_parked(index, job).map_err(|e| match e {
+                crate::vstate::pause::PauseError::NotPaused => SnapshotError::NotPaused,
+                crate::vstate::pause::PauseError::Busy(i) => SnapshotError::Busy(i),
+                crate::vstate::pause::PauseError::Ended(i) => SnapshotError::VcpuGone(i),
+            })?;
+            vcpus.push(rx.recv().map_err(|_| SnapshotError::VcpuGone(index))??);
+        }
+        let vm = src.vm.save_state()?;
+        let transports = locked.iter().map(|t| t.save_state()).collect();
+        let serial = crate::devices::bus::lock(&src.serial).snapshot();
+        let io = |op, path: &std::path::Path| {
+            let path = path.to_path_buf();
+            move |source| SnapshotError::Io { op, path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+        // The state file is written last and marks the snapshot complete: an older one is
+        // removed first, so a failure in between never pairs new memory with old state.
+        let state_path = dir.join(snapshot::STATE_FILE);
+        match std::fs::remove_file(&state_path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io("remove the old", &state_path)(e))
+            }
+            _ => {}
+        }
+        let memory_path = dir.join(snapshot::MEMORY_FILE);
+        let tmp = memory_path.with_extension("tmp");
+        let written = File::create(&tmp)
+            .map_err(io("create", &tmp))
+            .and_then(|file| {
+                let n = crate::vstate::memory::write_snapshot_memory(&src.ram, &file, &tmp)?;
+                file.sync_all().map_err(io("sync", &tmp))?;
+                Ok(n)
+            })
+            .and_then(|n| {
+                std::fs::rename(&tmp, &memory_path)
+                    .map_err(io("rename into place", &memory_path))
+                    .map(|()| n)
+            });
+        drop(locked);
+        let memory_bytes_written = match written {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        let state = SnapshotState {
+            hull_version: env!("CARGO_PKG_VERSION").to_string(),
+            shape: src.shape.clone(),
+            emulated_host: src.emulated_host,
+            vm,
+            vcpus,
+            serial,
+            transports,
+        };
+        snapshot::write_state(&state_path, &state)?;
+        let state_bytes = std::fs::metadata(&state_path).map(|m| m.len()).unwrap_or(0);
+        let info = SnapshotInfo {
+            memory_bytes_written,
+            state_bytes,
+            took: t0.elapsed(),
+        };
+        log::info!(
+            "snapshot written to {}: {} KiB of guest memory, {} bytes of state, {:.1} ms",
+            dir.display(),
+            info.memory_bytes_written >> 10,
+            info.state_bytes,
+            info.took.as_secs_f64() * 1e3
+        );
+        Ok(info)
+    }
+
+    /// Ends the VM as SIGTERM would: orderly, exit status 0.
+    pub fn shutdown(&self) {
+        self.exit.signal(ExitReason::Shutdown);
+    }
+
+    pub fn metrics(&self) -> VmmMetrics {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let kib = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        VmmMetrics {
+            paused: self.is_paused(),
+            uptime: self.started.elapsed(),
+            vcpus: self.vcpus,
+            memory_mib: self.memory_mib,
+            vmm_rss_kib: kib("RssAnon:") + kib("RssFile:"),
+            guest_resident_kib: kib("RssShmem:"),
+        }
+    }
+}
