@@ -14,6 +14,7 @@ packages=(
     erofs-utils                                                # guest root image
     libseccomp-dev pkg-config                                  # agent: seccomp (linked statically)
     busybox-static runc strace                                 # agent tests' rootfs; benchmark peer, syscall counts
+    containerd tmux                                            # shim tests: containerd 1.6 + ctr; ctr run -t through a terminal
     "$kernel_pkg"                                              # guest kernel source
 )
 

@@ -9,7 +9,9 @@
 //! - [`sandbox`]: start (template or cold boot), post-restore consistency (clock, RNG),
 //!   snapshot, shutdown.
 
+pub mod config;
 pub mod sandbox;
+pub mod task;
 pub mod template;
 pub mod vmm_process;
 
@@ -26,16 +28,29 @@ pub struct VmSpec {
     pub image: PathBuf,
     pub vcpus: u8,
     pub memory_mib: u32,
+    /// Empty disks attached while the sandbox runs: one per container root filesystem in
+    /// use at a time (`hull-vmm --drive-slots`).
+    pub drive_slots: u8,
 }
 
+/// Drive slots of a sandbox unless the configuration says otherwise.
+pub const DEFAULT_DRIVE_SLOTS: u8 = 4;
+
 impl Default for VmSpec {
-    /// The kernel and image `scripts/build.sh` makes, one vCPU, 128 MiB.
+    /// The kernel and image `scripts/build.sh` makes, one vCPU, 128 MiB, four drive slots.
     fn default() -> Self {
         VmSpec {
             kernel: PathBuf::from(hull_vmm::config::DEFAULT_KERNEL),
             image: PathBuf::from(hull_vmm::config::DEFAULT_ROOT_IMAGE),
             vcpus: 1,
             memory_mib: 128,
+            drive_slots: DEFAULT_DRIVE_SLOTS,
         }
     }
+}
+
+/// Locks a mutex, taking it over from a thread that panicked while holding it: the state
+/// behind hull's locks stays consistent between statements.
+pub fn lock<T: ?Sized>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -327,6 +327,11 @@ impl Sandbox {
         self.vmm.pid()
     }
 
+    /// The VMM's exit status once it has exited, `None` while it runs.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.vmm.try_status()
+    }
+
     pub fn paths(&self) -> &VmmPaths {
         &self.vmm.paths
     }

@@ -86,6 +86,7 @@ pub struct TemplateKey {
     pub image: FileIdentity,
     pub vcpus: u8,
     pub memory_mib: u32,
+    pub drive_slots: u8,
 }
 
 impl TemplateKey {
@@ -97,6 +98,7 @@ impl TemplateKey {
             image: FileIdentity::of(&spec.image)?,
             vcpus: spec.vcpus,
             memory_mib: spec.memory_mib,
+            drive_slots: spec.drive_slots,
         })
     }
 
@@ -465,6 +467,7 @@ mod tests {
             image,
             vcpus: 1,
             memory_mib: 2,
+            drive_slots: 0,
         };
         let cache = TemplateCache::new(dir.path().join("templates"));
         Fixture {

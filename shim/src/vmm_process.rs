@@ -104,7 +104,9 @@ impl VmmProcess {
             .arg("--api-sock")
             .arg(&paths.api)
             .arg("--console")
-            .arg(&paths.console);
+            .arg(&paths.console)
+            .arg("--drive-slots")
+            .arg(spec.drive_slots.to_string());
         if let Some(dir) = restore {
             cmd.arg("--restore").arg(dir);
         }
@@ -149,6 +151,11 @@ impl VmmProcess {
             }),
             _ => Ok(()),
         }
+    }
+
+    /// The exit status once the VMM has exited (reaped here), `None` while it runs.
+    pub fn try_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
     }
 
     /// Waits for `path` to exist (a socket the VMM creates), the VMM staying alive.

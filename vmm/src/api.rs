@@ -12,7 +12,10 @@ use std::sync::Arc;
 
 use hull_protocol::rpc::protobuf::well_known_types::empty::Empty;
 use hull_protocol::rpc::ttrpc::{self, TtrpcContext};
-use hull_protocol::rpc::vmm::{Metrics, SnapshotRequest, SnapshotResult, VmState};
+use hull_protocol::rpc::vmm::{
+    AttachDriveRequest, AttachDriveResult, DetachDriveRequest, Metrics, SnapshotRequest,
+    SnapshotResult, VmState,
+};
 use hull_protocol::rpc::vmm_ttrpc;
 
 use crate::builder::VmmControl;
@@ -138,4 +141,54 @@ impl vmm_ttrpc::Vmm for Service {
         out.guest_resident_kib = m.guest_resident_kib;
         Ok(out)
     }
+
+    fn attach_drive(
+        &self,
+        _: &TtrpcContext,
+        req: AttachDriveRequest,
+    ) -> ttrpc::Result<AttachDriveResult> {
+        if !Path::new(&req.path).is_absolute() {
+            return Err(status(
+                ttrpc::Code::INVALID_ARGUMENT,
+                format!("path {:?}: give an absolute path", req.path),
+            ));
+        }
+        let attachment = crate::devices::virtio::block::Attachment {
+            path: PathBuf::from(&req.path),
+            read_only: req.read_only,
+            serial: req.serial,
+        };
+        match self.control.attach_drive(req.slot, &attachment) {
+            Ok(sectors) => {
+                let mut out = AttachDriveResult::new();
+                out.sectors = sectors;
+                Ok(out)
+            }
+            Err(e) => Err(drive_status(&e)),
+        }
+    }
+
+    fn detach_drive(&self, _: &TtrpcContext, req: DetachDriveRequest) -> ttrpc::Result<Empty> {
+        self.control
+            .detach_drive(req.slot)
+            .map(|_| Empty::new())
+            .map_err(|e| drive_status(&e))
+    }
+}
+
+fn drive_status(e: &crate::control::DriveSlotError) -> ttrpc::Error {
+    use crate::control::DriveSlotError;
+    use crate::devices::virtio::block::BlockError;
+    let code = match e {
+        DriveSlotError::Block {
+            source: BlockError::SlotBusy(_),
+            ..
+        } => ttrpc::Code::FAILED_PRECONDITION,
+        DriveSlotError::Block {
+            source: BlockError::Open { source, .. },
+            ..
+        } if source.kind() == std::io::ErrorKind::NotFound => ttrpc::Code::NOT_FOUND,
+        _ => ttrpc::Code::INVALID_ARGUMENT,
+    };
+    status(code, error_chain(e))
 }

@@ -161,7 +161,8 @@ enum Origin {
 /// The VM shape a configuration builds (what a snapshot must match to restore into it).
 pub fn config_shape(config: &VmConfig) -> VmShape {
     use crate::devices::virtio::{block, net, rng, vsock};
-    let mut devices = vec![block::VIRTIO_ID_BLOCK; config.drives.len()];
+    let disks = config.drives.len() + usize::from(config.drive_slots);
+    let mut devices = vec![block::VIRTIO_ID_BLOCK; disks];
     devices.extend(std::iter::repeat_n(net::VIRTIO_ID_NET, config.net.len()));
     if config.vsock.is_some() {
         devices.push(vsock::VIRTIO_ID_VSOCK);
@@ -339,6 +340,7 @@ fn build(config: &VmConfig, start: Instant, origin: Origin) -> Result<Vmm, Build
         started: start,
         vcpus: config.vcpus,
         memory_mib: config.memory_mib,
+        slots: Arc::new(virtio.slots),
         sources: Arc::new(SnapshotSources {
             vm: vm.clone(),
             ram: ram.clone(),
@@ -542,6 +544,8 @@ struct VirtioDevices {
     root: RootSpec,
     vsock_reset: Option<EventFd>,
     transports: Vec<Arc<Mutex<MmioTransport>>>,
+    /// The drive slots' transports, in slot order.
+    slots: Vec<Arc<Mutex<MmioTransport>>>,
 }
 
 /// One virtio-mmio window, GSI, irqfd and ioeventfds per device. Disks come first, the
@@ -576,6 +580,14 @@ fn virtio_devices(
             root = Some((cmdline::disk_name(i), drive.fstype.clone(), drive.read_only));
         }
         devices.push(Box::new(block));
+    }
+    // Slots follow the fixed drives, so the fixed drives keep their names.
+    let slots = devices.len()..devices.len() + usize::from(config.drive_slots);
+    for _ in slots.clone() {
+        devices.push(Box::new(Block::slot()?));
+    }
+    if !slots.is_empty() {
+        log::info!("{} drive slot(s)", slots.len());
     }
     for (index, n) in config.net.iter().enumerate() {
         let tap_err = |source| BuildError::Tap { index, source };
@@ -649,12 +661,14 @@ fn virtio_devices(
         transports.push(transport);
         announced.push(MmioDevice { base, irq });
     }
+    let slots = transports[slots].to_vec();
     Ok(VirtioDevices {
         bus,
         announced,
         root,
         vsock_reset,
         transports,
+        slots,
     })
 }
 

@@ -97,6 +97,8 @@ pub enum ConfigError {
         "api_socket = {path}: the directory {dir} does not exist; create it or choose another path"
     )]
     ApiSocketDir { path: PathBuf, dir: PathBuf },
+    #[error("{devices} virtio devices ({drive_slots} of them drive slots): a VM has at most {MAX_VIRTIO_DEVICES}; lower drive_slots or drop drives")]
+    TooManyDevices { devices: u32, drive_slots: u32 },
 }
 
 /// Longest `vsock.uds_path`: `sun_path` holds 107 bytes plus NUL, and guest-initiated
@@ -252,6 +254,9 @@ pub struct ConfigFile {
     pub net: Vec<NetConfig>,
     /// The control API's unix socket (pause, resume, shutdown, metrics; docs/control-api.md).
     pub api_socket: Option<PathBuf>,
+    /// Empty virtio-blk devices whose backing the control API attaches and detaches while
+    /// the VM runs (container root filesystems; default 0).
+    pub drive_slots: Option<u32>,
 }
 
 impl ConfigFile {
@@ -293,7 +298,12 @@ pub struct VmConfig {
     pub entropy: bool,
     pub net: Vec<NetConfig>,
     pub api_socket: Option<PathBuf>,
+    pub drive_slots: u8,
 }
+
+/// Most virtio-mmio devices a VM can have: one interrupt pin each.
+pub const MAX_VIRTIO_DEVICES: u32 =
+    crate::arch::x86_64::layout::IOAPIC_PINS - crate::arch::x86_64::layout::VIRTIO_IRQ_BASE;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KernelFormat {
@@ -410,6 +420,18 @@ impl VmConfig {
         if let Some(path) = &file.api_socket {
             validate_api_socket(path)?;
         }
+        let drive_slots = file.drive_slots.unwrap_or(0);
+        let devices = drives.len() as u32
+            + file.net.len() as u32
+            + u32::from(file.vsock.is_some())
+            + u32::from(file.entropy.unwrap_or(true))
+            + drive_slots;
+        if devices > MAX_VIRTIO_DEVICES {
+            return Err(ConfigError::TooManyDevices {
+                devices,
+                drive_slots,
+            });
+        }
 
         Ok(VmConfig {
             kernel,
@@ -425,6 +447,7 @@ impl VmConfig {
             entropy: file.entropy.unwrap_or(true),
             net: file.net,
             api_socket: file.api_socket,
+            drive_slots: drive_slots as u8,
         })
     }
 

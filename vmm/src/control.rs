@@ -28,7 +28,22 @@ pub struct VmmControl {
     pub(crate) started: Instant,
     pub(crate) vcpus: u8,
     pub(crate) memory_mib: u32,
+    /// The drive slots' transports, in slot order.
+    pub(crate) slots: Arc<Vec<Arc<Mutex<MmioTransport>>>>,
     pub(crate) sources: Arc<SnapshotSources>,
+}
+
+/// Why a drive slot could not be changed.
+#[derive(Debug, thiserror::Error)]
+pub enum DriveSlotError {
+    #[error("drive slot {slot} does not exist: this VM has {count} (hull-vmm --drive-slots)")]
+    NoSuchSlot { slot: u32, count: usize },
+    #[error("drive slot {slot}")]
+    Block {
+        slot: u32,
+        #[source]
+        source: crate::devices::virtio::block::BlockError,
+    },
 }
 
 /// What a snapshot reads besides the vCPUs.
@@ -186,6 +201,65 @@ impl VmmControl {
             info.took.as_secs_f64() * 1e3
         );
         Ok(info)
+    }
+
+    /// Puts the disk image `a.path` into drive slot `slot` and tells the guest its new
+    /// capacity; returns the capacity in 512-byte sectors. The guest finds the disk by
+    /// `a.serial` (VIRTIO_BLK_T_GET_ID).
+    pub fn attach_drive(
+        &self,
+        slot: u32,
+        a: &crate::devices::virtio::block::Attachment,
+    ) -> Result<u64, DriveSlotError> {
+        self.with_slot(slot, |t| {
+            let block = t.block_mut().expect("drive slots are block devices");
+            let sectors = block.attach(a)?;
+            t.config_changed();
+            log::info!(
+                "drive slot {slot}: attached {} ({} sectors, {}, serial {:?})",
+                a.path.display(),
+                sectors,
+                if a.read_only {
+                    "read-only"
+                } else {
+                    "read-write"
+                },
+                a.serial
+            );
+            Ok(sectors)
+        })
+    }
+
+    /// Empties drive slot `slot` (the guest must have stopped using it) and tells the
+    /// guest; returns whether it held anything.
+    pub fn detach_drive(&self, slot: u32) -> Result<bool, DriveSlotError> {
+        self.with_slot(slot, |t| {
+            let block = t.block_mut().expect("drive slots are block devices");
+            let held = block.detach()?;
+            t.config_changed();
+            if let Some(a) = &held {
+                log::info!("drive slot {slot}: detached {}", a.path.display());
+            }
+            Ok(held.is_some())
+        })
+    }
+
+    fn with_slot<T>(
+        &self,
+        slot: u32,
+        f: impl FnOnce(&mut MmioTransport) -> Result<T, crate::devices::virtio::block::BlockError>,
+    ) -> Result<T, DriveSlotError> {
+        let transport = self
+            .slots
+            .get(slot as usize)
+            .ok_or(DriveSlotError::NoSuchSlot {
+                slot,
+                count: self.slots.len(),
+            })?;
+        // A snapshot holds every transport lock while it reads state: a slot never
+        // changes in the middle of one.
+        let mut t = crate::devices::bus::lock(transport);
+        f(&mut t).map_err(|source| DriveSlotError::Block { slot, source })
     }
 
     /// Ends the VM as SIGTERM would: orderly, exit status 0.

@@ -72,6 +72,10 @@ struct Args {
     /// unix socket.
     #[arg(long)]
     api_sock: Option<PathBuf>,
+    /// Empty drive slots whose disks the control API attaches and detaches while the VM
+    /// runs (AttachDrive/DetachDrive).
+    #[arg(long)]
+    drive_slots: Option<u32>,
     /// Restore the snapshot in this directory instead of booting. The configuration must
     /// describe the same VM shape (vCPUs, memory, devices in order); host resources (vsock
     /// socket, taps, disks, console, control socket) may differ.
@@ -109,6 +113,7 @@ fn merged_config(args: Args) -> Result<ConfigFile, hull_vmm::ConfigError> {
         file.net.push(parse_net_flag(&spec)?);
     }
     file.api_socket = args.api_sock.or(file.api_socket);
+    file.drive_slots = args.drive_slots.or(file.drive_slots);
     if args.no_entropy {
         file.entropy = Some(false);
     }

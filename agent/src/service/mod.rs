@@ -11,6 +11,7 @@ mod events;
 mod network;
 mod sandbox;
 pub mod stdio;
+pub mod storage;
 pub mod validate;
 
 use std::collections::{HashMap, HashSet};
@@ -102,6 +103,7 @@ pub struct Service {
     /// Ids being created or removed: no second request may touch them meanwhile.
     busy: Mutex<HashSet<String>>,
     sandbox: Mutex<Option<Sandbox>>,
+    storage: storage::Storage,
 }
 
 /// Marks an id busy for the life of the guard.
@@ -126,6 +128,7 @@ impl Service {
             containers: Mutex::new(HashMap::new()),
             busy: Mutex::new(HashSet::new()),
             sandbox: Mutex::new(None),
+            storage: storage::Storage::default(),
         }
     }
 
@@ -230,6 +233,9 @@ impl Service {
             if let Err(e) = self.remove_container(&id) {
                 failures.push(format!("{id}: {e}"));
             }
+        }
+        for name in self.storage.unmount_all() {
+            failures.push(format!("drive mount {name}: still mounted"));
         }
         if let Some(sb) = lock(&self.sandbox).take() {
             remove_cgroup_dirs(&sb.cgroup);
@@ -731,6 +737,35 @@ impl agent_ttrpc::Agent for Service {
     fn remove_container(&self, _: &TtrpcContext, req: ContainerRequest) -> ttrpc::Result<Empty> {
         self.call("RemoveContainer", || {
             Service::remove_container(self, &req.container_id).map(|_| Empty::new())
+        })
+    }
+    fn mount_drive(
+        &self,
+        _: &TtrpcContext,
+        req: MountDriveRequest,
+    ) -> ttrpc::Result<MountDriveResponse> {
+        self.call("MountDrive", || {
+            let area = self.config.rootfs_areas.first().ok_or_else(|| {
+                AgentError::FailedPrecondition("this agent has no rootfs area".into())
+            })?;
+            let request = storage::MountRequest {
+                serial: &req.serial,
+                fstype: &req.fstype,
+                name: &req.name,
+                read_only: req.read_only,
+                writable_overlay: req.writable_overlay,
+            };
+            let path = self
+                .storage
+                .mount(area, Path::new("/sys/block"), &request)?;
+            let mut r = MountDriveResponse::new();
+            r.rootfs = path.to_string_lossy().into_owned();
+            Ok(r)
+        })
+    }
+    fn unmount_drive(&self, _: &TtrpcContext, req: UnmountDriveRequest) -> ttrpc::Result<Empty> {
+        self.call("UnmountDrive", || {
+            self.storage.unmount(&req.name).map(|_| Empty::new())
         })
     }
 }

@@ -189,6 +189,20 @@ impl MmioTransport {
         self.status
     }
 
+    /// The block device behind this transport, if it is one.
+    pub fn block_mut(&mut self) -> Option<&mut super::block::Block> {
+        self.device.as_block_mut()
+    }
+
+    /// Tells the driver that the configuration space changed (a drive slot's capacity):
+    /// a new generation, and a configuration interrupt once the driver is running.
+    pub fn config_changed(&mut self) {
+        self.config_generation = self.config_generation.wrapping_add(1);
+        if self.activated {
+            self.interrupt.trigger(super::INT_CONFIG);
+        }
+    }
+
     pub fn is_activated(&self) -> bool {
         self.activated
     }

@@ -167,6 +167,10 @@ pub trait VirtioDevice: Send {
     ) -> UsedQueues {
         UsedQueues::default()
     }
+    /// The block device behind this transport, for the control API's drive slots.
+    fn as_block_mut(&mut self) -> Option<&mut block::Block> {
+        None
+    }
 }
 
 /// The next available chain; when the ring is empty, notifications are re-armed (so the

@@ -26,51 +26,128 @@ pub enum BlockError {
     },
     #[error("disk serial {0:?} is longer than {ID_BYTES} bytes")]
     SerialTooLong(String),
+    #[error("this drive is fixed at start; only drive slots take attachments")]
+    NotASlot,
+    #[error("the slot holds {0} already: detach it first")]
+    SlotBusy(PathBuf),
+}
+
+/// What a drive slot holds: kept in snapshots so a restored VM reopens it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Attachment {
+    pub path: PathBuf,
+    pub read_only: bool,
+    pub serial: String,
 }
 
 pub struct Block {
     disk: Disk,
+    /// `Some` for a drive slot: a disk whose backing is attached and detached while the VM
+    /// runs (the guest sees the capacity change), holding the current attachment if any.
+    slot: Option<Option<Attachment>>,
 }
 
 impl Block {
     /// Opens `path` read-only or read-write; `serial` defaults to the file name.
     pub fn new(path: &Path, read_only: bool, serial: Option<&str>) -> Result<Self, BlockError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!read_only)
-            .open(path)
-            .map_err(|source| BlockError::Open {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        let len = file
-            .metadata()
-            .map_err(|source| BlockError::Open {
-                path: path.to_path_buf(),
-                source,
-            })?
-            .len();
-        let id = match serial {
-            Some(s) if s.len() > ID_BYTES => return Err(BlockError::SerialTooLong(s.into())),
-            Some(s) => disk_id(s.as_bytes()),
-            // Without an explicit serial the file name identifies the disk, truncated.
-            None => disk_id(
-                path.file_name()
-                    .map(|n| n.as_encoded_bytes())
-                    .unwrap_or_default(),
-            ),
-        };
-        let sectors = len >> SECTOR_SHIFT;
+        let disk = open_disk(path, read_only, serial)?;
+        Ok(Block { disk, slot: None })
+    }
+
+    /// An empty drive slot: zero sectors until something is attached. Its device never
+    /// offers VIRTIO_BLK_F_RO (features are fixed when the guest probes it); a read-only
+    /// attachment refuses writes instead, and the guest mounts it read-only.
+    pub fn slot() -> Result<Self, BlockError> {
         Ok(Block {
-            disk: Disk {
-                file,
-                sectors,
-                read_only,
-                id,
-            },
+            disk: empty_disk()?,
+            slot: Some(None),
         })
     }
 
+    /// Puts `a` into this slot; returns its capacity in sectors. The caller tells the
+    /// guest (a configuration-change interrupt).
+    pub fn attach(&mut self, a: &Attachment) -> Result<u64, BlockError> {
+        match &self.slot {
+            None => return Err(BlockError::NotASlot),
+            Some(Some(held)) => return Err(BlockError::SlotBusy(held.path.clone())),
+            Some(None) => {}
+        }
+        self.disk = open_disk(&a.path, a.read_only, Some(&a.serial))?;
+        self.slot = Some(Some(a.clone()));
+        Ok(self.disk.sectors)
+    }
+
+    /// Empties this slot (zero sectors again); returns what it held. The guest must have
+    /// stopped using the disk (unmounted, buffers flushed) first.
+    pub fn detach(&mut self) -> Result<Option<Attachment>, BlockError> {
+        let Some(slot) = self.slot.as_mut() else {
+            return Err(BlockError::NotASlot);
+        };
+        let held = slot.take();
+        self.disk = empty_disk()?;
+        Ok(held)
+    }
+
+    pub fn attachment(&self) -> Option<&Attachment> {
+        self.slot.as_ref().and_then(Option::as_ref)
+    }
+
+    pub fn is_slot(&self) -> bool {
+        self.slot.is_some()
+    }
+}
+
+/// The backing of an empty slot: no sectors, so every read or write is out of range.
+fn empty_disk() -> Result<Disk, BlockError> {
+    let path = Path::new("/dev/null");
+    let file = std::fs::File::open(path).map_err(|source| BlockError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(Disk {
+        file,
+        sectors: 0,
+        read_only: true,
+        id: [0u8; ID_BYTES],
+    })
+}
+
+fn open_disk(path: &Path, read_only: bool, serial: Option<&str>) -> Result<Disk, BlockError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(!read_only)
+        .open(path)
+        .map_err(|source| BlockError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let len = file
+        .metadata()
+        .map_err(|source| BlockError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .len();
+    let id = match serial {
+        Some(s) if s.len() > ID_BYTES => return Err(BlockError::SerialTooLong(s.into())),
+        Some(s) => disk_id(s.as_bytes()),
+        // Without an explicit serial the file name identifies the disk, truncated.
+        None => disk_id(
+            path.file_name()
+                .map(|n| n.as_encoded_bytes())
+                .unwrap_or_default(),
+        ),
+    };
+    let sectors = len >> SECTOR_SHIFT;
+    Ok(Disk {
+        file,
+        sectors,
+        read_only,
+        id,
+    })
+}
+
+impl Block {
     pub fn sectors(&self) -> u64 {
         self.disk.sectors
     }
@@ -95,7 +172,7 @@ impl VirtioDevice for Block {
 
     fn avail_features(&self) -> u64 {
         let mut f = VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX | VIRTIO_BLK_F_FLUSH;
-        if self.disk.read_only {
+        if self.disk.read_only && self.slot.is_none() {
             f |= VIRTIO_BLK_F_RO;
         }
         f
@@ -107,6 +184,33 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, _acked_features: u64) {}
+
+    fn save_device(&self) -> Vec<u8> {
+        match &self.slot {
+            Some(held) => postcard::to_stdvec(held).unwrap_or_default(),
+            None => Vec::new(),
+        }
+    }
+
+    /// A slot reopens what it held when the snapshot was taken (the guest may have it
+    /// mounted); a fixed drive takes its backing from the configuration.
+    fn restore_device(&mut self, bytes: &[u8]) -> Result<(), String> {
+        if self.slot.is_none() || bytes.is_empty() {
+            return Ok(());
+        }
+        let held: Option<Attachment> =
+            postcard::from_bytes(bytes).map_err(|e| format!("drive slot state: {e}"))?;
+        if let Some(a) = held {
+            self.attach(&a).map_err(|e| {
+                format!("reattach {}: {}", a.path.display(), crate::error_chain(&e))
+            })?;
+        }
+        Ok(())
+    }
+
+    fn as_block_mut(&mut self) -> Option<&mut Block> {
+        Some(self)
+    }
 
     fn process_queue(
         &mut self,

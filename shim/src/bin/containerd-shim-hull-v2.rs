@@ -1,0 +1,121 @@
+//! `containerd-shim-hull-v2`: containerd's runtime `io.containerd.hull.v2` (Kubernetes
+//! RuntimeClass handler `hull`). containerd runs it three ways (containerd's runtime v2
+//! protocol): `start` spawns the long-lived shim for a task (one per pod: the containers
+//! of a pod name their sandbox and share its shim and VM) and prints its socket address;
+//! the shim itself serves the Task API; `delete` cleans up after a shim that died.
+
+use std::sync::Arc;
+
+use containerd_shim::{
+    self as shim, publisher::RemotePublisher, Config, DeleteResponse, ExitSignal, Flags, StartOpts,
+};
+use hull_shim::config::{HostConfig, DEFAULT_PATH};
+use hull_shim::task::events::EventSender;
+use hull_shim::task::spec::{self, Role};
+use hull_shim::task::{pod, BundleState, TaskService, BUNDLE_STATE};
+
+const RUNTIME_ID: &str = "io.containerd.hull.v2";
+
+/// Where the host configuration is: `$HULL_CONFIG`, else `/etc/hull/config.toml`.
+fn config_path() -> std::path::PathBuf {
+    std::env::var_os("HULL_CONFIG")
+        .map(Into::into)
+        .unwrap_or_else(|| DEFAULT_PATH.into())
+}
+
+struct HullShim {
+    namespace: String,
+    id: String,
+    exit: Arc<ExitSignal>,
+}
+
+impl shim::Shim for HullShim {
+    type T = TaskService;
+
+    fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
+        HullShim {
+            namespace: args.namespace.clone(),
+            id: args.id.clone(),
+            exit: Arc::new(ExitSignal::default()),
+        }
+    }
+
+    /// One shim per pod: a container of a pod joins the shim its sandbox started (the
+    /// socket address is derived from the pod's id), a standalone task gets its own.
+    fn start_shim(&mut self, opts: StartOpts) -> Result<String, shim::Error> {
+        let grouping = std::fs::read("config.json")
+            .ok()
+            .and_then(|t| serde_json::from_slice::<serde_json::Value>(&t).ok())
+            .map(|s| match spec::role(&s) {
+                Role::PodContainer { sandbox } => sandbox,
+                _ => opts.id.clone(),
+            })
+            .unwrap_or_else(|| opts.id.clone());
+        let config = config_path();
+        let (_pid, address) = shim::spawn(
+            opts,
+            &grouping,
+            vec![("HULL_CONFIG", config.to_string_lossy().as_ref())],
+        )?;
+        Ok(address)
+    }
+
+    /// The shim serving this task is gone (killed, crashed): stop its VM, if nothing else
+    /// did, and remove what it left on the host.
+    fn delete_shim(&mut self) -> Result<DeleteResponse, shim::Error> {
+        let bundle = std::env::current_dir().unwrap_or_default();
+        if let Ok(text) = std::fs::read(bundle.join(BUNDLE_STATE)) {
+            if let Ok(state) = serde_json::from_slice::<BundleState>(&text) {
+                pod::kill_orphaned(&state.run_dir);
+                let _ = std::fs::remove_file(&state.image);
+            }
+            let _ = std::fs::remove_file(bundle.join(BUNDLE_STATE));
+        }
+        hull_shim::task::rootfs::unmount_all(&bundle.join("rootfs"));
+        log::info!(
+            "delete: cleaned up after the shim of {}/{}",
+            self.namespace,
+            self.id
+        );
+        let mut r = DeleteResponse::new();
+        r.exit_status = 128 + libc::SIGKILL as u32;
+        r.exited_at = Some(hull_shim::task::events::timestamp(
+            hull_shim::task::process::now_nanos(),
+        ))
+        .into();
+        Ok(r)
+    }
+
+    fn wait(&mut self) {
+        self.exit.wait();
+    }
+
+    fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
+        let path = config_path();
+        let config = match HostConfig::load(&path) {
+            Ok(c) => c,
+            Err(e) => {
+                // The shim is already serving containerd: say why every call will fail.
+                log::error!("{}; using the defaults", hull_vmm::error_chain(&e));
+                HostConfig::default()
+            }
+        };
+        log::set_max_level(config.log_level.parse().unwrap_or(log::LevelFilter::Info));
+        let events = EventSender::start(publisher, self.namespace.clone());
+        TaskService::new(config, &self.namespace, events, self.exit.clone())
+    }
+}
+
+fn main() {
+    // Nothing but the shim's own calls reaps children: the VMM is waited for by its handle,
+    // and the crate's reaper would steal its exit status.
+    let config = Config {
+        no_reaper: true,
+        ..Default::default()
+    };
+    if std::env::args().any(|a| a == "--version" || a == "-v") {
+        println!("containerd-shim-hull-v2 {}", env!("CARGO_PKG_VERSION"));
+        return;
+    }
+    shim::run::<HullShim>(RUNTIME_ID, Some(config));
+}

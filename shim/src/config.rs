@@ -1,0 +1,285 @@
+//! The host configuration, `/etc/hull/config.toml`: what sandbox VMs are made of and
+//! where hull keeps its state. Every key is optional (the defaults are what
+//! `scripts/build.sh` builds); unknown keys are refused, so a typo is an error and not a
+//! silently ignored setting.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::VmSpec;
+
+pub const DEFAULT_PATH: &str = "/etc/hull/config.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {field} = {value}: {why}")]
+    Invalid {
+        path: PathBuf,
+        field: &'static str,
+        value: String,
+        why: &'static str,
+    },
+}
+
+/// What a sandbox costs on top of its containers' limits.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Overhead {
+    /// Guest memory for the kernel and the agent, MiB.
+    pub memory_mib: u32,
+    pub vcpus: u8,
+}
+
+impl Default for Overhead {
+    fn default() -> Self {
+        Overhead {
+            memory_mib: 64,
+            vcpus: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostConfig {
+    pub kernel: PathBuf,
+    pub image: PathBuf,
+    /// A sandbox's size when its containers set no limits.
+    pub vcpus: u8,
+    pub memory_mib: u32,
+    /// Added to the containers' limits when they set some.
+    pub overhead: Overhead,
+    pub drive_slots: u8,
+    /// Restore sandboxes from snapshot templates (a cold boot per sandbox otherwise).
+    pub templates: bool,
+    pub template_dir: PathBuf,
+    /// Sockets and logs of running sandboxes (short paths: unix sockets live here).
+    pub run_dir: PathBuf,
+    /// Container root filesystem images.
+    pub state_dir: PathBuf,
+    /// Keep each sandbox's guest console in its run directory (`console.log`).
+    pub debug_console: bool,
+    /// error, warn, info, debug or trace.
+    pub log_level: String,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        let vm = VmSpec::default();
+        HostConfig {
+            kernel: vm.kernel,
+            image: vm.image,
+            vcpus: vm.vcpus,
+            memory_mib: vm.memory_mib,
+            overhead: Overhead::default(),
+            drive_slots: vm.drive_slots,
+            templates: true,
+            template_dir: PathBuf::from(crate::template::DEFAULT_ROOT),
+            run_dir: PathBuf::from("/run/hull/shim"),
+            state_dir: PathBuf::from("/var/lib/hull/shim"),
+            debug_console: false,
+            log_level: "info".into(),
+        }
+    }
+}
+
+const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
+
+impl HostConfig {
+    /// Reads `path`; a missing file at the default path means "all defaults", a missing
+    /// file anywhere else is an error (someone named it on purpose).
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound && path == Path::new(DEFAULT_PATH) =>
+            {
+                return Ok(HostConfig::default())
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        let config: HostConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.message().to_string(),
+        })?;
+        config.check(path)?;
+        Ok(config)
+    }
+
+    fn check(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |field, value: String, why| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field,
+            value,
+            why,
+        };
+        if self.vcpus == 0 {
+            return Err(invalid("vcpus", "0".into(), "a VM needs at least one vCPU"));
+        }
+        if self.memory_mib < 64 {
+            return Err(invalid(
+                "memory_mib",
+                self.memory_mib.to_string(),
+                "the guest kernel and agent need at least 64 MiB",
+            ));
+        }
+        if !LOG_LEVELS.contains(&self.log_level.as_str()) {
+            return Err(invalid(
+                "log_level",
+                self.log_level.clone(),
+                "must be error, warn, info, debug or trace",
+            ));
+        }
+        for (field, dir) in [
+            ("run_dir", &self.run_dir),
+            ("state_dir", &self.state_dir),
+            ("template_dir", &self.template_dir),
+        ] {
+            if !dir.is_absolute() {
+                return Err(invalid(
+                    field,
+                    dir.display().to_string(),
+                    "must be an absolute path",
+                ));
+            }
+        }
+        // The VMM's vsock socket lives in <run_dir>/<16 hex>/ and must fit a unix socket.
+        if self.run_dir.as_os_str().len() > 60 {
+            return Err(invalid(
+                "run_dir",
+                self.run_dir.display().to_string(),
+                "is too long for the unix sockets below it (at most 60 bytes)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The VM for a sandbox whose containers ask for `limits` (none: the defaults).
+    pub fn vm_spec(&self, limits: Option<Limits>) -> VmSpec {
+        let (vcpus, memory_mib) = match limits {
+            None => (self.vcpus, self.memory_mib),
+            Some(l) => {
+                let host = std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+                    .min(255) as u8;
+                let vcpus = l
+                    .vcpus
+                    .map(|v| v.saturating_add(self.overhead.vcpus).clamp(1, host))
+                    .unwrap_or(self.vcpus);
+                let memory = l
+                    .memory_mib
+                    .map(|m| m.saturating_add(self.overhead.memory_mib).max(64))
+                    .unwrap_or(self.memory_mib);
+                (vcpus, memory)
+            }
+        };
+        VmSpec {
+            kernel: self.kernel.clone(),
+            image: self.image.clone(),
+            vcpus,
+            memory_mib,
+            drive_slots: self.drive_slots,
+        }
+    }
+}
+
+/// What a sandbox's containers are limited to, from their OCI specs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub vcpus: Option<u8>,
+    pub memory_mib: Option<u32>,
+}
+
+impl Limits {
+    /// From an OCI spec's `linux.resources` (CPU quota/period, memory limit).
+    pub fn from_spec(spec: &serde_json::Value) -> Option<Limits> {
+        let r = spec.pointer("/linux/resources")?;
+        let memory_mib = r
+            .pointer("/memory/limit")
+            .and_then(|v| v.as_i64())
+            .filter(|&b| b > 0)
+            .map(|b| (b as u64).div_ceil(1 << 20).min(u64::from(u32::MAX)) as u32);
+        let quota = r.pointer("/cpu/quota").and_then(|v| v.as_i64());
+        let period = r.pointer("/cpu/period").and_then(|v| v.as_u64());
+        let vcpus = match (quota, period) {
+            (Some(q), Some(p)) if q > 0 && p > 0 => Some((q as u64).div_ceil(p).min(255) as u8),
+            _ => None,
+        };
+        (memory_mib.is_some() || vcpus.is_some()).then_some(Limits { vcpus, memory_mib })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_default_file_means_defaults_but_a_named_one_must_exist() {
+        // The default path may exist on a developer machine; only check the other case.
+        let err = HostConfig::load(Path::new("/nonexistent/hull.toml")).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "memory_mb = 128\n").unwrap();
+        let e = HostConfig::load(&path).unwrap_err().to_string();
+        assert!(e.contains("memory_mb"), "{e}");
+        std::fs::write(&path, "vcpus = 0\n").unwrap();
+        let e = HostConfig::load(&path).unwrap_err().to_string();
+        assert!(e.contains("vcpus = 0"), "{e}");
+        std::fs::write(&path, "log_level = \"loud\"\n").unwrap();
+        assert!(HostConfig::load(&path).is_err());
+        std::fs::write(&path, "run_dir = \"relative\"\n").unwrap();
+        assert!(HostConfig::load(&path).is_err());
+    }
+
+    #[test]
+    fn reads_every_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "vcpus = 2\nmemory_mib = 256\ndrive_slots = 6\ntemplates = false\nlog_level = \"debug\"\ndebug_console = true\n[overhead]\nmemory_mib = 32\n",
+        )
+        .unwrap();
+        let c = HostConfig::load(&path).unwrap();
+        assert_eq!((c.vcpus, c.memory_mib, c.drive_slots), (2, 256, 6));
+        assert!(!c.templates && c.debug_console);
+        assert_eq!(c.overhead.memory_mib, 32);
+    }
+
+    #[test]
+    fn vm_size_is_the_limits_plus_the_overhead() {
+        let c = HostConfig::default();
+        let spec = serde_json::json!({"linux": {"resources": {
+            "memory": {"limit": 256 << 20},
+            "cpu": {"quota": 150000, "period": 100000}
+        }}});
+        let limits = Limits::from_spec(&spec).unwrap();
+        assert_eq!(limits.memory_mib, Some(256));
+        assert_eq!(limits.vcpus, Some(2));
+        let vm = c.vm_spec(Some(limits));
+        assert_eq!(vm.memory_mib, 256 + c.overhead.memory_mib);
+        assert!(vm.vcpus >= 1);
+        assert_eq!(c.vm_spec(None).memory_mib, c.memory_mib);
+        assert!(Limits::from_spec(&serde_json::json!({"linux": {}})).is_none());
+    }
+}

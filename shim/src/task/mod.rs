@@ -1,0 +1,958 @@
+//! containerd's Task API (`containerd.task.v2.Task`) served for the tasks of one shim
+//! process: a standalone task and its VM, or a Kubernetes pod (its sandbox container and
+//! every container that names it) sharing one VM. Each call maps onto agent calls; each
+//! state change becomes a task event.
+//!
+//! Threads: ttrpc's handler threads run the calls; the pod's event thread turns the agent's
+//! exit and OOM events into process exits; one thread forwards events to containerd; two
+//! per process stream stdio. State: the task table behind one lock, held for lookups only,
+//! never across an agent call.
+
+pub mod events;
+pub mod io;
+pub mod pod;
+pub mod process;
+pub mod rootfs;
+pub mod spec;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use containerd_shim::api;
+use containerd_shim::protos::cgroups_v2::metrics as v2;
+use containerd_shim::protos::protobuf::well_known_types::any::Any;
+use containerd_shim::protos::protobuf::{Message as _, MessageDyn};
+use containerd_shim::protos::ttrpc::{self as cttrpc, Code};
+use containerd_shim::protos::types::task::Status;
+use containerd_shim::{ExitSignal, TtrpcContext, TtrpcResult};
+use hull_protocol::rpc::agent::*;
+use hull_protocol::rpc::ttrpc as attrpc;
+
+use crate::config::{HostConfig, Limits};
+use crate::lock;
+use crate::template::TemplateCache;
+use events::{EventSender, TaskEvent};
+use io::{ProcessIo, StdioPaths};
+use pod::{ctx, DriveLease, EventSink, Pod};
+use process::{now_nanos, Exit, Process};
+use spec::Role;
+
+/// The file in a bundle that tells the shim's `delete` what to clean up after a crash.
+pub const BUNDLE_STATE: &str = "hull.json";
+
+/// What `delete` needs when the shim that made a task is gone.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct BundleState {
+    pub run_dir: PathBuf,
+    pub image: PathBuf,
+}
+
+fn err(code: Code, msg: impl Into<String>) -> cttrpc::Error {
+    cttrpc::Error::RpcStatus(cttrpc::get_status(code, msg.into()))
+}
+
+/// An agent or VMM error as containerd should see it: the agent's own status code, and a
+/// transport failure (a hung or dead guest) as UNAVAILABLE, naming the call.
+fn agent_err(call: &str, e: attrpc::Error) -> cttrpc::Error {
+    match e {
+        attrpc::Error::RpcStatus(s) => {
+            let code = <Code as containerd_shim::protos::protobuf::Enum>::from_i32(
+                s.code.value(),
+            )
+            .unwrap_or(Code::UNKNOWN);
+            err(code, format!("{call}: {}", s.message))
+        }
+        other => err(
+            Code::UNAVAILABLE,
+            format!(
+                "{call}: the sandbox's agent did not answer within {} s or its connection broke ({other}); the VM may be hung or gone",
+                pod::AGENT_CALL_TIMEOUT.as_secs()
+            ),
+        ),
+    }
+}
+
+fn pod_err(e: pod::PodError) -> cttrpc::Error {
+    match e {
+        pod::PodError::Call { call, source } => agent_err(call, source),
+        pod::PodError::NoFreeSlot(_) => err(Code::RESOURCE_EXHAUSTED, hull_vmm::error_chain(&e)),
+        other => err(Code::INTERNAL, hull_vmm::error_chain(&other)),
+    }
+}
+
+struct Container {
+    bundle: String,
+    pod: Arc<Pod>,
+    init: Arc<Process>,
+    execs: Mutex<HashMap<String, Arc<Process>>>,
+    drive: Option<DriveLease>,
+    image: PathBuf,
+    /// This container's delete ends the VM (a standalone task, or a pod's sandbox).
+    owns_pod: bool,
+}
+
+#[derive(Default)]
+struct Table {
+    pod: Option<Arc<Pod>>,
+    containers: HashMap<String, Arc<Container>>,
+}
+
+pub struct TaskService {
+    config: HostConfig,
+    namespace: String,
+    events: EventSender,
+    exit: Arc<ExitSignal>,
+    table: Arc<Mutex<Table>>,
+}
+
+/// Exit and OOM reports from a pod's event thread, applied to the task table.
+struct Sink {
+    table: Arc<Mutex<Table>>,
+    events: EventSender,
+}
+
+impl Sink {
+    fn process(&self, container: &str, exec: &str) -> Option<Arc<Process>> {
+        let c = lock(&self.table).containers.get(container).cloned()?;
+        if exec.is_empty() {
+            Some(c.init.clone())
+        } else {
+            lock(&c.execs).get(exec).cloned()
+        }
+    }
+
+    fn report(&self, p: &Process, exit: Exit) {
+        if let Some((pid, exit)) = p.exited(exit) {
+            self.events.send(TaskEvent::Exit {
+                id: p.container.clone(),
+                exec_id: p.exec.clone(),
+                pid,
+                status: exit.status,
+                exited_at_nanos: exit.at_nanos,
+            });
+        }
+    }
+}
+
+impl EventSink for Sink {
+    fn exited(&self, container: &str, exec: &str, status: i32, at_nanos: i64) {
+        if let Some(p) = self.process(container, exec) {
+            let p2 = p.clone();
+            let events = self.events.clone();
+            let table = self.table.clone();
+            // Draining output may take a moment; the next event must not wait for it.
+            std::thread::spawn(move || {
+                Sink { table, events }.report(
+                    &p2,
+                    Exit {
+                        status: status.max(0) as u32,
+                        at_nanos,
+                    },
+                )
+            });
+        }
+    }
+
+    fn oom(&self, container: &str) {
+        self.events.send(TaskEvent::Oom {
+            id: container.to_string(),
+        });
+    }
+
+    fn vm_gone(&self, why: &str) {
+        let containers: Vec<Arc<Container>> =
+            lock(&self.table).containers.values().cloned().collect();
+        let mut lost = 0;
+        for c in containers {
+            let mut procs = vec![c.init.clone()];
+            procs.extend(lock(&c.execs).values().cloned());
+            for p in procs {
+                let running = {
+                    let s = p.state();
+                    s.exit.is_none() && s.status != Status::CREATED
+                };
+                if running {
+                    lost += 1;
+                }
+                // A process that never started cannot start any more either.
+                self.report(
+                    &p,
+                    Exit {
+                        status: 255,
+                        at_nanos: now_nanos(),
+                    },
+                );
+            }
+        }
+        log::warn!("{why}; {lost} running process(es) reported exited with status 255");
+    }
+}
+
+impl TaskService {
+    pub fn new(
+        config: HostConfig,
+        namespace: &str,
+        events: EventSender,
+        exit: Arc<ExitSignal>,
+    ) -> Self {
+        TaskService {
+            config,
+            namespace: namespace.to_string(),
+            events,
+            exit,
+            table: Arc::new(Mutex::new(Table::default())),
+        }
+    }
+
+    fn container(&self, id: &str) -> TtrpcResult<Arc<Container>> {
+        lock(&self.table)
+            .containers
+            .get(id)
+            .cloned()
+            .ok_or_else(|| err(Code::NOT_FOUND, format!("container {id} does not exist")))
+    }
+
+    fn process(&self, id: &str, exec: &str) -> TtrpcResult<(Arc<Container>, Arc<Process>)> {
+        let c = self.container(id)?;
+        if exec.is_empty() {
+            let p = c.init.clone();
+            return Ok((c, p));
+        }
+        let p = lock(&c.execs).get(exec).cloned().ok_or_else(|| {
+            err(
+                Code::NOT_FOUND,
+                format!("exec {exec} of {id} does not exist"),
+            )
+        })?;
+        Ok((c, p))
+    }
+
+    /// The directory of this shim's VM: short (unix sockets live in it) and derived from
+    /// the namespace and pod, so `delete` finds it again.
+    fn run_dir(&self, pod_id: &str) -> PathBuf {
+        run_dir_for(&self.config.run_dir, &self.namespace, pod_id)
+    }
+
+    fn start_pod(&self, pod_id: &str, spec: &serde_json::Value) -> TtrpcResult<Arc<Pod>> {
+        let vm = self.config.vm_spec(Limits::from_spec(spec));
+        let templates = self
+            .config
+            .templates
+            .then(|| TemplateCache::new(&self.config.template_dir));
+        let run_dir = self.run_dir(pod_id);
+        let pod = Arc::new(
+            Pod::start(pod_id, &vm, &run_dir, templates.as_ref()).map_err(|e| {
+                let _ = std::fs::remove_dir_all(&run_dir);
+                pod_err(e)
+            })?,
+        );
+        let sink = Arc::new(Sink {
+            table: self.table.clone(),
+            events: self.events.clone(),
+        });
+        if let Err(e) = pod.watch(sink) {
+            pod.shutdown();
+            return Err(pod_err(e));
+        }
+        Ok(pod)
+    }
+
+    fn create_sandbox(
+        &self,
+        pod: &Pod,
+        files: &spec::SandboxFiles,
+        spec: &serde_json::Value,
+    ) -> TtrpcResult<()> {
+        let mut req = CreateSandboxRequest::new();
+        req.hostname = files
+            .hostname
+            .clone()
+            .or_else(|| {
+                spec.get("hostname")
+                    .and_then(|h| h.as_str())
+                    .map(String::from)
+            })
+            .unwrap_or_default();
+        req.hosts = files.hosts.clone().unwrap_or_default();
+        req.resolv_conf = files.resolv_conf.clone().unwrap_or_default();
+        pod.agent
+            .create_sandbox(ctx(), &req)
+            .map_err(|e| agent_err("CreateSandbox", e))?;
+        Ok(())
+    }
+
+    fn do_create(&self, req: &api::CreateTaskRequest) -> TtrpcResult<u32> {
+        let id = req.id.as_str();
+        hull_protocol::stream::validate_id("id", id)
+            .map_err(|e| err(Code::INVALID_ARGUMENT, e.to_string()))?;
+        if lock(&self.table).containers.contains_key(id) {
+            return Err(err(
+                Code::ALREADY_EXISTS,
+                format!("container {id} already exists"),
+            ));
+        }
+        if !req.checkpoint.is_empty() {
+            return Err(err(
+                Code::UNIMPLEMENTED,
+                "hull cannot restore a task from a checkpoint yet",
+            ));
+        }
+        if let Some(o) = req.options.as_ref() {
+            check_options(o)?;
+        }
+        for (name, path) in [
+            ("stdin", &req.stdin),
+            ("stdout", &req.stdout),
+            ("stderr", &req.stderr),
+        ] {
+            if !io::is_supported(path) {
+                return Err(err(
+                    Code::INVALID_ARGUMENT,
+                    format!("{name} {path:?}: hull writes to FIFOs and file:// paths only (no logging binaries)"),
+                ));
+            }
+        }
+        let bundle = Path::new(&req.bundle);
+        let spec_path = bundle.join("config.json");
+        let text = std::fs::read(&spec_path).map_err(|e| {
+            err(
+                Code::INVALID_ARGUMENT,
+                format!("read {}: {e}", spec_path.display()),
+            )
+        })?;
+        let mut spec: serde_json::Value = serde_json::from_slice(&text).map_err(|e| {
+            err(
+                Code::INVALID_ARGUMENT,
+                format!("{}: {e}", spec_path.display()),
+            )
+        })?;
+        let role = spec::role(&spec);
+
+        // The root filesystem, as an image on the host, before any VM is touched.
+        let host_rootfs = bundle.join("rootfs");
+        let mounts: Vec<rootfs::HostMount> = req
+            .rootfs
+            .iter()
+            .map(|m| rootfs::HostMount {
+                kind: m.type_.clone(),
+                source: m.source.clone(),
+                options: m.options.clone(),
+            })
+            .collect();
+        let images = self.config.state_dir.join(&self.namespace);
+        std::fs::create_dir_all(&images)
+            .map_err(|e| err(Code::INTERNAL, format!("create {}: {e}", images.display())))?;
+        let image = images.join(format!("{id}.erofs"));
+        let built = (|| {
+            if !mounts.is_empty() {
+                rootfs::mount_all(&mounts, &host_rootfs)?;
+            }
+            let r = rootfs::build_image(&host_rootfs, &image);
+            if !mounts.is_empty() {
+                rootfs::unmount_all(&host_rootfs);
+            }
+            r
+        })();
+        if let Err(e) = built {
+            return Err(err(
+                Code::INVALID_ARGUMENT,
+                format!("container {id} rootfs: {}", hull_vmm::error_chain(&e)),
+            ));
+        }
+        let cleanup_image = || {
+            let _ = std::fs::remove_file(&image);
+        };
+
+        // The VM: this task's own, or its pod's.
+        let (pod, owns_pod) = match &role {
+            Role::Standalone | Role::PodSandbox => {
+                if lock(&self.table).pod.is_some() {
+                    cleanup_image();
+                    return Err(err(
+                        Code::FAILED_PRECONDITION,
+                        format!(
+                            "container {id} needs a VM of its own, but this shim already runs one"
+                        ),
+                    ));
+                }
+                let state = BundleState {
+                    run_dir: self.run_dir(id),
+                    image: image.clone(),
+                };
+                let _ = std::fs::write(
+                    bundle.join(BUNDLE_STATE),
+                    serde_json::to_vec(&state).unwrap_or_default(),
+                );
+                match self.start_pod(id, &spec) {
+                    Ok(p) => (p, true),
+                    Err(e) => {
+                        cleanup_image();
+                        return Err(e);
+                    }
+                }
+            }
+            Role::PodContainer { sandbox } => {
+                let pod = lock(&self.table).pod.clone().filter(|p| &p.id == sandbox);
+                match pod {
+                    Some(p) => {
+                        let state = BundleState {
+                            run_dir: p.run_dir.clone(),
+                            image: image.clone(),
+                        };
+                        let _ = std::fs::write(
+                            bundle.join(BUNDLE_STATE),
+                            serde_json::to_vec(&state).unwrap_or_default(),
+                        );
+                        (p, false)
+                    }
+                    None => {
+                        cleanup_image();
+                        return Err(err(
+                            Code::FAILED_PRECONDITION,
+                            format!("container {id} belongs to pod {sandbox}, whose sandbox this shim does not run"),
+                        ));
+                    }
+                }
+            }
+        };
+        let undo_pod = |pod: &Pod| {
+            if owns_pod {
+                pod.shutdown();
+            }
+            cleanup_image();
+        };
+
+        let read_only_root = spec
+            .pointer("/root/readonly")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+        let lease = match pod.lease_drive(id, &image, read_only_root) {
+            Ok(l) => l,
+            Err(e) => {
+                undo_pod(&pod);
+                return Err(pod_err(e));
+            }
+        };
+        let files = match spec::for_guest(&mut spec, &lease.guest_rootfs) {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = pod.release_drive(&lease);
+                undo_pod(&pod);
+                return Err(err(Code::INVALID_ARGUMENT, e.to_string()));
+            }
+        };
+        if owns_pod {
+            if let Err(e) = self.create_sandbox(&pod, &files, &spec) {
+                let _ = pod.release_drive(&lease);
+                undo_pod(&pod);
+                return Err(e);
+            }
+        }
+
+        let stdio = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        let mut create = CreateContainerRequest::new();
+        create.container_id = id.to_string();
+        create.oci_spec_json = serde_json::to_vec(&spec).unwrap_or_default();
+        create.stdio = Some(stdio.agent_stdio()).into();
+        let pid = match pod.agent.create_container(ctx(), &create) {
+            Ok(r) => r.pid,
+            Err(e) => {
+                let _ = pod.release_drive(&lease);
+                undo_pod(&pod);
+                return Err(agent_err("CreateContainer", e));
+            }
+        };
+        let init = Arc::new(Process::new(id, "", stdio.clone(), None));
+        match ProcessIo::attach(&pod.endpoint, id, "", &stdio) {
+            Ok(io) => {
+                let mut s = init.state();
+                s.pid = pid;
+                s.io = Some(io);
+            }
+            Err(e) => {
+                let _ = pod.agent.remove_container(ctx(), &container_req(id));
+                let _ = pod.release_drive(&lease);
+                undo_pod(&pod);
+                return Err(err(Code::INTERNAL, hull_vmm::error_chain(&e)));
+            }
+        }
+        let container = Arc::new(Container {
+            bundle: req.bundle.clone(),
+            pod: pod.clone(),
+            init,
+            execs: Mutex::new(HashMap::new()),
+            drive: Some(lease),
+            image,
+            owns_pod,
+        });
+        {
+            let mut t = lock(&self.table);
+            if owns_pod {
+                t.pod = Some(pod);
+            }
+            t.containers.insert(id.to_string(), container);
+        }
+        self.events.send(TaskEvent::Create {
+            id: id.to_string(),
+            bundle: req.bundle.clone(),
+            pid,
+        });
+        Ok(pid)
+    }
+
+    fn do_start(&self, id: &str, exec: &str) -> TtrpcResult<u32> {
+        let (c, p) = self.process(id, exec)?;
+        if p.state().status != Status::CREATED {
+            return Err(err(
+                Code::FAILED_PRECONDITION,
+                format!("{} was started already", label(id, exec)),
+            ));
+        }
+        if exec.is_empty() {
+            c.pod
+                .agent
+                .start_container(ctx(), &container_req(id))
+                .map_err(|e| agent_err("StartContainer", e))?;
+            let pid = {
+                let mut s = p.state();
+                if s.exit.is_none() {
+                    s.status = Status::RUNNING;
+                }
+                s.pid
+            };
+            self.events.send(TaskEvent::Start {
+                id: id.to_string(),
+                pid,
+            });
+            return Ok(pid);
+        }
+        let mut req = ExecProcessRequest::new();
+        req.container_id = id.to_string();
+        req.exec_id = exec.to_string();
+        req.oci_process_json = p.exec_spec.clone().unwrap_or_default();
+        req.stdio = Some(p.stdio.agent_stdio()).into();
+        let pid = c
+            .pod
+            .agent
+            .exec_process(ctx(), &req)
+            .map_err(|e| agent_err("ExecProcess", e))?
+            .pid;
+        let io = ProcessIo::attach(&c.pod.endpoint, id, exec, &p.stdio)
+            .map_err(|e| err(Code::INTERNAL, hull_vmm::error_chain(&e)))?;
+        {
+            let mut s = p.state();
+            s.pid = pid;
+            s.io = Some(io);
+            if s.exit.is_none() {
+                s.status = Status::RUNNING;
+            }
+        }
+        self.events.send(TaskEvent::ExecStarted {
+            id: id.to_string(),
+            exec_id: exec.to_string(),
+            pid,
+        });
+        Ok(pid)
+    }
+
+    fn do_delete(&self, id: &str, exec: &str) -> TtrpcResult<api::DeleteResponse> {
+        let (c, p) = self.process(id, exec)?;
+        let (pid, exit, status) = {
+            let s = p.state();
+            (s.pid, s.exit, s.status)
+        };
+        if matches!(status, Status::RUNNING | Status::PAUSED) && exit.is_none() {
+            return Err(err(
+                Code::FAILED_PRECONDITION,
+                format!("{} is still running: kill it first", label(id, exec)),
+            ));
+        }
+        let exit = exit.unwrap_or(Exit {
+            status: 0,
+            at_nanos: now_nanos(),
+        });
+        let mut resp = api::DeleteResponse::new();
+        resp.pid = pid;
+        resp.exit_status = exit.status;
+        resp.exited_at = Some(events::timestamp(exit.at_nanos)).into();
+        if !exec.is_empty() {
+            lock(&c.execs).remove(exec);
+            return Ok(resp);
+        }
+        // The VM may be gone already (then there is nothing to remove in it).
+        let vm_alive = c.pod.vmm_pid().is_some();
+        if vm_alive {
+            if let Err(e) = c.pod.agent.remove_container(ctx(), &container_req(id)) {
+                log::warn!("RemoveContainer {id}: {e}");
+            }
+            if let Some(lease) = &c.drive {
+                if let Err(e) = c.pod.release_drive(lease) {
+                    log::warn!("releasing {id}'s root disk: {}", hull_vmm::error_chain(&e));
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&c.image);
+        let _ = std::fs::remove_file(Path::new(&c.bundle).join(BUNDLE_STATE));
+        {
+            let mut t = lock(&self.table);
+            t.containers.remove(id);
+            if c.owns_pod {
+                t.pod = None;
+            }
+        }
+        if c.owns_pod {
+            c.pod.shutdown();
+        }
+        self.events.send(TaskEvent::Delete {
+            id: id.to_string(),
+            pid,
+            status: exit.status,
+            exited_at_nanos: exit.at_nanos,
+        });
+        Ok(resp)
+    }
+}
+
+fn label(id: &str, exec: &str) -> String {
+    if exec.is_empty() {
+        format!("container {id}")
+    } else {
+        format!("exec {exec} of {id}")
+    }
+}
+
+fn container_req(id: &str) -> ContainerRequest {
+    let mut r = ContainerRequest::new();
+    r.container_id = id.to_string();
+    r
+}
+
+/// The run directory of pod `pod_id` in `namespace`.
+pub fn run_dir_for(root: &Path, namespace: &str, pod_id: &str) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("{namespace}/{pod_id}").as_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    root.join(hex)
+}
+
+/// Runtime options containerd passes: runc's (from a `ctr run` with no options, or a CRI
+/// config copied from runc) carry nothing hull uses; anything else is refused by name so a
+/// setting never silently does nothing.
+fn check_options(o: &Any) -> TtrpcResult<()> {
+    const KNOWN: &[&str] = &[
+        "containerd.runc.v1.Options",
+        "io.containerd.runc.v1.options",
+        "runtimeoptions.v1.Options",
+    ];
+    if o.type_url.is_empty() || KNOWN.iter().any(|k| o.type_url.ends_with(k)) {
+        return Ok(());
+    }
+    Err(err(
+        Code::INVALID_ARGUMENT,
+        format!(
+            "runtime options of type {:?} mean nothing to hull; drop them (hull's settings live in /etc/hull/config.toml)",
+            o.type_url
+        ),
+    ))
+}
+
+fn stats_any(s: &StatsContainerResponse) -> TtrpcResult<Any> {
+    let mut m = v2::Metrics::new();
+    let mut pids = v2::PidsStat::new();
+    pids.current = s.pids.current;
+    pids.limit = s.pids.limit;
+    m.pids = Some(pids).into();
+    let mut cpu = v2::CPUStat::new();
+    cpu.usage_usec = s.cpu.usage_usec;
+    cpu.user_usec = s.cpu.user_usec;
+    cpu.system_usec = s.cpu.system_usec;
+    cpu.nr_periods = s.cpu.nr_periods;
+    cpu.nr_throttled = s.cpu.nr_throttled;
+    cpu.throttled_usec = s.cpu.throttled_usec;
+    m.cpu = Some(cpu).into();
+    let mut mem = v2::MemoryStat::new();
+    mem.usage = s.memory.usage_bytes;
+    mem.usage_limit = s.memory.limit_bytes;
+    mem.max_usage = s.memory.max_usage_bytes;
+    mem.anon = s.memory.anon_bytes;
+    mem.file = s.memory.file_bytes;
+    m.memory = Some(mem).into();
+    let mut ev = v2::MemoryEvents::new();
+    ev.oom_kill = s.memory.oom_kills;
+    m.memory_events = Some(ev).into();
+    let mut io = v2::IOStat::new();
+    let mut entry = v2::IOEntry::new();
+    entry.rbytes = s.io.read_bytes;
+    entry.wbytes = s.io.write_bytes;
+    entry.rios = s.io.read_ios;
+    entry.wios = s.io.write_ios;
+    io.usage.push(entry);
+    m.io = Some(io).into();
+    let mut any = Any::new();
+    any.type_url = m.descriptor_dyn().full_name().to_string();
+    any.value = m
+        .write_to_bytes()
+        .map_err(|e| err(Code::INTERNAL, format!("encoding metrics: {e}")))?;
+    Ok(any)
+}
+
+impl containerd_shim::Task for TaskService {
+    fn create(
+        &self,
+        _: &TtrpcContext,
+        req: api::CreateTaskRequest,
+    ) -> TtrpcResult<api::CreateTaskResponse> {
+        let pid = self
+            .do_create(&req)
+            .inspect_err(|e| log::error!("Create {}: {e}", req.id))?;
+        let mut r = api::CreateTaskResponse::new();
+        r.pid = pid;
+        Ok(r)
+    }
+
+    fn start(&self, _: &TtrpcContext, req: api::StartRequest) -> TtrpcResult<api::StartResponse> {
+        let pid = self.do_start(&req.id, &req.exec_id)?;
+        let mut r = api::StartResponse::new();
+        r.pid = pid;
+        Ok(r)
+    }
+
+    fn state(&self, _: &TtrpcContext, req: api::StateRequest) -> TtrpcResult<api::StateResponse> {
+        let (c, p) = self.process(&req.id, &req.exec_id)?;
+        let s = p.state();
+        let mut r = api::StateResponse::new();
+        r.id = req.id.clone();
+        r.exec_id = req.exec_id.clone();
+        r.bundle = c.bundle.clone();
+        r.pid = s.pid;
+        r.status = s.status.into();
+        r.stdin = p.stdio.stdin.clone();
+        r.stdout = p.stdio.stdout.clone();
+        r.stderr = p.stdio.stderr.clone();
+        r.terminal = p.stdio.terminal;
+        if let Some(e) = s.exit {
+            r.exit_status = e.status;
+            r.exited_at = Some(events::timestamp(e.at_nanos)).into();
+        }
+        Ok(r)
+    }
+
+    fn delete(
+        &self,
+        _: &TtrpcContext,
+        req: api::DeleteRequest,
+    ) -> TtrpcResult<api::DeleteResponse> {
+        self.do_delete(&req.id, &req.exec_id)
+    }
+
+    fn pids(&self, _: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
+        let c = self.container(&req.id)?;
+        let list = c
+            .pod
+            .agent
+            .list_processes(ctx(), &container_req(&req.id))
+            .map_err(|e| agent_err("ListProcesses", e))?;
+        let mut r = api::PidsResponse::new();
+        for pid in list.pids {
+            let mut info = containerd_shim::protos::types::task::ProcessInfo::new();
+            info.pid = pid;
+            r.processes.push(info);
+        }
+        Ok(r)
+    }
+
+    fn pause(&self, _: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
+        let c = self.container(&req.id)?;
+        c.pod
+            .agent
+            .pause_container(ctx(), &container_req(&req.id))
+            .map_err(|e| agent_err("PauseContainer", e))?;
+        {
+            let mut s = c.init.state();
+            if s.status == Status::RUNNING {
+                s.status = Status::PAUSED;
+            }
+        }
+        self.events.send(TaskEvent::Paused { id: req.id.clone() });
+        Ok(api::Empty::new())
+    }
+
+    fn resume(&self, _: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
+        let c = self.container(&req.id)?;
+        c.pod
+            .agent
+            .resume_container(ctx(), &container_req(&req.id))
+            .map_err(|e| agent_err("ResumeContainer", e))?;
+        {
+            let mut s = c.init.state();
+            if s.status == Status::PAUSED {
+                s.status = Status::RUNNING;
+            }
+        }
+        self.events.send(TaskEvent::Resumed { id: req.id.clone() });
+        Ok(api::Empty::new())
+    }
+
+    fn checkpoint(
+        &self,
+        _: &TtrpcContext,
+        req: api::CheckpointTaskRequest,
+    ) -> TtrpcResult<api::Empty> {
+        Err(err(
+            Code::UNIMPLEMENTED,
+            format!(
+                "checkpoint of {}: hull cannot checkpoint a single task yet (its VM snapshots are sandbox-wide)",
+                req.id
+            ),
+        ))
+    }
+
+    fn kill(&self, _: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
+        let (c, p) = self.process(&req.id, &req.exec_id)?;
+        if p.state().exit.is_some() {
+            return Err(err(
+                Code::NOT_FOUND,
+                format!("{}: process already finished", label(&req.id, &req.exec_id)),
+            ));
+        }
+        let mut r = SignalProcessRequest::new();
+        r.container_id = req.id.clone();
+        r.exec_id = req.exec_id.clone();
+        r.signal = req.signal;
+        r.all = req.all;
+        c.pod
+            .agent
+            .signal_process(ctx(), &r)
+            .map_err(|e| agent_err("SignalProcess", e))?;
+        Ok(api::Empty::new())
+    }
+
+    fn exec(&self, _: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
+        let c = self.container(&req.id)?;
+        hull_protocol::stream::validate_id("exec_id", &req.exec_id)
+            .map_err(|e| err(Code::INVALID_ARGUMENT, e.to_string()))?;
+        let spec = req
+            .spec
+            .as_ref()
+            .map(|a| a.value.clone())
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| err(Code::INVALID_ARGUMENT, "exec without a process spec"))?;
+        {
+            let mut execs = lock(&c.execs);
+            if execs.contains_key(&req.exec_id) {
+                return Err(err(
+                    Code::ALREADY_EXISTS,
+                    format!("exec {} of {} already exists", req.exec_id, req.id),
+                ));
+            }
+            let stdio = StdioPaths {
+                stdin: req.stdin.clone(),
+                stdout: req.stdout.clone(),
+                stderr: req.stderr.clone(),
+                terminal: req.terminal,
+            };
+            execs.insert(
+                req.exec_id.clone(),
+                Arc::new(Process::new(&req.id, &req.exec_id, stdio, Some(spec))),
+            );
+        }
+        self.events.send(TaskEvent::ExecAdded {
+            id: req.id.clone(),
+            exec_id: req.exec_id.clone(),
+        });
+        Ok(api::Empty::new())
+    }
+
+    fn resize_pty(&self, _: &TtrpcContext, req: api::ResizePtyRequest) -> TtrpcResult<api::Empty> {
+        let (c, _) = self.process(&req.id, &req.exec_id)?;
+        let mut r = ResizePtyRequest::new();
+        r.container_id = req.id.clone();
+        r.exec_id = req.exec_id.clone();
+        r.rows = req.height;
+        r.columns = req.width;
+        c.pod
+            .agent
+            .resize_pty(ctx(), &r)
+            .map_err(|e| agent_err("ResizePty", e))?;
+        Ok(api::Empty::new())
+    }
+
+    fn close_io(&self, _: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
+        let (_, p) = self.process(&req.id, &req.exec_id)?;
+        if req.stdin {
+            p.close_stdin();
+        }
+        Ok(api::Empty::new())
+    }
+
+    fn update(&self, _: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {
+        let c = self.container(&req.id)?;
+        let resources = req
+            .resources
+            .as_ref()
+            .map(|a| a.value.clone())
+            .ok_or_else(|| err(Code::INVALID_ARGUMENT, "update without resources"))?;
+        let mut r = UpdateContainerRequest::new();
+        r.container_id = req.id.clone();
+        r.resources_json = resources;
+        c.pod
+            .agent
+            .update_container(ctx(), &r)
+            .map_err(|e| agent_err("UpdateContainer", e))?;
+        Ok(api::Empty::new())
+    }
+
+    fn wait(&self, _: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
+        let (_, p) = self.process(&req.id, &req.exec_id)?;
+        let exit = p.wait();
+        let mut r = api::WaitResponse::new();
+        r.exit_status = exit.status;
+        r.exited_at = Some(events::timestamp(exit.at_nanos)).into();
+        Ok(r)
+    }
+
+    fn stats(&self, _: &TtrpcContext, req: api::StatsRequest) -> TtrpcResult<api::StatsResponse> {
+        let c = self.container(&req.id)?;
+        let s = c
+            .pod
+            .agent
+            .stats_container(ctx(), &container_req(&req.id))
+            .map_err(|e| agent_err("StatsContainer", e))?;
+        let mut r = api::StatsResponse::new();
+        r.stats = Some(stats_any(&s)?).into();
+        Ok(r)
+    }
+
+    fn connect(
+        &self,
+        _: &TtrpcContext,
+        req: api::ConnectRequest,
+    ) -> TtrpcResult<api::ConnectResponse> {
+        let mut r = api::ConnectResponse::new();
+        r.shim_pid = std::process::id();
+        r.version = env!("CARGO_PKG_VERSION").to_string();
+        if let Ok(c) = self.container(&req.id) {
+            r.task_pid = c.init.state().pid;
+        }
+        Ok(r)
+    }
+
+    fn shutdown(&self, _: &TtrpcContext, _: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
+        let t = lock(&self.table);
+        if !t.containers.is_empty() {
+            // containerd asks after every delete; the shim stays while it serves tasks.
+            return Ok(api::Empty::new());
+        }
+        if let Some(pod) = &t.pod {
+            pod.shutdown();
+        }
+        self.exit.signal();
+        Ok(api::Empty::new())
+    }
+}

@@ -1,0 +1,293 @@
+//! One sandbox VM as the shim uses it: the VM (restored from a template or booted), its
+//! agent and control clients, the drive slots its containers' root filesystems occupy, and
+//! the thread that reads the agent's event stream (exits, OOM kills) and notices the VM's
+//! death.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hull_protocol::rpc::agent::{Event, MountDriveRequest, UnmountDriveRequest};
+use hull_protocol::rpc::agent_ttrpc::AgentClient;
+use hull_protocol::rpc::protobuf::Message;
+use hull_protocol::rpc::vmm::{AttachDriveRequest, DetachDriveRequest};
+use hull_protocol::rpc::vmm_ttrpc::VmmClient;
+use hull_protocol::rpc::{ttrpc, Endpoint};
+use hull_protocol::stream::{read_frame, Header, Kind};
+
+use crate::lock;
+use crate::sandbox::{Sandbox, SandboxError};
+use crate::template::TemplateCache;
+use crate::VmSpec;
+
+/// How long any one agent or VMM call may take before the shim gives up on it. Long,
+/// because on hosts whose KVM emulates guest kernel code a container's creation alone
+/// takes tens of seconds; bounded, so a hung guest fails calls instead of hanging them.
+pub const AGENT_CALL_TIMEOUT: Duration = Duration::from_secs(180);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PodError {
+    #[error("start the sandbox VM")]
+    Start(#[source] SandboxError),
+    #[error("create {0}")]
+    RunDir(PathBuf, #[source] std::io::Error),
+    #[error("all {0} drive slots of the sandbox are in use; raise drive_slots in the hull config")]
+    NoFreeSlot(usize),
+    #[error("{call}: {source}")]
+    Call {
+        call: &'static str,
+        #[source]
+        source: ttrpc::Error,
+    },
+    #[error("open the agent's event stream: {0}")]
+    Events(String),
+}
+
+pub fn ctx() -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(AGENT_CALL_TIMEOUT.as_nanos() as i64)
+}
+
+/// What the event thread reports.
+pub trait EventSink: Send + Sync {
+    fn exited(&self, container: &str, exec: &str, status: i32, at_nanos: i64);
+    fn oom(&self, container: &str);
+    /// The VM is gone (crashed, killed): every process still running is lost.
+    fn vm_gone(&self, why: &str);
+}
+
+pub struct Pod {
+    pub id: String,
+    pub run_dir: PathBuf,
+    pub agent: AgentClient,
+    pub control: VmmClient,
+    pub endpoint: Endpoint,
+    sandbox: Mutex<Option<Sandbox>>,
+    /// The container holding each drive slot.
+    slots: Mutex<Vec<Option<String>>>,
+    serials: AtomicU32,
+}
+
+/// Where a container's root filesystem sits in the VM.
+#[derive(Debug, Clone)]
+pub struct DriveLease {
+    pub slot: u32,
+    pub name: String,
+    pub guest_rootfs: String,
+}
+
+impl Pod {
+    /// Starts the VM for pod `id` with its sockets in `run_dir`.
+    pub fn start(
+        id: &str,
+        spec: &VmSpec,
+        run_dir: &Path,
+        templates: Option<&TemplateCache>,
+    ) -> Result<Pod, PodError> {
+        std::fs::create_dir_all(run_dir).map_err(|e| PodError::RunDir(run_dir.into(), e))?;
+        let sandbox = Sandbox::start(spec, run_dir, templates).map_err(PodError::Start)?;
+        log::info!(
+            "sandbox {id}: {} (usable {:.0} ms after the VMM started)",
+            sandbox.path,
+            sandbox.timings.ready.as_secs_f64() * 1e3
+        );
+        if let Some(pid) = sandbox.vmm_pid() {
+            let _ = std::fs::write(run_dir.join("vmm.pid"), pid.to_string());
+        }
+        Ok(Pod {
+            id: id.to_string(),
+            run_dir: run_dir.to_path_buf(),
+            agent: sandbox.agent.clone(),
+            control: sandbox.control.clone(),
+            endpoint: Endpoint::HybridVsock(sandbox.paths().vsock.clone()),
+            sandbox: Mutex::new(Some(sandbox)),
+            slots: Mutex::new(vec![None; usize::from(spec.drive_slots)]),
+            serials: AtomicU32::new(0),
+        })
+    }
+
+    /// Reads the agent's event stream on a thread of its own until the VM goes away.
+    pub fn watch(self: &Arc<Self>, sink: Arc<dyn EventSink>) -> Result<(), PodError> {
+        let mut stream = self
+            .endpoint
+            .open_stream(&Header::new(Kind::Events, "", ""))
+            .map_err(|e| PodError::Events(e.to_string()))?;
+        let pod = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("agent-events".into())
+            .spawn(move || {
+                let why = loop {
+                    match read_frame(&mut stream) {
+                        Ok(Some(frame)) => match Event::parse_from_bytes(&frame) {
+                            Ok(e) if e.has_exit() => {
+                                let x = e.exit();
+                                sink.exited(
+                                    &x.container_id,
+                                    &x.exec_id,
+                                    x.exit_status,
+                                    x.exited_at_nanos,
+                                );
+                            }
+                            Ok(e) if e.has_oom() => sink.oom(&e.oom().container_id),
+                            Ok(_) => {}
+                            Err(e) => log::warn!("agent event: {e}"),
+                        },
+                        Ok(None) => break "the agent's event stream ended".to_string(),
+                        Err(e) => break format!("the agent's event stream failed: {e}"),
+                    }
+                };
+                let status = pod.reap();
+                sink.vm_gone(&match status {
+                    Some(s) => format!("{why}: the sandbox VM exited ({s})"),
+                    None => why,
+                });
+            })
+            .map_err(|e| PodError::Events(e.to_string()))?;
+        Ok(())
+    }
+
+    /// The VMM's exit status if it has exited (reaping it), waiting a moment for it.
+    fn reap(&self) -> Option<std::process::ExitStatus> {
+        let mut guard = lock(&self.sandbox);
+        let s = guard.as_mut()?;
+        for _ in 0..100 {
+            if let Some(status) = s.exit_status() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    /// Puts `image` into a free drive slot and has the agent mount it; returns where the
+    /// container's root is in the guest.
+    pub fn lease_drive(
+        &self,
+        container: &str,
+        image: &Path,
+        read_only_root: bool,
+    ) -> Result<DriveLease, PodError> {
+        let slot = {
+            let mut slots = lock(&self.slots);
+            let free = slots
+                .iter()
+                .position(Option::is_none)
+                .ok_or(PodError::NoFreeSlot(slots.len()))?;
+            slots[free] = Some(container.to_string());
+            free as u32
+        };
+        let result = self.attach_and_mount(slot, container, image, read_only_root);
+        if result.is_err() {
+            lock(&self.slots)[slot as usize] = None;
+        }
+        result
+    }
+
+    fn attach_and_mount(
+        &self,
+        slot: u32,
+        container: &str,
+        image: &Path,
+        read_only_root: bool,
+    ) -> Result<DriveLease, PodError> {
+        // Unique within the VM: a stale disk with an old serial is never mistaken for it.
+        let serial = format!(
+            "hull{slot}-{}",
+            self.serials.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut a = AttachDriveRequest::new();
+        a.slot = slot;
+        a.path = image.to_string_lossy().into_owned();
+        a.read_only = true;
+        a.serial = serial.clone();
+        self.control
+            .attach_drive(ctx(), &a)
+            .map_err(|source| PodError::Call {
+                call: "AttachDrive",
+                source,
+            })?;
+        let mut m = MountDriveRequest::new();
+        m.serial = serial;
+        m.fstype = "erofs".into();
+        m.name = container.to_string();
+        m.read_only = true;
+        m.writable_overlay = !read_only_root;
+        match self.agent.mount_drive(ctx(), &m) {
+            Ok(r) => Ok(DriveLease {
+                slot,
+                name: container.to_string(),
+                guest_rootfs: r.rootfs,
+            }),
+            Err(source) => {
+                self.detach(slot);
+                Err(PodError::Call {
+                    call: "MountDrive",
+                    source,
+                })
+            }
+        }
+    }
+
+    /// Unmounts a container's root in the guest and frees its slot.
+    pub fn release_drive(&self, lease: &DriveLease) -> Result<(), PodError> {
+        let mut u = UnmountDriveRequest::new();
+        u.name = lease.name.clone();
+        self.agent
+            .unmount_drive(ctx(), &u)
+            .map_err(|source| PodError::Call {
+                call: "UnmountDrive",
+                source,
+            })?;
+        self.detach(lease.slot);
+        Ok(())
+    }
+
+    fn detach(&self, slot: u32) {
+        let mut d = DetachDriveRequest::new();
+        d.slot = slot;
+        if let Err(e) = self.control.detach_drive(ctx(), &d) {
+            log::warn!("DetachDrive slot {slot}: {e}");
+        }
+        lock(&self.slots)[slot as usize] = None;
+    }
+
+    /// Stops the VM (orderly through its control API, SIGKILL after a grace period) and
+    /// removes its run directory.
+    pub fn shutdown(&self) {
+        if let Some(s) = lock(&self.sandbox).take() {
+            let status = s.shutdown();
+            log::info!("sandbox {}: VM stopped ({status:?})", self.id);
+        }
+        let _ = std::fs::remove_dir_all(&self.run_dir);
+    }
+
+    pub fn vmm_pid(&self) -> Option<u32> {
+        lock(&self.sandbox).as_ref().and_then(Sandbox::vmm_pid)
+    }
+}
+
+/// Kills the VMM recorded in `run_dir` (the shim that started it is gone) and removes the
+/// directory. The pid is only signalled if it still is that VMM: its command line names the
+/// directory.
+pub fn kill_orphaned(run_dir: &Path) {
+    let pid: Option<i32> = std::fs::read_to_string(run_dir.join("vmm.pid"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    if let Some(pid) = pid {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let needle = run_dir.to_string_lossy();
+        let ours = String::from_utf8_lossy(&cmdline).contains(needle.as_ref());
+        if ours {
+            // SAFETY: kill(2) with a pid that names our orphaned VMM (checked above).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            for _ in 0..200 {
+                if !Path::new(&format!("/proc/{pid}")).exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            log::info!("killed the orphaned VMM {pid} of {}", run_dir.display());
+        }
+    }
+    let _ = std::fs::remove_dir_all(run_dir);
+}

@@ -1,0 +1,215 @@
+//! containerd's OCI spec, made for the guest: the root is the disk the agent mounted, and
+//! what names the host (bind mounts of host files, hooks that are host programs, host
+//! security labels) is either carried into the guest another way or refused by name. The
+//! agent then adapts namespaces and cgroups (agent/src/service/container.rs).
+
+use serde_json::Value;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    #[error("config.json: {0}")]
+    Json(String),
+    #[error("mounts[{index}]: a bind mount of the host path {source_path} at {destination}: hull cannot share host directories with the guest yet (use an image volume, or a tmpfs)")]
+    HostBind {
+        index: usize,
+        source_path: String,
+        destination: String,
+    },
+}
+
+/// Files containerd's CRI binds into every container of a pod, whose contents go to the
+/// guest's sandbox files instead (CreateSandbox).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SandboxFiles {
+    pub hosts: Option<String>,
+    pub resolv_conf: Option<String>,
+    pub hostname: Option<String>,
+}
+
+/// The CRI annotations that group a pod's containers.
+pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+
+/// What a task is to its pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// A task of its own: it gets a VM.
+    Standalone,
+    /// A pod's sandbox (pause) container: it gets the pod's VM.
+    PodSandbox,
+    /// A container of the pod `sandbox`: it joins that VM.
+    PodContainer { sandbox: String },
+}
+
+pub fn role(spec: &Value) -> Role {
+    let a = |k: &str| spec.pointer(&format!("/annotations/{}", k.replace('/', "~1")));
+    match a(CONTAINER_TYPE).and_then(Value::as_str) {
+        Some("sandbox") => Role::PodSandbox,
+        Some("container") => match a(SANDBOX_ID).and_then(Value::as_str) {
+            Some(id) if !id.is_empty() => Role::PodContainer {
+                sandbox: id.to_string(),
+            },
+            _ => Role::Standalone,
+        },
+        _ => Role::Standalone,
+    }
+}
+
+fn is_bind(m: &Value) -> bool {
+    m.get("type").and_then(Value::as_str) == Some("bind")
+        || m.get("options").and_then(Value::as_array).is_some_and(|o| {
+            o.iter()
+                .any(|x| matches!(x.as_str(), Some("bind" | "rbind")))
+        })
+}
+
+/// Rewrites `spec` in place for a container whose root the guest mounted at
+/// `guest_rootfs`; returns the sandbox files found among its bind mounts.
+pub fn for_guest(spec: &mut Value, guest_rootfs: &str) -> Result<SandboxFiles, SpecError> {
+    let obj = spec
+        .as_object_mut()
+        .ok_or_else(|| SpecError::Json("not a JSON object".into()))?;
+    let root = obj
+        .entry("root")
+        .or_insert_with(|| Value::Object(Default::default()));
+    root["path"] = Value::String(guest_rootfs.to_string());
+
+    let mut files = SandboxFiles::default();
+    if let Some(mounts) = obj.get_mut("mounts").and_then(Value::as_array_mut) {
+        let mut kept = Vec::with_capacity(mounts.len());
+        for (index, m) in mounts.drain(..).enumerate() {
+            if !is_bind(&m) {
+                kept.push(m);
+                continue;
+            }
+            let destination = m
+                .get("destination")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let source = m
+                .get("source")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let read = || std::fs::read_to_string(&source).ok();
+            match destination.as_str() {
+                "/etc/hosts" => files.hosts = read(),
+                "/etc/resolv.conf" => files.resolv_conf = read(),
+                "/etc/hostname" => files.hostname = read().map(|h| h.trim().to_string()),
+                // The pod's shared memory: a tmpfs of the guest's.
+                "/dev/shm" => kept.push(serde_json::json!({
+                    "destination": "/dev/shm",
+                    "type": "tmpfs",
+                    "source": "shm",
+                    "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]
+                })),
+                _ => {
+                    return Err(SpecError::HostBind {
+                        index,
+                        source_path: source,
+                        destination,
+                    })
+                }
+            }
+        }
+        *mounts = kept;
+    }
+    // Host programs and host security labels mean nothing in the guest.
+    if obj.remove("hooks").is_some() {
+        log::warn!("config.json: hooks run host programs; the guest cannot run them, dropped");
+    }
+    if let Some(p) = obj.get_mut("process").and_then(Value::as_object_mut) {
+        p.remove("apparmorProfile");
+        p.remove("selinuxLabel");
+    }
+    if let Some(l) = obj.get_mut("linux").and_then(Value::as_object_mut) {
+        l.remove("mountLabel");
+    }
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(mounts: Value) -> Value {
+        serde_json::json!({
+            "ociVersion": "1.0.2",
+            "root": {"path": "rootfs", "readonly": false},
+            "process": {"args": ["sh"], "cwd": "/", "apparmorProfile": "docker-default"},
+            "hooks": {"prestart": [{"path": "/usr/bin/thing"}]},
+            "mounts": mounts,
+            "linux": {"mountLabel": "x"}
+        })
+    }
+
+    #[test]
+    fn root_points_at_the_guest_mount_and_host_only_fields_go() {
+        let mut s =
+            spec(serde_json::json!([{"destination": "/proc", "type": "proc", "source": "proc"}]));
+        let files = for_guest(&mut s, "/run/hull/shared/c1/rootfs").unwrap();
+        assert_eq!(s["root"]["path"], "/run/hull/shared/c1/rootfs");
+        assert_eq!(s["root"]["readonly"], false);
+        assert!(s.get("hooks").is_none());
+        assert!(s["process"].get("apparmorProfile").is_none());
+        assert!(s["linux"].get("mountLabel").is_none());
+        assert_eq!(s["mounts"].as_array().unwrap().len(), 1);
+        assert_eq!(files, SandboxFiles::default());
+    }
+
+    #[test]
+    fn cri_sandbox_files_become_sandbox_files_and_shm_a_tmpfs() {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = dir.path().join("hosts");
+        std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
+        let hostname = dir.path().join("hostname");
+        std::fs::write(&hostname, "pod-1\n").unwrap();
+        let mut s = spec(serde_json::json!([
+            {"destination": "/etc/hosts", "type": "bind", "source": hosts, "options": ["rbind", "ro"]},
+            {"destination": "/etc/hostname", "type": "bind", "source": hostname, "options": ["rbind"]},
+            {"destination": "/dev/shm", "type": "bind", "source": "/run/x/shm", "options": ["rbind"]}
+        ]));
+        let files = for_guest(&mut s, "/r").unwrap();
+        assert_eq!(files.hosts.as_deref(), Some("127.0.0.1 localhost\n"));
+        assert_eq!(files.hostname.as_deref(), Some("pod-1"));
+        let mounts = s["mounts"].as_array().unwrap();
+        assert_eq!(mounts.len(), 1);
+        assert_eq!(mounts[0]["type"], "tmpfs");
+    }
+
+    #[test]
+    fn other_host_binds_are_refused_by_name() {
+        let mut s = spec(serde_json::json!([
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/data", "type": "none", "source": "/srv/data", "options": ["rbind", "rw"]}
+        ]));
+        let e = for_guest(&mut s, "/r").unwrap_err();
+        assert_eq!(
+            e,
+            SpecError::HostBind {
+                index: 1,
+                source_path: "/srv/data".into(),
+                destination: "/data".into()
+            }
+        );
+    }
+
+    #[test]
+    fn roles_follow_the_cri_annotations() {
+        let with = |a: Value| serde_json::json!({"annotations": a});
+        assert_eq!(role(&serde_json::json!({})), Role::Standalone);
+        assert_eq!(
+            role(&with(serde_json::json!({CONTAINER_TYPE: "sandbox"}))),
+            Role::PodSandbox
+        );
+        assert_eq!(
+            role(&with(
+                serde_json::json!({CONTAINER_TYPE: "container", SANDBOX_ID: "p1"})
+            )),
+            Role::PodContainer {
+                sandbox: "p1".into()
+            }
+        );
+    }
+}
