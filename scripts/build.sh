@@ -7,7 +7,7 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 kernel="$("$repo/kernel-config/build.sh")"
 image="$("$repo/resources/build-image.sh")"
 echo "build: host binaries (release; a few minutes the first time)" >&2
-(cd "$repo" && cargo build --release -p hull-vmm)
+(cd "$repo" && cargo build --release -p hull-vmm -p hull-shim)
 echo "kernel=$kernel"
 echo "image=$image"
 echo "vmm=$repo/target/release/hull-vmm"

@@ -148,6 +148,15 @@ fn exec_into_a_running_container_and_signals() {
     // The same exec id twice is refused.
     let (code, _) = status(agent.client.exec_process(ctx(), &req).unwrap_err());
     assert_eq!(code, Code::ALREADY_EXISTS);
+    // Once removed (containerd's DeleteProcess), the id can be used again.
+    let mut rm = ProcessRequest::new();
+    rm.container_id = "svc".into();
+    rm.exec_id = "e1".into();
+    agent.client.remove_process(ctx(), &rm).unwrap();
+    let (code, _) = status(agent.client.remove_process(ctx(), &rm).unwrap_err());
+    assert_eq!(code, Code::NOT_FOUND);
+    agent.client.exec_process(ctx(), &req).unwrap();
+    assert_eq!(agent.wait("svc", "e1").exit_status, 5);
 
     // SIGTERM reaches the trap; the shell exits 42.
     agent.signal("svc", "", libc::SIGTERM, false).unwrap();

@@ -70,6 +70,9 @@ pub struct HostConfig {
     pub debug_console: bool,
     /// error, warn, info, debug or trace.
     pub log_level: String,
+    /// How long one call to a sandbox's agent may take before it fails with an error that
+    /// says the guest did not answer.
+    pub agent_timeout_secs: u64,
 }
 
 impl Default for HostConfig {
@@ -88,6 +91,7 @@ impl Default for HostConfig {
             state_dir: PathBuf::from("/var/lib/hull/shim"),
             debug_console: false,
             log_level: "info".into(),
+            agent_timeout_secs: crate::task::pod::DEFAULT_CALL_TIMEOUT.as_secs(),
         }
     }
 }
@@ -135,6 +139,13 @@ impl HostConfig {
                 "memory_mib",
                 self.memory_mib.to_string(),
                 "the guest kernel and agent need at least 64 MiB",
+            ));
+        }
+        if self.agent_timeout_secs == 0 {
+            return Err(invalid(
+                "agent_timeout_secs",
+                "0".into(),
+                "must be at least 1 (calls to a hung guest must end)",
             ));
         }
         if !LOG_LEVELS.contains(&self.log_level.as_str()) {
@@ -264,6 +275,12 @@ mod tests {
         assert_eq!((c.vcpus, c.memory_mib, c.drive_slots), (2, 256, 6));
         assert!(!c.templates && c.debug_console);
         assert_eq!(c.overhead.memory_mib, 32);
+    }
+
+    #[test]
+    fn the_shipped_config_file_states_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../resources/config.toml");
+        assert_eq!(HostConfig::load(&path).unwrap(), HostConfig::default());
     }
 
     #[test]

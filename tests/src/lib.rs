@@ -1,6 +1,8 @@
 //! Helpers shared by hull's cross-process benchmarks: process memory accounting and
 //! order statistics.
 
+pub mod containerd;
+
 use std::collections::HashMap;
 
 /// Memory of a process split into guest RAM (shared memfd pages) and everything else.

@@ -398,6 +398,25 @@ impl Service {
             .map_err(|e| AgentError::FailedPrecondition(format!("starting container {id:?}: {e}")))
     }
 
+    fn remove_process(&self, req: &ProcessRequest) -> Result<()> {
+        if req.exec_id.is_empty() {
+            return Err(AgentError::invalid(
+                "exec_id",
+                "is empty: a container's init process goes with RemoveContainer",
+            ));
+        }
+        let c = self.container(&req.container_id)?;
+        let p = c.process(&req.exec_id)?;
+        if p.exit().is_none() {
+            return Err(AgentError::FailedPrecondition(format!(
+                "exec {:?} in container {:?} is still running",
+                req.exec_id, req.container_id
+            )));
+        }
+        lock(&c.execs).remove(&req.exec_id);
+        Ok(())
+    }
+
     fn exec_process(&self, req: &ExecProcessRequest) -> Result<u32> {
         let c = self.container(&req.container_id)?;
         let exec_id = req.exec_id.as_str();
@@ -737,6 +756,11 @@ impl agent_ttrpc::Agent for Service {
     fn remove_container(&self, _: &TtrpcContext, req: ContainerRequest) -> ttrpc::Result<Empty> {
         self.call("RemoveContainer", || {
             Service::remove_container(self, &req.container_id).map(|_| Empty::new())
+        })
+    }
+    fn remove_process(&self, _: &TtrpcContext, req: ProcessRequest) -> ttrpc::Result<Empty> {
+        self.call("RemoveProcess", || {
+            Service::remove_process(self, &req).map(|_| Empty::new())
         })
     }
     fn mount_drive(

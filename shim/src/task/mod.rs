@@ -67,7 +67,7 @@ fn agent_err(call: &str, e: attrpc::Error) -> cttrpc::Error {
             Code::UNAVAILABLE,
             format!(
                 "{call}: the sandbox's agent did not answer within {} s or its connection broke ({other}); the VM may be hung or gone",
-                pod::AGENT_CALL_TIMEOUT.as_secs()
+                pod::call_timeout().as_secs()
             ),
         ),
     }
@@ -196,6 +196,7 @@ impl TaskService {
         events: EventSender,
         exit: Arc<ExitSignal>,
     ) -> Self {
+        pod::set_call_timeout(std::time::Duration::from_secs(config.agent_timeout_secs));
         TaskService {
             config,
             namespace: namespace.to_string(),
@@ -328,9 +329,17 @@ impl TaskService {
             )
         })?;
         let role = spec::role(&spec);
+        // With no mounts (`ctr run --rootfs DIR`) the spec's root.path is the tree itself.
+        let host_rootfs = match spec.pointer("/root/path").and_then(|p| p.as_str()) {
+            Some(p) if req.rootfs.is_empty() => bundle.join(p),
+            _ => bundle.join("rootfs"),
+        };
+        // What the guest cannot honour is refused before a VM is touched; the root path is
+        // set once the guest has mounted the disk.
+        let files = spec::for_guest(&mut spec, "")
+            .map_err(|e| err(Code::INVALID_ARGUMENT, format!("container {id}: {e}")))?;
 
         // The root filesystem, as an image on the host, before any VM is touched.
-        let host_rootfs = bundle.join("rootfs");
         let mounts: Vec<rootfs::HostMount> = req
             .rootfs
             .iter()
@@ -434,14 +443,7 @@ impl TaskService {
                 return Err(pod_err(e));
             }
         };
-        let files = match spec::for_guest(&mut spec, &lease.guest_rootfs) {
-            Ok(f) => f,
-            Err(e) => {
-                let _ = pod.release_drive(&lease);
-                undo_pod(&pod);
-                return Err(err(Code::INVALID_ARGUMENT, e.to_string()));
-            }
-        };
+        spec["root"]["path"] = serde_json::Value::String(lease.guest_rootfs.clone());
         if owns_pod {
             if let Err(e) = self.create_sandbox(&pod, &files, &spec) {
                 let _ = pod.release_drive(&lease);
@@ -582,6 +584,14 @@ impl TaskService {
         resp.exit_status = exit.status;
         resp.exited_at = Some(events::timestamp(exit.at_nanos)).into();
         if !exec.is_empty() {
+            if status != Status::CREATED {
+                let mut r = ProcessRequest::new();
+                r.container_id = id.to_string();
+                r.exec_id = exec.to_string();
+                if let Err(e) = c.pod.agent.remove_process(ctx(), &r) {
+                    log::warn!("RemoveProcess {id}/{exec}: {e}");
+                }
+            }
             lock(&c.execs).remove(exec);
             return Ok(resp);
         }

@@ -4,7 +4,7 @@
 //! death.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,10 +21,22 @@ use crate::sandbox::{Sandbox, SandboxError};
 use crate::template::TemplateCache;
 use crate::VmSpec;
 
-/// How long any one agent or VMM call may take before the shim gives up on it. Long,
-/// because on hosts whose KVM emulates guest kernel code a container's creation alone
-/// takes tens of seconds; bounded, so a hung guest fails calls instead of hanging them.
-pub const AGENT_CALL_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long any one agent or VMM call may take before the shim gives up on it, unless the
+/// configuration says otherwise (`agent_timeout_secs`). Long, because on hosts whose KVM
+/// emulates guest kernel code a container's creation alone can take tens of seconds;
+/// bounded, so a hung guest fails calls instead of hanging them.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// The call timeout in force: one per shim process, set from its configuration.
+static CALL_TIMEOUT_SECS: AtomicU64 = AtomicU64::new(DEFAULT_CALL_TIMEOUT.as_secs());
+
+pub fn set_call_timeout(t: Duration) {
+    CALL_TIMEOUT_SECS.store(t.as_secs().max(1), Ordering::Relaxed);
+}
+
+pub fn call_timeout() -> Duration {
+    Duration::from_secs(CALL_TIMEOUT_SECS.load(Ordering::Relaxed))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {
@@ -45,7 +57,7 @@ pub enum PodError {
 }
 
 pub fn ctx() -> ttrpc::context::Context {
-    ttrpc::context::with_timeout(AGENT_CALL_TIMEOUT.as_nanos() as i64)
+    ttrpc::context::with_timeout(call_timeout().as_nanos() as i64)
 }
 
 /// What the event thread reports.
@@ -66,6 +78,8 @@ pub struct Pod {
     /// The container holding each drive slot.
     slots: Mutex<Vec<Option<String>>>,
     serials: AtomicU32,
+    /// Set by [`Pod::shutdown`]: the event stream's end is expected then.
+    stopping: AtomicBool,
 }
 
 /// Where a container's root filesystem sits in the VM.
@@ -103,6 +117,7 @@ impl Pod {
             sandbox: Mutex::new(Some(sandbox)),
             slots: Mutex::new(vec![None; usize::from(spec.drive_slots)]),
             serials: AtomicU32::new(0),
+            stopping: AtomicBool::new(false),
         })
     }
 
@@ -136,6 +151,10 @@ impl Pod {
                         Err(e) => break format!("the agent's event stream failed: {e}"),
                     }
                 };
+                if pod.stopping.load(Ordering::SeqCst) {
+                    log::debug!("sandbox {}: {why} (stopping)", pod.id);
+                    return;
+                }
                 let status = pod.reap();
                 sink.vm_gone(&match status {
                     Some(s) => format!("{why}: the sandbox VM exited ({s})"),
@@ -254,6 +273,7 @@ impl Pod {
     /// Stops the VM (orderly through its control API, SIGKILL after a grace period) and
     /// removes its run directory.
     pub fn shutdown(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
         if let Some(s) = lock(&self.sandbox).take() {
             let status = s.shutdown();
             log::info!("sandbox {}: VM stopped ({status:?})", self.id);

@@ -458,6 +458,98 @@ mod tests {
         assert_eq!(u64::from_le_bytes(cap), 8);
     }
 
+    fn reg32(t: &mut MmioTransport, off: u64) -> u32 {
+        let mut b = [0u8; 4];
+        t.read(off, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    fn capacity(t: &mut MmioTransport) -> u64 {
+        let mut cap = [0u8; 8];
+        t.read(reg::CONFIG, &mut cap);
+        u64::from_le_bytes(cap)
+    }
+
+    #[test]
+    fn a_drive_slot_takes_and_gives_back_disks_announcing_each_change() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut file, &vec![7u8; 16 * 512]).unwrap();
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let irq = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+        let mut t = MmioTransport::new(Box::new(Block::slot().unwrap()), mem, irq.clone()).unwrap();
+        bring_up_queues(&mut t, &[(DESC, AVAIL, USED)]);
+        assert_eq!(capacity(&mut t), 0, "an empty slot has no sectors");
+        assert_eq!(
+            reg32(&mut t, reg::DEVICE_FEATURES) & (VIRTIO_BLK_F_RO as u32),
+            0,
+            "a slot never offers RO: features are fixed at probe"
+        );
+        let generation = reg32(&mut t, reg::CONFIG_GENERATION);
+
+        let a = Attachment {
+            path: file.path().to_path_buf(),
+            read_only: true,
+            serial: "hull0-0".into(),
+        };
+        assert_eq!(t.block_mut().unwrap().attach(&a).unwrap(), 16);
+        t.config_changed();
+        assert_eq!(capacity(&mut t), 16);
+        assert_ne!(reg32(&mut t, reg::CONFIG_GENERATION), generation);
+        assert_eq!(
+            irq.status() & crate::devices::virtio::INT_CONFIG,
+            crate::devices::virtio::INT_CONFIG
+        );
+        let busy = t.block_mut().unwrap().attach(&a).unwrap_err();
+        assert!(matches!(busy, BlockError::SlotBusy(_)), "{busy}");
+
+        // What the slot holds survives a snapshot: a restored device reopens it.
+        let saved = t.block_mut().unwrap().save_device();
+        let mut restored = Block::slot().unwrap();
+        restored.restore_device(&saved).unwrap();
+        assert_eq!(restored.attachment(), Some(&a));
+        assert_eq!(restored.sectors(), 16);
+
+        assert_eq!(t.block_mut().unwrap().detach().unwrap(), Some(a));
+        t.config_changed();
+        assert_eq!(capacity(&mut t), 0);
+        assert_eq!(t.block_mut().unwrap().detach().unwrap(), None);
+    }
+
+    #[test]
+    fn a_fixed_drive_is_not_a_slot() {
+        let mut d = Driver::new(false);
+        let block = d.transport.block_mut().unwrap();
+        assert!(!block.is_slot());
+        assert!(matches!(block.detach(), Err(BlockError::NotASlot)));
+        let a = Attachment {
+            path: d.path.clone(),
+            read_only: true,
+            serial: "x".into(),
+        };
+        assert!(matches!(block.attach(&a), Err(BlockError::NotASlot)));
+    }
+
+    #[test]
+    fn a_read_only_attachment_refuses_writes() {
+        let mut d = Driver::new(false);
+        // Swap the fixed disk for a slot holding the same file read-only.
+        let irq = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+        let mut slot = Block::slot().unwrap();
+        slot.attach(&Attachment {
+            path: d.path.clone(),
+            read_only: true,
+            serial: "ro".into(),
+        })
+        .unwrap();
+        d.transport = MmioTransport::new(Box::new(slot), d.mem.clone(), irq).unwrap();
+        bring_up_queues(&mut d.transport, &[(DESC, AVAIL, USED)]);
+        d.next_avail = 0;
+        let (status, _) = d.submit(VIRTIO_BLK_T_OUT, 0, Some((512, false)));
+        assert_eq!(status, VIRTIO_BLK_S_IOERR);
+        let (status, _) = d.submit(VIRTIO_BLK_T_IN, 0, Some((512, true)));
+        assert_eq!(status, VIRTIO_BLK_S_OK);
+    }
+
     #[test]
     fn rejects_overlong_serial() {
         let f = tempfile::NamedTempFile::new().unwrap();

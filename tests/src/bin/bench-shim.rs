@@ -1,0 +1,306 @@
+//! `ctr run` through containerd-shim-hull-v2 against Debian's runc shim
+//! (`io.containerd.runc.v2`) on the same busybox image, in one private containerd: time to
+//! the container's first output (process start) and to `ctr` returning (exit and delete),
+//! medians of repeated runs; where a hull run's time goes; and the memory an idle task
+//! costs the host (PSS of VMM without guest RAM, shim, and for runc the container's
+//! processes), with the guest's own footprint apart.
+//!
+//! Run as root: `cargo build --release -p hull-vmm -p hull-shim && cargo run --release -p
+//! hull-e2e --bin bench-shim -- --runs 5 --idle 5`.
+
+use std::io::Read;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use hull_e2e::containerd::{unavailable, Containerd, BUSYBOX, RUNTIME};
+use hull_e2e::{mapping_memory, process_memory, summary};
+
+const RUNC: &str = "io.containerd.runc.v2";
+
+#[derive(Parser)]
+struct Args {
+    /// Timed runs per runtime.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Idle tasks per runtime for the memory table.
+    #[arg(long, default_value_t = 5)]
+    idle: usize,
+}
+
+struct Timing {
+    first_output: Duration,
+    done: Duration,
+}
+
+/// One `ctr run --rm` of `echo`: when its output arrived and when ctr returned.
+fn timed_run(c: &Containerd, runtime: &str, id: &str) -> Result<Timing> {
+    let t = Instant::now();
+    let mut child = c
+        .ctr_command(&[
+            "run",
+            "--rm",
+            "--runtime",
+            runtime,
+            BUSYBOX,
+            id,
+            "echo",
+            "started",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut out = child.stdout.take().context("stdout")?;
+    let mut first = [0u8; 1];
+    let n = out.read(&mut first)?;
+    let first_output = t.elapsed();
+    let mut rest = Vec::new();
+    out.read_to_end(&mut rest)?;
+    let status = child.wait()?;
+    let done = t.elapsed();
+    if n == 0 || !status.success() {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        bail!("{runtime} run {id} failed ({status}): {err}");
+    }
+    Ok(Timing { first_output, done })
+}
+
+/// Seconds since midnight of a containerd log line's `time="...T12:34:56.789Z"`.
+fn log_time(line: &str) -> Option<f64> {
+    let t = line.split("time=\"").nth(1)?.split('"').next()?;
+    let clock = t.split('T').nth(1)?.trim_end_matches('Z');
+    let mut parts = clock.split(':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let s: f64 = parts.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
+/// Where one hull run's time went, from the shim's log lines.
+fn breakdown(log: &str, id: &str) -> Vec<(String, f64)> {
+    let find = |needle: &str| {
+        log.lines()
+            .filter(|l| l.contains(needle))
+            .filter_map(log_time)
+            .next()
+    };
+    let image = find(&format!("/{id}.erofs ("));
+    let restored = find(&format!("sandbox {id}: "));
+    let create = find(&format!("event Create {{ id: \"{id}\""));
+    let start = find(&format!("event Start {{ id: \"{id}\""));
+    let exit = find(&format!("event Exit {{ id: \"{id}\""));
+    let delete = find(&format!("event Delete {{ id: \"{id}\""));
+    let mut out = Vec::new();
+    let mut step = |what: &str, from: Option<f64>, to: Option<f64>| {
+        if let (Some(a), Some(b)) = (from, to) {
+            out.push((what.to_string(), (b - a) * 1e3));
+        }
+    };
+    step(
+        "rootfs image built → VM restored and usable",
+        image,
+        restored,
+    );
+    step(
+        "VM usable → container created (drive attached and mounted, CreateContainer)",
+        restored,
+        create,
+    );
+    step("created → started", create, start);
+    step("started → exited (echo ran, output drained)", start, exit);
+    step(
+        "exited → deleted (remove, unmount, detach, VM stopped)",
+        exit,
+        delete,
+    );
+    out
+}
+
+fn pids_of(name: &str, mark: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(name) && cmd.contains(mark) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Processes whose parent is one of `parents`, recursively (a runc task's processes).
+fn descendants(parents: &[u32]) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut frontier = parents.to_vec();
+    while let Some(p) = frontier.pop() {
+        let children =
+            std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
+        for c in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+            out.push(c);
+            frontier.push(c);
+        }
+    }
+    out
+}
+
+fn pss(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|&p| process_memory(p).ok())
+        .map(|m| m.pss_total_kib)
+        .sum()
+}
+
+fn mib(kib: u64, n: usize) -> String {
+    format!("{:.1} MiB", kib as f64 / n.max(1) as f64 / 1024.0)
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if let Some(why) = unavailable() {
+        bail!("cannot run: {why}");
+    }
+    let c = Containerd::start("log_level = \"debug\"");
+    let mark = c.dir.path().to_string_lossy().into_owned();
+    // Warm-up: the first hull run may have to make the template.
+    timed_run(&c, RUNTIME, "warm-hull")?;
+    timed_run(&c, RUNC, "warm-runc")?;
+
+    let mut results: Vec<(&str, Vec<Timing>)> = vec![(RUNTIME, Vec::new()), (RUNC, Vec::new())];
+    for i in 0..args.runs {
+        for (runtime, v) in results.iter_mut() {
+            let tag = if *runtime == RUNTIME { "hull" } else { "runc" };
+            v.push(timed_run(&c, runtime, &format!("{tag}-{i}"))?);
+        }
+    }
+    println!(
+        "### `ctr run --rm {BUSYBOX} echo` ({} runs each, median (min–max))\n",
+        args.runs
+    );
+    println!(
+        "| runtime | to the container's first output | to `ctr` returning (exited, deleted) |"
+    );
+    println!("| --- | --- | --- |");
+    let cell = |v: Vec<f64>| {
+        summary(&v)
+            .map(|(m, lo, hi)| format!("{:.0} ms ({:.0}–{:.0})", m * 1e3, lo * 1e3, hi * 1e3))
+            .unwrap_or_default()
+    };
+    let mut medians = Vec::new();
+    for (runtime, v) in &results {
+        let first: Vec<f64> = v.iter().map(|t| t.first_output.as_secs_f64()).collect();
+        let done: Vec<f64> = v.iter().map(|t| t.done.as_secs_f64()).collect();
+        medians.push((
+            summary(&first).map(|s| s.0).unwrap_or(0.0),
+            summary(&done).map(|s| s.0).unwrap_or(0.0),
+        ));
+        println!("| {runtime} | {} | {} |", cell(first), cell(done));
+    }
+    if let [(hf, hd), (rf, rd)] = medians[..] {
+        println!(
+            "| ratio hull / runc | {:.1}× | {:.1}× |",
+            hf / rf.max(1e-9),
+            hd / rd.max(1e-9)
+        );
+    }
+
+    let log = c.log();
+    let id = format!("hull-{}", args.runs / 2);
+    println!("\n### Where a hull run's time goes (`{id}`, from the shim's log)\n");
+    println!("| step | ms |");
+    println!("| --- | --- |");
+    for (what, ms) in breakdown(&log, &id) {
+        println!("| {what} | {ms:.0} |");
+    }
+
+    // Idle tasks.
+    for i in 0..args.idle {
+        c.ctr_ok(&[
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            BUSYBOX,
+            &format!("idle-hull-{i}"),
+            "sleep",
+            "100000",
+        ]);
+        c.ctr_ok(&[
+            "run",
+            "-d",
+            "--runtime",
+            RUNC,
+            BUSYBOX,
+            &format!("idle-runc-{i}"),
+            "sleep",
+            "100000",
+        ]);
+    }
+    for i in 0..args.idle {
+        c.wait_status(
+            &format!("idle-hull-{i}"),
+            "RUNNING",
+            Duration::from_secs(120),
+        );
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let vmms = pids_of("hull-vmm", &mark);
+    let hull_shims = pids_of("containerd-shim-hull-v2", &mark);
+    let runc_shims = pids_of("containerd-shim-runc-v2", &mark);
+    let (mut vmm_kib, mut guest_kib, mut guest_own_kib) = (0u64, 0u64, 0u64);
+    for &p in &vmms {
+        let all = process_memory(p)?;
+        let guest = mapping_memory(p, "/memory")?;
+        vmm_kib += all.pss_total_kib.saturating_sub(guest.pss_kib);
+        guest_kib += guest.pss_kib;
+        guest_own_kib += guest.anon_kib;
+    }
+    let hull_shim_kib = pss(&hull_shims);
+    let runc_shim_kib = pss(&runc_shims);
+    let runc_tasks_kib = pss(&descendants(&runc_shims));
+    let n = args.idle;
+    println!("\n### Memory per idle task ({n} `sleep` tasks each, PSS)\n");
+    println!("| runtime | host processes in all | VMM without guest RAM | shim | container processes | guest RAM (its own pages) |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    println!(
+        "| hull ({} VMMs, {} shims) | {} | {} | {} | (in the guest) | {} ({}) |",
+        vmms.len(),
+        hull_shims.len(),
+        mib(vmm_kib + hull_shim_kib, n),
+        mib(vmm_kib, n),
+        mib(hull_shim_kib, n),
+        mib(guest_kib, n),
+        mib(guest_own_kib, n)
+    );
+    println!(
+        "| runc ({} shims) | {} | — | {} | {} | — |",
+        runc_shims.len(),
+        mib(runc_shim_kib + runc_tasks_kib, n),
+        mib(runc_shim_kib, n),
+        mib(runc_tasks_kib, n)
+    );
+    for i in 0..n {
+        for tag in ["hull", "runc"] {
+            let id = format!("idle-{tag}-{i}");
+            let _ = c.ctr(&["task", "kill", "--signal", "SIGKILL", &id]);
+        }
+    }
+    for i in 0..n {
+        for tag in ["hull", "runc"] {
+            let id = format!("idle-{tag}-{i}");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while c.task_status(&id).as_deref() != Some("STOPPED") && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = c.ctr(&["task", "delete", &id]);
+            let _ = c.ctr(&["container", "rm", &id]);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,369 @@
+//! A private containerd for tests and benchmarks: Debian's containerd 1.6 with its own
+//! root, state directory and socket (CRI off), the hull shim on its PATH, a hull host
+//! configuration of its own, and the offline busybox image imported. Stopped, and checked
+//! for what it left behind, by the test.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The image `resources/busybox-oci.sh` builds, as imported.
+pub const BUSYBOX: &str = "hull.local/busybox:latest";
+pub const RUNTIME: &str = "io.containerd.hull.v2";
+pub const NAMESPACE: &str = "hull-test";
+
+/// Why this host cannot run the containerd tests, if it cannot.
+pub fn unavailable() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("containerd and the shim need root".into());
+    }
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        return Some("/dev/kvm is not available".into());
+    }
+    for bin in ["containerd", "ctr", "mkfs.erofs"] {
+        if which(bin).is_none() {
+            return Some(format!(
+                "{bin} is not installed (scripts/deps.sh installs it)"
+            ));
+        }
+    }
+    None
+}
+
+fn which(bin: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(bin))
+        .find(|p| p.is_file())
+}
+
+/// The directory holding `containerd-shim-hull-v2` and `hull-vmm`: `$HULL_BIN_DIR`, else
+/// the cargo target directory this test binary was built into.
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("HULL_BIN_DIR") {
+        return d.into();
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    exe.ancestors()
+        .skip(1)
+        .take(2)
+        .find(|d| d.join("containerd-shim-hull-v2").is_file())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| {
+            panic!(
+                "containerd-shim-hull-v2 is not built next to {} (cargo build -p hull-shim)",
+                exe.display()
+            )
+        })
+}
+
+pub struct Containerd {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    /// The shim's run and state directories (hull config `run_dir`, `state_dir`).
+    pub run_dir: PathBuf,
+    pub state_dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Containerd {
+    /// Starts containerd with `hull_config` (TOML) appended to the test's own directories,
+    /// waits for its socket and imports the busybox image.
+    pub fn start(hull_config: &str) -> Containerd {
+        let dir = tempfile::Builder::new()
+            .prefix("hull-ctd-")
+            .tempdir_in("/tmp")
+            .expect("temp dir");
+        let d = dir.path();
+        let socket = d.join("containerd.sock");
+        let run_dir = d.join("run");
+        let state_dir = d.join("state");
+        std::fs::write(
+            d.join("config.toml"),
+            format!(
+                "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"\"\n",
+                root = d.join("root").display(),
+                state = d.join("ctd-state").display(),
+                sock = socket.display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("hull.toml"),
+            format!(
+                "run_dir = \"{}\"\nstate_dir = \"{}\"\nlog_level = \"debug\"\n{hull_config}\n",
+                run_dir.display(),
+                state_dir.display()
+            ),
+        )
+        .unwrap();
+        let bins = bin_dir();
+        let path = format!(
+            "{}:{}",
+            bins.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let log = std::fs::File::create(d.join("containerd.log")).unwrap();
+        let mut cmd = Command::new("containerd");
+        cmd.arg("--config")
+            .arg(d.join("config.toml"))
+            .env("PATH", path)
+            .env("HULL_CONFIG", d.join("hull.toml"))
+            .env("HULL_VMM", bins.join("hull-vmm"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        // Its own process group: a test that dies takes containerd with it, not the shims.
+        cmd.process_group(0);
+        let child = cmd.spawn().expect("start containerd");
+        let mut c = Containerd {
+            dir,
+            socket,
+            run_dir,
+            state_dir,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while c.ctr(&["version"]).status.code() != Some(0) {
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not come up: {}",
+                c.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        c.import_busybox();
+        c
+    }
+
+    fn import_busybox(&mut self) {
+        let tar = self.dir.path().join("busybox.tar");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../resources/busybox-oci.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg(&tar)
+            .output()
+            .expect("run busybox-oci.sh");
+        assert!(
+            out.status.success(),
+            "busybox-oci.sh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.ctr_ok(&[
+            "images",
+            "import",
+            "--base-name",
+            "hull.local/busybox",
+            tar.to_str().unwrap(),
+        ]);
+    }
+
+    pub fn ctr_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("--address")
+            .arg(&self.socket)
+            .arg("--namespace")
+            .arg(NAMESPACE)
+            .args(args)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        self.ctr_command(args).output().expect("run ctr")
+    }
+
+    /// Runs ctr, asserting success; returns its standard output.
+    pub fn ctr_ok(&self, args: &[&str]) -> String {
+        let out = self.ctr(args);
+        assert!(
+            out.status.success(),
+            "ctr {args:?} failed ({}): {}\n--- containerd log (tail) ---\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            self.log_tail(60)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    pub fn log_tail(&self, n: usize) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// The status column of `ctr task ls` for `id`, if the task exists.
+    pub fn task_status(&self, id: &str) -> Option<String> {
+        let out = self.ctr_ok(&["task", "ls"]);
+        out.lines().skip(1).find_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            (cols.first() == Some(&id)).then(|| cols.get(2).unwrap_or(&"").to_string())
+        })
+    }
+
+    /// Waits until task `id` shows `status`.
+    pub fn wait_status(&self, id: &str, status: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let now = self.task_status(id);
+            if now.as_deref() == Some(status) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task {id} is {now:?}, not {status}, after {within:?}\n{}",
+                self.log_tail(40)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Processes of this containerd's sandboxes: (pid, command line) of every hull-vmm and
+    /// shim that names this test's directory.
+    pub fn hull_processes(&self) -> Vec<(u32, String)> {
+        let mark = self.dir.path().to_string_lossy().into_owned();
+        let mut found = Vec::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let zombie = stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|s| s.trim_start().starts_with('Z'));
+            if zombie {
+                continue;
+            }
+            if (cmd.contains("hull-vmm") || cmd.contains("containerd-shim-hull-v2"))
+                && cmd.contains(&mark)
+            {
+                found.push((pid, cmd));
+            }
+        }
+        found
+    }
+
+    /// The pid of the hull-vmm serving this containerd's sandboxes (exactly one).
+    pub fn vmm_pids(&self) -> Vec<u32> {
+        self.hull_processes()
+            .into_iter()
+            .filter(|(_, c)| c.contains("hull-vmm"))
+            .map(|(p, _)| p)
+            .collect()
+    }
+
+    /// What the shim left behind: processes, run directories, images, mounts.
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut left: Vec<String> = self
+            .hull_processes()
+            .into_iter()
+            .map(|(p, c)| format!("process {p}: {c}"))
+            .collect();
+        for d in [&self.run_dir, &self.state_dir] {
+            for e in walk(d) {
+                left.push(format!("file {}", e.display()));
+            }
+        }
+        // A sandbox's run directory goes with its VM.
+        for e in std::fs::read_dir(&self.run_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            left.push(format!("run directory {}", e.path().display()));
+        }
+        let mark = self.dir.path().to_string_lossy().into_owned();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for l in mounts.lines() {
+            if let Some(point) = l.split_whitespace().nth(4) {
+                if point.contains(&mark) {
+                    left.push(format!("mount {point}"));
+                }
+            }
+        }
+        left
+    }
+
+    /// Waits until nothing is left behind, then asserts so.
+    pub fn assert_clean(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = self.leftovers();
+            if left.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "left behind after {within:?}: {left:#?}\n{}",
+                self.log_tail(40)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Everything below `dir` but directories (a directory left empty is fine; what is in
+/// one is not).
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() && !p.is_symlink() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        // Sandboxes a failed test left running go first (their VMMs are not containerd's
+        // children), then containerd.
+        for (pid, cmd) in self.hull_processes() {
+            if cmd.contains("hull-vmm") || cmd.contains("containerd-shim-hull-v2") {
+                // SAFETY: kill(2) of a process this test started (its command line names
+                // the test's directory).
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+        }
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) of our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mark = self.dir.path().to_string_lossy().into_owned();
+        for l in mounts.lines() {
+            if let Some(point) = l.split_whitespace().nth(4) {
+                if point.contains(&mark) {
+                    let _ = Command::new("umount").arg("-l").arg(point).status();
+                }
+            }
+        }
+    }
+}
