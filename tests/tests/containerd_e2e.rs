@@ -90,6 +90,11 @@ fn detached_task_exec_pids_metrics_pause_resume_and_signals() {
         return;
     }
     let c = Containerd::start("");
+    let mut events = c
+        .ctr_command(&["events"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     c.ctr_ok(&run_args(
         "svc",
         &["-d"],
@@ -169,7 +174,7 @@ fn detached_task_exec_pids_metrics_pause_resume_and_signals() {
 
     c.ctr_ok(&run_args("hard", &["-d"], &["sleep", "1000"]));
     c.wait_status("hard", "RUNNING", Duration::from_secs(60));
-    c.ctr_ok(&["task", "kill", "--signal", "SIGKILL", "hard"]);
+    c.ctr_ok(&["task", "kill", "--all", "--signal", "SIGKILL", "hard"]);
     c.wait_status("hard", "STOPPED", Duration::from_secs(30));
     let del = c.ctr(&["task", "delete", "hard"]);
     assert!(
@@ -179,6 +184,25 @@ fn detached_task_exec_pids_metrics_pause_resume_and_signals() {
     );
     c.ctr_ok(&["container", "rm", "hard"]);
     c.assert_clean(CLEAN);
+
+    // Every state change reached containerd as its task event.
+    // SAFETY: kill(2) of the `ctr events` child this test started.
+    unsafe { libc::kill(events.id() as i32, libc::SIGTERM) };
+    let mut seen = String::new();
+    std::io::Read::read_to_string(events.stdout.as_mut().unwrap(), &mut seen).unwrap();
+    let _ = events.wait();
+    for topic in [
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/exec-added",
+        "/tasks/exec-started",
+        "/tasks/paused",
+        "/tasks/resumed",
+        "/tasks/exit",
+        "/tasks/delete",
+    ] {
+        assert!(seen.contains(topic), "no {topic} event in:\n{seen}");
+    }
 }
 
 fn tmux(args: &[&str]) -> String {
@@ -299,6 +323,26 @@ fn pod_containers_share_one_vm() {
     extra.extend(member.iter().map(String::as_str));
     c.ctr_ok(&run_args("app2", &extra, &["sleep", "1000"]));
     c.wait_status("app2", "RUNNING", Duration::from_secs(60));
+    // A member with a memory limit that allocates past it is OOM-killed (137, TaskOOM);
+    // the limit is the container's cgroup in the pod's VM, whose size the sandbox chose.
+    let mut events = c
+        .ctr_command(&["events"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut extra: Vec<&str> = vec!["--rm", "--memory-limit", "16777216"];
+    extra.extend(member.iter().map(String::as_str));
+    let out = c.ctr(&run_args("hog", &extra, &["sh", "-c", "tail /dev/zero"]));
+    assert_eq!(out.status.code(), Some(137), "{}", c.log_tail(30));
+    // SAFETY: kill(2) of the `ctr events` child this test started.
+    unsafe { libc::kill(events.id() as i32, libc::SIGTERM) };
+    let mut seen = String::new();
+    std::io::Read::read_to_string(events.stdout.as_mut().unwrap(), &mut seen).unwrap();
+    let _ = events.wait();
+    assert!(
+        seen.contains("/tasks/oom"),
+        "no /tasks/oom event in:\n{seen}"
+    );
     assert_eq!(c.vmm_pids().len(), 1, "the pod's containers share one VM");
     let shims = c
         .hull_processes()
