@@ -92,15 +92,15 @@ impl shim::Shim for HullShim {
 
     fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
         let path = config_path();
-        let config = match HostConfig::load(&path) {
-            Ok(c) => c,
-            Err(e) => {
-                // The shim is already serving containerd: say why every call will fail.
-                log::error!("{}; using the defaults", hull_vmm::error_chain(&e));
-                HostConfig::default()
-            }
-        };
-        log::set_max_level(config.log_level.parse().unwrap_or(log::LevelFilter::Info));
+        let config = HostConfig::load(&path).map_err(|e| {
+            // The shim already serves containerd: every Create fails, saying why.
+            let e = hull_vmm::error_chain(&e);
+            log::error!("{e}");
+            e
+        });
+        if let Ok(c) = &config {
+            log::set_max_level(c.log_level.parse().unwrap_or(log::LevelFilter::Info));
+        }
         let events = EventSender::start(publisher, self.namespace.clone());
         TaskService::new(config, &self.namespace, events, self.exit.clone())
     }

@@ -100,6 +100,9 @@ struct Table {
 
 pub struct TaskService {
     config: HostConfig,
+    /// Why the configuration file could not be used: every Create fails saying so,
+    /// rather than run sandboxes with settings nobody asked for.
+    config_error: Option<String>,
     namespace: String,
     events: EventSender,
     exit: Arc<ExitSignal>,
@@ -191,14 +194,19 @@ impl EventSink for Sink {
 
 impl TaskService {
     pub fn new(
-        config: HostConfig,
+        config: Result<HostConfig, String>,
         namespace: &str,
         events: EventSender,
         exit: Arc<ExitSignal>,
     ) -> Self {
+        let (config, config_error) = match config {
+            Ok(c) => (c, None),
+            Err(e) => (HostConfig::default(), Some(e)),
+        };
         pod::set_call_timeout(std::time::Duration::from_secs(config.agent_timeout_secs));
         TaskService {
             config,
+            config_error,
             namespace: namespace.to_string(),
             events,
             exit,
@@ -284,6 +292,12 @@ impl TaskService {
     }
 
     fn do_create(&self, req: &api::CreateTaskRequest) -> TtrpcResult<u32> {
+        if let Some(e) = &self.config_error {
+            return Err(err(
+                Code::FAILED_PRECONDITION,
+                format!("the hull configuration is unusable: {e}; fix it and retry"),
+            ));
+        }
         let id = req.id.as_str();
         hull_protocol::stream::validate_id("id", id)
             .map_err(|e| err(Code::INVALID_ARGUMENT, e.to_string()))?;

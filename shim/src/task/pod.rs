@@ -195,9 +195,15 @@ impl Pod {
             slots[free] = Some(container.to_string());
             free as u32
         };
+        let t = std::time::Instant::now();
         let result = self.attach_and_mount(slot, container, image, read_only_root);
-        if result.is_err() {
-            lock(&self.slots)[slot as usize] = None;
+        match &result {
+            Ok(l) => log::info!(
+                "container {container}: root disk in slot {slot} mounted at {} in {:.0} ms",
+                l.guest_rootfs,
+                t.elapsed().as_secs_f64() * 1e3
+            ),
+            Err(_) => lock(&self.slots)[slot as usize] = None,
         }
         result
     }

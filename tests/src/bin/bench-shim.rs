@@ -90,6 +90,7 @@ fn breakdown(log: &str, id: &str) -> Vec<(String, f64)> {
     };
     let image = find(&format!("/{id}.erofs ("));
     let restored = find(&format!("sandbox {id}: "));
+    let mounted = find(&format!("container {id}: root disk in slot"));
     let create = find(&format!("event Create {{ id: \"{id}\""));
     let start = find(&format!("event Start {{ id: \"{id}\""));
     let exit = find(&format!("event Exit {{ id: \"{id}\""));
@@ -106,8 +107,13 @@ fn breakdown(log: &str, id: &str) -> Vec<(String, f64)> {
         restored,
     );
     step(
-        "VM usable → container created (drive attached and mounted, CreateContainer)",
+        "VM usable → root disk attached, found and mounted in the guest (erofs + overlay)",
         restored,
+        mounted,
+    );
+    step(
+        "mounted → container created (CreateSandbox, CreateContainer)",
+        mounted,
         create,
     );
     step("created → started", create, start);
@@ -157,6 +163,20 @@ fn pss(pids: &[u32]) -> u64 {
         .sum()
 }
 
+/// User plus system CPU ticks of `pids` (all their threads).
+fn cpu_ticks(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .filter_map(|stat| {
+            let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+            // After the command: state is field 3; utime and stime are fields 14 and 15.
+            let utime: u64 = fields.get(11)?.parse().ok()?;
+            let stime: u64 = fields.get(12)?.parse().ok()?;
+            Some(utime + stime)
+        })
+        .sum()
+}
+
 fn mib(kib: u64, n: usize) -> String {
     format!("{:.1} MiB", kib as f64 / n.max(1) as f64 / 1024.0)
 }
@@ -166,7 +186,7 @@ fn main() -> Result<()> {
     if let Some(why) = unavailable() {
         bail!("cannot run: {why}");
     }
-    let c = Containerd::start("log_level = \"debug\"");
+    let c = Containerd::start("");
     let mark = c.dir.path().to_string_lossy().into_owned();
     // Warm-up: the first hull run may have to make the template.
     timed_run(&c, RUNTIME, "warm-hull")?;
@@ -261,15 +281,31 @@ fn main() -> Result<()> {
         guest_kib += guest.pss_kib;
         guest_own_kib += guest.anon_kib;
     }
+    let cpu_before = cpu_ticks(&vmms) + cpu_ticks(&hull_shims);
+    let runc_before = cpu_ticks(&runc_shims) + cpu_ticks(&descendants(&runc_shims));
+    let window = Duration::from_secs(10);
+    std::thread::sleep(window);
+    let ticks = |t: u64| {
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        format!(
+            "{:.2} %",
+            t as f64 / hz / window.as_secs_f64() / args.idle as f64 * 100.0
+        )
+    };
+    let hull_cpu = ticks((cpu_ticks(&vmms) + cpu_ticks(&hull_shims)).saturating_sub(cpu_before));
+    let runc_cpu = ticks(
+        (cpu_ticks(&runc_shims) + cpu_ticks(&descendants(&runc_shims))).saturating_sub(runc_before),
+    );
     let hull_shim_kib = pss(&hull_shims);
     let runc_shim_kib = pss(&runc_shims);
     let runc_tasks_kib = pss(&descendants(&runc_shims));
     let n = args.idle;
     println!("\n### Memory per idle task ({n} `sleep` tasks each, PSS)\n");
-    println!("| runtime | host processes in all | VMM without guest RAM | shim | container processes | guest RAM (its own pages) |");
-    println!("| --- | --- | --- | --- | --- | --- |");
+    println!("| runtime | host processes in all | VMM without guest RAM | shim | container processes | guest RAM (its own pages) | CPU while idle |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
     println!(
-        "| hull ({} VMMs, {} shims) | {} | {} | {} | (in the guest) | {} ({}) |",
+        "| hull ({} VMMs, {} shims) | {} | {} | {} | (in the guest) | {} ({}) | {hull_cpu} |",
         vmms.len(),
         hull_shims.len(),
         mib(vmm_kib + hull_shim_kib, n),
@@ -279,7 +315,7 @@ fn main() -> Result<()> {
         mib(guest_own_kib, n)
     );
     println!(
-        "| runc ({} shims) | {} | — | {} | {} | — |",
+        "| runc ({} shims) | {} | — | {} | {} | — | {runc_cpu} |",
         runc_shims.len(),
         mib(runc_shim_kib + runc_tasks_kib, n),
         mib(runc_shim_kib, n),
