@@ -34,10 +34,10 @@ pub struct VmSpec {
 }
 
 /// Drive slots of a sandbox unless the configuration says otherwise.
-pub const DEFAULT_DRIVE_SLOTS: u8 = 4;
+pub const DEFAULT_DRIVE_SLOTS: u8 = 8;
 
 impl Default for VmSpec {
-    /// The kernel and image `scripts/build.sh` makes, one vCPU, 128 MiB, four drive slots.
+    /// The kernel and image `scripts/build.sh` makes, one vCPU, 128 MiB, eight drive slots.
     fn default() -> Self {
         VmSpec {
             kernel: PathBuf::from(hull_vmm::config::DEFAULT_KERNEL),

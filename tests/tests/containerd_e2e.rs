@@ -85,6 +85,40 @@ fn ctr_run_prints_output_propagates_exit_codes_and_feeds_stdin() {
 }
 
 #[test]
+fn read_only_volumes_are_copied_in_and_read_only_in_the_guest() {
+    if skip() {
+        return;
+    }
+    let c = Containerd::start("");
+    let dir = c.dir.path().join("vol");
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::fs::write(dir.join("sub/greeting"), "hi from the host\n").unwrap();
+    let file = c.dir.path().join("single.conf");
+    std::fs::write(&file, "key=value\n").unwrap();
+    let dir_mount = format!("type=bind,src={},dst=/data,options=rbind:ro", dir.display());
+    let file_mount = format!(
+        "type=bind,src={},dst=/etc/single.conf,options=rbind:ro",
+        file.display()
+    );
+    let out = c.ctr_ok(&run_args(
+        "vols",
+        &["--rm", "--mount", &dir_mount, "--mount", &file_mount],
+        &[
+            "sh",
+            "-c",
+            "cat /data/sub/greeting /etc/single.conf; touch /data/x 2>&1; (echo > /etc/single.conf) 2>&1; true",
+        ],
+    ));
+    assert!(out.starts_with("hi from the host\nkey=value\n"), "{out}");
+    assert_eq!(
+        out.matches("Read-only file system").count(),
+        2,
+        "both volumes refuse writes: {out}"
+    );
+    c.assert_clean(CLEAN);
+}
+
+#[test]
 fn detached_task_exec_pids_metrics_pause_resume_and_signals() {
     if skip() {
         return;
@@ -464,13 +498,13 @@ fn bad_input_is_refused_clearly_and_leaks_nothing() {
         return;
     }
     let c = Containerd::start("");
-    // A host directory the guest cannot see.
+    // A read-write host directory the guest cannot share.
     let out = c.ctr(&run_args(
         "bind",
         &[
             "--rm",
             "--mount",
-            "type=bind,src=/tmp,dst=/host,options=rbind:ro",
+            "type=bind,src=/tmp,dst=/host,options=rbind:rw",
         ],
         &["true"],
     ));
@@ -481,6 +515,20 @@ fn bad_input_is_refused_clearly_and_leaks_nothing() {
         "{err}"
     );
     let _ = c.ctr(&["container", "rm", "bind"]);
+    // A read-only volume whose source is missing.
+    let out = c.ctr(&run_args(
+        "novol",
+        &[
+            "--rm",
+            "--mount",
+            "type=bind,src=/no/such/dir,dst=/data,options=rbind:ro",
+        ],
+        &["true"],
+    ));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/no/such/dir"), "{err}");
+    let _ = c.ctr(&["container", "rm", "novol"]);
 
     // A rootfs that is not there.
     let missing = c.dir.path().join("no-such-rootfs");

@@ -67,7 +67,9 @@ impl shim::Shim for HullShim {
         if let Ok(text) = std::fs::read(bundle.join(BUNDLE_STATE)) {
             if let Ok(state) = serde_json::from_slice::<BundleState>(&text) {
                 pod::kill_orphaned(&state.run_dir);
-                let _ = std::fs::remove_file(&state.image);
+                for image in &state.images {
+                    let _ = std::fs::remove_file(image);
+                }
             }
             let _ = std::fs::remove_file(bundle.join(BUNDLE_STATE));
         }

@@ -8,6 +8,7 @@
 //! per process stream stdio. State: the task table behind one lock, held for lookups only,
 //! never across an agent call.
 
+mod create;
 pub mod events;
 pub mod io;
 pub mod pod;
@@ -36,7 +37,6 @@ use events::{EventSender, TaskEvent};
 use io::{ProcessIo, StdioPaths};
 use pod::{ctx, DriveLease, EventSink, Pod};
 use process::{now_nanos, Exit, Process};
-use spec::Role;
 
 /// The file in a bundle that tells the shim's `delete` what to clean up after a crash.
 pub const BUNDLE_STATE: &str = "hull.json";
@@ -45,7 +45,8 @@ pub const BUNDLE_STATE: &str = "hull.json";
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct BundleState {
     pub run_dir: PathBuf,
-    pub image: PathBuf,
+    /// The container's disk images: its root, then its volumes.
+    pub images: Vec<PathBuf>,
 }
 
 fn err(code: Code, msg: impl Into<String>) -> cttrpc::Error {
@@ -86,8 +87,8 @@ struct Container {
     pod: Arc<Pod>,
     init: Arc<Process>,
     execs: Mutex<HashMap<String, Arc<Process>>>,
-    drive: Option<DriveLease>,
-    image: PathBuf,
+    /// Its disks in the VM: the root, then the volumes; each with its image on the host.
+    disks: Vec<(DriveLease, PathBuf)>,
     /// This container's delete ends the VM (a standalone task, or a pod's sandbox).
     owns_pod: bool,
 }
@@ -291,237 +292,6 @@ impl TaskService {
         Ok(())
     }
 
-    fn do_create(&self, req: &api::CreateTaskRequest) -> TtrpcResult<u32> {
-        if let Some(e) = &self.config_error {
-            return Err(err(
-                Code::FAILED_PRECONDITION,
-                format!("the hull configuration is unusable: {e}; fix it and retry"),
-            ));
-        }
-        let id = req.id.as_str();
-        hull_protocol::stream::validate_id("id", id)
-            .map_err(|e| err(Code::INVALID_ARGUMENT, e.to_string()))?;
-        if lock(&self.table).containers.contains_key(id) {
-            return Err(err(
-                Code::ALREADY_EXISTS,
-                format!("container {id} already exists"),
-            ));
-        }
-        if !req.checkpoint.is_empty() {
-            return Err(err(
-                Code::UNIMPLEMENTED,
-                "hull cannot restore a task from a checkpoint yet",
-            ));
-        }
-        if let Some(o) = req.options.as_ref() {
-            check_options(o)?;
-        }
-        for (name, path) in [
-            ("stdin", &req.stdin),
-            ("stdout", &req.stdout),
-            ("stderr", &req.stderr),
-        ] {
-            if !io::is_supported(path) {
-                return Err(err(
-                    Code::INVALID_ARGUMENT,
-                    format!("{name} {path:?}: hull writes to FIFOs and file:// paths only (no logging binaries)"),
-                ));
-            }
-        }
-        let bundle = Path::new(&req.bundle);
-        let spec_path = bundle.join("config.json");
-        let text = std::fs::read(&spec_path).map_err(|e| {
-            err(
-                Code::INVALID_ARGUMENT,
-                format!("read {}: {e}", spec_path.display()),
-            )
-        })?;
-        let mut spec: serde_json::Value = serde_json::from_slice(&text).map_err(|e| {
-            err(
-                Code::INVALID_ARGUMENT,
-                format!("{}: {e}", spec_path.display()),
-            )
-        })?;
-        let role = spec::role(&spec);
-        // With no mounts (`ctr run --rootfs DIR`) the spec's root.path is the tree itself.
-        let host_rootfs = match spec.pointer("/root/path").and_then(|p| p.as_str()) {
-            Some(p) if req.rootfs.is_empty() => bundle.join(p),
-            _ => bundle.join("rootfs"),
-        };
-        // What the guest cannot honour is refused before a VM is touched; the root path is
-        // set once the guest has mounted the disk.
-        let files = spec::for_guest(&mut spec, "")
-            .map_err(|e| err(Code::INVALID_ARGUMENT, format!("container {id}: {e}")))?;
-
-        // The root filesystem, as an image on the host, before any VM is touched.
-        let mounts: Vec<rootfs::HostMount> = req
-            .rootfs
-            .iter()
-            .map(|m| rootfs::HostMount {
-                kind: m.type_.clone(),
-                source: m.source.clone(),
-                options: m.options.clone(),
-            })
-            .collect();
-        let images = self.config.state_dir.join(&self.namespace);
-        std::fs::create_dir_all(&images)
-            .map_err(|e| err(Code::INTERNAL, format!("create {}: {e}", images.display())))?;
-        let image = images.join(format!("{id}.erofs"));
-        let built = (|| {
-            if !mounts.is_empty() {
-                rootfs::mount_all(&mounts, &host_rootfs)?;
-            }
-            let r = rootfs::build_image(&host_rootfs, &image);
-            if !mounts.is_empty() {
-                rootfs::unmount_all(&host_rootfs);
-            }
-            r
-        })();
-        if let Err(e) = built {
-            return Err(err(
-                Code::INVALID_ARGUMENT,
-                format!("container {id} rootfs: {}", hull_vmm::error_chain(&e)),
-            ));
-        }
-        let cleanup_image = || {
-            let _ = std::fs::remove_file(&image);
-        };
-
-        // The VM: this task's own, or its pod's.
-        let (pod, owns_pod) = match &role {
-            Role::Standalone | Role::PodSandbox => {
-                if lock(&self.table).pod.is_some() {
-                    cleanup_image();
-                    return Err(err(
-                        Code::FAILED_PRECONDITION,
-                        format!(
-                            "container {id} needs a VM of its own, but this shim already runs one"
-                        ),
-                    ));
-                }
-                let state = BundleState {
-                    run_dir: self.run_dir(id),
-                    image: image.clone(),
-                };
-                let _ = std::fs::write(
-                    bundle.join(BUNDLE_STATE),
-                    serde_json::to_vec(&state).unwrap_or_default(),
-                );
-                match self.start_pod(id, &spec) {
-                    Ok(p) => (p, true),
-                    Err(e) => {
-                        cleanup_image();
-                        return Err(e);
-                    }
-                }
-            }
-            Role::PodContainer { sandbox } => {
-                let pod = lock(&self.table).pod.clone().filter(|p| &p.id == sandbox);
-                match pod {
-                    Some(p) => {
-                        let state = BundleState {
-                            run_dir: p.run_dir.clone(),
-                            image: image.clone(),
-                        };
-                        let _ = std::fs::write(
-                            bundle.join(BUNDLE_STATE),
-                            serde_json::to_vec(&state).unwrap_or_default(),
-                        );
-                        (p, false)
-                    }
-                    None => {
-                        cleanup_image();
-                        return Err(err(
-                            Code::FAILED_PRECONDITION,
-                            format!("container {id} belongs to pod {sandbox}, whose sandbox this shim does not run"),
-                        ));
-                    }
-                }
-            }
-        };
-        let undo_pod = |pod: &Pod| {
-            if owns_pod {
-                pod.shutdown();
-            }
-            cleanup_image();
-        };
-
-        let read_only_root = spec
-            .pointer("/root/readonly")
-            .and_then(|v| v.as_bool())
-            .unwrap_or(false);
-        let lease = match pod.lease_drive(id, &image, read_only_root) {
-            Ok(l) => l,
-            Err(e) => {
-                undo_pod(&pod);
-                return Err(pod_err(e));
-            }
-        };
-        spec["root"]["path"] = serde_json::Value::String(lease.guest_rootfs.clone());
-        if owns_pod {
-            if let Err(e) = self.create_sandbox(&pod, &files, &spec) {
-                let _ = pod.release_drive(&lease);
-                undo_pod(&pod);
-                return Err(e);
-            }
-        }
-
-        let stdio = StdioPaths {
-            stdin: req.stdin.clone(),
-            stdout: req.stdout.clone(),
-            stderr: req.stderr.clone(),
-            terminal: req.terminal,
-        };
-        let mut create = CreateContainerRequest::new();
-        create.container_id = id.to_string();
-        create.oci_spec_json = serde_json::to_vec(&spec).unwrap_or_default();
-        create.stdio = Some(stdio.agent_stdio()).into();
-        let pid = match pod.agent.create_container(ctx(), &create) {
-            Ok(r) => r.pid,
-            Err(e) => {
-                let _ = pod.release_drive(&lease);
-                undo_pod(&pod);
-                return Err(agent_err("CreateContainer", e));
-            }
-        };
-        let init = Arc::new(Process::new(id, "", stdio.clone(), None));
-        match ProcessIo::attach(&pod.endpoint, id, "", &stdio) {
-            Ok(io) => {
-                let mut s = init.state();
-                s.pid = pid;
-                s.io = Some(io);
-            }
-            Err(e) => {
-                let _ = pod.agent.remove_container(ctx(), &container_req(id));
-                let _ = pod.release_drive(&lease);
-                undo_pod(&pod);
-                return Err(err(Code::INTERNAL, hull_vmm::error_chain(&e)));
-            }
-        }
-        let container = Arc::new(Container {
-            bundle: req.bundle.clone(),
-            pod: pod.clone(),
-            init,
-            execs: Mutex::new(HashMap::new()),
-            drive: Some(lease),
-            image,
-            owns_pod,
-        });
-        {
-            let mut t = lock(&self.table);
-            if owns_pod {
-                t.pod = Some(pod);
-            }
-            t.containers.insert(id.to_string(), container);
-        }
-        self.events.send(TaskEvent::Create {
-            id: id.to_string(),
-            bundle: req.bundle.clone(),
-            pid,
-        });
-        Ok(pid)
-    }
-
     fn do_start(&self, id: &str, exec: &str) -> TtrpcResult<u32> {
         let (c, p) = self.process(id, exec)?;
         if p.state().status != Status::CREATED {
@@ -615,13 +385,19 @@ impl TaskService {
             if let Err(e) = c.pod.agent.remove_container(ctx(), &container_req(id)) {
                 log::warn!("RemoveContainer {id}: {e}");
             }
-            if let Some(lease) = &c.drive {
+            for (lease, _) in &c.disks {
                 if let Err(e) = c.pod.release_drive(lease) {
-                    log::warn!("releasing {id}'s root disk: {}", hull_vmm::error_chain(&e));
+                    log::warn!(
+                        "releasing {id}'s disk {}: {}",
+                        lease.name,
+                        hull_vmm::error_chain(&e)
+                    );
                 }
             }
         }
-        let _ = std::fs::remove_file(&c.image);
+        for (_, image) in &c.disks {
+            let _ = std::fs::remove_file(image);
+        }
         let _ = std::fs::remove_file(Path::new(&c.bundle).join(BUNDLE_STATE));
         {
             let mut t = lock(&self.table);

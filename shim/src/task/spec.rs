@@ -9,12 +9,36 @@ use serde_json::Value;
 pub enum SpecError {
     #[error("config.json: {0}")]
     Json(String),
-    #[error("mounts[{index}]: a bind mount of the host path {source_path} at {destination}: hull cannot share host directories with the guest yet (use an image volume, or a tmpfs)")]
+    #[error("mounts[{index}]: a read-write bind mount of the host path {source_path} at {destination}: hull cannot share host directories with the guest yet (mount it read-only, which copies it in, or use a tmpfs)")]
     HostBind {
         index: usize,
         source_path: String,
         destination: String,
     },
+    #[error("mounts[{index}]: the bind mount source {source_path} at {destination}: {reason}")]
+    BadSource {
+        index: usize,
+        source_path: String,
+        destination: String,
+        reason: String,
+    },
+}
+
+/// A read-only bind mount of a host file or directory: copied into an image of its own and
+/// mounted read-only in the guest (the copy is taken when the container is created).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    pub source: std::path::PathBuf,
+    pub destination: String,
+    /// The mount's options other than bind/rbind/ro/rw (nosuid, nodev, ...).
+    pub options: Vec<String>,
+}
+
+/// What the guest needs besides the rewritten spec.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GuestPlan {
+    pub files: SandboxFiles,
+    pub volumes: Vec<Volume>,
 }
 
 /// Files containerd's CRI binds into every container of a pod, whose contents go to the
@@ -63,9 +87,21 @@ fn is_bind(m: &Value) -> bool {
         })
 }
 
+fn options_of(m: &Value) -> Vec<String> {
+    m.get("options")
+        .and_then(Value::as_array)
+        .map(|o| {
+            o.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Rewrites `spec` in place for a container whose root the guest mounted at
-/// `guest_rootfs`; returns the sandbox files found among its bind mounts.
-pub fn for_guest(spec: &mut Value, guest_rootfs: &str) -> Result<SandboxFiles, SpecError> {
+/// `guest_rootfs`; returns the sandbox files and the read-only volumes found among its
+/// bind mounts (which leave the spec: [`add_volume`] puts each back with its guest path).
+pub fn for_guest(spec: &mut Value, guest_rootfs: &str) -> Result<GuestPlan, SpecError> {
     let obj = spec
         .as_object_mut()
         .ok_or_else(|| SpecError::Json("not a JSON object".into()))?;
@@ -75,6 +111,7 @@ pub fn for_guest(spec: &mut Value, guest_rootfs: &str) -> Result<SandboxFiles, S
     root["path"] = Value::String(guest_rootfs.to_string());
 
     let mut files = SandboxFiles::default();
+    let mut volumes = Vec::new();
     if let Some(mounts) = obj.get_mut("mounts").and_then(Value::as_array_mut) {
         let mut kept = Vec::with_capacity(mounts.len());
         for (index, m) in mounts.drain(..).enumerate() {
@@ -105,11 +142,34 @@ pub fn for_guest(spec: &mut Value, guest_rootfs: &str) -> Result<SandboxFiles, S
                     "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]
                 })),
                 _ => {
-                    return Err(SpecError::HostBind {
+                    let options = options_of(&m);
+                    let read_only = options.iter().rev().find(|o| *o == "ro" || *o == "rw");
+                    if read_only.map(String::as_str) != Some("ro") {
+                        return Err(SpecError::HostBind {
+                            index,
+                            source_path: source,
+                            destination,
+                        });
+                    }
+                    let bad = |reason: &str| SpecError::BadSource {
                         index,
-                        source_path: source,
+                        source_path: source.clone(),
+                        destination: destination.clone(),
+                        reason: reason.into(),
+                    };
+                    let meta = std::fs::metadata(&source)
+                        .map_err(|e| bad(&format!("cannot be read ({e})")))?;
+                    if !meta.is_dir() && !meta.is_file() {
+                        return Err(bad("is neither a directory nor a regular file"));
+                    }
+                    volumes.push(Volume {
+                        source: source.clone().into(),
                         destination,
-                    })
+                        options: options
+                            .into_iter()
+                            .filter(|o| !matches!(o.as_str(), "bind" | "rbind" | "ro" | "rw"))
+                            .collect(),
+                    });
                 }
             }
         }
@@ -126,7 +186,28 @@ pub fn for_guest(spec: &mut Value, guest_rootfs: &str) -> Result<SandboxFiles, S
     if let Some(l) = obj.get_mut("linux").and_then(Value::as_object_mut) {
         l.remove("mountLabel");
     }
-    Ok(files)
+    Ok(GuestPlan { files, volumes })
+}
+
+/// Adds a read-only bind mount of `guest_source` (where the agent mounted the volume's
+/// disk) at the volume's destination.
+pub fn add_volume(spec: &mut Value, volume: &Volume, guest_source: &str) {
+    let mut options = vec!["rbind".to_string(), "ro".to_string()];
+    options.extend(volume.options.iter().cloned());
+    let mount = serde_json::json!({
+        "destination": volume.destination,
+        "type": "bind",
+        "source": guest_source,
+        "options": options,
+    });
+    if let Some(obj) = spec.as_object_mut() {
+        match obj.get_mut("mounts").and_then(Value::as_array_mut) {
+            Some(m) => m.push(mount),
+            None => {
+                obj.insert("mounts".into(), Value::Array(vec![mount]));
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -148,7 +229,9 @@ mod tests {
     fn root_points_at_the_guest_mount_and_host_only_fields_go() {
         let mut s =
             spec(serde_json::json!([{"destination": "/proc", "type": "proc", "source": "proc"}]));
-        let files = for_guest(&mut s, "/run/hull/shared/c1/rootfs").unwrap();
+        let files = for_guest(&mut s, "/run/hull/shared/c1/rootfs")
+            .unwrap()
+            .files;
         assert_eq!(s["root"]["path"], "/run/hull/shared/c1/rootfs");
         assert_eq!(s["root"]["readonly"], false);
         assert!(s.get("hooks").is_none());
@@ -170,7 +253,7 @@ mod tests {
             {"destination": "/etc/hostname", "type": "bind", "source": hostname, "options": ["rbind"]},
             {"destination": "/dev/shm", "type": "bind", "source": "/run/x/shm", "options": ["rbind"]}
         ]));
-        let files = for_guest(&mut s, "/r").unwrap();
+        let files = for_guest(&mut s, "/r").unwrap().files;
         assert_eq!(files.hosts.as_deref(), Some("127.0.0.1 localhost\n"));
         assert_eq!(files.hostname.as_deref(), Some("pod-1"));
         let mounts = s["mounts"].as_array().unwrap();
@@ -179,7 +262,7 @@ mod tests {
     }
 
     #[test]
-    fn other_host_binds_are_refused_by_name() {
+    fn read_write_host_binds_are_refused_by_name() {
         let mut s = spec(serde_json::json!([
             {"destination": "/proc", "type": "proc", "source": "proc"},
             {"destination": "/data", "type": "none", "source": "/srv/data", "options": ["rbind", "rw"]}
@@ -193,6 +276,36 @@ mod tests {
                 destination: "/data".into()
             }
         );
+    }
+
+    #[test]
+    fn read_only_binds_become_volumes_put_back_with_their_guest_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().to_str().unwrap().to_string();
+        let mut s = spec(serde_json::json!([
+            {"destination": "/data", "type": "bind", "source": src, "options": ["rbind", "rw", "ro", "nosuid"]}
+        ]));
+        let plan = for_guest(&mut s, "/r").unwrap();
+        assert_eq!(
+            plan.volumes,
+            vec![Volume {
+                source: dir.path().to_path_buf(),
+                destination: "/data".into(),
+                options: vec!["nosuid".into()]
+            }]
+        );
+        assert!(s["mounts"].as_array().unwrap().is_empty());
+        add_volume(&mut s, &plan.volumes[0], "/run/hull/shared/c1-v0/rootfs");
+        let m = &s["mounts"][0];
+        assert_eq!(m["source"], "/run/hull/shared/c1-v0/rootfs");
+        assert_eq!(m["destination"], "/data");
+        assert_eq!(m["options"], serde_json::json!(["rbind", "ro", "nosuid"]));
+
+        let mut s = spec(serde_json::json!([
+            {"destination": "/gone", "type": "bind", "source": "/no/such/dir", "options": ["rbind", "ro"]}
+        ]));
+        let e = for_guest(&mut s, "/r").unwrap_err();
+        assert!(e.to_string().contains("/no/such/dir"), "{e}");
     }
 
     #[test]

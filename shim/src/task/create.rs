@@ -1,0 +1,325 @@
+//! Create: from containerd's bundle and rootfs mounts to a created container in the VM.
+//!
+//! The order keeps failures cheap and leaves nothing behind: everything that can be
+//! refused is checked before a VM is touched; the host images are built next; then the VM
+//! (started for a standalone task or a pod sandbox, joined for a pod member), the disks,
+//! the sandbox, the container. An [`Unwind`] records what each step made and undoes it,
+//! newest first, if a later step fails.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use containerd_shim::api;
+use containerd_shim::protos::ttrpc::Code;
+use hull_protocol::rpc::agent::CreateContainerRequest;
+
+use super::io::{self, ProcessIo, StdioPaths};
+use super::pod::{ctx, DriveLease, Pod};
+use super::process::Process;
+use super::spec::{self, Role};
+use super::{
+    agent_err, check_options, container_req, err, pod_err, rootfs, BundleState, Container,
+    TaskService, BUNDLE_STATE,
+};
+use crate::lock;
+use containerd_shim::TtrpcResult;
+
+/// What a failed Create must undo.
+struct Unwind<'a> {
+    images: Vec<PathBuf>,
+    pod: Option<(Arc<Pod>, bool)>,
+    leases: Vec<DriveLease>,
+    container: Option<&'a str>,
+    done: bool,
+}
+
+impl<'a> Unwind<'a> {
+    fn new() -> Self {
+        Unwind {
+            images: Vec::new(),
+            pod: None,
+            leases: Vec::new(),
+            container: None,
+            done: false,
+        }
+    }
+}
+
+impl Drop for Unwind<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        if let Some((pod, owned)) = &self.pod {
+            if let Some(id) = self.container {
+                let _ = pod.agent.remove_container(ctx(), &container_req(id));
+            }
+            for lease in self.leases.iter().rev() {
+                if let Err(e) = pod.release_drive(lease) {
+                    log::warn!("undoing disk {}: {}", lease.name, hull_vmm::error_chain(&e));
+                }
+            }
+            if *owned {
+                pod.shutdown();
+            }
+        }
+        for image in &self.images {
+            let _ = std::fs::remove_file(image);
+        }
+    }
+}
+
+fn invalid(id: &str, what: impl std::fmt::Display) -> containerd_shim::protos::ttrpc::Error {
+    err(Code::INVALID_ARGUMENT, format!("container {id}: {what}"))
+}
+
+impl TaskService {
+    pub(super) fn do_create(&self, req: &api::CreateTaskRequest) -> TtrpcResult<u32> {
+        if let Some(e) = &self.config_error {
+            return Err(err(
+                Code::FAILED_PRECONDITION,
+                format!("the hull configuration is unusable: {e}; fix it and retry"),
+            ));
+        }
+        let id = req.id.as_str();
+        self.check_request(req)?;
+        let bundle = Path::new(&req.bundle);
+        let mut spec = read_spec(bundle).map_err(|e| invalid(id, e))?;
+        let role = spec::role(&spec);
+        // With no mounts (`ctr run --rootfs DIR`) the spec's root.path is the tree itself.
+        let host_rootfs = match spec.pointer("/root/path").and_then(|p| p.as_str()) {
+            Some(p) if req.rootfs.is_empty() => bundle.join(p),
+            _ => bundle.join("rootfs"),
+        };
+        // What the guest cannot honour is refused before a VM is touched; the root path is
+        // set once the guest has mounted the disk.
+        let plan = spec::for_guest(&mut spec, "").map_err(|e| invalid(id, e))?;
+
+        let mut undo = Unwind::new();
+        let images = self.config.state_dir.join(&self.namespace);
+        std::fs::create_dir_all(&images)
+            .map_err(|e| err(Code::INTERNAL, format!("create {}: {e}", images.display())))?;
+        let root_image = images.join(format!("{id}.erofs"));
+        undo.images.push(root_image.clone());
+        build_root_image(req, &host_rootfs, &root_image)
+            .map_err(|e| invalid(id, format!("rootfs: {}", hull_vmm::error_chain(&e))))?;
+        let mut volume_images = Vec::new();
+        for (i, v) in plan.volumes.iter().enumerate() {
+            let image = images.join(format!("{id}-v{i}.erofs"));
+            undo.images.push(image.clone());
+            let inner = build_volume_image(&v.source, &image).map_err(|e| {
+                invalid(
+                    id,
+                    format!("volume {}: {}", v.destination, hull_vmm::error_chain(&e)),
+                )
+            })?;
+            volume_images.push((image, inner));
+        }
+
+        let (pod, owns_pod) = self.pod_for(id, &role, &spec)?;
+        undo.pod = Some((pod.clone(), owns_pod));
+        let state = BundleState {
+            run_dir: pod.run_dir.clone(),
+            images: undo.images.clone(),
+        };
+        let _ = std::fs::write(
+            bundle.join(BUNDLE_STATE),
+            serde_json::to_vec(&state).unwrap_or_default(),
+        );
+
+        let read_only_root = spec
+            .pointer("/root/readonly")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+        let root = pod
+            .lease_drive(id, &root_image, read_only_root)
+            .map_err(pod_err)?;
+        spec["root"]["path"] = serde_json::Value::String(root.guest_rootfs.clone());
+        let mut disks = vec![(root.clone(), root_image)];
+        undo.leases.push(root);
+        for (i, (v, (image, inner))) in plan.volumes.iter().zip(volume_images).enumerate() {
+            let lease = pod
+                .lease_drive(&format!("{id}-v{i}"), &image, true)
+                .map_err(pod_err)?;
+            let source = match &inner {
+                Some(name) => format!("{}/{name}", lease.guest_rootfs),
+                None => lease.guest_rootfs.clone(),
+            };
+            spec::add_volume(&mut spec, v, &source);
+            disks.push((lease.clone(), image));
+            undo.leases.push(lease);
+        }
+        if owns_pod {
+            self.create_sandbox(&pod, &plan.files, &spec)?;
+        }
+
+        let stdio = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        let mut create = CreateContainerRequest::new();
+        create.container_id = id.to_string();
+        create.oci_spec_json = serde_json::to_vec(&spec).unwrap_or_default();
+        create.stdio = Some(stdio.agent_stdio()).into();
+        let pid = pod
+            .agent
+            .create_container(ctx(), &create)
+            .map_err(|e| agent_err("CreateContainer", e))?
+            .pid;
+        undo.container = Some(id);
+        let io = ProcessIo::attach(&pod.endpoint, id, "", &stdio)
+            .map_err(|e| err(Code::INTERNAL, hull_vmm::error_chain(&e)))?;
+        let init = Arc::new(Process::new(id, "", stdio, None));
+        {
+            let mut s = init.state();
+            s.pid = pid;
+            s.io = Some(io);
+        }
+        let container = Arc::new(Container {
+            bundle: req.bundle.clone(),
+            pod: pod.clone(),
+            init,
+            execs: Mutex::new(Default::default()),
+            disks,
+            owns_pod,
+        });
+        {
+            let mut t = lock(&self.table);
+            if owns_pod {
+                t.pod = Some(pod);
+            }
+            t.containers.insert(id.to_string(), container);
+        }
+        undo.done = true;
+        self.events.send(super::events::TaskEvent::Create {
+            id: id.to_string(),
+            bundle: req.bundle.clone(),
+            pid,
+        });
+        Ok(pid)
+    }
+
+    /// Everything about the request itself that can be refused.
+    fn check_request(&self, req: &api::CreateTaskRequest) -> TtrpcResult<()> {
+        let id = req.id.as_str();
+        hull_protocol::stream::validate_id("id", id)
+            .map_err(|e| err(Code::INVALID_ARGUMENT, e.to_string()))?;
+        if lock(&self.table).containers.contains_key(id) {
+            return Err(err(
+                Code::ALREADY_EXISTS,
+                format!("container {id} already exists"),
+            ));
+        }
+        if !req.checkpoint.is_empty() {
+            return Err(err(
+                Code::UNIMPLEMENTED,
+                "hull cannot restore a task from a checkpoint yet",
+            ));
+        }
+        if let Some(o) = req.options.as_ref() {
+            check_options(o)?;
+        }
+        for (name, path) in [
+            ("stdin", &req.stdin),
+            ("stdout", &req.stdout),
+            ("stderr", &req.stderr),
+        ] {
+            if !io::is_supported(path) {
+                return Err(err(
+                    Code::INVALID_ARGUMENT,
+                    format!("{name} {path:?}: hull writes to FIFOs and file:// paths only (no logging binaries)"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The VM this container runs in: a new one for a standalone task or a pod sandbox
+    /// (`true`: this container owns it), the pod's for a pod member.
+    fn pod_for(
+        &self,
+        id: &str,
+        role: &Role,
+        spec: &serde_json::Value,
+    ) -> TtrpcResult<(Arc<Pod>, bool)> {
+        match role {
+            Role::Standalone | Role::PodSandbox => {
+                if lock(&self.table).pod.is_some() {
+                    return Err(err(
+                        Code::FAILED_PRECONDITION,
+                        format!(
+                            "container {id} needs a VM of its own, but this shim already runs one"
+                        ),
+                    ));
+                }
+                Ok((self.start_pod(id, spec)?, true))
+            }
+            Role::PodContainer { sandbox } => lock(&self.table)
+                .pod
+                .clone()
+                .filter(|p| &p.id == sandbox)
+                .map(|p| (p, false))
+                .ok_or_else(|| {
+                    err(
+                        Code::FAILED_PRECONDITION,
+                        format!("container {id} belongs to pod {sandbox}, whose sandbox this shim does not run"),
+                    )
+                }),
+        }
+    }
+}
+
+fn read_spec(bundle: &Path) -> Result<serde_json::Value, String> {
+    let path = bundle.join("config.json");
+    let text = std::fs::read(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
+    serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// containerd's rootfs mounts at `host_rootfs`, copied into `image`, unmounted again.
+fn build_root_image(
+    req: &api::CreateTaskRequest,
+    host_rootfs: &Path,
+    image: &Path,
+) -> Result<(), rootfs::RootfsError> {
+    let mounts: Vec<rootfs::HostMount> = req
+        .rootfs
+        .iter()
+        .map(|m| rootfs::HostMount {
+            kind: m.type_.clone(),
+            source: m.source.clone(),
+            options: m.options.clone(),
+        })
+        .collect();
+    if !mounts.is_empty() {
+        rootfs::mount_all(&mounts, host_rootfs)?;
+    }
+    let r = rootfs::build_image(host_rootfs, image);
+    if !mounts.is_empty() {
+        rootfs::unmount_all(host_rootfs);
+    }
+    r.map(|_| ())
+}
+
+/// A read-only volume's source copied into `image`: a directory as the image's root, a
+/// file as the one entry of the image (whose name is returned).
+fn build_volume_image(source: &Path, image: &Path) -> Result<Option<String>, rootfs::RootfsError> {
+    if source.is_dir() {
+        return rootfs::build_image(source, image).map(|_| None);
+    }
+    let name = source
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "file".into());
+    let stage = image.with_extension("d");
+    let io = |op, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| rootfs::RootfsError::Io { op, path, source }
+    };
+    std::fs::create_dir_all(&stage).map_err(io("create", &stage))?;
+    let copied = std::fs::copy(source, stage.join(&name)).map_err(io("copy", source));
+    let built = copied.and_then(|_| rootfs::build_image(&stage, image));
+    let _ = std::fs::remove_dir_all(&stage);
+    built.map(|_| Some(name))
+}
