@@ -133,20 +133,11 @@ impl Pod {
             .spawn(move || {
                 let why = loop {
                     match read_frame(&mut stream) {
-                        Ok(Some(frame)) => match Event::parse_from_bytes(&frame) {
-                            Ok(e) if e.has_exit() => {
-                                let x = e.exit();
-                                sink.exited(
-                                    &x.container_id,
-                                    &x.exec_id,
-                                    x.exit_status,
-                                    x.exited_at_nanos,
-                                );
+                        Ok(Some(frame)) => {
+                            if let Err(e) = apply_event(&frame, sink.as_ref()) {
+                                log::warn!("agent event: {e}");
                             }
-                            Ok(e) if e.has_oom() => sink.oom(&e.oom().container_id),
-                            Ok(_) => {}
-                            Err(e) => log::warn!("agent event: {e}"),
-                        },
+                        }
                         Ok(None) => break "the agent's event stream ended".to_string(),
                         Err(e) => break format!("the agent's event stream failed: {e}"),
                     }
@@ -290,6 +281,25 @@ impl Pod {
     pub fn vmm_pid(&self) -> Option<u32> {
         lock(&self.sandbox).as_ref().and_then(Sandbox::vmm_pid)
     }
+}
+
+/// Decodes one frame of the agent's event stream and reports it to `sink`. The frame
+/// comes from the guest, which is not trusted: anything that does not decode is an error
+/// and changes nothing; names that match no process are ignored by the sink.
+pub fn apply_event(frame: &[u8], sink: &dyn EventSink) -> Result<(), String> {
+    let e = Event::parse_from_bytes(frame).map_err(|e| e.to_string())?;
+    if e.has_exit() {
+        let x = e.exit();
+        sink.exited(
+            &x.container_id,
+            &x.exec_id,
+            x.exit_status,
+            x.exited_at_nanos,
+        );
+    } else if e.has_oom() {
+        sink.oom(&e.oom().container_id);
+    }
+    Ok(())
 }
 
 /// Kills the VMM recorded in `run_dir` (the shim that started it is gone) and removes the

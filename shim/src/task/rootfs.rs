@@ -72,7 +72,7 @@ const FLAGS: &[(&str, libc::c_ulong, bool)] = &[
 ];
 
 /// Splits mount options into flags and the filesystem's own data string.
-fn parse_options(index: usize, m: &HostMount) -> Result<(libc::c_ulong, String), RootfsError> {
+pub fn parse_options(index: usize, m: &HostMount) -> Result<(libc::c_ulong, String), RootfsError> {
     let mut flags = 0;
     let mut data = Vec::new();
     for o in &m.options {

@@ -107,8 +107,13 @@ pub fn for_guest(spec: &mut Value, guest_rootfs: &str) -> Result<GuestPlan, Spec
         .ok_or_else(|| SpecError::Json("not a JSON object".into()))?;
     let root = obj
         .entry("root")
-        .or_insert_with(|| Value::Object(Default::default()));
-    root["path"] = Value::String(guest_rootfs.to_string());
+        .or_insert_with(|| Value::Object(Default::default()))
+        .as_object_mut()
+        .ok_or_else(|| SpecError::Json("root is not an object".into()))?;
+    root.insert("path".into(), Value::String(guest_rootfs.to_string()));
+    if obj.get("mounts").is_some_and(|m| !m.is_array()) {
+        return Err(SpecError::Json("mounts is not an array".into()));
+    }
 
     let mut files = SandboxFiles::default();
     let mut volumes = Vec::new();
@@ -306,6 +311,23 @@ mod tests {
         ]));
         let e = for_guest(&mut s, "/r").unwrap_err();
         assert!(e.to_string().contains("/no/such/dir"), "{e}");
+    }
+
+    #[test]
+    fn malformed_specs_are_errors_not_panics() {
+        for bad in [
+            serde_json::json!("a string"),
+            serde_json::json!({"root": "x"}),
+            serde_json::json!({"mounts": {"a": 1}}),
+        ] {
+            let mut s = bad;
+            assert!(matches!(for_guest(&mut s, "/r"), Err(SpecError::Json(_))));
+        }
+        let mut s = serde_json::json!({"mounts": [7, {"type": "bind"}]});
+        assert!(
+            for_guest(&mut s, "/r").is_err(),
+            "a bind with no source is refused"
+        );
     }
 
     #[test]

@@ -1,0 +1,53 @@
+//! Fuzzes what the shim takes from outside: event-stream frames from the guest agent (an
+//! untrusted guest may send any bytes), the OCI spec containerd hands over (written from a
+//! tenant's pod spec), and containerd's rootfs mount options. The first byte picks the
+//! input; none may panic, and a rewritten spec must stay a JSON object whose root is the
+//! guest path.
+#![no_main]
+
+use hull_shim::task::pod::{apply_event, EventSink};
+use hull_shim::task::rootfs::{parse_options, HostMount};
+use hull_shim::task::spec;
+use libfuzzer_sys::fuzz_target;
+
+struct Ignore;
+
+impl EventSink for Ignore {
+    fn exited(&self, _: &str, _: &str, _: i32, _: i64) {}
+    fn oom(&self, _: &str) {}
+    fn vm_gone(&self, _: &str) {}
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    match mode % 3 {
+        0 => {
+            let _ = apply_event(rest, &Ignore);
+        }
+        1 => {
+            let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(rest) else {
+                return;
+            };
+            let _ = spec::role(&value);
+            if let Ok(plan) = spec::for_guest(&mut value, "/run/hull/shared/c/rootfs") {
+                assert_eq!(value["root"]["path"], "/run/hull/shared/c/rootfs");
+                for v in &plan.volumes {
+                    spec::add_volume(&mut value, v, "/run/hull/shared/c-v0/rootfs");
+                }
+            }
+        }
+        _ => {
+            let text = String::from_utf8_lossy(rest);
+            let mut parts = text.split('\n');
+            let kind = parts.next().unwrap_or_default().to_string();
+            let m = HostMount {
+                kind,
+                source: "src".into(),
+                options: parts.map(String::from).collect(),
+            };
+            let _ = parse_options(0, &m);
+        }
+    }
+});
