@@ -216,9 +216,30 @@ pub struct Limits {
     pub memory_mib: Option<u32>,
 }
 
+/// What containerd's CRI (1.6.7 and later) tells a pod's sandbox container about the whole
+/// pod: the sums of its containers' limits, when kubelet gave them.
+const SANDBOX_CPU_QUOTA: &str = "io.kubernetes.cri.sandbox-cpu-quota";
+const SANDBOX_CPU_PERIOD: &str = "io.kubernetes.cri.sandbox-cpu-period";
+const SANDBOX_MEMORY: &str = "io.kubernetes.cri.sandbox-memory";
+
 impl Limits {
-    /// From an OCI spec's `linux.resources` (CPU quota/period, memory limit).
+    /// A pod's limits from its sandbox's CRI annotations, else a task's own from its OCI
+    /// spec's `linux.resources` (CPU quota/period, memory limit).
     pub fn from_spec(spec: &serde_json::Value) -> Option<Limits> {
+        Self::from_annotations(spec).or_else(|| Self::from_resources(spec))
+    }
+
+    fn from_annotations(spec: &serde_json::Value) -> Option<Limits> {
+        let a = spec.get("annotations")?;
+        let num = |k: &str| -> Option<i64> { a.get(k)?.as_str()?.trim().parse().ok() };
+        let memory_mib = num(SANDBOX_MEMORY)
+            .filter(|&b| b > 0)
+            .map(|b| (b as u64).div_ceil(1 << 20).min(u64::from(u32::MAX)) as u32);
+        let vcpus = vcpus_of(num(SANDBOX_CPU_QUOTA), num(SANDBOX_CPU_PERIOD));
+        (memory_mib.is_some() || vcpus.is_some()).then_some(Limits { vcpus, memory_mib })
+    }
+
+    fn from_resources(spec: &serde_json::Value) -> Option<Limits> {
         let r = spec.pointer("/linux/resources")?;
         let memory_mib = r
             .pointer("/memory/limit")
@@ -226,12 +247,17 @@ impl Limits {
             .filter(|&b| b > 0)
             .map(|b| (b as u64).div_ceil(1 << 20).min(u64::from(u32::MAX)) as u32);
         let quota = r.pointer("/cpu/quota").and_then(|v| v.as_i64());
-        let period = r.pointer("/cpu/period").and_then(|v| v.as_u64());
-        let vcpus = match (quota, period) {
-            (Some(q), Some(p)) if q > 0 && p > 0 => Some((q as u64).div_ceil(p).min(255) as u8),
-            _ => None,
-        };
+        let period = r.pointer("/cpu/period").and_then(|v| v.as_i64());
+        let vcpus = vcpus_of(quota, period);
         (memory_mib.is_some() || vcpus.is_some()).then_some(Limits { vcpus, memory_mib })
+    }
+}
+
+/// CPUs for a CFS quota per period (rounded up); none without a positive quota.
+fn vcpus_of(quota: Option<i64>, period: Option<i64>) -> Option<u8> {
+    match (quota, period) {
+        (Some(q), Some(p)) if q > 0 && p > 0 => Some((q as u64).div_ceil(p as u64).min(255) as u8),
+        _ => None,
     }
 }
 
@@ -298,5 +324,16 @@ mod tests {
         assert!(vm.vcpus >= 1);
         assert_eq!(c.vm_spec(None).memory_mib, c.memory_mib);
         assert!(Limits::from_spec(&serde_json::json!({"linux": {}})).is_none());
+        // A pod's sandbox: the CRI's sums win; a zero quota means no CPU limit.
+        let pod = serde_json::json!({"annotations": {
+            SANDBOX_MEMORY: "536870912", SANDBOX_CPU_QUOTA: "0", SANDBOX_CPU_PERIOD: "100000"
+        }});
+        assert_eq!(
+            Limits::from_spec(&pod),
+            Some(Limits {
+                vcpus: None,
+                memory_mib: Some(512)
+            })
+        );
     }
 }
