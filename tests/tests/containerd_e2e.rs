@@ -166,6 +166,16 @@ fn detached_task_exec_pids_metrics_pause_resume_and_signals() {
     assert!(current >= 1, "{metrics}");
     assert!(metrics.contains("memory.usage"), "{metrics}");
 
+    // Update (ctr 1.6 has no `task update`): straight to the shim's Task API, as
+    // containerd's CRI calls it, then the new limit shows in the metrics.
+    update_memory_limit(&c, "svc", 64 << 20);
+    let metrics = c.ctr_ok(&["task", "metrics", "svc"]);
+    let limit = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("memory.usage_limit"))
+        .map(|v| v.trim().parse::<u64>().unwrap());
+    assert_eq!(limit, Some(64 << 20), "{metrics}");
+
     let count = || {
         c.ctr_ok(&[
             "task",
@@ -237,6 +247,30 @@ fn detached_task_exec_pids_metrics_pause_resume_and_signals() {
     ] {
         assert!(seen.contains(topic), "no {topic} event in:\n{seen}");
     }
+}
+
+/// Calls the shim's Update for `id` with a memory limit, over the shim's own socket.
+fn update_memory_limit(c: &Containerd, id: &str, bytes: u64) {
+    use containerd_shim::protos::protobuf::well_known_types::any::Any;
+    use containerd_shim::protos::shim::shim::UpdateTaskRequest;
+    use containerd_shim::protos::shim_sync::TaskClient;
+    use containerd_shim::protos::ttrpc;
+    let address = containerd_shim::socket_address(
+        c.socket.to_str().unwrap(),
+        hull_e2e::containerd::NAMESPACE,
+        id,
+    );
+    let path = address.trim_start_matches("unix://");
+    let client = TaskClient::new(ttrpc::Client::connect(&format!("unix://{path}")).unwrap());
+    let mut req = UpdateTaskRequest::new();
+    req.id = id.into();
+    let mut any = Any::new();
+    any.type_url = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into();
+    any.value = serde_json::to_vec(&serde_json::json!({"memory": {"limit": bytes}})).unwrap();
+    req.resources = Some(any).into();
+    client
+        .update(ttrpc::context::with_timeout(60_000_000_000), &req)
+        .unwrap_or_else(|e| panic!("Update: {e}"));
 }
 
 fn tmux(args: &[&str]) -> String {
