@@ -85,6 +85,47 @@ fn ctr_run_prints_output_propagates_exit_codes_and_feeds_stdin() {
 }
 
 #[test]
+fn runtime_options_name_another_config_file() {
+    if skip() {
+        return;
+    }
+    let c = Containerd::start("");
+    let alt = c.dir.path().join("alt-run");
+    let conf = c.dir.path().join("alt.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "run_dir = \"{}\"\nstate_dir = \"{}\"\n",
+            alt.display(),
+            c.state_dir.display()
+        ),
+    )
+    .unwrap();
+    c.ctr_ok(&run_args(
+        "alt",
+        &["-d", "--runtime-config-path", conf.to_str().unwrap()],
+        &["sleep", "1000"],
+    ));
+    c.wait_status("alt", "RUNNING", Duration::from_secs(60));
+    let vmm = c.hull_processes();
+    assert!(
+        vmm.iter()
+            .any(|(_, cmd)| cmd.contains("hull-vmm") && cmd.contains("alt-run")),
+        "the VM's sockets live in the named file's run_dir: {vmm:?}"
+    );
+    c.ctr_ok(&["task", "kill", "--signal", "SIGKILL", "alt"]);
+    c.wait_status("alt", "STOPPED", Duration::from_secs(30));
+    delete(&c, "alt");
+    c.assert_clean(CLEAN);
+    assert_eq!(
+        std::fs::read_dir(&alt).unwrap().count(),
+        0,
+        "nothing left in {}",
+        alt.display()
+    );
+}
+
+#[test]
 fn read_only_volumes_are_copied_in_and_read_only_in_the_guest() {
     if skip() {
         return;
@@ -549,6 +590,16 @@ fn bad_input_is_refused_clearly_and_leaks_nothing() {
         "{err}"
     );
     let _ = c.ctr(&["container", "rm", "bind"]);
+    // Runtime options naming a configuration file that is not there.
+    let out = c.ctr(&run_args(
+        "noconf",
+        &["--rm", "--runtime-config-path", "/no/such/hull.toml"],
+        &["true"],
+    ));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/no/such/hull.toml"), "{err}");
+    let _ = c.ctr(&["container", "rm", "noconf"]);
     // A read-only volume whose source is missing.
     let out = c.ctr(&run_args(
         "novol",

@@ -75,14 +75,24 @@ fn invalid(id: &str, what: impl std::fmt::Display) -> containerd_shim::protos::t
 
 impl TaskService {
     pub(super) fn do_create(&self, req: &api::CreateTaskRequest) -> TtrpcResult<u32> {
-        if let Some(e) = &self.config_error {
-            return Err(err(
-                Code::FAILED_PRECONDITION,
-                format!("the hull configuration is unusable: {e}; fix it and retry"),
-            ));
-        }
         let id = req.id.as_str();
-        self.check_request(req)?;
+        match self.check_request(req)? {
+            Some(path) => self.use_config_file(id, &path)?,
+            None => {
+                if let Some(e) = &self.config_error {
+                    if !self
+                        .config_replaced
+                        .load(std::sync::atomic::Ordering::SeqCst)
+                    {
+                        return Err(err(
+                            Code::FAILED_PRECONDITION,
+                            format!("the hull configuration is unusable: {e}; fix it and retry"),
+                        ));
+                    }
+                }
+            }
+        }
+        let config = self.config();
         let bundle = Path::new(&req.bundle);
         let mut spec = read_spec(bundle).map_err(|e| invalid(id, e))?;
         let role = spec::role(&spec);
@@ -96,7 +106,7 @@ impl TaskService {
         let plan = spec::for_guest(&mut spec, "").map_err(|e| invalid(id, e))?;
 
         let mut undo = Unwind::new();
-        let images = self.config.state_dir.join(&self.namespace);
+        let images = config.state_dir.join(&self.namespace);
         std::fs::create_dir_all(&images)
             .map_err(|e| err(Code::INTERNAL, format!("create {}: {e}", images.display())))?;
         let root_image = images.join(format!("{id}.erofs"));
@@ -201,8 +211,41 @@ impl TaskService {
         Ok(pid)
     }
 
-    /// Everything about the request itself that can be refused.
-    fn check_request(&self, req: &api::CreateTaskRequest) -> TtrpcResult<()> {
+    /// Loads the configuration file a task's runtime options name. It applies to the VM
+    /// this shim starts, so only the first task of a shim may bring one (a pod's members
+    /// share their sandbox's VM and settings).
+    fn use_config_file(&self, id: &str, path: &Path) -> TtrpcResult<()> {
+        let config = crate::config::HostConfig::load(path).map_err(|e| {
+            err(
+                Code::INVALID_ARGUMENT,
+                format!(
+                    "container {id}: runtime options' config: {}",
+                    hull_vmm::error_chain(&e)
+                ),
+            )
+        })?;
+        let t = lock(&self.table);
+        if t.pod.is_some() {
+            log::info!(
+                "container {id}: config {} ignored: this shim's VM runs already",
+                path.display()
+            );
+            return Ok(());
+        }
+        drop(t);
+        log::info!("container {id}: using the configuration {}", path.display());
+        crate::task::pod::set_call_timeout(std::time::Duration::from_secs(
+            config.agent_timeout_secs,
+        ));
+        *lock(&self.config) = Arc::new(config);
+        self.config_replaced
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Everything about the request itself that can be refused; returns the configuration
+    /// file its runtime options name, if any.
+    fn check_request(&self, req: &api::CreateTaskRequest) -> TtrpcResult<Option<PathBuf>> {
         let id = req.id.as_str();
         hull_protocol::stream::validate_id("id", id)
             .map_err(|e| err(Code::INVALID_ARGUMENT, e.to_string()))?;
@@ -218,9 +261,10 @@ impl TaskService {
                 "hull cannot restore a task from a checkpoint yet",
             ));
         }
-        if let Some(o) = req.options.as_ref() {
-            check_options(o)?;
-        }
+        let config_path = match req.options.as_ref() {
+            Some(o) => check_options(o)?,
+            None => None,
+        };
         for (name, path) in [
             ("stdin", &req.stdin),
             ("stdout", &req.stdout),
@@ -233,7 +277,7 @@ impl TaskService {
                 ));
             }
         }
-        Ok(())
+        Ok(config_path)
     }
 
     /// The VM this container runs in: a new one for a standalone task or a pod sandbox
