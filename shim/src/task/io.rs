@@ -13,6 +13,7 @@ use std::io::{Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -66,6 +67,8 @@ fn local_path(name: &str) -> Option<PathBuf> {
 /// The relays of one process.
 pub struct ProcessIo {
     outputs: Vec<JoinHandle<()>>,
+    /// Each output relay sends once here when its copy has ended.
+    finished: (Sender<()>, Receiver<()>),
     /// The write half towards the process's stdin, to half-close on CloseIO.
     stdin: Arc<Mutex<Option<UnixStream>>>,
 }
@@ -88,6 +91,7 @@ impl ProcessIo {
                 })
         };
         let mut outputs = Vec::new();
+        let finished = channel();
         let stdin = Arc::new(Mutex::new(None));
         let label = if exec.is_empty() {
             container.to_string()
@@ -104,13 +108,22 @@ impl ProcessIo {
                         source: e,
                     },
                 })?;
-                outputs.push(spawn_output(reader, out, format!("{label} pty")));
+                outputs.push(spawn_output(
+                    reader,
+                    out,
+                    format!("{label} pty"),
+                    finished.0.clone(),
+                ));
             }
             if let Some(input) = local_path(&paths.stdin) {
                 *crate::lock(&stdin) = pty.try_clone().ok();
                 spawn_input(input, pty, stdin.clone(), label.clone());
             }
-            return Ok(ProcessIo { outputs, stdin });
+            return Ok(ProcessIo {
+                outputs,
+                finished,
+                stdin,
+            });
         }
         if let Some(input) = local_path(&paths.stdin) {
             let s = open(Kind::Stdin)?;
@@ -120,10 +133,19 @@ impl ProcessIo {
         for (kind, path) in [(Kind::Stdout, &paths.stdout), (Kind::Stderr, &paths.stderr)] {
             if let Some(out) = local_path(path) {
                 let s = open(kind)?;
-                outputs.push(spawn_output(s, out, format!("{label} {}", kind.name())));
+                outputs.push(spawn_output(
+                    s,
+                    out,
+                    format!("{label} {}", kind.name()),
+                    finished.0.clone(),
+                ));
             }
         }
-        Ok(ProcessIo { outputs, stdin })
+        Ok(ProcessIo {
+            outputs,
+            finished,
+            stdin,
+        })
     }
 
     /// Half-closes the process's stdin (CloseIO): it reads EOF.
@@ -138,10 +160,17 @@ impl ProcessIo {
     /// the exit back longer than that.
     pub fn drain(&mut self, within: Duration) {
         let deadline = Instant::now() + within;
-        for h in self.outputs.drain(..) {
-            while !h.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
+        let mut left = self.outputs.len();
+        while left > 0 {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            if self.finished.1.recv_timeout(wait).is_err() {
+                log::debug!("{left} output stream(s) still open {within:?} after the exit");
+                break;
             }
+            left -= 1;
+        }
+        // Finished relays are joined; one still copying keeps running on its own.
+        for h in self.outputs.drain(..) {
             if h.is_finished() {
                 let _ = h.join();
             }
@@ -149,22 +178,32 @@ impl ProcessIo {
     }
 }
 
-fn spawn_output(mut from: UnixStream, to: PathBuf, label: String) -> JoinHandle<()> {
+fn spawn_output(
+    mut from: UnixStream,
+    to: PathBuf,
+    label: String,
+    done: Sender<()>,
+) -> JoinHandle<()> {
     std::thread::spawn(move || {
-        // A FIFO's open blocks until containerd has its read end open (it does before
-        // Create); a file:// target is appended to.
-        let mut out = match OpenOptions::new().append(true).create(true).open(&to) {
-            Ok(f) => f,
-            Err(e) => {
-                log::warn!("{label}: open {}: {e}; output dropped", to.display());
-                drain_stream(&mut from);
-                return;
-            }
-        };
-        if let Err(e) = copy(&mut from, &mut out) {
-            log::debug!("{label}: copy ended: {e}");
-        }
+        relay_output(&mut from, &to, &label);
+        let _ = done.send(());
     })
+}
+
+fn relay_output(from: &mut UnixStream, to: &Path, label: &str) {
+    // A FIFO's open blocks until containerd has its read end open (it does before Create);
+    // a file:// target is appended to.
+    let mut out = match OpenOptions::new().append(true).create(true).open(to) {
+        Ok(f) => f,
+        Err(e) => {
+            log::warn!("{label}: open {}: {e}; output dropped", to.display());
+            drain_stream(from);
+            return;
+        }
+    };
+    if let Err(e) = copy(from, &mut out) {
+        log::debug!("{label}: copy ended: {e}");
+    }
 }
 
 fn spawn_input(
@@ -264,9 +303,11 @@ mod tests {
         let out = dir.path().join("out");
         std::fs::write(&out, b"").unwrap();
         let (mut agent_side, shim_side) = UnixStream::pair().unwrap();
-        let h = spawn_output(shim_side, out.clone(), "t".into());
+        let (tx, rx) = channel();
+        let h = spawn_output(shim_side, out.clone(), "t".into(), tx);
         agent_side.write_all(b"hello\n").unwrap();
         drop(agent_side);
+        rx.recv().unwrap();
         h.join().unwrap();
         assert_eq!(std::fs::read(&out).unwrap(), b"hello\n");
 
