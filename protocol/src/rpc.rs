@@ -130,6 +130,10 @@ impl Endpoint {
                 };
                 let mut s =
                     UnixStream::connect(uds).map_err(io("connecting to the VMM's vsock socket"))?;
+                // A hung guest must not hold the caller forever: the handshake is bounded,
+                // the stream afterwards is the caller's to time.
+                s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))
+                    .map_err(io("setting the handshake timeout"))?;
                 s.write_all(format!("{verb} {port}\n").as_bytes())
                     .map_err(io("sending the handshake"))?;
                 let mut reply = Vec::with_capacity(16);
@@ -146,14 +150,22 @@ impl Endpoint {
                 if !reply.starts_with("OK ") {
                     return Err(ConnectError::Refused { port, reply });
                 }
+                s.set_read_timeout(None)
+                    .map_err(io("clearing the handshake timeout"))?;
                 Ok(s)
             }
         }
     }
 
     /// Opens the stream `header` names; after this the socket carries only that stream.
+    /// The agent's answer is awaited for at most [`HANDSHAKE_TIMEOUT`].
     pub fn open_stream(&self, header: &Header) -> Result<UnixStream, ConnectError> {
         let mut s = self.dial(STREAM_PORT)?;
+        s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))
+            .map_err(|source| ConnectError::Io {
+                what: "setting the stream handshake timeout".into(),
+                source,
+            })?;
         let io = |what: &'static str| {
             move |source| ConnectError::Io {
                 what: what.into(),
@@ -165,9 +177,16 @@ impl Endpoint {
         read_reply(&mut s)
             .map_err(io("reading the stream reply"))?
             .map_err(ConnectError::Stream)?;
+        s.set_read_timeout(None)
+            .map_err(io("clearing the stream handshake timeout"))?;
         Ok(s)
     }
 }
+
+/// The longest wait for a handshake reply (the VMM's `OK <port>`, the agent's stream
+/// answer). Generous: on hosts whose KVM emulates guest kernel code a guest may take
+/// seconds to accept a connection.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A connected agent of the right protocol version.
 pub struct AgentConnection {

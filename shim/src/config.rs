@@ -141,11 +141,11 @@ impl HostConfig {
                 "the guest kernel and agent need at least 64 MiB",
             ));
         }
-        if self.agent_timeout_secs == 0 {
+        if self.agent_timeout_secs == 0 || self.agent_timeout_secs > 86_400 {
             return Err(invalid(
                 "agent_timeout_secs",
-                "0".into(),
-                "must be at least 1 (calls to a hung guest must end)",
+                self.agent_timeout_secs.to_string(),
+                "must be 1 to 86400 (calls to a hung guest must end)",
             ));
         }
         if !LOG_LEVELS.contains(&self.log_level.as_str()) {

@@ -70,6 +70,9 @@ impl shim::Shim for HullShim {
                 for image in &state.images {
                     let _ = std::fs::remove_file(image);
                 }
+                if let Some(dir) = state.images.first().and_then(|i| i.parent()) {
+                    let _ = std::fs::remove_dir(dir);
+                }
             }
             let _ = std::fs::remove_file(bundle.join(BUNDLE_STATE));
         }

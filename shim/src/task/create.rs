@@ -26,7 +26,9 @@ use containerd_shim::TtrpcResult;
 
 /// What a failed Create must undo.
 struct Unwind<'a> {
-    images: Vec<PathBuf>,
+    /// The container's image directory and the bundle's state file.
+    dir: Option<PathBuf>,
+    bundle_state: Option<PathBuf>,
     pod: Option<(Arc<Pod>, bool)>,
     leases: Vec<DriveLease>,
     container: Option<&'a str>,
@@ -36,7 +38,8 @@ struct Unwind<'a> {
 impl<'a> Unwind<'a> {
     fn new() -> Self {
         Unwind {
-            images: Vec::new(),
+            dir: None,
+            bundle_state: None,
             pod: None,
             leases: Vec::new(),
             container: None,
@@ -50,21 +53,27 @@ impl Drop for Unwind<'_> {
         if self.done {
             return;
         }
-        if let Some((pod, owned)) = &self.pod {
-            if let Some(id) = self.container {
-                let _ = pod.agent.remove_container(ctx(), &container_req(id));
-            }
-            for lease in self.leases.iter().rev() {
-                if let Err(e) = pod.release_drive(lease) {
-                    log::warn!("undoing disk {}: {}", lease.name, hull_vmm::error_chain(&e));
+        match &self.pod {
+            // A VM of this Create's own simply goes: nothing in it needs undoing, and a
+            // hung guest must not hold the failure up.
+            Some((pod, true)) => pod.shutdown(),
+            Some((pod, false)) => {
+                if let Some(id) = self.container {
+                    let _ = pod.agent.remove_container(ctx(), &container_req(id));
+                }
+                for lease in self.leases.iter().rev() {
+                    if let Err(e) = pod.release_drive(lease) {
+                        log::warn!("undoing disk {}: {}", lease.name, hull_vmm::error_chain(&e));
+                    }
                 }
             }
-            if *owned {
-                pod.shutdown();
-            }
+            None => {}
         }
-        for image in &self.images {
-            let _ = std::fs::remove_file(image);
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        if let Some(f) = &self.bundle_state {
+            let _ = std::fs::remove_file(f);
         }
     }
 }
@@ -106,17 +115,19 @@ impl TaskService {
         let plan = spec::for_guest(&mut spec, "").map_err(|e| invalid(id, e))?;
 
         let mut undo = Unwind::new();
-        let images = config.state_dir.join(&self.namespace);
+        // One directory per container: its root image and one image per volume.
+        let images = config.state_dir.join(&self.namespace).join(id);
         std::fs::create_dir_all(&images)
             .map_err(|e| err(Code::INTERNAL, format!("create {}: {e}", images.display())))?;
-        let root_image = images.join(format!("{id}.erofs"));
-        undo.images.push(root_image.clone());
+        undo.dir = Some(images.clone());
+        let root_image = images.join("root.erofs");
+        let mut all_images = vec![root_image.clone()];
         build_root_image(req, &host_rootfs, &root_image)
             .map_err(|e| invalid(id, format!("rootfs: {}", hull_vmm::error_chain(&e))))?;
         let mut volume_images = Vec::new();
         for (i, v) in plan.volumes.iter().enumerate() {
-            let image = images.join(format!("{id}-v{i}.erofs"));
-            undo.images.push(image.clone());
+            let image = images.join(format!("volume-{i}.erofs"));
+            all_images.push(image.clone());
             let inner = build_volume_image(&v.source, &image).map_err(|e| {
                 invalid(
                     id,
@@ -130,26 +141,27 @@ impl TaskService {
         undo.pod = Some((pod.clone(), owns_pod));
         let state = BundleState {
             run_dir: pod.run_dir.clone(),
-            images: undo.images.clone(),
+            images: all_images,
         };
         let _ = std::fs::write(
             bundle.join(BUNDLE_STATE),
             serde_json::to_vec(&state).unwrap_or_default(),
         );
+        undo.bundle_state = Some(bundle.join(BUNDLE_STATE));
 
         let read_only_root = spec
             .pointer("/root/readonly")
             .and_then(|v| v.as_bool())
             .unwrap_or(false);
         let root = pod
-            .lease_drive(id, &root_image, read_only_root)
+            .lease_drive(id, &root_image, !read_only_root)
             .map_err(pod_err)?;
         spec["root"]["path"] = serde_json::Value::String(root.guest_rootfs.clone());
         let mut disks = vec![(root.clone(), root_image)];
         undo.leases.push(root);
         for (i, (v, (image, inner))) in plan.volumes.iter().zip(volume_images).enumerate() {
             let lease = pod
-                .lease_drive(&format!("{id}-v{i}"), &image, true)
+                .lease_drive(&format!("{id} volume {i}"), &image, false)
                 .map_err(pod_err)?;
             let source = match &inner {
                 Some(name) => format!("{}/{name}", lease.guest_rootfs),
@@ -200,9 +212,13 @@ impl TaskService {
             if owns_pod {
                 t.pod = Some(pod);
             }
-            t.containers.insert(id.to_string(), container);
+            t.containers.insert(id.to_string(), container.clone());
         }
         undo.done = true;
+        // An init that died before it was in the table: its exit waits for Start.
+        if let Some(exit) = self.sink.take_early(id) {
+            container.init.offer_exit(exit, false);
+        }
         self.events.send(super::events::TaskEvent::Create {
             id: id.to_string(),
             bundle: req.bundle.clone(),
@@ -337,7 +353,11 @@ fn build_root_image(
         })
         .collect();
     if !mounts.is_empty() {
-        rootfs::mount_all(&mounts, host_rootfs)?;
+        if let Err(e) = rootfs::mount_all(&mounts, host_rootfs) {
+            // Earlier mounts of the list may be in place.
+            rootfs::unmount_all(host_rootfs);
+            return Err(e);
+        }
     }
     let r = rootfs::build_image(host_rootfs, image);
     if !mounts.is_empty() {

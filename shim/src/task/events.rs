@@ -149,20 +149,34 @@ impl TaskEvent {
     }
 }
 
+/// What the forwarding thread is handed.
+enum Queued {
+    Event(TaskEvent),
+    /// Answered once everything queued before it has been forwarded.
+    Flush(Sender<()>),
+}
+
 /// Queues events for the forwarding thread.
 #[derive(Clone)]
 pub struct EventSender {
-    tx: Sender<TaskEvent>,
+    tx: Sender<Queued>,
 }
 
 impl EventSender {
     /// Starts the thread that forwards to containerd through `publisher`.
     pub fn start(publisher: RemotePublisher, namespace: String) -> EventSender {
-        let (tx, rx) = channel::<TaskEvent>();
+        let (tx, rx) = channel::<Queued>();
         std::thread::Builder::new()
             .name("events".into())
             .spawn(move || {
-                for event in rx {
+                for queued in rx {
+                    let event = match queued {
+                        Queued::Event(e) => e,
+                        Queued::Flush(done) => {
+                            let _ = done.send(());
+                            continue;
+                        }
+                    };
                     let (topic, message) = event.encode();
                     let ctx = containerd_shim::protos::ttrpc::context::with_timeout(
                         std::time::Duration::from_secs(10).as_nanos() as i64,
@@ -176,15 +190,17 @@ impl EventSender {
         EventSender { tx }
     }
 
-    /// A sender whose events are collected by the returned receiver (tests).
-    pub fn collecting() -> (EventSender, std::sync::mpsc::Receiver<TaskEvent>) {
-        let (tx, rx) = channel();
-        (EventSender { tx }, rx)
-    }
-
     pub fn send(&self, event: TaskEvent) {
         log::debug!("event {event:?}");
-        let _ = self.tx.send(event);
+        let _ = self.tx.send(Queued::Event(event));
+    }
+
+    /// Waits (at most `within`) until everything sent so far has been forwarded.
+    pub fn flush(&self, within: std::time::Duration) {
+        let (done, wait) = channel();
+        if self.tx.send(Queued::Flush(done)).is_ok() {
+            let _ = wait.recv_timeout(within);
+        }
     }
 }
 

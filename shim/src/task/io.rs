@@ -69,6 +69,8 @@ pub struct ProcessIo {
     outputs: Vec<JoinHandle<()>>,
     /// Each output relay sends once here when its copy has ended.
     finished: (Sender<()>, Receiver<()>),
+    /// Every stream of the process, to end the relays when it is deleted.
+    streams: Vec<UnixStream>,
     /// The write half towards the process's stdin, to half-close on CloseIO.
     stdin: Arc<Mutex<Option<UnixStream>>>,
 }
@@ -91,6 +93,7 @@ impl ProcessIo {
                 })
         };
         let mut outputs = Vec::new();
+        let mut streams = Vec::new();
         let finished = channel();
         let stdin = Arc::new(Mutex::new(None));
         let label = if exec.is_empty() {
@@ -100,6 +103,7 @@ impl ProcessIo {
         };
         if paths.terminal {
             let pty = open(Kind::Pty)?;
+            streams.extend(pty.try_clone().ok());
             if let Some(out) = local_path(&paths.stdout) {
                 let reader = pty.try_clone().map_err(|e| IoError::Stream {
                     kind: "pty",
@@ -122,17 +126,20 @@ impl ProcessIo {
             return Ok(ProcessIo {
                 outputs,
                 finished,
+                streams,
                 stdin,
             });
         }
         if let Some(input) = local_path(&paths.stdin) {
             let s = open(Kind::Stdin)?;
+            streams.extend(s.try_clone().ok());
             *crate::lock(&stdin) = s.try_clone().ok();
             spawn_input(input, s, stdin.clone(), label.clone());
         }
         for (kind, path) in [(Kind::Stdout, &paths.stdout), (Kind::Stderr, &paths.stderr)] {
             if let Some(out) = local_path(path) {
                 let s = open(kind)?;
+                streams.extend(s.try_clone().ok());
                 outputs.push(spawn_output(
                     s,
                     out,
@@ -144,8 +151,16 @@ impl ProcessIo {
         Ok(ProcessIo {
             outputs,
             finished,
+            streams,
             stdin,
         })
+    }
+
+    /// Ends every relay of the process: its streams are shut down both ways.
+    pub fn close(self) {
+        for s in &self.streams {
+            let _ = s.shutdown(Shutdown::Both);
+        }
     }
 
     /// Half-closes the process's stdin (CloseIO): it reads EOF.

@@ -112,15 +112,34 @@ pub struct TaskService {
     events: EventSender,
     exit: Arc<ExitSignal>,
     table: Arc<Mutex<Table>>,
+    sink: Arc<Sink>,
 }
 
-/// Exit and OOM reports from a pod's event thread, applied to the task table.
+/// Exit and OOM reports from a pod's event thread, applied to the task table. What the
+/// guest says is checked against the table: it can only speak of this shim's containers.
 struct Sink {
     table: Arc<Mutex<Table>>,
     events: EventSender,
+    /// Exits of init processes heard of before their container entered the table (an init
+    /// that died between CreateContainer and the end of Create); bounded.
+    early: Mutex<HashMap<String, Exit>>,
+    /// When each container's last TaskOOM went out: at most one a second each.
+    last_oom: Mutex<HashMap<String, std::time::Instant>>,
 }
 
+/// Most early exits kept: a guest cannot grow the shim's memory with made-up ids.
+const MAX_EARLY_EXITS: usize = 64;
+
 impl Sink {
+    fn new(table: Arc<Mutex<Table>>, events: EventSender) -> Self {
+        Sink {
+            table,
+            events,
+            early: Mutex::new(HashMap::new()),
+            last_oom: Mutex::new(HashMap::new()),
+        }
+    }
+
     fn process(&self, container: &str, exec: &str) -> Option<Arc<Process>> {
         let c = lock(&self.table).containers.get(container).cloned()?;
         if exec.is_empty() {
@@ -130,8 +149,9 @@ impl Sink {
         }
     }
 
-    fn report(&self, p: &Process, exit: Exit) {
-        if let Some((pid, exit)) = p.exited(exit) {
+    /// Finishes `p`'s exit (drains its output, records it) and announces it.
+    fn finish(&self, p: &Process) {
+        if let Some((pid, exit)) = p.finish() {
             self.events.send(TaskEvent::Exit {
                 id: p.container.clone(),
                 exec_id: p.exec.clone(),
@@ -141,36 +161,28 @@ impl Sink {
             });
         }
     }
-}
 
-impl EventSink for Sink {
-    fn exited(&self, container: &str, exec: &str, status: i32, at_nanos: i64) {
-        if let Some(p) = self.process(container, exec) {
-            let p2 = p.clone();
-            let events = self.events.clone();
-            let table = self.table.clone();
-            // Draining output may take a moment; the next event must not wait for it.
-            std::thread::spawn(move || {
-                Sink { table, events }.report(
-                    &p2,
-                    Exit {
-                        status: status.max(0) as u32,
-                        at_nanos,
-                    },
-                )
-            });
+    /// [`Sink::finish`] on a thread of its own (draining may take a moment, and the next
+    /// event must not wait), or here if no thread can be had.
+    fn finish_soon(self: &Arc<Self>, p: Arc<Process>) {
+        let sink = Arc::clone(self);
+        let p2 = p.clone();
+        let spawned = std::thread::Builder::new()
+            .name("exit".into())
+            .spawn(move || sink.finish(&p2));
+        if spawned.is_err() {
+            self.finish(&p);
         }
     }
 
-    fn oom(&self, container: &str) {
-        self.events.send(TaskEvent::Oom {
-            id: container.to_string(),
-        });
+    /// Takes an init exit that arrived before its container was known.
+    fn take_early(&self, container: &str) -> Option<Exit> {
+        lock(&self.early).remove(container)
     }
 
-    fn vm_gone(&self, why: &str) {
-        let containers: Vec<Arc<Container>> =
-            lock(&self.table).containers.values().cloned().collect();
+    /// Reports every process of `containers` that has not exited as exited with 255 (their
+    /// VM is gone or going); returns how many had been running.
+    fn lose(&self, containers: &[Arc<Container>]) -> usize {
         let mut lost = 0;
         for c in containers {
             let mut procs = vec![c.init.clone()];
@@ -180,19 +192,71 @@ impl EventSink for Sink {
                     let s = p.state();
                     s.exit.is_none() && s.status != Status::CREATED
                 };
-                if running {
-                    lost += 1;
-                }
+                let exit = Exit {
+                    status: 255,
+                    at_nanos: now_nanos(),
+                };
                 // A process that never started cannot start any more either.
-                self.report(
-                    &p,
-                    Exit {
-                        status: 255,
-                        at_nanos: now_nanos(),
-                    },
-                );
+                if p.offer_exit(exit, true) {
+                    lost += usize::from(running);
+                    self.finish(&p);
+                }
             }
         }
+        lost
+    }
+}
+
+/// The pod's event thread holds the sink as a trait object; exits spawn through the Arc.
+struct SinkHandle(Arc<Sink>);
+
+impl EventSink for SinkHandle {
+    fn exited(&self, container: &str, exec: &str, status: i32, at_nanos: i64) {
+        let exit = Exit {
+            status: status.max(0) as u32,
+            at_nanos,
+        };
+        match self.0.process(container, exec) {
+            Some(p) => {
+                if p.offer_exit(exit, false) {
+                    self.0.finish_soon(p);
+                }
+            }
+            None if exec.is_empty() && !lock(&self.0.table).containers.contains_key(container) => {
+                let mut early = lock(&self.0.early);
+                if early.len() < MAX_EARLY_EXITS {
+                    early.entry(container.to_string()).or_insert(exit);
+                }
+            }
+            None => log::debug!("exit of unknown process {container}/{exec} ignored"),
+        }
+    }
+
+    fn oom(&self, container: &str) {
+        if !lock(&self.0.table).containers.contains_key(container) {
+            log::debug!("OOM of unknown container {container} ignored");
+            return;
+        }
+        let now = std::time::Instant::now();
+        {
+            let mut last = lock(&self.0.last_oom);
+            if last
+                .get(container)
+                .is_some_and(|t| now.duration_since(*t) < std::time::Duration::from_secs(1))
+            {
+                return;
+            }
+            last.insert(container.to_string(), now);
+        }
+        self.0.events.send(TaskEvent::Oom {
+            id: container.to_string(),
+        });
+    }
+
+    fn vm_gone(&self, why: &str) {
+        let containers: Vec<Arc<Container>> =
+            lock(&self.0.table).containers.values().cloned().collect();
+        let lost = self.0.lose(&containers);
         log::warn!("{why}; {lost} running process(es) reported exited with status 255");
     }
 }
@@ -209,6 +273,8 @@ impl TaskService {
             Err(e) => (HostConfig::default(), Some(e)),
         };
         pod::set_call_timeout(std::time::Duration::from_secs(config.agent_timeout_secs));
+        let table = Arc::new(Mutex::new(Table::default()));
+        let sink = Arc::new(Sink::new(table.clone(), events.clone()));
         TaskService {
             config: Mutex::new(Arc::new(config)),
             config_error,
@@ -216,7 +282,8 @@ impl TaskService {
             namespace: namespace.to_string(),
             events,
             exit,
-            table: Arc::new(Mutex::new(Table::default())),
+            sink,
+            table,
         }
     }
 
@@ -262,11 +329,7 @@ impl TaskService {
                 pod_err(e)
             })?,
         );
-        let sink = Arc::new(Sink {
-            table: self.table.clone(),
-            events: self.events.clone(),
-        });
-        if let Err(e) = pod.watch(sink) {
+        if let Err(e) = pod.watch(Arc::new(SinkHandle(self.sink.clone()))) {
             pod.shutdown();
             return Err(pod_err(e));
         }
@@ -305,6 +368,22 @@ impl TaskService {
                 format!("{} was started already", label(id, exec)),
             ));
         }
+        let started = self.start_process(&c, &p, id, exec);
+        // Whatever happened, an exit that came in meanwhile may be reported now: after the
+        // Start event, never before it.
+        if p.mark_started() {
+            self.sink.finish_soon(p.clone());
+        }
+        started
+    }
+
+    fn start_process(
+        &self,
+        c: &Container,
+        p: &Arc<Process>,
+        id: &str,
+        exec: &str,
+    ) -> TtrpcResult<u32> {
         if exec.is_empty() {
             c.pod
                 .agent
@@ -372,6 +451,7 @@ impl TaskService {
         resp.pid = pid;
         resp.exit_status = exit.status;
         resp.exited_at = Some(events::timestamp(exit.at_nanos)).into();
+        p.close_io();
         if !exec.is_empty() {
             if status != Status::CREATED {
                 let mut r = ProcessRequest::new();
@@ -384,9 +464,43 @@ impl TaskService {
             lock(&c.execs).remove(exec);
             return Ok(resp);
         }
-        // The VM may be gone already (then there is nothing to remove in it).
-        let vm_alive = c.pod.vmm_pid().is_some();
-        if vm_alive {
+        let others: Vec<Arc<Container>> = {
+            let mut t = lock(&self.table);
+            t.containers.remove(id);
+            if c.owns_pod {
+                t.pod = None;
+                t.containers.drain().map(|(_, c)| c).collect()
+            } else {
+                Vec::new()
+            }
+        };
+        // This container's execs cannot outlive it; with the VM's owner go the VM's other
+        // containers (containerd deletes a pod's sandbox last; if not, nothing hangs).
+        let execs: Vec<Arc<Process>> = lock(&c.execs).drain().map(|(_, p)| p).collect();
+        for e in &execs {
+            e.close_io();
+            if e.offer_exit(
+                Exit {
+                    status: 255,
+                    at_nanos: now_nanos(),
+                },
+                true,
+            ) {
+                self.sink.finish(e);
+            }
+        }
+        if !others.is_empty() {
+            let lost = self.sink.lose(&others);
+            log::warn!(
+                "container {id} owned the VM: {} other container(s) went with it ({lost} running)",
+                others.len()
+            );
+        }
+        if c.owns_pod {
+            // The VM goes: nothing in it needs undoing first (and a hung guest must not
+            // hold the delete up).
+            c.pod.shutdown();
+        } else {
             if let Err(e) = c.pod.agent.remove_container(ctx(), &container_req(id)) {
                 log::warn!("RemoveContainer {id}: {e}");
             }
@@ -400,19 +514,8 @@ impl TaskService {
                 }
             }
         }
-        for (_, image) in &c.disks {
-            let _ = std::fs::remove_file(image);
-        }
-        let _ = std::fs::remove_file(Path::new(&c.bundle).join(BUNDLE_STATE));
-        {
-            let mut t = lock(&self.table);
-            t.containers.remove(id);
-            if c.owns_pod {
-                t.pod = None;
-            }
-        }
-        if c.owns_pod {
-            c.pod.shutdown();
+        for other in others.iter().chain(std::iter::once(&c)) {
+            remove_host_files(other);
         }
         self.events.send(TaskEvent::Delete {
             id: id.to_string(),
@@ -422,6 +525,17 @@ impl TaskService {
         });
         Ok(resp)
     }
+}
+
+/// A deleted container's images and bundle state.
+fn remove_host_files(c: &Container) {
+    for (_, image) in &c.disks {
+        let _ = std::fs::remove_file(image);
+    }
+    if let Some(dir) = c.disks.first().and_then(|(_, i)| i.parent()) {
+        let _ = std::fs::remove_dir(dir);
+    }
+    let _ = std::fs::remove_file(Path::new(&c.bundle).join(BUNDLE_STATE));
 }
 
 fn label(id: &str, exec: &str) -> String {
@@ -778,14 +892,19 @@ impl containerd_shim::Task for TaskService {
     }
 
     fn shutdown(&self, _: &TtrpcContext, _: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
-        let t = lock(&self.table);
-        if !t.containers.is_empty() {
-            // containerd asks after every delete; the shim stays while it serves tasks.
-            return Ok(api::Empty::new());
-        }
-        if let Some(pod) = &t.pod {
+        let pod = {
+            let mut t = lock(&self.table);
+            if !t.containers.is_empty() {
+                // containerd asks after every delete; the shim stays while it serves tasks.
+                return Ok(api::Empty::new());
+            }
+            t.pod.take()
+        };
+        if let Some(pod) = pod {
             pod.shutdown();
         }
+        // The last events (TaskDelete) reach containerd before the process ends.
+        self.events.flush(std::time::Duration::from_secs(5));
         self.exit.signal();
         Ok(api::Empty::new())
     }

@@ -75,11 +75,21 @@ pub struct Pod {
     pub control: VmmClient,
     pub endpoint: Endpoint,
     sandbox: Mutex<Option<Sandbox>>,
-    /// The container holding each drive slot.
-    slots: Mutex<Vec<Option<String>>>,
+    /// Each drive slot's state.
+    slots: Mutex<Vec<Slot>>,
     serials: AtomicU32,
     /// Set by [`Pod::shutdown`]: the event stream's end is expected then.
     stopping: AtomicBool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Slot {
+    Free,
+    /// Holds the disk named so (a container's root or volume).
+    Used(String),
+    /// A disk could not be cleanly taken out (still mounted, or the VMM would not detach
+    /// it): the slot is not used again, so no disk is ever read through stale buffers.
+    Broken,
 }
 
 /// Where a container's root filesystem sits in the VM.
@@ -115,7 +125,7 @@ impl Pod {
             control: sandbox.control.clone(),
             endpoint: Endpoint::HybridVsock(sandbox.paths().vsock.clone()),
             sandbox: Mutex::new(Some(sandbox)),
-            slots: Mutex::new(vec![None; usize::from(spec.drive_slots)]),
+            slots: Mutex::new(vec![Slot::Free; usize::from(spec.drive_slots)]),
             serials: AtomicU32::new(0),
             stopping: AtomicBool::new(false),
         })
@@ -169,32 +179,36 @@ impl Pod {
         None
     }
 
-    /// Puts `image` into a free drive slot and has the agent mount it; returns where the
-    /// container's root is in the guest.
+    /// Puts `image` into a free drive slot and has the agent mount it (`writable`: under
+    /// a writable overlay); returns where it is in the guest. `what` names it in logs.
     pub fn lease_drive(
         &self,
-        container: &str,
+        what: &str,
         image: &Path,
-        read_only_root: bool,
+        writable: bool,
     ) -> Result<DriveLease, PodError> {
+        // Unique within the VM: a stale disk with an old serial is never mistaken for it,
+        // and no container id can collide with the mount's name.
+        let n = self.serials.fetch_add(1, Ordering::Relaxed);
+        let name = format!("d{n}");
         let slot = {
             let mut slots = lock(&self.slots);
             let free = slots
                 .iter()
-                .position(Option::is_none)
+                .position(|s| *s == Slot::Free)
                 .ok_or(PodError::NoFreeSlot(slots.len()))?;
-            slots[free] = Some(container.to_string());
+            slots[free] = Slot::Used(name.clone());
             free as u32
         };
         let t = std::time::Instant::now();
-        let result = self.attach_and_mount(slot, container, image, read_only_root);
+        let result = self.attach_and_mount(slot, &name, n, image, writable);
         match &result {
             Ok(l) => log::info!(
-                "container {container}: root disk in slot {slot} mounted at {} in {:.0} ms",
+                "container {what}: root disk in slot {slot} mounted at {} in {:.0} ms",
                 l.guest_rootfs,
                 t.elapsed().as_secs_f64() * 1e3
             ),
-            Err(_) => lock(&self.slots)[slot as usize] = None,
+            Err(e) => log::warn!("{what}: disk in slot {slot}: {}", hull_vmm::error_chain(e)),
         }
         result
     }
@@ -202,40 +216,42 @@ impl Pod {
     fn attach_and_mount(
         &self,
         slot: u32,
-        container: &str,
+        name: &str,
+        n: u32,
         image: &Path,
-        read_only_root: bool,
+        writable: bool,
     ) -> Result<DriveLease, PodError> {
-        // Unique within the VM: a stale disk with an old serial is never mistaken for it.
-        let serial = format!(
-            "hull{slot}-{}",
-            self.serials.fetch_add(1, Ordering::Relaxed)
-        );
+        let serial = format!("hull-{n}");
         let mut a = AttachDriveRequest::new();
         a.slot = slot;
         a.path = image.to_string_lossy().into_owned();
         a.read_only = true;
         a.serial = serial.clone();
-        self.control
-            .attach_drive(ctx(), &a)
-            .map_err(|source| PodError::Call {
+        if let Err(source) = self.control.attach_drive(ctx(), &a) {
+            // The VMM may have attached it before the call failed: detach to know.
+            self.detach(slot, true);
+            return Err(PodError::Call {
                 call: "AttachDrive",
                 source,
-            })?;
+            });
+        }
         let mut m = MountDriveRequest::new();
         m.serial = serial;
         m.fstype = "erofs".into();
-        m.name = container.to_string();
+        m.name = name.to_string();
         m.read_only = true;
-        m.writable_overlay = !read_only_root;
+        m.writable_overlay = writable;
         match self.agent.mount_drive(ctx(), &m) {
             Ok(r) => Ok(DriveLease {
                 slot,
-                name: container.to_string(),
+                name: name.to_string(),
                 guest_rootfs: r.rootfs,
             }),
             Err(source) => {
-                self.detach(slot);
+                // Whether the guest mounted it is unknown (a timeout): the slot's buffers
+                // cannot be trusted again.
+                let clean = matches!(&source, ttrpc::Error::RpcStatus(_));
+                self.detach(slot, clean);
                 Err(PodError::Call {
                     call: "MountDrive",
                     source,
@@ -244,34 +260,43 @@ impl Pod {
         }
     }
 
-    /// Unmounts a container's root in the guest and frees its slot.
+    /// Unmounts a disk in the guest and empties its slot. A disk the guest would not
+    /// unmount is detached all the same (its container is gone) and its slot retired.
     pub fn release_drive(&self, lease: &DriveLease) -> Result<(), PodError> {
         let mut u = UnmountDriveRequest::new();
         u.name = lease.name.clone();
-        self.agent
-            .unmount_drive(ctx(), &u)
-            .map_err(|source| PodError::Call {
-                call: "UnmountDrive",
-                source,
-            })?;
-        self.detach(lease.slot);
-        Ok(())
+        let unmounted = self.agent.unmount_drive(ctx(), &u);
+        self.detach(lease.slot, unmounted.is_ok());
+        unmounted.map(|_| ()).map_err(|source| PodError::Call {
+            call: "UnmountDrive",
+            source,
+        })
     }
 
-    fn detach(&self, slot: u32) {
+    /// Empties `slot` in the VMM; it is free again only when that worked and the guest
+    /// let go of the disk cleanly (`clean`).
+    fn detach(&self, slot: u32, clean: bool) {
         let mut d = DetachDriveRequest::new();
         d.slot = slot;
-        if let Err(e) = self.control.detach_drive(ctx(), &d) {
+        let detached = self.control.detach_drive(ctx(), &d);
+        if let Err(e) = &detached {
             log::warn!("DetachDrive slot {slot}: {e}");
         }
-        lock(&self.slots)[slot as usize] = None;
+        let state = if detached.is_ok() && clean {
+            Slot::Free
+        } else {
+            log::warn!("drive slot {slot} retired for the life of this VM");
+            Slot::Broken
+        };
+        lock(&self.slots)[slot as usize] = state;
     }
 
     /// Stops the VM (orderly through its control API, SIGKILL after a grace period) and
     /// removes its run directory.
     pub fn shutdown(&self) {
         self.stopping.store(true, Ordering::SeqCst);
-        if let Some(s) = lock(&self.sandbox).take() {
+        let sandbox = lock(&self.sandbox).take();
+        if let Some(s) = sandbox {
             let status = s.shutdown();
             log::info!("sandbox {}: VM stopped ({status:?})", self.id);
         }
@@ -308,10 +333,11 @@ pub fn apply_event(frame: &[u8], sink: &dyn EventSink) -> Result<(), String> {
 pub fn kill_orphaned(run_dir: &Path) {
     let pid: Option<i32> = std::fs::read_to_string(run_dir.join("vmm.pid"))
         .ok()
-        .and_then(|s| s.trim().parse().ok());
-    if let Some(pid) = pid {
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|&p| p > 1);
+    let needle = run_dir.to_string_lossy();
+    if let Some(pid) = pid.filter(|_| run_dir.is_absolute() && needle.len() > 1) {
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let needle = run_dir.to_string_lossy();
         let ours = String::from_utf8_lossy(&cmdline).contains(needle.as_ref());
         if ours {
             // SAFETY: kill(2) with a pid that names our orphaned VMM (checked above).

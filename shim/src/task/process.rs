@@ -1,5 +1,10 @@
 //! One process of a task as containerd sees it (a container's init or an exec): its state,
 //! its stdio relays, and the wait for its exit.
+//!
+//! An exit is reported exactly once, and never before the process's start was: the agent's
+//! exit event can overtake the Start reply (a fast `true`), so an exit that arrives first
+//! waits in `pending` until Start has queued TaskStart and attached the output relays. The
+//! first report wins; later ones (a duplicate frame, the VM's death) change nothing.
 
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
@@ -23,8 +28,15 @@ pub struct Exit {
 pub struct ProcessState {
     pub status: Status,
     pub pid: u32,
+    /// The recorded exit: set once, after the output drained.
     pub exit: Option<Exit>,
     pub io: Option<ProcessIo>,
+    /// Start has been reported (or failed): an exit may be reported now.
+    started: bool,
+    /// The first exit heard of, not recorded yet (waiting for Start, or draining).
+    pending: Option<Exit>,
+    /// A report is under way: no second one may start.
+    reporting: bool,
 }
 
 pub struct Process {
@@ -50,6 +62,9 @@ impl Process {
                 pid: 0,
                 exit: None,
                 io: None,
+                started: false,
+                pending: None,
+                reporting: false,
             }),
             exited: Condvar::new(),
         }
@@ -59,30 +74,53 @@ impl Process {
         lock(&self.state)
     }
 
-    /// Records the exit once (later reports are ignored) after the output has drained;
-    /// returns the pid and exit when this call recorded it.
-    pub fn exited(&self, exit: Exit) -> Option<(u32, Exit)> {
-        let io = {
-            let mut s = lock(&self.state);
-            if s.exit.is_some() {
-                return None;
-            }
-            s.io.take()
-        };
+    /// The agent (or the VM's death, with `force`) says the process exited. Returns whether
+    /// the caller must now [`Process::finish`] the report; `false` when one is under way or
+    /// done, or when the exit waits for Start (`force` does not wait: the VM is gone, Start
+    /// will never come).
+    pub fn offer_exit(&self, exit: Exit, force: bool) -> bool {
+        let mut s = lock(&self.state);
+        if s.exit.is_some() || s.reporting {
+            return false;
+        }
+        if s.pending.is_none() {
+            s.pending = Some(exit);
+        }
+        if !s.started && !force {
+            return false;
+        }
+        s.reporting = true;
+        true
+    }
+
+    /// Start was reported (or failed for good): returns whether an exit that arrived
+    /// earlier must now be finished by the caller.
+    pub fn mark_started(&self) -> bool {
+        let mut s = lock(&self.state);
+        s.started = true;
+        if s.pending.is_some() && s.exit.is_none() && !s.reporting {
+            s.reporting = true;
+            return true;
+        }
+        false
+    }
+
+    /// Drains the output and records the exit; returns the pid and exit to announce. Only
+    /// for the caller that [`Process::offer_exit`] or [`Process::mark_started`] chose.
+    pub fn finish(&self) -> Option<(u32, Exit)> {
+        let io = lock(&self.state).io.take();
         if let Some(mut io) = io {
             io.drain(OUTPUT_DRAIN);
         }
         let mut s = lock(&self.state);
-        if s.exit.is_some() {
-            return None;
-        }
+        let exit = s.pending.take()?;
         s.exit = Some(exit);
         s.status = Status::STOPPED;
         self.exited.notify_all();
         Some((s.pid, exit))
     }
 
-    /// Blocks until the process has exited.
+    /// Blocks until the process's exit is recorded.
     pub fn wait(&self) -> Exit {
         let mut s = lock(&self.state);
         loop {
@@ -101,6 +139,14 @@ impl Process {
             io.close_stdin();
         }
     }
+
+    /// Ends the relays of a process that is being deleted (a background child may still
+    /// hold its output open).
+    pub fn close_io(&self) {
+        if let Some(io) = lock(&self.state).io.take() {
+            io.close();
+        }
+    }
 }
 
 pub fn now_nanos() -> i64 {
@@ -115,27 +161,55 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
+    const FIRST: Exit = Exit {
+        status: 3,
+        at_nanos: 10,
+    };
+    const LATER: Exit = Exit {
+        status: 255,
+        at_nanos: 20,
+    };
+
     #[test]
-    fn wait_returns_the_first_recorded_exit() {
+    fn the_first_exit_is_recorded_once_and_wakes_waiters() {
         let p = Arc::new(Process::new("c", "", StdioPaths::default(), None));
+        assert!(!p.mark_started());
         let waiter = {
             let p = p.clone();
             std::thread::spawn(move || p.wait())
         };
-        let first = Exit {
-            status: 3,
-            at_nanos: 10,
-        };
-        assert!(p.exited(first).is_some());
+        assert!(p.offer_exit(FIRST, false));
+        assert!(!p.offer_exit(LATER, true), "a report is under way");
+        assert_eq!(p.finish(), Some((0, FIRST)));
         assert!(
-            p.exited(Exit {
-                status: 255,
-                at_nanos: 20
-            })
-            .is_none(),
-            "a second report (the VM going away later) changes nothing"
+            !p.offer_exit(LATER, true),
+            "and done: the VM's death changes nothing"
         );
-        assert_eq!(waiter.join().unwrap(), first);
+        assert_eq!(waiter.join().unwrap(), FIRST);
         assert_eq!(p.state().status, Status::STOPPED);
+    }
+
+    #[test]
+    fn an_exit_before_start_waits_for_it() {
+        let p = Process::new("c", "e", StdioPaths::default(), None);
+        assert!(!p.offer_exit(FIRST, false), "not reported before Start");
+        assert!(p.state().exit.is_none());
+        assert!(
+            !p.offer_exit(LATER, false),
+            "the first exit is the one kept"
+        );
+        assert!(
+            p.mark_started(),
+            "Start hands the pending exit to its caller"
+        );
+        assert_eq!(p.finish(), Some((0, FIRST)));
+    }
+
+    #[test]
+    fn a_dead_vm_reports_a_process_that_never_started() {
+        let p = Process::new("c", "", StdioPaths::default(), None);
+        assert!(p.offer_exit(LATER, true));
+        assert_eq!(p.finish(), Some((0, LATER)));
+        assert!(!p.mark_started());
     }
 }

@@ -139,6 +139,11 @@ pub fn for_guest(spec: &mut Value, guest_rootfs: &str) -> Result<GuestPlan, Spec
                 "/etc/hosts" => files.hosts = read(),
                 "/etc/resolv.conf" => files.resolv_conf = read(),
                 "/etc/hostname" => files.hostname = read().map(|h| h.trim().to_string()),
+                // kubelet's termination message file: the guest's own (read back by
+                // nobody yet; a container that writes one still runs).
+                "/dev/termination-log" => {
+                    log::info!("the termination-log bind stays in the guest");
+                }
                 // The pod's shared memory: a tmpfs of the guest's.
                 "/dev/shm" => kept.push(serde_json::json!({
                     "destination": "/dev/shm",

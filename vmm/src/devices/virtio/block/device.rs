@@ -80,12 +80,13 @@ impl Block {
     /// Empties this slot (zero sectors again); returns what it held. The guest must have
     /// stopped using the disk (unmounted, buffers flushed) first.
     pub fn detach(&mut self) -> Result<Option<Attachment>, BlockError> {
-        let Some(slot) = self.slot.as_mut() else {
+        if self.slot.is_none() {
             return Err(BlockError::NotASlot);
-        };
-        let held = slot.take();
-        self.disk = empty_disk()?;
-        Ok(held)
+        }
+        // The empty backing first: if it cannot be had, the slot still holds its disk.
+        let empty = empty_disk()?;
+        self.disk = empty;
+        Ok(self.slot.as_mut().and_then(Option::take))
     }
 
     pub fn attachment(&self) -> Option<&Attachment> {
