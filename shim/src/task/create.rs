@@ -26,6 +26,7 @@ use containerd_shim::TtrpcResult;
 
 /// What a failed Create must undo.
 struct Unwind<'a> {
+    service: &'a TaskService,
     /// The container's image directory and the bundle's state file.
     dir: Option<PathBuf>,
     bundle_state: Option<PathBuf>,
@@ -36,8 +37,9 @@ struct Unwind<'a> {
 }
 
 impl<'a> Unwind<'a> {
-    fn new() -> Self {
+    fn new(service: &'a TaskService) -> Self {
         Unwind {
+            service,
             dir: None,
             bundle_state: None,
             pod: None,
@@ -52,6 +54,11 @@ impl Drop for Unwind<'_> {
     fn drop(&mut self) {
         if self.done {
             return;
+        }
+        if let Some(id) = self.container {
+            let mut t = lock(&self.service.table);
+            t.creating.remove(id);
+            self.service.sink.take_early(id);
         }
         match &self.pod {
             // A VM of this Create's own simply goes: nothing in it needs undoing, and a
@@ -114,7 +121,7 @@ impl TaskService {
         // set once the guest has mounted the disk.
         let plan = spec::for_guest(&mut spec, "").map_err(|e| invalid(id, e))?;
 
-        let mut undo = Unwind::new();
+        let mut undo = Unwind::new(self);
         // One directory per container: its root image and one image per volume.
         let images = config.state_dir.join(&self.namespace).join(id);
         std::fs::create_dir_all(&images)
@@ -181,6 +188,8 @@ impl TaskService {
             stderr: req.stderr.clone(),
             terminal: req.terminal,
         };
+        lock(&self.table).creating.insert(id.to_string());
+        undo.container = Some(id);
         let mut create = CreateContainerRequest::new();
         create.container_id = id.to_string();
         create.oci_spec_json = serde_json::to_vec(&spec).unwrap_or_default();
@@ -190,7 +199,6 @@ impl TaskService {
             .create_container(ctx(), &create)
             .map_err(|e| agent_err("CreateContainer", e))?
             .pid;
-        undo.container = Some(id);
         let io = ProcessIo::attach(&pod.endpoint, id, "", &stdio)
             .map_err(|e| err(Code::INTERNAL, hull_vmm::error_chain(&e)))?;
         let init = Arc::new(Process::new(id, "", stdio, None));
@@ -207,16 +215,19 @@ impl TaskService {
             disks,
             owns_pod,
         });
-        {
+        let early = {
             let mut t = lock(&self.table);
             if owns_pod {
                 t.pod = Some(pod);
             }
             t.containers.insert(id.to_string(), container.clone());
-        }
+            t.creating.remove(id);
+            // Under the table lock, as the event thread stores them: none slips between.
+            self.sink.take_early(id)
+        };
         undo.done = true;
         // An init that died before it was in the table: its exit waits for Start.
-        if let Some(exit) = self.sink.take_early(id) {
+        if let Some(exit) = early {
             container.init.offer_exit(exit, false);
         }
         self.events.send(super::events::TaskEvent::Create {

@@ -97,6 +97,9 @@ struct Container {
 struct Table {
     pod: Option<Arc<Pod>>,
     containers: HashMap<String, Arc<Container>>,
+    /// Containers between CreateContainer and their entry here: an init exit for one of
+    /// them is kept (in the sink) until Create ends.
+    creating: std::collections::HashSet<String>,
 }
 
 pub struct TaskService {
@@ -140,15 +143,6 @@ impl Sink {
         }
     }
 
-    fn process(&self, container: &str, exec: &str) -> Option<Arc<Process>> {
-        let c = lock(&self.table).containers.get(container).cloned()?;
-        if exec.is_empty() {
-            Some(c.init.clone())
-        } else {
-            lock(&c.execs).get(exec).cloned()
-        }
-    }
-
     /// Finishes `p`'s exit (drains its output, records it) and announces it.
     fn finish(&self, p: &Process) {
         if let Some((pid, exit)) = p.finish() {
@@ -175,7 +169,8 @@ impl Sink {
         }
     }
 
-    /// Takes an init exit that arrived before its container was known.
+    /// Takes an init exit that arrived before its container was known (call with the
+    /// table locked: the lock order is table, then early exits).
     fn take_early(&self, container: &str) -> Option<Exit> {
         lock(&self.early).remove(container)
     }
@@ -196,6 +191,8 @@ impl Sink {
                     status: 255,
                     at_nanos: now_nanos(),
                 };
+                // Its VM is gone or going: output in flight goes with it.
+                p.close_io();
                 // A process that never started cannot start any more either.
                 if p.offer_exit(exit, true) {
                     lost += usize::from(running);
@@ -204,6 +201,16 @@ impl Sink {
             }
         }
         lost
+    }
+
+    /// Waits for the exits of `procs` that are being reported elsewhere (bounded: each has
+    /// a reporter), so no TaskExit trails a TaskDelete.
+    fn wait_reported(&self, procs: &[Arc<Process>]) {
+        for p in procs {
+            if p.is_reporting() {
+                p.wait();
+            }
+        }
     }
 }
 
@@ -216,16 +223,27 @@ impl EventSink for SinkHandle {
             status: status.max(0) as u32,
             at_nanos,
         };
-        match self.0.process(container, exec) {
+        let process = {
+            let t = lock(&self.0.table);
+            match t.containers.get(container) {
+                Some(c) if exec.is_empty() => Some(c.init.clone()),
+                Some(c) => lock(&c.execs).get(exec).cloned(),
+                None => {
+                    // Lock order: table, then early exits (Create takes them the same way).
+                    if exec.is_empty() && t.creating.contains(container) {
+                        let mut early = lock(&self.0.early);
+                        if early.len() < MAX_EARLY_EXITS {
+                            early.entry(container.to_string()).or_insert(exit);
+                        }
+                    }
+                    None
+                }
+            }
+        };
+        match process {
             Some(p) => {
                 if p.offer_exit(exit, false) {
                     self.0.finish_soon(p);
-                }
-            }
-            None if exec.is_empty() && !lock(&self.0.table).containers.contains_key(container) => {
-                let mut early = lock(&self.0.early);
-                if early.len() < MAX_EARLY_EXITS {
-                    early.entry(container.to_string()).or_insert(exit);
                 }
             }
             None => log::debug!("exit of unknown process {container}/{exec} ignored"),
@@ -362,7 +380,7 @@ impl TaskService {
 
     fn do_start(&self, id: &str, exec: &str) -> TtrpcResult<u32> {
         let (c, p) = self.process(id, exec)?;
-        if p.state().status != Status::CREATED {
+        if !p.begin_start() {
             return Err(err(
                 Code::FAILED_PRECONDITION,
                 format!("{} was started already", label(id, exec)),
@@ -413,16 +431,28 @@ impl TaskService {
             .exec_process(ctx(), &req)
             .map_err(|e| agent_err("ExecProcess", e))?
             .pid;
-        let io = ProcessIo::attach(&c.pod.endpoint, id, exec, &p.stdio)
-            .map_err(|e| err(Code::INTERNAL, hull_vmm::error_chain(&e)))?;
+        let attached = ProcessIo::attach(&c.pod.endpoint, id, exec, &p.stdio);
         {
             let mut s = p.state();
             s.pid = pid;
-            s.io = Some(io);
             if s.exit.is_none() {
                 s.status = Status::RUNNING;
             }
         }
+        let io = match attached {
+            Ok(io) => io,
+            Err(e) => {
+                // It runs in the guest with nowhere to write: end it; its exit is reported
+                // and Delete removes it as for any exec.
+                let mut k = SignalProcessRequest::new();
+                k.container_id = id.to_string();
+                k.exec_id = exec.to_string();
+                k.signal = libc::SIGKILL as u32;
+                let _ = c.pod.agent.signal_process(ctx(), &k);
+                return Err(err(Code::INTERNAL, hull_vmm::error_chain(&e)));
+            }
+        };
+        p.state().io = Some(io);
         self.events.send(TaskEvent::ExecStarted {
             id: id.to_string(),
             exec_id: exec.to_string(),
@@ -452,6 +482,9 @@ impl TaskService {
         resp.exit_status = exit.status;
         resp.exited_at = Some(events::timestamp(exit.at_nanos)).into();
         p.close_io();
+        // Whoever waits for it must not wait forever (a process never started, or whose
+        // exit still waited for a Start that will not come).
+        p.settle(exit);
         if !exec.is_empty() {
             if status != Status::CREATED {
                 let mut r = ProcessRequest::new();
@@ -467,6 +500,7 @@ impl TaskService {
         let others: Vec<Arc<Container>> = {
             let mut t = lock(&self.table);
             t.containers.remove(id);
+            lock(&self.sink.early).remove(id);
             if c.owns_pod {
                 t.pod = None;
                 t.containers.drain().map(|(_, c)| c).collect()
@@ -496,6 +530,12 @@ impl TaskService {
                 others.len()
             );
         }
+        let mut reported: Vec<Arc<Process>> = execs.clone();
+        for o in &others {
+            reported.push(o.init.clone());
+            reported.extend(lock(&o.execs).values().cloned());
+        }
+        self.sink.wait_reported(&reported);
         if c.owns_pod {
             // The VM goes: nothing in it needs undoing first (and a hung guest must not
             // hold the delete up).

@@ -250,7 +250,19 @@ impl Pod {
             Err(source) => {
                 // Whether the guest mounted it is unknown (a timeout): the slot's buffers
                 // cannot be trusted again.
-                let clean = matches!(&source, ttrpc::Error::RpcStatus(_));
+                let clean = match &source {
+                    // Refusals before anything was mounted; an INTERNAL error may have
+                    // left a mount behind (its rollback is best effort).
+                    ttrpc::Error::RpcStatus(st) => [
+                        ttrpc::Code::INVALID_ARGUMENT,
+                        ttrpc::Code::NOT_FOUND,
+                        ttrpc::Code::ALREADY_EXISTS,
+                        ttrpc::Code::FAILED_PRECONDITION,
+                    ]
+                    .iter()
+                    .any(|c| *c as i32 == st.code.value()),
+                    _ => false,
+                };
                 self.detach(slot, clean);
                 Err(PodError::Call {
                     call: "MountDrive",

@@ -31,6 +31,8 @@ pub struct ProcessState {
     /// The recorded exit: set once, after the output drained.
     pub exit: Option<Exit>,
     pub io: Option<ProcessIo>,
+    /// Start is under way: an exit, even a forced one, waits for it.
+    starting: bool,
     /// Start has been reported (or failed): an exit may be reported now.
     started: bool,
     /// The first exit heard of, not recorded yet (waiting for Start, or draining).
@@ -62,6 +64,7 @@ impl Process {
                 pid: 0,
                 exit: None,
                 io: None,
+                starting: false,
                 started: false,
                 pending: None,
                 reporting: false,
@@ -86,11 +89,31 @@ impl Process {
         if s.pending.is_none() {
             s.pending = Some(exit);
         }
-        if !s.started && !force {
+        if !s.started && (!force || s.starting) {
             return false;
         }
         s.reporting = true;
         true
+    }
+
+    /// Claims the start of a created process; `false` if it was started (or is being
+    /// started) already. An exit waits for [`Process::mark_started`] from here on.
+    pub fn begin_start(&self) -> bool {
+        let mut s = lock(&self.state);
+        if s.status != Status::CREATED || s.starting || s.started {
+            return false;
+        }
+        s.starting = true;
+        true
+    }
+
+    /// Records `exit` for a process that is being deleted without ever having reported one
+    /// (never started, or its exit still waits): Wait returns; no event goes out (the
+    /// Delete reply carries the status).
+    pub fn settle(&self, exit: Exit) {
+        if self.offer_exit(exit, true) {
+            let _ = self.finish();
+        }
     }
 
     /// Start was reported (or failed for good): returns whether an exit that arrived
@@ -98,6 +121,7 @@ impl Process {
     pub fn mark_started(&self) -> bool {
         let mut s = lock(&self.state);
         s.started = true;
+        s.starting = false;
         if s.pending.is_some() && s.exit.is_none() && !s.reporting {
             s.reporting = true;
             return true;
@@ -118,6 +142,12 @@ impl Process {
         s.status = Status::STOPPED;
         self.exited.notify_all();
         Some((s.pid, exit))
+    }
+
+    /// An exit report is under way (it will record the exit shortly).
+    pub fn is_reporting(&self) -> bool {
+        let s = lock(&self.state);
+        s.reporting && s.exit.is_none()
     }
 
     /// Blocks until the process's exit is recorded.
@@ -203,6 +233,19 @@ mod tests {
             "Start hands the pending exit to its caller"
         );
         assert_eq!(p.finish(), Some((0, FIRST)));
+    }
+
+    #[test]
+    fn a_forced_exit_waits_for_a_start_under_way() {
+        let p = Process::new("c", "", StdioPaths::default(), None);
+        assert!(p.begin_start());
+        assert!(!p.begin_start(), "one start at a time");
+        assert!(
+            !p.offer_exit(LATER, true),
+            "TaskExit never overtakes TaskStart"
+        );
+        assert!(p.mark_started());
+        assert_eq!(p.finish(), Some((0, LATER)));
     }
 
     #[test]
