@@ -66,7 +66,8 @@ pub struct HostConfig {
     pub run_dir: PathBuf,
     /// Container root filesystem images.
     pub state_dir: PathBuf,
-    /// Keep each sandbox's guest console in its run directory (`console.log`).
+    /// Keep each sandbox's guest console and VMM log when its VM stops, in
+    /// `<state_dir>/logs/<namespace>/<pod>/` (they go with the run directory otherwise).
     pub debug_console: bool,
     /// error, warn, info, debug or trace.
     pub log_level: String,

@@ -91,13 +91,14 @@ fn runtime_options_name_another_config_file() {
     }
     let c = Containerd::start("");
     let alt = c.dir.path().join("alt-run");
+    let alt_state = c.dir.path().join("alt-state");
     let conf = c.dir.path().join("alt.toml");
     std::fs::write(
         &conf,
         format!(
-            "run_dir = \"{}\"\nstate_dir = \"{}\"\n",
+            "run_dir = \"{}\"\nstate_dir = \"{}\"\ndebug_console = true\n",
             alt.display(),
-            c.state_dir.display()
+            alt_state.display()
         ),
     )
     .unwrap();
@@ -123,6 +124,22 @@ fn runtime_options_name_another_config_file() {
         "nothing left in {}",
         alt.display()
     );
+    // debug_console: the stopped VM's logs are kept, and its images are not.
+    let logs = alt_state
+        .join("logs")
+        .join(hull_e2e::containerd::NAMESPACE)
+        .join("alt");
+    let vmm_log = std::fs::read_to_string(logs.join("vmm.log")).unwrap_or_default();
+    assert!(
+        vmm_log.contains("restored"),
+        "the VMM log is kept in {}: {vmm_log:?}",
+        logs.display()
+    );
+    assert!(logs.join("console.log").exists());
+    assert!(!alt_state
+        .join(hull_e2e::containerd::NAMESPACE)
+        .join("alt")
+        .exists());
 }
 
 #[test]

@@ -341,8 +341,15 @@ impl TaskService {
             .templates
             .then(|| TemplateCache::new(&config.template_dir));
         let run_dir = run_dir_for(&config.run_dir, &self.namespace, pod_id);
+        let keep_logs = config.debug_console.then(|| {
+            config
+                .state_dir
+                .join("logs")
+                .join(&self.namespace)
+                .join(pod_id)
+        });
         let pod = Arc::new(
-            Pod::start(pod_id, &vm, &run_dir, templates.as_ref()).map_err(|e| {
+            Pod::start(pod_id, &vm, &run_dir, templates.as_ref(), keep_logs).map_err(|e| {
                 let _ = std::fs::remove_dir_all(&run_dir);
                 pod_err(e)
             })?,

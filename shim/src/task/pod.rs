@@ -80,6 +80,8 @@ pub struct Pod {
     serials: AtomicU32,
     /// Set by [`Pod::shutdown`]: the event stream's end is expected then.
     stopping: AtomicBool,
+    /// Where the VM's console and VMM log go when it stops, if they are kept.
+    keep_logs: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,11 +104,14 @@ pub struct DriveLease {
 
 impl Pod {
     /// Starts the VM for pod `id` with its sockets in `run_dir`.
+    /// Starts the VM for pod `id` with its sockets in `run_dir`; with `keep_logs`, its
+    /// console and VMM log are moved there when it stops (`debug_console`).
     pub fn start(
         id: &str,
         spec: &VmSpec,
         run_dir: &Path,
         templates: Option<&TemplateCache>,
+        keep_logs: Option<PathBuf>,
     ) -> Result<Pod, PodError> {
         std::fs::create_dir_all(run_dir).map_err(|e| PodError::RunDir(run_dir.into(), e))?;
         let sandbox = Sandbox::start(spec, run_dir, templates).map_err(PodError::Start)?;
@@ -128,6 +133,7 @@ impl Pod {
             slots: Mutex::new(vec![Slot::Free; usize::from(spec.drive_slots)]),
             serials: AtomicU32::new(0),
             stopping: AtomicBool::new(false),
+            keep_logs,
         })
     }
 
@@ -312,7 +318,36 @@ impl Pod {
             let status = s.shutdown();
             log::info!("sandbox {}: VM stopped ({status:?})", self.id);
         }
+        if let Some(dir) = &self.keep_logs {
+            self.keep_logs_in(dir);
+        }
         let _ = std::fs::remove_dir_all(&self.run_dir);
+    }
+
+    fn keep_logs_in(&self, dir: &Path) {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            log::warn!(
+                "keeping the logs of sandbox {}: create {}: {e}",
+                self.id,
+                dir.display()
+            );
+            return;
+        }
+        for name in ["console.log", "vmm.log"] {
+            let from = self.run_dir.join(name);
+            let to = dir.join(name);
+            // rename when on one file system, a copy across them (/run is a tmpfs).
+            let kept =
+                std::fs::rename(&from, &to).or_else(|_| std::fs::copy(&from, &to).map(|_| ()));
+            if let Err(e) = kept {
+                log::warn!("keeping {}: {e}", from.display());
+            }
+        }
+        log::info!(
+            "sandbox {}: console and VMM log kept in {}",
+            self.id,
+            dir.display()
+        );
     }
 
     pub fn vmm_pid(&self) -> Option<u32> {
