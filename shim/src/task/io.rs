@@ -273,11 +273,6 @@ pub fn is_supported(name: &str) -> bool {
     name.is_empty() || local_path(name).is_some()
 }
 
-/// The FIFO paths exist (containerd created them).
-pub fn exists(name: &str) -> bool {
-    local_path(name).is_none_or(|p| Path::new(&p).exists())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

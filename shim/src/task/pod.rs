@@ -349,10 +349,6 @@ impl Pod {
             dir.display()
         );
     }
-
-    pub fn vmm_pid(&self) -> Option<u32> {
-        lock(&self.sandbox).as_ref().and_then(Sandbox::vmm_pid)
-    }
 }
 
 /// Decodes one frame of the agent's event stream and reports it to `sink`. The frame
