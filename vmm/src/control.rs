@@ -124,6 +124,17 @@ impl VmmControl {
             .iter()
             .map(|t| crate::devices::bus::lock(t))
             .collect();
+        let blocked = |locked: &[std::sync::MutexGuard<'_, MmioTransport>]| {
+            locked.iter().find_map(|t| {
+                t.snapshot_blocker().map(|reason| SnapshotError::Device {
+                    device_type: t.device_type(),
+                    reason,
+                })
+            })
+        };
+        if let Some(e) = blocked(&locked) {
+            return Err(e);
+        }
         let mut vcpus = Vec::with_capacity(usize::from(self.vcpus));
         for index in 0..usize::from(self.vcpus) {
             let (tx, rx) = std::sync::mpsc::channel();
@@ -169,7 +180,14 @@ impl VmmControl {
                     .map_err(io("rename into place", &memory_path))
                     .map(|()| n)
             });
+        // A device serving from its own thread (virtio-fs) may have taken a request that
+        // was in flight when the vCPUs paused: ask again now that memory is written.
+        let late = blocked(&locked);
         drop(locked);
+        if let Some(e) = late {
+            let _ = std::fs::remove_file(&memory_path);
+            return Err(e);
+        }
         let memory_bytes_written = match written {
             Ok(n) => n,
             Err(e) => {

@@ -66,6 +66,8 @@ pub enum SnapshotError {
     Vm(#[from] crate::vstate::vm::VmError),
     #[error(transparent)]
     Memory(#[from] crate::vstate::memory::MemoryError),
+    #[error("virtio device type {device_type} cannot be snapshotted now: {reason}")]
+    Device { device_type: u32, reason: String },
     #[error("the snapshot is of a VM with {what} {snapshot}, but this configuration asks for {config}; restore with the VM shape the snapshot was taken with")]
     Shape {
         what: &'static str,

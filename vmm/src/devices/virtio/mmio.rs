@@ -136,6 +136,8 @@ impl MmioTransport {
         mem: GuestMemoryMmap,
         interrupt: Arc<Interrupt>,
     ) -> Result<Self, MmioError> {
+        let mut device = device;
+        device.set_interrupt(interrupt.clone());
         let mut queues = Vec::new();
         let mut queue_evts = Vec::new();
         for (index, &max) in device.queue_max_sizes().iter().enumerate() {
@@ -313,6 +315,11 @@ impl MmioTransport {
         self.queue_sel = 0;
         self.activated = false;
         self.interrupt.ack(u32::MAX);
+    }
+
+    /// Why the device cannot be snapshotted now, if it cannot.
+    pub fn snapshot_blocker(&self) -> Option<String> {
+        self.device.snapshot_blocker()
     }
 
     /// The transport's state for a snapshot (taken between two events: the device has no

@@ -10,6 +10,7 @@
 //! the one event-loop thread and never blocks it.
 
 pub mod block;
+pub mod fs;
 pub mod mmio;
 pub mod net;
 pub mod rng;
@@ -140,6 +141,14 @@ pub trait VirtioDevice: Send {
     ) -> UsedQueues;
     /// The driver reset the device: drop negotiated state.
     fn reset(&mut self) {}
+    /// The transport's interrupt line, handed over once at construction, for a device
+    /// that returns buffers from a thread of its own ([`fs`]).
+    fn set_interrupt(&mut self, _interrupt: std::sync::Arc<Interrupt>) {}
+    /// Why a snapshot taken now could not be restored (a device with host state that a
+    /// snapshot cannot carry); `None` when it can.
+    fn snapshot_blocker(&self) -> Option<String> {
+        None
+    }
     /// Device-specific state for a snapshot, in the device's own encoding (the transport
     /// state carries it opaquely). Most devices have none between two events.
     fn save_device(&self) -> Vec<u8> {

@@ -1,0 +1,198 @@
+//! The thread that serves one activation of the fs device: it owns the rings (through the
+//! 0.17 views), runs each FUSE request against the shares, and raises the interrupt
+//! itself. File operations block on the host (a FIFO opened without a writer blocks until
+//! one comes), so they run here and never on the event loop: a stuck request stalls this
+//! VM's shared directories, nothing else.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use fuse_backend_rs::api::server::Server;
+use fuse_backend_rs::api::Vfs;
+use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
+use virtio_queue_fuse::QueueT as _;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::view::{self, Mem17, Queue17};
+use crate::devices::virtio::{Interrupt, INT_VRING};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    View(#[from] view::ViewError),
+    #[error("creating the kick eventfd")]
+    EventFd(#[source] std::io::Error),
+    #[error("starting the fs thread")]
+    Spawn(#[source] std::io::Error),
+}
+
+/// A running session. Dropping it stops the thread after its current request; it is not
+/// joined, so a request stuck on the host never holds up a reset or the VMM's exit.
+pub struct Worker {
+    kick: Arc<EventFd>,
+    stop: Arc<AtomicBool>,
+    _thread: JoinHandle<()>,
+}
+
+struct Session {
+    /// Owns the mappings the view points into.
+    _mem: GuestMemoryMmap,
+    view: Mem17,
+    queues: Vec<Option<Queue17>>,
+    server: Server<Arc<Vfs>>,
+    interrupt: Arc<Interrupt>,
+    started: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Worker {
+    /// Takes over the transport's ready queues (their current positions) and starts.
+    pub fn start(
+        queues: &[virtio_queue::Queue],
+        mem: &GuestMemoryMmap,
+        vfs: Arc<Vfs>,
+        interrupt: Arc<Interrupt>,
+        started: Arc<AtomicBool>,
+    ) -> Result<Worker, WorkerError> {
+        use virtio_queue::QueueT;
+        let view = view::memory(mem)?;
+        let mut mirrored = Vec::with_capacity(queues.len());
+        for (i, q) in queues.iter().enumerate() {
+            mirrored.push(if q.ready() {
+                Some(view::queue(i, q)?)
+            } else {
+                None
+            });
+        }
+        let kick = Arc::new(EventFd::new(0).map_err(WorkerError::EventFd)?);
+        let stop = Arc::new(AtomicBool::new(false));
+        let session = Session {
+            _mem: mem.clone(),
+            view,
+            queues: mirrored,
+            server: Server::new(vfs),
+            interrupt,
+            started,
+            stop: stop.clone(),
+        };
+        let k = kick.clone();
+        let thread = std::thread::Builder::new()
+            .name("hull-fs".into())
+            .spawn(move || session.run(&k))
+            .map_err(WorkerError::Spawn)?;
+        Ok(Worker {
+            kick,
+            stop,
+            _thread: thread,
+        })
+    }
+
+    /// The driver made buffers available.
+    pub fn kick(&self) {
+        if let Err(e) = self.kick.write(1) {
+            log::error!("fs: cannot wake the fs thread: {e}");
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.kick.write(1);
+    }
+}
+
+impl Session {
+    fn run(mut self, kick: &EventFd) {
+        loop {
+            for index in 0..self.queues.len() {
+                self.drain(index);
+            }
+            if self.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            if let Err(e) = kick.read() {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    log::error!("fs: waiting for requests: {e}");
+                    return;
+                }
+            }
+            if self.stop.load(Ordering::SeqCst) {
+                return;
+            }
+        }
+    }
+
+    /// Serves every available request of queue `index`.
+    fn drain(&mut self, index: usize) {
+        loop {
+            if self.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            let Some(queue) = self.queues[index].as_mut() else {
+                return;
+            };
+            let chain = match queue.pop_descriptor_chain(&self.view) {
+                Some(c) => c,
+                None => match queue.enable_notification(&self.view) {
+                    Ok(true) => continue,
+                    Ok(false) => return,
+                    Err(e) => {
+                        log::warn!("fs: queue {index} unusable: {e}");
+                        self.queues[index] = None;
+                        return;
+                    }
+                },
+            };
+            self.started.store(true, Ordering::SeqCst);
+            let head = chain.head_index();
+            let len = serve(&self.server, &self.view, chain);
+            if self.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            let Some(queue) = self.queues[index].as_mut() else {
+                return;
+            };
+            if let Err(e) = queue.add_used(&self.view, head, len) {
+                log::warn!("fs: queue {index}: returning a buffer: {e}");
+                self.queues[index] = None;
+                return;
+            }
+            if queue.needs_notification(&self.view).unwrap_or(true) {
+                self.interrupt.trigger(INT_VRING);
+            }
+        }
+    }
+}
+
+/// Runs one FUSE request; returns the bytes written into the chain's writable part. A
+/// malformed request gets no reply bytes (the guest's driver fails that request).
+fn serve(
+    server: &Server<Arc<Vfs>>,
+    mem: &Mem17,
+    chain: virtio_queue_fuse::DescriptorChain<&Mem17>,
+) -> u32 {
+    let reader = match Reader::from_descriptor_chain(mem, chain.clone()) {
+        Ok(r) => r,
+        Err(e) => {
+            log::debug!("fs: unreadable request: {e:?}");
+            return 0;
+        }
+    };
+    let writer = match VirtioFsWriter::new(mem, chain) {
+        Ok(w) => w,
+        Err(e) => {
+            log::debug!("fs: unwritable reply buffer: {e:?}");
+            return 0;
+        }
+    };
+    match server.handle_message(reader, writer.into(), None, None) {
+        Ok(n) => u32::try_from(n).unwrap_or(u32::MAX),
+        Err(e) => {
+            log::debug!("fs: request failed: {e:?}");
+            0
+        }
+    }
+}
