@@ -206,6 +206,7 @@ impl HostConfig {
             vcpus,
             memory_mib,
             drive_slots: self.drive_slots,
+            shared_fs: true,
         }
     }
 }

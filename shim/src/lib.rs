@@ -31,13 +31,20 @@ pub struct VmSpec {
     /// Empty disks attached while the sandbox runs: one per container root filesystem in
     /// use at a time (`hull-vmm --drive-slots`).
     pub drive_slots: u8,
+    /// A virtio-fs device (tag [`SHARED_FS_TAG`]) for read-write volumes: the guest mounts
+    /// it on demand, never in a template (`hull-vmm --shared-fs`).
+    pub shared_fs: bool,
 }
+
+/// The virtio-fs tag of a sandbox VM's shared file system.
+pub const SHARED_FS_TAG: &str = "hull";
 
 /// Drive slots of a sandbox unless the configuration says otherwise.
 pub const DEFAULT_DRIVE_SLOTS: u8 = 8;
 
 impl Default for VmSpec {
-    /// The kernel and image `scripts/build.sh` makes, one vCPU, 128 MiB, eight drive slots.
+    /// The kernel and image `scripts/build.sh` makes, one vCPU, 128 MiB, eight drive slots,
+    /// the shared file system.
     fn default() -> Self {
         VmSpec {
             kernel: PathBuf::from(hull_vmm::config::DEFAULT_KERNEL),
@@ -45,6 +52,7 @@ impl Default for VmSpec {
             vcpus: 1,
             memory_mib: 128,
             drive_slots: DEFAULT_DRIVE_SLOTS,
+            shared_fs: true,
         }
     }
 }

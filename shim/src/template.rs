@@ -87,6 +87,10 @@ pub struct TemplateKey {
     pub vcpus: u8,
     pub memory_mib: u32,
     pub drive_slots: u8,
+    /// Older templates have no virtio-fs device: their key lacks the field and never
+    /// matches a VM that has one.
+    #[serde(default)]
+    pub shared_fs: bool,
 }
 
 impl TemplateKey {
@@ -99,6 +103,7 @@ impl TemplateKey {
             vcpus: spec.vcpus,
             memory_mib: spec.memory_mib,
             drive_slots: spec.drive_slots,
+            shared_fs: spec.shared_fs,
         })
     }
 
@@ -468,6 +473,7 @@ mod tests {
             vcpus: 1,
             memory_mib: 2,
             drive_slots: 0,
+            shared_fs: false,
         };
         let cache = TemplateCache::new(dir.path().join("templates"));
         Fixture {

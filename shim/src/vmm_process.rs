@@ -107,6 +107,9 @@ impl VmmProcess {
             .arg(&paths.console)
             .arg("--drive-slots")
             .arg(spec.drive_slots.to_string());
+        if spec.shared_fs {
+            cmd.arg("--shared-fs").arg(crate::SHARED_FS_TAG);
+        }
         if let Some(dir) = restore {
             cmd.arg("--restore").arg(dir);
         }

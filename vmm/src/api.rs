@@ -13,8 +13,8 @@ use std::sync::Arc;
 use hull_protocol::rpc::protobuf::well_known_types::empty::Empty;
 use hull_protocol::rpc::ttrpc::{self, TtrpcContext};
 use hull_protocol::rpc::vmm::{
-    AttachDriveRequest, AttachDriveResult, DetachDriveRequest, Metrics, SnapshotRequest,
-    SnapshotResult, VmState,
+    AddShareRequest, AttachDriveRequest, AttachDriveResult, DetachDriveRequest, Metrics,
+    RemoveShareRequest, SnapshotRequest, SnapshotResult, VmState,
 };
 use hull_protocol::rpc::vmm_ttrpc;
 
@@ -174,6 +174,41 @@ impl vmm_ttrpc::Vmm for Service {
             .map(|_| Empty::new())
             .map_err(|e| drive_status(&e))
     }
+
+    fn add_share(&self, _: &TtrpcContext, req: AddShareRequest) -> ttrpc::Result<Empty> {
+        self.control
+            .add_share(&req.name, Path::new(&req.path))
+            .map(|()| Empty::new())
+            .map_err(|e| share_status(&e))
+    }
+
+    fn remove_share(&self, _: &TtrpcContext, req: RemoveShareRequest) -> ttrpc::Result<Empty> {
+        match self.control.remove_share(&req.name) {
+            Ok(true) => Ok(Empty::new()),
+            Ok(false) => Err(status(
+                ttrpc::Code::NOT_FOUND,
+                format!("share {:?} is not shared", req.name),
+            )),
+            Err(e) => Err(share_status(&e)),
+        }
+    }
+}
+
+fn share_status(e: &crate::control::ShareError) -> ttrpc::Error {
+    use crate::control::ShareError;
+    use crate::devices::virtio::fs::ShareError as Fs;
+    let code = match e {
+        ShareError::NoDevice | ShareError::Share(Fs::Exists { .. }) => {
+            ttrpc::Code::FAILED_PRECONDITION
+        }
+        ShareError::Share(Fs::Open { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            ttrpc::Code::NOT_FOUND
+        }
+        _ => ttrpc::Code::INVALID_ARGUMENT,
+    };
+    status(code, error_chain(e))
 }
 
 fn drive_status(e: &crate::control::DriveSlotError) -> ttrpc::Error {

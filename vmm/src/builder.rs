@@ -28,6 +28,7 @@ use crate::devices::boot_timer::{BootTimer, StageLog};
 use crate::devices::i8042::I8042;
 use crate::devices::serial::SerialDevice;
 use crate::devices::virtio::block::Block;
+use crate::devices::virtio::fs::{Fs, Shares};
 use crate::devices::virtio::net::{Net, Tap};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::Vsock;
@@ -47,6 +48,8 @@ const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    #[error(transparent)]
+    Fs(#[from] crate::devices::virtio::fs::FsError),
     #[error(transparent)]
     Vm(#[from] crate::vstate::vm::VmError),
     #[error(transparent)]
@@ -160,7 +163,7 @@ enum Origin {
 
 /// The VM shape a configuration builds (what a snapshot must match to restore into it).
 pub fn config_shape(config: &VmConfig) -> VmShape {
-    use crate::devices::virtio::{block, net, rng, vsock};
+    use crate::devices::virtio::{block, fs, net, rng, vsock};
     let disks = config.drives.len() + usize::from(config.drive_slots);
     let mut devices = vec![block::VIRTIO_ID_BLOCK; disks];
     devices.extend(std::iter::repeat_n(net::VIRTIO_ID_NET, config.net.len()));
@@ -169,6 +172,9 @@ pub fn config_shape(config: &VmConfig) -> VmShape {
     }
     if config.entropy {
         devices.push(rng::VIRTIO_ID_ENTROPY);
+    }
+    if config.shared_fs.is_some() {
+        devices.push(fs::VIRTIO_ID_FS);
     }
     VmShape {
         vcpus: config.vcpus,
@@ -341,6 +347,7 @@ fn build(config: &VmConfig, start: Instant, origin: Origin) -> Result<Vmm, Build
         vcpus: config.vcpus,
         memory_mib: config.memory_mib,
         slots: Arc::new(virtio.slots),
+        shares: virtio.shares,
         sources: Arc::new(SnapshotSources {
             vm: vm.clone(),
             ram: ram.clone(),
@@ -546,6 +553,8 @@ struct VirtioDevices {
     transports: Vec<Arc<Mutex<MmioTransport>>>,
     /// The drive slots' transports, in slot order.
     slots: Vec<Arc<Mutex<MmioTransport>>>,
+    /// The virtio-fs device's shares, if it has one.
+    shares: Option<Arc<Shares>>,
 }
 
 /// One virtio-mmio window, GSI, irqfd and ioeventfds per device. Disks come first, the
@@ -629,6 +638,13 @@ fn virtio_devices(
     if config.entropy {
         devices.push(Box::new(Rng::new()));
     }
+    let mut shares = None;
+    if let Some(tag) = &config.shared_fs {
+        let s = Arc::new(Shares::new());
+        devices.push(Box::new(Fs::new(tag, s.clone())?));
+        log::info!("virtio-fs: tag {tag}");
+        shares = Some(s);
+    }
 
     let max = (layout::IOAPIC_PINS - layout::VIRTIO_IRQ_BASE) as usize;
     if devices.len() > max {
@@ -669,6 +685,7 @@ fn virtio_devices(
         vsock_reset,
         transports,
         slots,
+        shares,
     })
 }
 

@@ -97,6 +97,8 @@ pub enum ConfigError {
         "api_socket = {path}: the directory {dir} does not exist; create it or choose another path"
     )]
     ApiSocketDir { path: PathBuf, dir: PathBuf },
+    #[error("shared_fs = {0:?}: the virtio-fs tag must be 1-36 bytes with no NUL")]
+    SharedFsTag(String),
     #[error("{devices} virtio devices ({drive_slots} of them drive slots): a VM has at most {MAX_VIRTIO_DEVICES}; lower drive_slots or drop drives")]
     TooManyDevices { devices: u32, drive_slots: u32 },
 }
@@ -257,6 +259,9 @@ pub struct ConfigFile {
     /// Empty virtio-blk devices whose backing the control API attaches and detaches while
     /// the VM runs (container root filesystems; default 0).
     pub drive_slots: Option<u32>,
+    /// Attach a virtio-fs device with this tag (what `mount -t virtiofs TAG` names); the
+    /// control API shares host directories through it while the VM runs.
+    pub shared_fs: Option<String>,
 }
 
 impl ConfigFile {
@@ -299,6 +304,7 @@ pub struct VmConfig {
     pub net: Vec<NetConfig>,
     pub api_socket: Option<PathBuf>,
     pub drive_slots: u8,
+    pub shared_fs: Option<String>,
 }
 
 /// Most virtio-mmio devices a VM can have: one interrupt pin each.
@@ -425,7 +431,16 @@ impl VmConfig {
             + file.net.len() as u32
             + u32::from(file.vsock.is_some())
             + u32::from(file.entropy.unwrap_or(true))
+            + u32::from(file.shared_fs.is_some())
             + drive_slots;
+        if let Some(tag) = &file.shared_fs {
+            if tag.is_empty()
+                || tag.len() > crate::devices::virtio::fs::TAG_LEN
+                || tag.contains('\0')
+            {
+                return Err(ConfigError::SharedFsTag(tag.clone()));
+            }
+        }
         if devices > MAX_VIRTIO_DEVICES {
             return Err(ConfigError::TooManyDevices {
                 devices,
@@ -448,6 +463,7 @@ impl VmConfig {
             net: file.net,
             api_socket: file.api_socket,
             drive_slots: drive_slots as u8,
+            shared_fs: file.shared_fs,
         })
     }
 

@@ -30,6 +30,8 @@ pub struct VmmControl {
     pub(crate) memory_mib: u32,
     /// The drive slots' transports, in slot order.
     pub(crate) slots: Arc<Vec<Arc<Mutex<MmioTransport>>>>,
+    /// The virtio-fs device's shares (hull-vmm --shared-fs).
+    pub(crate) shares: Option<Arc<crate::devices::virtio::fs::Shares>>,
     pub(crate) sources: Arc<SnapshotSources>,
 }
 
@@ -44,6 +46,15 @@ pub enum DriveSlotError {
         #[source]
         source: crate::devices::virtio::block::BlockError,
     },
+}
+
+/// Why a directory could not be shared or unshared.
+#[derive(Debug, thiserror::Error)]
+pub enum ShareError {
+    #[error("this VM has no virtio-fs device: start hull-vmm with --shared-fs TAG")]
+    NoDevice,
+    #[error(transparent)]
+    Share(#[from] crate::devices::virtio::fs::ShareError),
 }
 
 /// What a snapshot reads besides the vCPUs.
@@ -260,6 +271,18 @@ impl VmmControl {
             }
             Ok(held.is_some())
         })
+    }
+
+    /// Shares host directory `dir` with the guest as `/<name>` of its virtio-fs mount.
+    pub fn add_share(&self, name: &str, dir: &std::path::Path) -> Result<(), ShareError> {
+        let shares = self.shares.as_ref().ok_or(ShareError::NoDevice)?;
+        Ok(shares.add(name, dir)?)
+    }
+
+    /// Stops sharing `name`; returns whether it was shared.
+    pub fn remove_share(&self, name: &str) -> Result<bool, ShareError> {
+        let shares = self.shares.as_ref().ok_or(ShareError::NoDevice)?;
+        Ok(shares.remove(name)?)
     }
 
     fn with_slot<T>(

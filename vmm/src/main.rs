@@ -76,6 +76,10 @@ struct Args {
     /// runs (AttachDrive/DetachDrive).
     #[arg(long)]
     drive_slots: Option<u32>,
+    /// Attach a virtio-fs device with this tag, through which the control API shares host
+    /// directories while the VM runs (AddShare/RemoveShare).
+    #[arg(long)]
+    shared_fs: Option<String>,
     /// Restore the snapshot in this directory instead of booting. The configuration must
     /// describe the same VM shape (vCPUs, memory, devices in order); host resources (vsock
     /// socket, taps, disks, console, control socket) may differ.
@@ -114,6 +118,7 @@ fn merged_config(args: Args) -> Result<ConfigFile, hull_vmm::ConfigError> {
     }
     file.api_socket = args.api_sock.or(file.api_socket);
     file.drive_slots = args.drive_slots.or(file.drive_slots);
+    file.shared_fs = args.shared_fs.or(file.shared_fs);
     if args.no_entropy {
         file.entropy = Some(false);
     }

@@ -787,6 +787,19 @@ impl agent_ttrpc::Agent for Service {
             Ok(r)
         })
     }
+    fn mount_shared_fs(
+        &self,
+        _: &TtrpcContext,
+        req: MountSharedFsRequest,
+    ) -> ttrpc::Result<MountSharedFsResponse> {
+        self.call("MountSharedFs", || {
+            let dir = self.config.state_dir.join("fs");
+            let path = self.storage.mount_shared_fs(&dir, &req.tag)?;
+            let mut r = MountSharedFsResponse::new();
+            r.path = path.to_string_lossy().into_owned();
+            Ok(r)
+        })
+    }
     fn unmount_drive(&self, _: &TtrpcContext, req: UnmountDriveRequest) -> ttrpc::Result<Empty> {
         self.call("UnmountDrive", || {
             self.storage.unmount(&req.name).map(|_| Empty::new())

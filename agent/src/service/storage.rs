@@ -12,6 +12,9 @@
 //! - `A/N/lower`: the disk, read-only, when an overlay is wanted;
 //! - `A/N/rw`: a tmpfs holding the overlay's upper and work directories (writes to the
 //!   container's root live in guest memory and vanish with it).
+//!
+//! The VM's virtio-fs file system (the host's read-write shares) is mounted once, on the
+//! first request for it, never at boot: a template VM must not hold a FUSE session.
 
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -49,11 +52,16 @@ struct Mounted {
     dir: PathBuf,
 }
 
-/// The drives mounted in this guest, by name.
+/// The drives mounted in this guest, by name, and the shared file system.
 #[derive(Default)]
 pub struct Storage {
     mounted: Mutex<HashMap<String, Mounted>>,
+    /// The virtio-fs tag mounted and where.
+    shared_fs: Mutex<Option<(String, PathBuf)>>,
 }
+
+/// Longest virtio-fs tag (the device's configuration field).
+const TAG_LEN: usize = 36;
 
 fn internal(what: String) -> AgentError {
     AgentError::Internal(what)
@@ -156,16 +164,52 @@ impl Storage {
         Ok(())
     }
 
+    /// Mounts the virtio-fs file system tagged `tag` at `dir`, once; returns `dir`.
+    pub fn mount_shared_fs(&self, dir: &Path, tag: &str) -> Result<PathBuf, AgentError> {
+        if tag.is_empty() || tag.len() > TAG_LEN || tag.contains('\0') {
+            return Err(Invalid::new("tag", format!("{tag:?}: give 1-{TAG_LEN} bytes")).into());
+        }
+        let mut shared = super::container::lock(&self.shared_fs);
+        match &*shared {
+            Some((t, at)) if t == tag => return Ok(at.clone()),
+            Some((t, at)) => {
+                return Err(AgentError::AlreadyExists(format!(
+                    "the shared file system {t:?} is mounted at {}",
+                    at.display()
+                )))
+            }
+            None => {}
+        }
+        mkdir(dir)?;
+        mount(
+            Some(Path::new(tag)),
+            dir,
+            "virtiofs",
+            libc::MS_NODEV,
+            "",
+        )?;
+        *shared = Some((tag.to_string(), dir.to_path_buf()));
+        Ok(dir.to_path_buf())
+    }
+
     /// Unmounts everything (DestroySandbox); returns the names that would not go.
     pub fn unmount_all(&self) -> Vec<String> {
         let names: Vec<String> = super::container::lock(&self.mounted)
             .keys()
             .cloned()
             .collect();
-        names
+        let mut stuck: Vec<String> = names
             .into_iter()
             .filter(|n| self.unmount(n).is_err())
-            .collect()
+            .collect();
+        let mut shared = super::container::lock(&self.shared_fs);
+        if let Some((tag, at)) = shared.take() {
+            if unmount(&at).is_err() {
+                stuck.push(format!("shared file system {tag}"));
+                *shared = Some((tag, at));
+            }
+        }
+        stuck
     }
 }
 

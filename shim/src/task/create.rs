@@ -174,9 +174,15 @@ impl TaskService {
                 Some(name) => format!("{}/{name}", lease.guest_rootfs),
                 None => lease.guest_rootfs.clone(),
             };
-            spec::add_volume(&mut spec, v, &source);
+            spec::add_volume(&mut spec, v, &source, true);
             disks.push((lease.clone(), image));
             undo.leases.push(lease);
+        }
+        // Read-write volumes are shared live; the share outlives a failed Create (the
+        // pod's volumes are the pod's, and an own VM goes with the undo anyway).
+        for v in &plan.shared {
+            let source = pod.share_dir(&v.source).map_err(pod_err)?;
+            spec::add_volume(&mut spec, v, &source, false);
         }
         if owns_pod {
             self.create_sandbox(&pod, &plan.files, &spec)?;

@@ -8,10 +8,12 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hull_protocol::rpc::agent::{Event, MountDriveRequest, UnmountDriveRequest};
+use hull_protocol::rpc::agent::{
+    Event, MountDriveRequest, MountSharedFsRequest, UnmountDriveRequest,
+};
 use hull_protocol::rpc::agent_ttrpc::AgentClient;
 use hull_protocol::rpc::protobuf::Message;
-use hull_protocol::rpc::vmm::{AttachDriveRequest, DetachDriveRequest};
+use hull_protocol::rpc::vmm::{AddShareRequest, AttachDriveRequest, DetachDriveRequest};
 use hull_protocol::rpc::vmm_ttrpc::VmmClient;
 use hull_protocol::rpc::{ttrpc, Endpoint};
 use hull_protocol::stream::{read_frame, Header, Kind};
@@ -54,6 +56,12 @@ pub enum PodError {
     },
     #[error("open the agent's event stream: {0}")]
     Events(String),
+    #[error("the host directory {path}")]
+    ShareSource {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 pub fn ctx() -> ttrpc::context::Context {
@@ -82,6 +90,17 @@ pub struct Pod {
     stopping: AtomicBool,
     /// Where the VM's console and VMM log go when it stops, if they are kept.
     keep_logs: Option<PathBuf>,
+    /// Read-write volumes: host directory (canonical) to its share name. A pod's volumes
+    /// are fixed for its life, so shares stay until the VM goes; containers of the pod
+    /// that bind the same directory (an `emptyDir`) see one share.
+    shares: Mutex<SharedFs>,
+}
+
+#[derive(Default)]
+struct SharedFs {
+    by_source: std::collections::HashMap<PathBuf, String>,
+    /// Where the guest mounted the shared file system, once it has.
+    guest_dir: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,7 +153,56 @@ impl Pod {
             serials: AtomicU32::new(0),
             stopping: AtomicBool::new(false),
             keep_logs,
+            shares: Mutex::new(SharedFs::default()),
         })
+    }
+
+    /// Shares host directory `source` read-write with the VM (once per directory) and has
+    /// the guest mount the shared file system (once per VM); returns the directory's path
+    /// in the guest.
+    pub fn share_dir(&self, source: &Path) -> Result<String, PodError> {
+        let source = std::fs::canonicalize(source).map_err(|e| PodError::ShareSource {
+            path: source.to_path_buf(),
+            source: e,
+        })?;
+        // Held across the calls: two containers sharing one directory must not race.
+        let mut shares = lock(&self.shares);
+        let name = match shares.by_source.get(&source) {
+            Some(name) => name.clone(),
+            None => {
+                let name = format!("s{}", shares.by_source.len());
+                let mut req = AddShareRequest::new();
+                req.name = name.clone();
+                req.path = source.to_string_lossy().into_owned();
+                self.control
+                    .add_share(ctx(), &req)
+                    .map_err(|source| PodError::Call {
+                        call: "AddShare",
+                        source,
+                    })?;
+                log::info!("sandbox {}: {} shared as {name}", self.id, source.display());
+                shares.by_source.insert(source, name.clone());
+                name
+            }
+        };
+        let dir = match &shares.guest_dir {
+            Some(d) => d.clone(),
+            None => {
+                let mut req = MountSharedFsRequest::new();
+                req.tag = crate::SHARED_FS_TAG.into();
+                let d = self
+                    .agent
+                    .mount_shared_fs(ctx(), &req)
+                    .map_err(|source| PodError::Call {
+                        call: "MountSharedFs",
+                        source,
+                    })?
+                    .path;
+                shares.guest_dir = Some(d.clone());
+                d
+            }
+        };
+        Ok(format!("{dir}/{name}"))
     }
 
     /// Reads the agent's event stream on a thread of its own until the VM goes away.

@@ -9,8 +9,8 @@ use serde_json::Value;
 pub enum SpecError {
     #[error("config.json: {0}")]
     Json(String),
-    #[error("mounts[{index}]: a read-write bind mount of the host path {source_path} at {destination}: hull cannot share host directories with the guest yet (mount it read-only, which copies it in, or use a tmpfs)")]
-    HostBind {
+    #[error("mounts[{index}]: a read-write bind mount of the host file {source_path} at {destination}: hull shares directories read-write, not single files (bind the file read-only, which copies it in, or bind its directory)")]
+    HostFileBind {
         index: usize,
         source_path: String,
         destination: String,
@@ -24,8 +24,9 @@ pub enum SpecError {
     },
 }
 
-/// A read-only bind mount of a host file or directory: copied into an image of its own and
-/// mounted read-only in the guest (the copy is taken when the container is created).
+/// A bind mount of a host file or directory. Read-only ones are copied into an image of
+/// their own and mounted read-only in the guest (the copy is taken when the container is
+/// created); read-write ones are directories shared live through virtio-fs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Volume {
     pub source: std::path::PathBuf,
@@ -38,7 +39,10 @@ pub struct Volume {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GuestPlan {
     pub files: SandboxFiles,
+    /// Read-only binds: copied into images.
     pub volumes: Vec<Volume>,
+    /// Read-write binds of directories: shared through virtio-fs.
+    pub shared: Vec<Volume>,
 }
 
 /// Files containerd's CRI binds into every container of a pod, whose contents go to the
@@ -99,8 +103,8 @@ fn options_of(m: &Value) -> Vec<String> {
 }
 
 /// Rewrites `spec` in place for a container whose root the guest mounted at
-/// `guest_rootfs`; returns the sandbox files and the read-only volumes found among its
-/// bind mounts (which leave the spec: [`add_volume`] puts each back with its guest path).
+/// `guest_rootfs`; returns the sandbox files and the volumes found among its bind mounts
+/// (which leave the spec: [`add_volume`] puts each back with its guest path).
 pub fn for_guest(spec: &mut Value, guest_rootfs: &str) -> Result<GuestPlan, SpecError> {
     let obj = spec
         .as_object_mut()
@@ -117,6 +121,7 @@ pub fn for_guest(spec: &mut Value, guest_rootfs: &str) -> Result<GuestPlan, Spec
 
     let mut files = SandboxFiles::default();
     let mut volumes = Vec::new();
+    let mut shared = Vec::new();
     if let Some(mounts) = obj.get_mut("mounts").and_then(Value::as_array_mut) {
         let mut kept = Vec::with_capacity(mounts.len());
         for (index, m) in mounts.drain(..).enumerate() {
@@ -154,13 +159,7 @@ pub fn for_guest(spec: &mut Value, guest_rootfs: &str) -> Result<GuestPlan, Spec
                 _ => {
                     let options = options_of(&m);
                     let read_only = options.iter().rev().find(|o| *o == "ro" || *o == "rw");
-                    if read_only.map(String::as_str) != Some("ro") {
-                        return Err(SpecError::HostBind {
-                            index,
-                            source_path: source,
-                            destination,
-                        });
-                    }
+                    let read_only = read_only.map(String::as_str) == Some("ro");
                     let bad = |reason: &str| SpecError::BadSource {
                         index,
                         source_path: source.clone(),
@@ -172,7 +171,15 @@ pub fn for_guest(spec: &mut Value, guest_rootfs: &str) -> Result<GuestPlan, Spec
                     if !meta.is_dir() && !meta.is_file() {
                         return Err(bad("is neither a directory nor a regular file"));
                     }
-                    volumes.push(Volume {
+                    if !read_only && !meta.is_dir() {
+                        return Err(SpecError::HostFileBind {
+                            index,
+                            source_path: source,
+                            destination,
+                        });
+                    }
+                    let list = if read_only { &mut volumes } else { &mut shared };
+                    list.push(Volume {
                         source: source.clone().into(),
                         destination,
                         options: options
@@ -196,13 +203,18 @@ pub fn for_guest(spec: &mut Value, guest_rootfs: &str) -> Result<GuestPlan, Spec
     if let Some(l) = obj.get_mut("linux").and_then(Value::as_object_mut) {
         l.remove("mountLabel");
     }
-    Ok(GuestPlan { files, volumes })
+    Ok(GuestPlan {
+        files,
+        volumes,
+        shared,
+    })
 }
 
-/// Adds a read-only bind mount of `guest_source` (where the agent mounted the volume's
-/// disk) at the volume's destination.
-pub fn add_volume(spec: &mut Value, volume: &Volume, guest_source: &str) {
-    let mut options = vec!["rbind".to_string(), "ro".to_string()];
+/// Adds a bind mount of `guest_source` (where the agent mounted the volume's disk, or the
+/// share in the guest's virtio-fs mount) at the volume's destination.
+pub fn add_volume(spec: &mut Value, volume: &Volume, guest_source: &str, read_only: bool) {
+    let mode = if read_only { "ro" } else { "rw" };
+    let mut options = vec!["rbind".to_string(), mode.to_string()];
     options.extend(volume.options.iter().cloned());
     let mount = serde_json::json!({
         "destination": volume.destination,
@@ -272,18 +284,41 @@ mod tests {
     }
 
     #[test]
-    fn read_write_host_binds_are_refused_by_name() {
+    fn read_write_binds_of_directories_are_shared_and_of_files_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().to_str().unwrap().to_string();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
         let mut s = spec(serde_json::json!([
             {"destination": "/proc", "type": "proc", "source": "proc"},
-            {"destination": "/data", "type": "none", "source": "/srv/data", "options": ["rbind", "rw"]}
+            {"destination": "/data", "type": "none", "source": src, "options": ["rbind", "nodev"]}
+        ]));
+        let plan = for_guest(&mut s, "/r").unwrap();
+        assert!(plan.volumes.is_empty());
+        assert_eq!(
+            plan.shared,
+            vec![Volume {
+                source: dir.path().to_path_buf(),
+                destination: "/data".into(),
+                options: vec!["nodev".into()]
+            }]
+        );
+        add_volume(&mut s, &plan.shared[0], "/run/hull/fs/v0", false);
+        let m = &s["mounts"][1];
+        assert_eq!(m["source"], "/run/hull/fs/v0");
+        assert_eq!(m["options"], serde_json::json!(["rbind", "rw", "nodev"]));
+
+        let mut s = spec(serde_json::json!([
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/f", "type": "bind", "source": file.to_str().unwrap(), "options": ["rbind", "rw"]}
         ]));
         let e = for_guest(&mut s, "/r").unwrap_err();
         assert_eq!(
             e,
-            SpecError::HostBind {
+            SpecError::HostFileBind {
                 index: 1,
-                source_path: "/srv/data".into(),
-                destination: "/data".into()
+                source_path: file.to_str().unwrap().into(),
+                destination: "/f".into()
             }
         );
     }
@@ -305,7 +340,7 @@ mod tests {
             }]
         );
         assert!(s["mounts"].as_array().unwrap().is_empty());
-        add_volume(&mut s, &plan.volumes[0], "/run/hull/shared/c1-v0/rootfs");
+        add_volume(&mut s, &plan.volumes[0], "/run/hull/shared/c1-v0/rootfs", true);
         let m = &s["mounts"][0];
         assert_eq!(m["source"], "/run/hull/shared/c1-v0/rootfs");
         assert_eq!(m["destination"], "/data");

@@ -59,7 +59,6 @@ pub fn memory(mem: &GuestMemoryMmap) -> Result<Mem17, ViewError> {
 
 /// A 0.17 queue with the configuration and position of the transport's queue `q`.
 pub fn queue(index: usize, q: &virtio_queue::Queue) -> Result<Queue17, ViewError> {
-    use virtio_queue::QueueT;
     let s = q.state();
     let state = virtio_queue_fuse::QueueState {
         max_size: s.max_size,
