@@ -176,6 +176,96 @@ fn read_only_volumes_are_copied_in_and_read_only_in_the_guest() {
     c.assert_clean(CLEAN);
 }
 
+/// Waits for `path` to hold `want` (what the guest writes reaches the host at once; the
+/// bound is for this machine's emulated guest kernel).
+fn wait_file(path: &std::path::Path, want: &str, within: Duration) {
+    let t = Instant::now();
+    loop {
+        if std::fs::read_to_string(path).is_ok_and(|s| s == want) {
+            return;
+        }
+        assert!(
+            t.elapsed() < within,
+            "{} never held {want:?} (it holds {:?})",
+            path.display(),
+            std::fs::read_to_string(path)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn read_write_volumes_are_shared_live_both_ways() {
+    if skip() {
+        return;
+    }
+    let c = Containerd::start("");
+    let dir = c.dir.path().join("rw");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("from-host"), "hello from the host\n").unwrap();
+    let mount = format!("type=bind,src={},dst=/data,options=rbind:rw", dir.display());
+    // A task of its own: reads what the host put there, writes back, makes a directory,
+    // renames and removes.
+    let out = c.ctr_ok(&run_args(
+        "rw1",
+        &["--rm", "--mount", &mount],
+        &[
+            "sh",
+            "-c",
+            "cat /data/from-host; echo from the guest > /data/tmp; mv /data/tmp /data/from-guest; \
+             mkdir /data/made; rm /data/from-host; ls /data",
+        ],
+    ));
+    assert_eq!(
+        out,
+        "hello from the host\nfrom-guest\nmade\n",
+        "{}",
+        c.log_tail(30)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("from-guest")).unwrap(),
+        "from the guest\n"
+    );
+    assert!(dir.join("made").is_dir());
+    assert!(!dir.join("from-host").exists());
+    c.assert_clean(CLEAN);
+
+    // A pod whose two containers bind the same directory (an emptyDir): one waits for a
+    // file the host writes while it runs and answers in another; the second container
+    // reads that answer. Live both ways, and shared between the pod's containers.
+    let mut extra = vec!["-d"];
+    extra.extend_from_slice(POD);
+    c.ctr_ok(&run_args("rwpod", &extra, &["sleep", "1000"]));
+    c.wait_status("rwpod", "RUNNING", Duration::from_secs(60));
+    let member = pod_member("rwpod");
+    let mut extra: Vec<&str> = vec!["-d", "--mount", &mount];
+    extra.extend(member.iter().map(String::as_str));
+    c.ctr_ok(&run_args(
+        "waiter",
+        &extra,
+        &[
+            "sh",
+            "-c",
+            "while [ ! -f /data/go ]; do sleep 1; done; \
+             echo \"seen: $(cat /data/go)\" > /data/answer; sleep 1000",
+        ],
+    ));
+    c.wait_status("waiter", "RUNNING", Duration::from_secs(60));
+    std::fs::write(dir.join("go"), "now").unwrap();
+    wait_file(&dir.join("answer"), "seen: now\n", Duration::from_secs(60));
+    let mut extra: Vec<&str> = vec!["--rm", "--mount", &mount];
+    extra.extend(member.iter().map(String::as_str));
+    let out = c.ctr_ok(&run_args("reader", &extra, &["cat", "/data/answer"]));
+    assert_eq!(out, "seen: now\n");
+    assert_eq!(c.vmm_pids().len(), 1, "one VM for the pod");
+    for id in ["waiter", "rwpod"] {
+        c.ctr_ok(&["task", "kill", "--signal", "SIGKILL", id]);
+        c.wait_status(id, "STOPPED", Duration::from_secs(30));
+        delete(&c, id);
+    }
+    c.assert_clean(CLEAN);
+}
+
 #[test]
 fn detached_task_exec_pids_metrics_pause_resume_and_signals() {
     if skip() {
@@ -591,20 +681,22 @@ fn bad_input_is_refused_clearly_and_leaks_nothing() {
         return;
     }
     let c = Containerd::start("");
-    // A read-write host directory the guest cannot share.
+    // A read-write bind of a single host file: only directories are shared.
+    let file = c.dir.path().join("single-file");
+    std::fs::write(&file, "x").unwrap();
+    let file_mount = format!(
+        "type=bind,src={},dst=/host,options=rbind:rw",
+        file.display()
+    );
     let out = c.ctr(&run_args(
         "bind",
-        &[
-            "--rm",
-            "--mount",
-            "type=bind,src=/tmp,dst=/host,options=rbind:rw",
-        ],
+        &["--rm", "--mount", &file_mount],
         &["true"],
     ));
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("/host") && err.contains("cannot share host directories"),
+        err.contains("/host") && err.contains("not single files"),
         "{err}"
     );
     let _ = c.ctr(&["container", "rm", "bind"]);

@@ -181,13 +181,7 @@ impl Storage {
             None => {}
         }
         mkdir(dir)?;
-        mount(
-            Some(Path::new(tag)),
-            dir,
-            "virtiofs",
-            libc::MS_NODEV,
-            "",
-        )?;
+        mount(Some(Path::new(tag)), dir, "virtiofs", libc::MS_NODEV, "")?;
         *shared = Some((tag.to_string(), dir.to_path_buf()));
         Ok(dir.to_path_buf())
     }

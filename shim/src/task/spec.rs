@@ -340,7 +340,12 @@ mod tests {
             }]
         );
         assert!(s["mounts"].as_array().unwrap().is_empty());
-        add_volume(&mut s, &plan.volumes[0], "/run/hull/shared/c1-v0/rootfs", true);
+        add_volume(
+            &mut s,
+            &plan.volumes[0],
+            "/run/hull/shared/c1-v0/rootfs",
+            true,
+        );
         let m = &s["mounts"][0];
         assert_eq!(m["source"], "/run/hull/shared/c1-v0/rootfs");
         assert_eq!(m["destination"], "/data");

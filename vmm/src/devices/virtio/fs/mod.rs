@@ -24,6 +24,17 @@ use super::{read_config_bytes, Interrupt, UsedQueues, VirtioDevice, VIRTIO_F_VER
 pub use shares::{ShareError, Shares};
 use worker::Worker;
 
+/// The device's request path on the calling thread, for the fuzz target.
+#[doc(hidden)]
+pub fn serve_in_place(
+    queues: &mut [Queue],
+    mem: &GuestMemoryMmap,
+    shares: &Shares,
+    interrupt: Arc<Interrupt>,
+) -> Result<(), worker::WorkerError> {
+    worker::serve_in_place(queues, mem, shares.vfs(), interrupt)
+}
+
 pub const VIRTIO_ID_FS: u32 = 26;
 /// Queue 0 is the high-priority queue (FORGET, INTERRUPT), queue 1 the one request queue.
 const QUEUE_SIZES: [u16; 2] = [128, 128];

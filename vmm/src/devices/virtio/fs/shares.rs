@@ -173,7 +173,10 @@ mod tests {
     #[test]
     fn names_are_one_plain_component() {
         for bad in ["", ".", "..", "a/b", "../x", "a b", &"x".repeat(65)] {
-            assert!(matches!(check_name(bad), Err(ShareError::BadName(_))), "{bad:?}");
+            assert!(
+                matches!(check_name(bad), Err(ShareError::BadName(_))),
+                "{bad:?}"
+            );
         }
         for good in ["v0", "pod-1.data", "A_b"] {
             check_name(good).unwrap();

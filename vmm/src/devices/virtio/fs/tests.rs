@@ -86,7 +86,10 @@ impl Guest {
         let out = self.raw(&req);
         assert!(out.len() >= 16, "short reply: {out:?}");
         assert_eq!(u32_at(&out, 0) as usize, out.len());
-        assert_eq!(u64::from_le_bytes(out[8..16].try_into().unwrap()), self.unique);
+        assert_eq!(
+            u64::from_le_bytes(out[8..16].try_into().unwrap()),
+            self.unique
+        );
         Reply {
             error: i32::from_le_bytes(out[4..8].try_into().unwrap()),
             body: out[16..].to_vec(),
@@ -220,7 +223,10 @@ fn names_outside_the_shares_do_not_resolve() {
 fn garbage_requests_get_an_empty_answer_and_the_device_keeps_serving() {
     let shares = Arc::new(Shares::new());
     let mut g = Guest::new(shares);
-    assert!(g.raw(&[0xff; 7]).is_empty(), "a request shorter than a FUSE header");
+    assert!(
+        g.raw(&[0xff; 7]).is_empty(),
+        "a request shorter than a FUSE header"
+    );
     let mut huge = vec![0u8; 40];
     huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
     huge[4..8].copy_from_slice(&FUSE_INIT.to_le_bytes());

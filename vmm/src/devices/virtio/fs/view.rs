@@ -43,12 +43,11 @@ pub fn memory(mem: &GuestMemoryMmap) -> Result<Mem17, ViewError> {
             addr,
             reason: e.to_string(),
         })?;
-        let r = vm17::GuestRegionMmap::new(raw, vm17::GuestAddress(addr)).ok_or(
-            ViewError::Region {
+        let r =
+            vm17::GuestRegionMmap::new(raw, vm17::GuestAddress(addr)).ok_or(ViewError::Region {
                 addr,
                 reason: "overflows the address space".into(),
-            },
-        )?;
+            })?;
         regions.push(r);
     }
     vm17::GuestMemoryMmap::from_regions(regions).map_err(|e| ViewError::Region {
@@ -85,11 +84,14 @@ mod tests {
 
     #[test]
     fn the_view_sees_the_same_bytes_both_ways() {
-        let mem =
-            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000), (GuestAddress(0x20000), 0x1000)])
-                .unwrap();
+        let mem = GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), 0x10000),
+            (GuestAddress(0x20000), 0x1000),
+        ])
+        .unwrap();
         let view = memory(&mem).unwrap();
-        mem.write_obj(0xdead_beef_u32, GuestAddress(0x20010)).unwrap();
+        mem.write_obj(0xdead_beef_u32, GuestAddress(0x20010))
+            .unwrap();
         let seen: u32 = view.read_obj(vm17::GuestAddress(0x20010)).unwrap();
         assert_eq!(seen, 0xdead_beef);
         view.write_obj(7u64, vm17::GuestAddress(0x100)).unwrap();

@@ -104,6 +104,44 @@ impl Drop for Worker {
     }
 }
 
+/// Serves every available request of `queues` on the calling thread, as a worker would,
+/// and moves the transport's queues to where the worker's ended. For the fuzz target,
+/// which needs the device's guest-input path without a thread in between.
+pub fn serve_in_place(
+    queues: &mut [virtio_queue::Queue],
+    mem: &GuestMemoryMmap,
+    vfs: Arc<Vfs>,
+    interrupt: Arc<Interrupt>,
+) -> Result<(), WorkerError> {
+    use virtio_queue::QueueT;
+    let view = view::memory(mem)?;
+    let mut mirrored = Vec::with_capacity(queues.len());
+    for (i, q) in queues.iter().enumerate() {
+        mirrored.push(if q.ready() {
+            Some(view::queue(i, q)?)
+        } else {
+            None
+        });
+    }
+    let mut session = Session {
+        _mem: mem.clone(),
+        view,
+        queues: mirrored,
+        server: Server::new(vfs),
+        interrupt,
+        started: Arc::new(AtomicBool::new(false)),
+        stop: Arc::new(AtomicBool::new(false)),
+    };
+    for index in 0..queues.len() {
+        session.drain(index);
+        if let Some(q) = &session.queues[index] {
+            queues[index].set_next_avail(q.next_avail());
+            queues[index].set_next_used(q.next_used());
+        }
+    }
+    Ok(())
+}
+
 impl Session {
     fn run(mut self, kick: &EventFd) {
         loop {
