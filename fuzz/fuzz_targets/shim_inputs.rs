@@ -34,7 +34,11 @@ fuzz_target!(|data: &[u8]| {
             if let Ok(plan) = spec::for_guest(&mut value, "/run/hull/shared/c/rootfs") {
                 assert_eq!(value["root"]["path"], "/run/hull/shared/c/rootfs");
                 for v in &plan.volumes {
-                    spec::add_volume(&mut value, v, "/run/hull/shared/c-v0/rootfs");
+                    spec::add_volume(&mut value, v, "/run/hull/shared/c-v0/rootfs", true);
+                }
+                for v in &plan.shared {
+                    assert!(v.source.is_dir(), "only directories are shared");
+                    spec::add_volume(&mut value, v, "/run/hull/fs/s0", false);
                 }
             }
         }

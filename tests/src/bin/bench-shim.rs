@@ -3,7 +3,9 @@
 //! the container's first output (process start) and to `ctr` returning (exit and delete),
 //! medians of repeated runs; where a hull run's time goes; and the memory an idle task
 //! costs the host (PSS of VMM without guest RAM, shim, and for runc the container's
-//! processes), with the guest's own footprint apart.
+//! processes), with the guest's own footprint apart; and reading and writing a volume's
+//! small files through each way hull brings volumes in (a read-only copy on a block
+//! device, a read-write share over virtio-fs) against runc's bind mount.
 //!
 //! Run as root: `cargo build --release -p hull-vmm -p hull-shim && cargo run --release -p
 //! hull-e2e --bin bench-shim -- --runs 5 --idle 5`.
@@ -27,6 +29,71 @@ struct Args {
     /// Idle tasks per runtime for the memory table.
     #[arg(long, default_value_t = 5)]
     idle: usize,
+    /// Files of 4 KiB in the volume for the file table.
+    #[arg(long, default_value_t = 100)]
+    files: usize,
+}
+
+/// In the container: time `cat` of every file in /data, and (read-write volumes) writing
+/// as many new files, from /proc/uptime (10 ms resolution; the guest's own clock).
+const VOLUME_READ: &str =
+    "read a _ < /proc/uptime; cat /data/f* > /dev/null; read b _ < /proc/uptime; \
+    awk \"BEGIN { print ($b - $a) * 1000 }\"";
+const VOLUME_WRITE: &str =
+    "read a _ < /proc/uptime; cat /data/f* > /dev/null; read b _ < /proc/uptime; \
+    for i in $(ls /data); do echo written > /data/w$i; done; read c _ < /proc/uptime; \
+    awk \"BEGIN { print ($b - $a) * 1000, ($c - $b) * 1000 }\"";
+
+/// One container over the volume `dir`: milliseconds to read its files and, read-write, to
+/// write as many.
+fn volume_run(
+    c: &Containerd,
+    runtime: &str,
+    id: &str,
+    dir: &std::path::Path,
+    read_only: bool,
+) -> Result<(f64, Option<f64>)> {
+    let mode = if read_only { "ro" } else { "rw" };
+    let mount = format!(
+        "type=bind,src={},dst=/data,options=rbind:{mode}",
+        dir.display()
+    );
+    let script = if read_only { VOLUME_READ } else { VOLUME_WRITE };
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        runtime,
+        "--mount",
+        &mount,
+        BUSYBOX,
+        id,
+        "sh",
+        "-c",
+        script,
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "{runtime} volume run {id} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let v: Vec<f64> = text
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    // What the run wrote goes, so every run writes into the same directory.
+    for e in std::fs::read_dir(dir)?.flatten() {
+        if e.file_name().to_string_lossy().starts_with('w') {
+            std::fs::remove_file(e.path())?;
+        }
+    }
+    match v[..] {
+        [r] => Ok((r, None)),
+        [r, w] => Ok((r, Some(w))),
+        _ => bail!("{runtime} volume run {id} printed {text:?}"),
+    }
 }
 
 struct Timing {
@@ -237,6 +304,42 @@ fn main() -> Result<()> {
     println!("| --- | --- |");
     for (what, ms) in breakdown(&log, &id) {
         println!("| {what} | {ms:.0} |");
+    }
+
+    // A volume's small files, each way in.
+    let vol = c.dir.path().join("bench-volume");
+    std::fs::create_dir_all(&vol)?;
+    for i in 0..args.files {
+        std::fs::write(vol.join(format!("f{i:04}")), vec![b'x'; 4096])?;
+    }
+    let ways: [(&str, &str, bool); 3] = [
+        (
+            "hull, read-only (erofs copy on a drive slot)",
+            RUNTIME,
+            true,
+        ),
+        ("hull, read-write (virtio-fs share)", RUNTIME, false),
+        ("runc, read-write (bind mount)", RUNC, false),
+    ];
+    println!(
+        "\n### A volume's {} files of 4 KiB, in the container ({} runs each, median (min–max), first touch)\n",
+        args.files, args.runs
+    );
+    println!("| volume | `cat` them all | write as many new files |");
+    println!("| --- | --- | --- |");
+    for (w, (what, runtime, ro)) in ways.iter().enumerate() {
+        let (mut reads, mut writes) = (Vec::new(), Vec::new());
+        for i in 0..args.runs {
+            let (r, wr) = volume_run(&c, runtime, &format!("vol{w}-{i}"), &vol, *ro)?;
+            reads.push(r / 1e3);
+            writes.extend(wr.map(|x| x / 1e3));
+        }
+        let write_cell = if writes.is_empty() {
+            "(read-only)".to_string()
+        } else {
+            cell(writes)
+        };
+        println!("| {what} | {} | {write_cell} |", cell(reads));
     }
 
     // Idle tasks.

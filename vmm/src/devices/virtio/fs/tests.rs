@@ -39,12 +39,16 @@ impl Guest {
 
     /// Sends raw request bytes; returns the reply bytes the device wrote.
     fn raw(&mut self, request: &[u8]) -> Vec<u8> {
+        self.raw_on(REQUEST_QUEUE, request)
+    }
+
+    fn raw_on(&mut self, queue: usize, request: &[u8]) -> Vec<u8> {
         let d = &mut self.driver;
         let req = d.alloc(request.len().max(1) as u32);
         d.write(req, request);
         let reply = d.alloc(REPLY_LEN);
         let head = d.add_chain(
-            REQUEST_QUEUE,
+            queue,
             &[
                 Buf {
                     addr: req,
@@ -58,10 +62,10 @@ impl Guest {
                 },
             ],
         );
-        d.notify(REQUEST_QUEUE);
+        d.notify(queue);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let used = d.take_used(REQUEST_QUEUE);
+            let used = d.take_used(queue);
             if let Some(&(h, len)) = used.first() {
                 assert_eq!(h, head);
                 return d.read(reply, len as usize);
@@ -232,4 +236,23 @@ fn garbage_requests_get_an_empty_answer_and_the_device_keeps_serving() {
     huge[4..8].copy_from_slice(&FUSE_INIT.to_le_bytes());
     let _ = g.raw(&huge);
     g.init();
+}
+
+#[test]
+fn an_available_index_running_ahead_of_the_ring_stops_the_queue_without_spinning() {
+    let mut g = Guest::new(Arc::new(Shares::new()));
+    // Claims far more buffers than the ring holds: the device must give up on that queue,
+    // not loop on it, and go on serving the other (a spinning worker never answers).
+    g.driver.set_avail_idx(REQUEST_QUEUE, 1000);
+    g.driver.notify(REQUEST_QUEUE);
+    // Let the worker take that notification before the next request is there.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(g.driver.take_used(REQUEST_QUEUE).is_empty());
+    let mut init = vec![0u8; 56];
+    init[..4].copy_from_slice(&56u32.to_le_bytes());
+    init[4..8].copy_from_slice(&FUSE_INIT.to_le_bytes());
+    init[40..44].copy_from_slice(&7u32.to_le_bytes());
+    init[44..48].copy_from_slice(&31u32.to_le_bytes());
+    let reply = g.raw_on(0, &init);
+    assert_eq!(i32::from_le_bytes(reply[4..8].try_into().unwrap()), 0);
 }

@@ -132,11 +132,11 @@ pub fn serve_in_place(
         started: Arc::new(AtomicBool::new(false)),
         stop: Arc::new(AtomicBool::new(false)),
     };
-    for index in 0..queues.len() {
+    for (index, queue) in queues.iter_mut().enumerate() {
         session.drain(index);
         if let Some(q) = &session.queues[index] {
-            queues[index].set_next_avail(q.next_avail());
-            queues[index].set_next_used(q.next_used());
+            queue.set_next_avail(q.next_avail());
+            queue.set_next_used(q.next_used());
         }
     }
     Ok(())
@@ -174,9 +174,19 @@ impl Session {
             };
             let chain = match queue.pop_descriptor_chain(&self.view) {
                 Some(c) => c,
+                // Empty: re-arm notifications and look once more (a buffer may have come
+                // in between). Only once: a ring whose index runs ahead of what it holds
+                // says "more" forever and must not spin this thread.
                 None => match queue.enable_notification(&self.view) {
-                    Ok(true) => continue,
                     Ok(false) => return,
+                    Ok(true) => match queue.pop_descriptor_chain(&self.view) {
+                        Some(c) => c,
+                        None => {
+                            log::warn!("fs: queue {index}: the available ring is inconsistent; the queue stops");
+                            self.queues[index] = None;
+                            return;
+                        }
+                    },
                     Err(e) => {
                         log::warn!("fs: queue {index} unusable: {e}");
                         self.queues[index] = None;
