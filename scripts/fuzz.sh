@@ -15,7 +15,7 @@ logs="$(mktemp -d)"
 failed=0
 for t in "${targets[@]}"; do
     echo "fuzz: $t for ${secs}s" >&2
-    if cargo +nightly fuzz run "$t" -- -max_total_time="$secs" -max_len=8192 \
+    if cargo +nightly fuzz run "$t" -- -max_total_time="$secs" -max_len=8192 -timeout=30 \
         -print_final_stats=1 >"$logs/$t.log" 2>&1; then
         result=ok
     else
