@@ -59,6 +59,9 @@ pub struct HostConfig {
     /// Added to the containers' limits when they set some.
     pub overhead: Overhead,
     pub drive_slots: u8,
+    /// Give each sandbox VM a virtio-fs device for read-write volumes; false leaves it out
+    /// (less in the VMM facing the guest) and refuses read-write volumes by name.
+    pub shared_fs: bool,
     /// Restore sandboxes from snapshot templates (a cold boot per sandbox otherwise).
     pub templates: bool,
     pub template_dir: PathBuf,
@@ -86,6 +89,7 @@ impl Default for HostConfig {
             memory_mib: vm.memory_mib,
             overhead: Overhead::default(),
             drive_slots: vm.drive_slots,
+            shared_fs: vm.shared_fs,
             templates: true,
             template_dir: PathBuf::from(crate::template::DEFAULT_ROOT),
             run_dir: PathBuf::from("/run/hull/shim"),
@@ -206,7 +210,7 @@ impl HostConfig {
             vcpus,
             memory_mib,
             drive_slots: self.drive_slots,
-            shared_fs: true,
+            shared_fs: self.shared_fs,
         }
     }
 }

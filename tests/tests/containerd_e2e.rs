@@ -114,6 +114,11 @@ fn runtime_options_name_another_config_file() {
             .any(|(_, cmd)| cmd.contains("hull-vmm") && cmd.contains("alt-run")),
         "the VM's sockets live in the named file's run_dir: {vmm:?}"
     );
+    assert!(
+        vmm.iter()
+            .any(|(_, cmd)| cmd.contains("hull-vmm") && cmd.contains("--shared-fs")),
+        "a sandbox VM has its virtio-fs device by default: {vmm:?}"
+    );
     c.ctr_ok(&["task", "kill", "--signal", "SIGKILL", "alt"]);
     c.wait_status("alt", "STOPPED", Duration::from_secs(30));
     delete(&c, "alt");
@@ -140,6 +145,31 @@ fn runtime_options_name_another_config_file() {
         .join(hull_e2e::containerd::NAMESPACE)
         .join("alt")
         .exists());
+
+    // shared_fs = false: no virtio-fs, and a read-write volume is refused by name before
+    // any VM starts.
+    let noshare = c.dir.path().join("noshare.toml");
+    std::fs::write(&noshare, "shared_fs = false\n").unwrap();
+    let mount = format!(
+        "type=bind,src={},dst=/data,options=rbind:rw",
+        c.dir.path().display()
+    );
+    let out = c.ctr(&run_args(
+        "noshare",
+        &[
+            "--rm",
+            "--runtime-config-path",
+            noshare.to_str().unwrap(),
+            "--mount",
+            &mount,
+        ],
+        &["true"],
+    ));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("shared_fs = false"), "{err}");
+    let _ = c.ctr(&["container", "rm", "noshare"]);
+    c.assert_clean(CLEAN);
 }
 
 #[test]

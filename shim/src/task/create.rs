@@ -120,6 +120,16 @@ impl TaskService {
         // What the guest cannot honour is refused before a VM is touched; the root path is
         // set once the guest has mounted the disk.
         let plan = spec::for_guest(&mut spec, "").map_err(|e| invalid(id, e))?;
+        if let (false, Some(v)) = (config.shared_fs, plan.shared.first()) {
+            return Err(invalid(
+                id,
+                format!(
+                    "the read-write volume {} at {}: this host's hull config has shared_fs = false, so sandboxes cannot share directories (mount it read-only, or set shared_fs = true)",
+                    v.source.display(),
+                    v.destination
+                ),
+            ));
+        }
 
         let mut undo = Unwind::new(self);
         // One directory per container: its root image and one image per volume.
