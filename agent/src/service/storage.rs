@@ -381,6 +381,20 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_fs_tag_is_checked_before_anything_is_mounted() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::default();
+        for bad in ["", "a\0b", &"t".repeat(TAG_LEN + 1)] {
+            let e = storage
+                .mount_shared_fs(&dir.path().join("fs"), bad)
+                .unwrap_err();
+            assert!(e.to_string().contains("tag"), "{e}");
+        }
+        assert!(!dir.path().join("fs").exists(), "nothing was made");
+        assert!(storage.unmount_all().is_empty());
+    }
+
+    #[test]
     fn serial_text_drops_padding() {
         assert_eq!(serial_text(b"hull-c1\0\0\0"), "hull-c1");
         assert_eq!(serial_text(b"hull-c1\n"), "hull-c1");
