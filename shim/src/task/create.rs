@@ -145,7 +145,7 @@ impl TaskService {
         for (i, v) in plan.volumes.iter().enumerate() {
             let image = images.join(format!("volume-{i}.erofs"));
             all_images.push(image.clone());
-            let inner = build_volume_image(&v.source, &image).map_err(|e| {
+            let inner = rootfs::build_volume_image(&v.source, &image).map_err(|e| {
                 invalid(
                     id,
                     format!("volume {}: {}", v.destination, hull_vmm::error_chain(&e)),
@@ -391,26 +391,4 @@ fn build_root_image(
         rootfs::unmount_all(host_rootfs);
     }
     r.map(|_| ())
-}
-
-/// A read-only volume's source copied into `image`: a directory as the image's root, a
-/// file as the one entry of the image (whose name is returned).
-fn build_volume_image(source: &Path, image: &Path) -> Result<Option<String>, rootfs::RootfsError> {
-    if source.is_dir() {
-        return rootfs::build_image(source, image).map(|_| None);
-    }
-    let name = source
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "file".into());
-    let stage = image.with_extension("d");
-    let io = |op, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| rootfs::RootfsError::Io { op, path, source }
-    };
-    std::fs::create_dir_all(&stage).map_err(io("create", &stage))?;
-    let copied = std::fs::copy(source, stage.join(&name)).map_err(io("copy", source));
-    let built = copied.and_then(|_| rootfs::build_image(&stage, image));
-    let _ = std::fs::remove_dir_all(&stage);
-    built.map(|_| Some(name))
 }

@@ -51,11 +51,18 @@ impl StdioPaths {
     }
 }
 
+/// The scheme of a descriptor of this process's own (`fd://1`): the CLI hands its stdio
+/// over so. containerd never sends it, and [`is_supported`] refuses it from containerd.
+const FD_SCHEME: &str = "fd://";
+
 /// A URI such as `binary:///path?args` or `file:///path` names a logging target; hull
-/// writes plain files and FIFOs only.
+/// writes plain files and FIFOs only (and the CLI's own descriptors, `fd://N`).
 fn local_path(name: &str) -> Option<PathBuf> {
     if name.is_empty() {
         return None;
+    }
+    if name.starts_with(FD_SCHEME) {
+        return Some(PathBuf::from(name));
     }
     match name.strip_prefix("file://") {
         Some(p) => Some(PathBuf::from(p)),
@@ -208,7 +215,7 @@ fn spawn_output(
 fn relay_output(from: &mut UnixStream, to: &Path, label: &str) {
     // A FIFO's open blocks until containerd has its read end open (it does before Create);
     // a file:// target is appended to.
-    let mut out = match OpenOptions::new().append(true).create(true).open(to) {
+    let mut out = match open_target(to, true) {
         Ok(f) => f,
         Err(e) => {
             log::warn!("{label}: open {}: {e}; output dropped", to.display());
@@ -228,7 +235,7 @@ fn spawn_input(
     label: String,
 ) {
     std::thread::spawn(move || {
-        let mut input = match File::open(&from) {
+        let mut input = match open_target(&from, false) {
             Ok(f) => f,
             Err(e) => {
                 log::warn!("{label} stdin: open {}: {e}", from.display());
@@ -270,7 +277,33 @@ fn copy(from: &mut impl Read, to: &mut impl Write) -> std::io::Result<u64> {
 
 /// Whether `path` names something hull can write to (a FIFO or a file, not a logging URI).
 pub fn is_supported(name: &str) -> bool {
-    name.is_empty() || local_path(name).is_some()
+    name.is_empty() || (!name.starts_with(FD_SCHEME) && local_path(name).is_some())
+}
+
+/// Opens a stdio target: `fd://N` is a duplicate of this process's descriptor N (sharing
+/// its file offset, so output lands where the caller's own would), anything else a path.
+fn open_target(path: &Path, write: bool) -> std::io::Result<File> {
+    if let Some(n) = path.to_str().and_then(|p| p.strip_prefix(FD_SCHEME)) {
+        let fd: std::os::fd::RawFd = n.parse().map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{path:?}: not a descriptor"),
+            )
+        })?;
+        // SAFETY: dup of a descriptor number has no memory effects; the result is checked
+        // and owned by the File alone.
+        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+        if dup < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `dup` is a fresh descriptor nothing else owns.
+        return Ok(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(dup) });
+    }
+    if write {
+        OpenOptions::new().append(true).create(true).open(path)
+    } else {
+        File::open(path)
+    }
 }
 
 #[cfg(test)]
@@ -288,6 +321,11 @@ mod tests {
             Some(PathBuf::from("/var/log/c"))
         );
         assert_eq!(local_path("binary:///usr/bin/logger"), None);
+        assert!(
+            !is_supported("fd://1"),
+            "containerd may not name the shim's descriptors"
+        );
+        assert!(is_supported("/run/x/stdout"));
         assert_eq!(local_path(""), None);
         assert!(is_supported(""));
         assert!(!is_supported("binary:///x"));

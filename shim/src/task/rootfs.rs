@@ -199,6 +199,28 @@ pub fn build_image(dir: &Path, image: &Path) -> Result<u64, RootfsError> {
     Ok(len)
 }
 
+/// A read-only volume's source copied into `image`: a directory as the image's root, a
+/// file as the one entry of the image (whose name is returned).
+pub fn build_volume_image(source: &Path, image: &Path) -> Result<Option<String>, RootfsError> {
+    if source.is_dir() {
+        return build_image(source, image).map(|_| None);
+    }
+    let name = source
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "file".into());
+    let stage = image.with_extension("d");
+    let io = |op, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| RootfsError::Io { op, path, source }
+    };
+    std::fs::create_dir_all(&stage).map_err(io("create", &stage))?;
+    let copied = std::fs::copy(source, stage.join(&name)).map_err(io("copy", source));
+    let built = copied.and_then(|_| build_image(&stage, image));
+    let _ = std::fs::remove_dir_all(&stage);
+    built.map(|_| Some(name))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

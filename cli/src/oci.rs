@@ -1,0 +1,249 @@
+//! The OCI runtime spec of a `hull run`: containerd's defaults (the mounts, namespaces,
+//! capabilities and masked paths `ctr run` gives a container) with the command line's
+//! process, environment, working directory, user, terminal and volumes.
+
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    #[error("-e {0:?}: use KEY=VALUE")]
+    Env(String),
+    #[error("-w {0:?}: give an absolute path in the container")]
+    Workdir(String),
+    #[error("--user {0:?}: give UID or UID:GID (numbers), or root")]
+    User(String),
+    #[error("-v {spec:?}: {why}; use HOST:CONTAINER[:ro|:rw] with absolute paths")]
+    Volume { spec: String, why: String },
+}
+
+/// What the command line asks of the container's process.
+#[derive(Debug, Clone, Default)]
+pub struct Process {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: Option<String>,
+    pub user: Option<String>,
+    pub terminal: bool,
+}
+
+/// One `-v HOST:CONTAINER[:ro|:rw]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeSpec {
+    pub host: String,
+    pub container: String,
+    pub read_only: bool,
+}
+
+pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+pub fn parse_volume(spec: &str) -> Result<VolumeSpec, SpecError> {
+    let bad = |why: &str| SpecError::Volume {
+        spec: spec.into(),
+        why: why.into(),
+    };
+    let parts: Vec<&str> = spec.split(':').collect();
+    let (host, container, read_only) = match parts[..] {
+        [h, c] => (h, c, false),
+        [h, c, "ro"] => (h, c, true),
+        [h, c, "rw"] => (h, c, false),
+        [_, _, mode] => return Err(bad(&format!("unknown mode {mode:?}"))),
+        _ => return Err(bad("expected two or three fields")),
+    };
+    if !host.starts_with('/') || !container.starts_with('/') {
+        return Err(bad("both paths must be absolute"));
+    }
+    if container == "/" {
+        return Err(bad("a volume cannot replace the container's root"));
+    }
+    if !Path::new(host).exists() {
+        return Err(bad(&format!("the host path {host} does not exist")));
+    }
+    Ok(VolumeSpec {
+        host: host.into(),
+        container: container.into(),
+        read_only,
+    })
+}
+
+fn user(u: &str) -> Result<(u32, u32), SpecError> {
+    if u == "root" {
+        return Ok((0, 0));
+    }
+    let bad = || SpecError::User(u.into());
+    let (uid, gid) = match u.split_once(':') {
+        Some((a, b)) => (a, Some(b)),
+        None => (u, None),
+    };
+    let uid: u32 = uid.parse().map_err(|_| bad())?;
+    let gid: u32 = match gid {
+        Some(g) => g.parse().map_err(|_| bad())?,
+        None => uid,
+    };
+    Ok((uid, gid))
+}
+
+/// The spec for container `hostname` running `p` with `volumes`.
+pub fn build(hostname: &str, p: &Process, volumes: &[VolumeSpec]) -> Result<Value, SpecError> {
+    let mut env = vec![DEFAULT_PATH.to_string()];
+    if p.terminal {
+        env.push("TERM=xterm".into());
+    }
+    for e in &p.env {
+        match e.split_once('=') {
+            Some((k, _)) if !k.is_empty() => {
+                // A later value replaces an earlier one of the same name.
+                env.retain(|x| x.split_once('=').map(|(xk, _)| xk) != Some(k));
+                env.push(e.clone());
+            }
+            _ => return Err(SpecError::Env(e.clone())),
+        }
+    }
+    let cwd = p.cwd.clone().unwrap_or_else(|| "/".into());
+    if !cwd.starts_with('/') {
+        return Err(SpecError::Workdir(cwd));
+    }
+    let (uid, gid) = match &p.user {
+        Some(u) => user(u)?,
+        None => (0, 0),
+    };
+    let args = if p.args.is_empty() {
+        vec!["sh".to_string()]
+    } else {
+        p.args.clone()
+    };
+    let caps = json!([
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_FSETID",
+        "CAP_FOWNER",
+        "CAP_MKNOD",
+        "CAP_NET_RAW",
+        "CAP_SETGID",
+        "CAP_SETUID",
+        "CAP_SETFCAP",
+        "CAP_SETPCAP",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_SYS_CHROOT",
+        "CAP_KILL",
+        "CAP_AUDIT_WRITE"
+    ]);
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
+    ];
+    for v in volumes {
+        let mode = if v.read_only { "ro" } else { "rw" };
+        mounts.push(json!({
+            "destination": v.container, "type": "bind", "source": v.host,
+            "options": ["rbind", mode]
+        }));
+    }
+    Ok(json!({
+        "ociVersion": "1.0.2",
+        "root": {"path": "rootfs", "readonly": false},
+        "hostname": hostname,
+        "process": {
+            "terminal": p.terminal,
+            "args": args,
+            "env": env,
+            "cwd": cwd,
+            "user": {"uid": uid, "gid": gid},
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "noNewPrivileges": true
+        },
+        "mounts": mounts,
+        "linux": {
+            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+            "maskedPaths": [
+                "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware",
+                "/proc/scsi"
+            ],
+            "readonlyPaths": [
+                "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"
+            ]
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volumes_parse_or_say_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        assert_eq!(
+            parse_volume(&format!("{d}:/data:ro")).unwrap(),
+            VolumeSpec {
+                host: d.into(),
+                container: "/data".into(),
+                read_only: true
+            }
+        );
+        assert!(!parse_volume(&format!("{d}:/data")).unwrap().read_only);
+        for (bad, says) in [
+            (d.to_string(), "two or three fields"),
+            (format!("{d}:/data:rx"), "unknown mode"),
+            ("rel:/data".to_string(), "absolute"),
+            (format!("{d}:/"), "root"),
+            ("/no/such/dir:/data".to_string(), "does not exist"),
+        ] {
+            let e = parse_volume(&bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_process_follows_the_command_line() {
+        let p = Process {
+            args: vec!["id".into()],
+            env: vec!["A=1".into(), "PATH=/bin".into()],
+            cwd: Some("/tmp".into()),
+            user: Some("1000:100".into()),
+            terminal: false,
+        };
+        let s = build("box", &p, &[]).unwrap();
+        assert_eq!(s["process"]["args"], json!(["id"]));
+        assert_eq!(s["process"]["env"], json!(["A=1", "PATH=/bin"]));
+        assert_eq!(s["process"]["cwd"], "/tmp");
+        assert_eq!(s["process"]["user"], json!({"uid": 1000, "gid": 100}));
+        assert_eq!(s["hostname"], "box");
+        let default = build("box", &Process::default(), &[]).unwrap();
+        assert_eq!(default["process"]["args"], json!(["sh"]));
+        assert_eq!(default["process"]["user"], json!({"uid": 0, "gid": 0}));
+    }
+
+    #[test]
+    fn bad_process_options_are_refused_by_name() {
+        let with = |f: fn(&mut Process)| {
+            let mut p = Process::default();
+            f(&mut p);
+            build("b", &p, &[]).unwrap_err()
+        };
+        assert_eq!(
+            with(|p| p.env = vec!["NOEQUALS".into()]),
+            SpecError::Env("NOEQUALS".into())
+        );
+        assert_eq!(
+            with(|p| p.env = vec!["=x".into()]),
+            SpecError::Env("=x".into())
+        );
+        assert_eq!(
+            with(|p| p.cwd = Some("tmp".into())),
+            SpecError::Workdir("tmp".into())
+        );
+        assert_eq!(
+            with(|p| p.user = Some("bob".into())),
+            SpecError::User("bob".into())
+        );
+    }
+}
