@@ -7,7 +7,8 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 kernel="$("$repo/kernel-config/build.sh")"
 image="$("$repo/resources/build-image.sh")"
 echo "build: host binaries (release; a few minutes the first time)" >&2
-(cd "$repo" && cargo build --release -p hull-vmm -p hull-shim)
+(cd "$repo" && cargo build --release -p hull-vmm -p hull-shim -p hull-cli)
 echo "kernel=$kernel"
 echo "image=$image"
 echo "vmm=$repo/target/release/hull-vmm"
+echo "hull=$repo/target/release/hull"
