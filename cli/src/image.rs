@@ -1,7 +1,7 @@
-//! Images the CLI runs. For now only the built-in `busybox`: a root filesystem made from
-//! Debian's `busybox-static` (`/bin/busybox` and a link per applet, `/etc/passwd` and
-//! `/etc/group`), copied once into an erofs image under the state directory and reused by
-//! every run. Importing OCI and `docker save` archives comes with `hull image import`.
+//! Images the CLI runs: those imported into the store ([`crate::store`]), and the built-in
+//! `busybox`: a root filesystem made from Debian's `busybox-static` (`/bin/busybox` and a
+//! link per applet, `/etc/passwd` and `/etc/group`), copied once into an erofs image under
+//! the state directory and reused by every run. An imported image of the same name wins.
 
 use std::path::{Path, PathBuf};
 
@@ -11,8 +11,10 @@ const BUSYBOX_BINARY: &str = "/bin/busybox";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    #[error("unknown image {0:?}: this hull knows only the built-in busybox (image import is not built yet)")]
+    #[error("unknown image {0:?}: import it first (hull image import FILE), or use the built-in busybox")]
     Unknown(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     #[error("{BUSYBOX_BINARY} is missing: apt-get install busybox-static")]
     NoBusybox,
     #[error("{what} {path}")]
@@ -31,8 +33,26 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ImageEr
     move |source| ImageError::Io { what, path, source }
 }
 
-/// The erofs image of `name`, made under `store` the first time.
-pub fn root_image(store: &Path, name: &str) -> Result<PathBuf, ImageError> {
+/// The erofs image of `name` and how the image says to run it.
+pub fn resolve(store: &Path, name: &str) -> Result<(PathBuf, crate::store::RunConfig), ImageError> {
+    match crate::store::lookup(store, name) {
+        Ok(found) => return Ok(found),
+        Err(crate::store::StoreError::NotFound(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    if name != BUSYBOX && name != "busybox:latest" {
+        return Err(ImageError::Unknown(name.into()));
+    }
+    let config = crate::store::RunConfig {
+        env: vec![crate::oci::DEFAULT_PATH.into()],
+        cmd: vec!["sh".into()],
+        ..Default::default()
+    };
+    Ok((root_image(store, name)?, config))
+}
+
+/// The built-in busybox's erofs image, made under `store` the first time.
+fn root_image(store: &Path, name: &str) -> Result<PathBuf, ImageError> {
     if name != BUSYBOX && name != "busybox:latest" {
         return Err(ImageError::Unknown(name.into()));
     }
@@ -105,7 +125,7 @@ mod tests {
     #[test]
     fn only_the_built_in_image_is_known() {
         let dir = tempfile::tempdir().unwrap();
-        let e = root_image(dir.path(), "alpine").unwrap_err();
+        let e = resolve(dir.path(), "alpine").unwrap_err();
         assert!(e.to_string().contains("unknown image \"alpine\""), "{e}");
     }
 

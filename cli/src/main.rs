@@ -1,15 +1,21 @@
 //! `hull`: run a container in its own microVM, no containerd needed. It uses the host
 //! library the containerd shim is built on (hull-shim): templates, drive slots, shares.
 //!
-//! Built so far: `hull run` in the foreground with the built-in busybox image. Errors are
-//! one line saying what is wrong and what to do, status 125 (as docker's); a container's
-//! own status is passed through.
+//! Built so far: `hull run` (foreground or `-d`), `exec`, `ps`, `logs`, `stop`, `kill`,
+//! `rm` and `inspect`, with the built-in busybox image. Errors are one line saying what is
+//! wrong and what to do, status 125 (as docker's); a container's own status is passed
+//! through.
 
+mod check;
 mod image;
+mod lifecycle;
 mod oci;
 mod paths;
 mod run;
 mod signals;
+mod state;
+mod store;
+mod terminal;
 
 use std::path::PathBuf;
 
@@ -37,21 +43,177 @@ enum Command {
         after_help = "Examples:\n  hull run --rm busybox echo hello\n  hull run --rm -e GREETING=hi busybox sh -c 'echo $GREETING'\n  hull run --rm -v $PWD:/work -w /work busybox ls\n  echo data | hull run --rm -i busybox wc -c"
     )]
     Run(RunArgs),
+    /// Run a command in a running container.
+    #[command(after_help = "Examples:\n  hull exec web ps\n  hull exec -it web sh")]
+    Exec(ExecArgs),
+    /// List containers (running ones; -a for all).
+    #[command(after_help = "Examples:\n  hull ps\n  hull ps -a")]
+    Ps {
+        #[arg(short = 'a', long)]
+        all: bool,
+    },
+    /// Show a detached container's output.
+    #[command(after_help = "Examples:\n  hull logs web\n  hull logs -f web")]
+    Logs {
+        /// Keep printing until the container exits.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        name: String,
+    },
+    /// Stop a container: SIGTERM, then SIGKILL after the grace period.
+    #[command(after_help = "Examples:\n  hull stop web\n  hull stop -t 2 web")]
+    Stop {
+        /// Seconds between SIGTERM and SIGKILL.
+        #[arg(short = 't', long, default_value_t = 10)]
+        time: u64,
+        name: String,
+    },
+    /// Send a signal to a container's main process.
+    #[command(after_help = "Examples:\n  hull kill web\n  hull kill -s HUP web")]
+    Kill {
+        /// A signal name (TERM, KILL, HUP, ...) or number.
+        #[arg(short = 's', long, default_value = "KILL")]
+        signal: String,
+        name: String,
+    },
+    /// Remove containers (-f: running ones too, killing them).
+    #[command(after_help = "Examples:\n  hull rm web\n  hull rm -f web db")]
+    Rm {
+        #[arg(short = 'f', long)]
+        force: bool,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// A container's record as JSON.
+    #[command(after_help = "Examples:\n  hull inspect web")]
+    Inspect { name: String },
+    /// Manage images.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// List images.
+    Images,
+    /// What this host offers hull and what is missing, each with its fix.
+    #[command(after_help = "Examples:\n  hull check")]
+    Check,
+    /// Housekeeping.
+    #[command(subcommand)]
+    System(SystemCommand),
+    /// The supervisor of a detached container (started by hull run -d).
+    #[command(name = "__supervise", hide = true)]
+    Supervise { name: String },
+}
+
+#[derive(Subcommand)]
+enum SystemCommand {
+    /// Remove stopped containers, images no running container uses, and stale templates.
+    #[command(after_help = "Examples:\n  hull system prune")]
+    Prune,
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Import an OCI image layout tarball or a docker save archive.
+    #[command(
+        after_help = "Examples:\n  docker save alpine:3.20 -o alpine.tar && hull image import alpine.tar\n  hull image import --name tools:1 tools-oci.tar"
+    )]
+    Import {
+        /// The name to file it under (default: the name the archive gives, else the file's).
+        #[arg(long)]
+        name: Option<String>,
+        file: PathBuf,
+    },
+    /// List images.
+    Ls,
+    /// Remove images by name.
+    #[command(after_help = "Examples:\n  hull image rm alpine:3.20")]
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+fn images() -> i32 {
+    let refs = store::refs(&paths::images());
+    println!("{:<40}   {:<19}   SIZE", "NAME", "DIGEST");
+    for r in refs.values() {
+        let short: String = r
+            .digest
+            .trim_start_matches("sha256:")
+            .chars()
+            .take(12)
+            .collect();
+        println!(
+            "{:<40}   sha256:{short}   {:.1} MiB",
+            r.name,
+            r.size as f64 / f64::from(1u32 << 20)
+        );
+    }
+    println!("{:<40}   {:<19}   (built in)", "busybox:latest", "-");
+    0
+}
+
+fn image_command(c: ImageCommand) -> i32 {
+    match c {
+        ImageCommand::Import { name, file } => {
+            match store::import(&paths::images(), &file, name.as_deref()) {
+                Ok(names) => {
+                    for n in names {
+                        println!("{n}");
+                    }
+                    0
+                }
+                Err(e) => fail(&e),
+            }
+        }
+        ImageCommand::Ls => images(),
+        ImageCommand::Rm { names } => {
+            let mut code = 0;
+            for n in names {
+                match store::remove(&paths::images(), &n) {
+                    Ok(true) => {}
+                    Ok(false) => code = fail(&store::StoreError::NotFound(n)),
+                    Err(e) => code = fail(&e),
+                }
+            }
+            code
+        }
+    }
+}
+
+#[derive(Args)]
+struct ExecArgs {
+    /// Keep stdin open and pass it to the process.
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// Give the process a terminal.
+    #[arg(short = 't', long)]
+    tty: bool,
+    /// Environment variable KEY=VALUE; repeatable.
+    #[arg(short = 'e', long = "env")]
+    env: Vec<String>,
+    /// Working directory.
+    #[arg(short = 'w', long)]
+    workdir: Option<String>,
+    /// User: UID, UID:GID or root.
+    #[arg(short = 'u', long)]
+    user: Option<String>,
+    name: String,
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
 }
 
 #[derive(Args)]
 struct RunArgs {
-    /// Remove the container when it exits (always so for now: stopped containers are not
-    /// kept yet).
+    /// Remove the container when it exits (otherwise hull ps -a lists it until hull rm).
     #[arg(long)]
     rm: bool,
-    /// Run in the background (not built yet).
+    /// Run in the background; prints the name (hull logs, exec, stop, rm act on it).
     #[arg(short = 'd', long)]
     detach: bool,
     /// Keep stdin open and pass it to the container.
     #[arg(short = 'i', long)]
     interactive: bool,
-    /// Give the container a terminal (not built yet).
+    /// Give the container a terminal (with -i: this one, in raw mode, resized with it).
     #[arg(short = 't', long)]
     tty: bool,
     /// The container's name (and its hostname); a random one otherwise.
@@ -76,7 +238,7 @@ struct RunArgs {
     /// User: UID, UID:GID or root.
     #[arg(short = 'u', long)]
     user: Option<String>,
-    /// The image: busybox (built in).
+    /// The image: an imported one (hull images), or the built-in busybox.
     image: String,
     /// The command and its arguments (default: sh).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -92,6 +254,60 @@ fn config_path() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(hull_shim::config::DEFAULT_PATH))
 }
 
+fn fail(e: &dyn std::error::Error) -> i32 {
+    eprintln!("hull: {}", hull_vmm::error_chain(e));
+    FAILED
+}
+
+fn config() -> Result<hull_shim::config::HostConfig, hull_shim::config::ConfigError> {
+    hull_shim::config::HostConfig::load(&config_path())
+}
+
+fn run_command(a: RunArgs) -> i32 {
+    let opts = run::RunOptions {
+        name: a.name,
+        rm: a.rm,
+        detach: a.detach,
+        interactive: a.interactive,
+        tty: a.tty,
+        cpus: a.cpus,
+        memory: a.memory,
+        volumes: a.volumes,
+        process: oci::Process {
+            args: a.command,
+            env: a.env,
+            cwd: a.workdir,
+            user: a.user,
+            terminal: a.tty,
+        },
+        image: a.image,
+    };
+    let config = match config() {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    if opts.detach {
+        return match run::run_detached(&opts, &config) {
+            Ok(name) => {
+                println!("{name}");
+                0
+            }
+            Err(e) => fail(&e),
+        };
+    }
+    match run::run(&opts, &config) {
+        Ok(status) => status,
+        Err(e) => fail(&e),
+    }
+}
+
+fn done(r: Result<(), lifecycle::LifecycleError>) -> i32 {
+    match r {
+        Ok(()) => 0,
+        Err(e) => fail(&e),
+    }
+}
+
 fn main() {
     signals::block();
     let cli = Cli::parse();
@@ -104,42 +320,91 @@ fn main() {
         .format_target(false)
         .init();
     let code = match cli.command {
-        Command::Run(a) => {
-            let opts = run::RunOptions {
-                name: a.name,
-                detach: a.detach,
-                interactive: a.interactive,
-                tty: a.tty,
-                cpus: a.cpus,
-                memory: a.memory,
-                volumes: a.volumes,
-                process: oci::Process {
-                    args: a.command,
-                    env: a.env,
-                    cwd: a.workdir,
-                    user: a.user,
-                    terminal: a.tty,
-                },
-                image: a.image,
+        Command::Run(a) => run_command(a),
+        Command::Exec(a) => {
+            let p = oci::Process {
+                args: a.command,
+                env: a.env,
+                cwd: a.workdir,
+                user: a.user,
+                terminal: a.tty,
             };
-            let _ = a.rm;
-            match hull_shim::config::HostConfig::load(&config_path()) {
-                Err(e) => {
-                    eprintln!(
-                        "hull: the hull configuration: {}",
-                        hull_vmm::error_chain(&e)
-                    );
-                    FAILED
-                }
-                Ok(config) => match run::run(&opts, &config) {
-                    Ok(status) => status,
-                    Err(e) => {
-                        eprintln!("hull: {}", hull_vmm::error_chain(&e));
-                        FAILED
-                    }
-                },
+            match lifecycle::exec(&a.name, &p, a.interactive) {
+                Ok(status) => status,
+                Err(e) => fail(&e),
             }
         }
+        Command::Ps { all } => {
+            print!("{}", lifecycle::ps(all));
+            0
+        }
+        Command::Logs { follow, name } => {
+            done(lifecycle::logs(&name, follow, &mut std::io::stdout()))
+        }
+        Command::Stop { time, name } => {
+            done(lifecycle::stop(&name, std::time::Duration::from_secs(time)))
+        }
+        Command::Kill { signal, name } => {
+            done(lifecycle::parse_signal(&signal).and_then(|s| lifecycle::kill(&name, s)))
+        }
+        Command::Rm { force, names } => {
+            let mut code = 0;
+            for n in names {
+                if let Err(e) = lifecycle::rm(&n, force) {
+                    code = fail(&e);
+                }
+            }
+            code
+        }
+        Command::Inspect { name } => match lifecycle::inspect(&name) {
+            Ok(json) => {
+                println!("{json}");
+                0
+            }
+            Err(e) => fail(&e),
+        },
+        Command::Image(c) => image_command(c),
+        Command::Check => match config() {
+            Ok(c) => {
+                if check::print(&check::check(&c)) {
+                    0
+                } else {
+                    1
+                }
+            }
+            Err(e) => fail(&e),
+        },
+        Command::System(SystemCommand::Prune) => match config() {
+            Ok(c) => {
+                let p = check::prune(&c);
+                println!(
+                    "removed {} stopped container(s){}, {} image(s){}, {} stale template(s)",
+                    p.containers.len(),
+                    if p.containers.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", p.containers.join(", "))
+                    },
+                    p.images.len(),
+                    if p.images.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", p.images.join(", "))
+                    },
+                    p.templates
+                );
+                0
+            }
+            Err(e) => fail(&e),
+        },
+        Command::Images => images(),
+        Command::Supervise { name } => match config() {
+            Ok(c) => match run::supervise(&name, &c) {
+                Ok(status) => status,
+                Err(e) => fail(&e),
+            },
+            Err(e) => fail(&e),
+        },
     };
     std::process::exit(code);
 }

@@ -19,7 +19,7 @@ pub enum SpecError {
 }
 
 /// What the command line asks of the container's process.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Process {
     pub args: Vec<String>,
     pub env: Vec<String>,
@@ -86,7 +86,10 @@ fn user(u: &str) -> Result<(u32, u32), SpecError> {
 
 /// The spec for container `hostname` running `p` with `volumes`.
 pub fn build(hostname: &str, p: &Process, volumes: &[VolumeSpec]) -> Result<Value, SpecError> {
-    let mut env = vec![DEFAULT_PATH.to_string()];
+    let mut env = Vec::new();
+    if !p.env.iter().any(|e| e.starts_with("PATH=")) {
+        env.push(DEFAULT_PATH.to_string());
+    }
     if p.terminal {
         env.push("TERM=xterm".into());
     }

@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hull_protocol::rpc::agent::{
-    ContainerRequest, CreateContainerRequest, CreateSandboxRequest, SignalProcessRequest,
+    ContainerRequest, CreateContainerRequest, CreateSandboxRequest, ResizePtyRequest,
+    SignalProcessRequest,
 };
 use hull_shim::config::{HostConfig, Limits};
 use hull_shim::task::io::{ProcessIo, StdioPaths};
@@ -19,7 +20,7 @@ use hull_shim::task::pod::{ctx, EventSink, Pod};
 use hull_shim::task::spec;
 use hull_shim::template::TemplateCache;
 
-use crate::{image, oci, paths};
+use crate::{image, oci, paths, state, terminal};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -31,14 +32,12 @@ pub enum RunError {
         "--name {0:?}: use 1-40 characters from a-z A-Z 0-9 _ . - starting with a letter or digit"
     )]
     BadName(String),
-    #[error("the name {0:?} is in use by a running sandbox: choose another with --name")]
-    NameInUse(String),
+    #[error(transparent)]
+    State(#[from] state::StateError),
     #[error("--memory {0:?}: {1}")]
     Memory(String, &'static str),
     #[error("--cpus {0}: give 1 to 255")]
     Cpus(u32),
-    #[error("{0} is not built yet in this hull; run in the foreground without it")]
-    NotBuilt(&'static str),
     #[error("{0}")]
     Volume(String),
     #[error("{what}: {why}")]
@@ -47,10 +46,11 @@ pub enum RunError {
     VmGone(String),
 }
 
-/// What `hull run` was asked.
-#[derive(Debug, Clone, Default)]
+/// What `hull run` was asked (saved for a detached run's supervisor).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct RunOptions {
     pub name: Option<String>,
+    pub rm: bool,
     pub detach: bool,
     pub interactive: bool,
     pub tty: bool,
@@ -126,11 +126,13 @@ impl EventSink for Exits {
     }
 }
 
-/// Removes what a run made, whichever way it ends.
+/// Removes what a run made, whichever way it ends: the VM, its run directory, the
+/// volume copies, and with `--rm` the record too.
 struct Cleanup {
     pod: Option<Arc<Pod>>,
+    name: String,
     run_dir: PathBuf,
-    state_dir: PathBuf,
+    remove_record: bool,
 }
 
 impl Drop for Cleanup {
@@ -139,7 +141,10 @@ impl Drop for Cleanup {
             pod.shutdown();
         }
         let _ = std::fs::remove_dir_all(&self.run_dir);
-        let _ = std::fs::remove_dir_all(&self.state_dir);
+        let _ = std::fs::remove_dir_all(state::dir(&self.name).join("images"));
+        if self.remove_record {
+            let _ = std::fs::remove_dir_all(state::dir(&self.name));
+        }
     }
 }
 
@@ -147,14 +152,16 @@ fn sandbox_err(what: &'static str) -> impl Fn(String) -> RunError {
     move |why| RunError::Sandbox { what, why }
 }
 
-/// Runs the container; returns its exit status (128 + N for a signal, as a shell says).
-pub fn run(opts: &RunOptions, config: &HostConfig) -> Result<i32, RunError> {
-    if opts.detach {
-        return Err(RunError::NotBuilt("-d (detached sandboxes)"));
-    }
-    if opts.tty {
-        return Err(RunError::NotBuilt("-t (a terminal)"));
-    }
+/// A run checked and ready: nothing has been started or written yet.
+struct Prepared {
+    name: String,
+    spec: serde_json::Value,
+    plan: spec::GuestPlan,
+    root_image: PathBuf,
+    vm: hull_shim::VmSpec,
+}
+
+fn prepare(opts: &RunOptions, config: &HostConfig) -> Result<Prepared, RunError> {
     let name = match &opts.name {
         Some(n) => n.clone(),
         None => random_name(),
@@ -171,36 +178,204 @@ pub fn run(opts: &RunOptions, config: &HostConfig) -> Result<i32, RunError> {
         .iter()
         .map(|v| oci::parse_volume(v))
         .collect::<Result<_, _>>()?;
-    let mut spec = oci::build(&name, &opts.process, &volumes)?;
+    let (root_image, image_config) = image::resolve(&paths::images(), &opts.image)?;
+    let process = with_image_defaults(&opts.process, &image_config);
+    let mut spec = oci::build(&name, &process, &volumes)?;
     let plan = spec::for_guest(&mut spec, "").map_err(|e| RunError::Volume(e.to_string()))?;
     if !config.shared_fs && !plan.shared.is_empty() {
         return Err(RunError::Volume(
             "read-write volumes need shared_fs = true in the hull config; add :ro to copy the directory in instead".into(),
         ));
     }
-    let root_image = image::root_image(&paths::images(), &opts.image)?;
+    let vm = config
+        .vm_spec((memory_mib.is_some() || vcpus.is_some()).then_some(Limits { vcpus, memory_mib }));
+    Ok(Prepared {
+        name,
+        spec,
+        plan,
+        root_image,
+        vm,
+    })
+}
 
-    let run_dir = paths::run().join(&name);
-    if run_dir.exists() {
-        if paths::sandbox_alive(&run_dir) {
-            return Err(RunError::NameInUse(name));
+/// The command line's process over the image's defaults, as docker combines them: the
+/// entrypoint stays and the command replaces the image's; variables given replace the
+/// image's of the same name; the working directory and user apply when not given.
+fn with_image_defaults(p: &oci::Process, image: &crate::store::RunConfig) -> oci::Process {
+    let mut args = image.entrypoint.clone();
+    if p.args.is_empty() {
+        args.extend(image.cmd.iter().cloned());
+    } else {
+        args.extend(p.args.iter().cloned());
+    }
+    let mut env = image.env.clone();
+    env.extend(p.env.iter().cloned());
+    let nonempty = |s: &String| (!s.is_empty()).then(|| s.clone());
+    oci::Process {
+        args,
+        env,
+        cwd: p.cwd.clone().or_else(|| nonempty(&image.working_dir)),
+        user: p.user.clone().or_else(|| nonempty(&image.user)),
+        terminal: p.terminal,
+    }
+}
+
+fn record_for(p: &Prepared, opts: &RunOptions) -> state::Record {
+    state::Record {
+        name: p.name.clone(),
+        image: opts.image.clone(),
+        command: opts.process.args.clone(),
+        created: state::now(),
+        status: state::Status::Created,
+        owner_pid: std::process::id(),
+        detached: opts.detach,
+    }
+}
+
+/// `hull run` in the foreground: returns the container's exit status.
+pub fn run(opts: &RunOptions, config: &HostConfig) -> Result<i32, RunError> {
+    let p = prepare(opts, config)?;
+    let record = record_for(&p, opts);
+    state::claim(&record)?;
+    execute(p, opts, config, record)
+}
+
+/// `hull run -d`: starts a supervisor that owns the sandbox (its output goes to the
+/// container's log) and returns the container's name once it runs.
+pub fn run_detached(opts: &RunOptions, config: &HostConfig) -> Result<String, RunError> {
+    let p = prepare(opts, config)?;
+    let record = record_for(&p, opts);
+    state::claim(&record)?;
+    let name = p.name.clone();
+    let fail = |e: RunError| {
+        let _ = state::remove(&name);
+        e
+    };
+    let options = state::dir(&name).join("run.json");
+    let mut saved = opts.clone();
+    saved.name = Some(name.clone());
+    std::fs::write(&options, serde_json::to_vec(&saved).unwrap_or_default())
+        .map_err(|e| fail(sandbox_err("save the run's options")(e.to_string())))?;
+    let log = std::fs::File::create(state::log_file(&name))
+        .map_err(|e| fail(sandbox_err("create the container's log")(e.to_string())))?;
+    let err_log = log
+        .try_clone()
+        .map_err(|e| fail(sandbox_err("create the container's log")(e.to_string())))?;
+    let exe = std::env::current_exe()
+        .map_err(|e| fail(sandbox_err("find the hull binary")(e.to_string())))?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("__supervise")
+        .arg(&name)
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(err_log);
+    let new_session = || {
+        // SAFETY: setsid only changes the calling process's session (the child's: the
+        // caller's terminal and its signals do not reach the supervisor).
+        unsafe { libc::setsid() };
+        Ok(())
+    };
+    // SAFETY: the closure runs in the child between fork and exec and calls only setsid,
+    // which is async-signal-safe.
+    unsafe { std::os::unix::process::CommandExt::pre_exec(&mut cmd, new_session) };
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| fail(sandbox_err("start the supervisor")(e.to_string())))?;
+    // The supervisor takes the record over; wait until the container runs or the run
+    // failed (bounded by the agent's own call deadlines, generously).
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    loop {
+        match state::read(&name) {
+            Ok(r) if r.owner_pid == child.id() => match r.status {
+                state::Status::Running | state::Status::Exited { .. } => return Ok(name),
+                state::Status::Failed { reason } => {
+                    let _ = child.wait();
+                    return Err(RunError::Sandbox {
+                        what: "start the detached container",
+                        why: reason,
+                    });
+                }
+                state::Status::Created => {}
+            },
+            Ok(_) => {}
+            Err(e) => return Err(e.into()),
         }
+        if let Ok(Some(status)) = child.try_wait() {
+            if let Ok(r) = state::read(&name) {
+                if let state::Status::Running | state::Status::Exited { .. } = r.status {
+                    return Ok(name);
+                }
+            }
+            let _ = state::remove(&name);
+            return Err(RunError::Sandbox {
+                what: "start the detached container",
+                why: format!("its supervisor ended ({status}); hull run without -d shows why"),
+            });
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(RunError::Sandbox {
+                what: "start the detached container",
+                why: "it did not start within 600 s".into(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The supervisor of a detached container (`hull __supervise NAME`): runs it as the
+/// foreground path does, its stdio being the log.
+pub fn supervise(name: &str, config: &HostConfig) -> Result<i32, RunError> {
+    let bytes = std::fs::read(state::dir(name).join("run.json"))
+        .map_err(|e| sandbox_err("read the run's options")(e.to_string()))?;
+    let opts: RunOptions = serde_json::from_slice(&bytes)
+        .map_err(|e| sandbox_err("read the run's options")(e.to_string()))?;
+    let mut record = state::read(name)?;
+    record.owner_pid = std::process::id();
+    record.status = state::Status::Created;
+    state::write(&record)?;
+    let result = prepare(&opts, config).and_then(|p| execute(p, &opts, config, record.clone()));
+    if let Err(e) = &result {
+        record.status = state::Status::Failed {
+            reason: hull_vmm::error_chain(e),
+        };
+        let _ = state::write(&record);
+    }
+    result
+}
+
+fn execute(
+    p: Prepared,
+    opts: &RunOptions,
+    config: &HostConfig,
+    mut record: state::Record,
+) -> Result<i32, RunError> {
+    let Prepared {
+        name,
+        mut spec,
+        plan,
+        root_image,
+        vm,
+    } = p;
+    let run_dir = state::run_dir(&name);
+    if run_dir.exists() {
+        // A run of this name that crashed: its VM, if any, goes.
         hull_shim::task::pod::kill_orphaned(&run_dir);
         let _ = std::fs::remove_dir_all(&run_dir);
     }
-    let state_dir = paths::containers().join(&name);
     let mut cleanup = Cleanup {
         pod: None,
+        name: name.clone(),
         run_dir: run_dir.clone(),
-        state_dir: state_dir.clone(),
+        remove_record: opts.rm,
     };
-    std::fs::create_dir_all(&state_dir).map_err(|e| RunError::Sandbox {
+    let images = state::dir(&name).join("images");
+    std::fs::create_dir_all(&images).map_err(|e| RunError::Sandbox {
         what: "create the container's directory",
-        why: format!("{}: {e}", state_dir.display()),
+        why: format!("{}: {e}", images.display()),
     })?;
     let mut volume_images = Vec::new();
     for (i, v) in plan.volumes.iter().enumerate() {
-        let img = state_dir.join(format!("volume-{i}.erofs"));
+        let img = images.join(format!("volume-{i}.erofs"));
         let inner = hull_shim::task::rootfs::build_volume_image(&v.source, &img).map_err(|e| {
             RunError::Volume(format!(
                 "-v {}: {}",
@@ -211,8 +386,6 @@ pub fn run(opts: &RunOptions, config: &HostConfig) -> Result<i32, RunError> {
         volume_images.push((img, inner));
     }
 
-    let vm = config
-        .vm_spec((memory_mib.is_some() || vcpus.is_some()).then_some(Limits { vcpus, memory_mib }));
     let templates = config
         .templates
         .then(|| TemplateCache::new(&config.template_dir));
@@ -265,8 +438,13 @@ pub fn run(opts: &RunOptions, config: &HostConfig) -> Result<i32, RunError> {
             String::new()
         },
         stdout: "fd://1".into(),
-        stderr: "fd://2".into(),
-        terminal: false,
+        // A terminal carries both output streams.
+        stderr: if opts.tty {
+            String::new()
+        } else {
+            "fd://2".into()
+        },
+        terminal: opts.tty,
     };
     let mut create = CreateContainerRequest::new();
     create.container_id = name.clone();
@@ -277,31 +455,71 @@ pub fn run(opts: &RunOptions, config: &HostConfig) -> Result<i32, RunError> {
         .map_err(|e| sandbox_err("create the container")(e.to_string()))?;
     let mut io = ProcessIo::attach(&pod.endpoint, &name, "", &stdio)
         .map_err(|e| sandbox_err("connect the container's stdio")(hull_vmm::error_chain(&e)))?;
+    // The terminal is raw from just before the container starts until this returns (the
+    // guard is dropped on every path out, errors included).
+    let _raw = (opts.tty && opts.interactive)
+        .then(|| terminal::RawMode::enter(0))
+        .flatten();
+    if opts.tty {
+        resize(&pod, &name);
+    }
     let mut start = ContainerRequest::new();
     start.container_id = name.clone();
     pod.agent
         .start_container(ctx(), &start)
         .map_err(|e| sandbox_err("start the container")(e.to_string()))?;
-    forward_signals(pod.clone(), name.clone());
+    record.status = state::Status::Running;
+    state::write(&record)?;
+    forward_signals(pod.clone(), name.clone(), opts.tty);
 
     let exit = rx
         .recv()
         .unwrap_or_else(|_| Err("the event stream ended".into()));
     io.drain(Duration::from_secs(5));
     io.close();
+    record.status = match &exit {
+        Ok(code) => state::Status::Exited { code: *code },
+        Err(why) => state::Status::Failed {
+            reason: format!("the sandbox VM stopped: {why}"),
+        },
+    };
+    if !opts.rm {
+        let _ = state::write(&record);
+    }
     drop(cleanup);
     let status = exit.map_err(RunError::VmGone)?;
     Ok(status)
 }
 
+/// Passes this terminal's size to the container's.
+fn resize(pod: &Pod, container: &str) {
+    let Some((rows, columns)) = terminal::size(1).or_else(|| terminal::size(0)) else {
+        return;
+    };
+    let mut req = ResizePtyRequest::new();
+    req.container_id = container.to_string();
+    req.rows = u32::from(rows);
+    req.columns = u32::from(columns);
+    if let Err(e) = pod.agent.resize_pty(ctx(), &req) {
+        log::debug!("resizing the container's terminal: {e}");
+    }
+}
+
 /// SIGINT, SIGTERM and SIGHUP to `hull run` go to the container's process (blocked here
-/// and taken by a thread of their own; the container decides what they mean).
-fn forward_signals(pod: Arc<Pod>, container: String) {
+/// and taken by a thread of their own; the container decides what they mean); SIGWINCH
+/// resizes the container's terminal.
+fn forward_signals(pod: Arc<Pod>, container: String, tty: bool) {
     let set = crate::signals::forwarded();
     std::thread::spawn(move || loop {
         let Some(sig) = crate::signals::wait(&set) else {
             return;
         };
+        if sig == libc::SIGWINCH {
+            if tty {
+                resize(&pod, &container);
+            }
+            continue;
+        }
         let mut req = SignalProcessRequest::new();
         req.container_id = container.clone();
         req.signal = sig as u32;
@@ -325,6 +543,33 @@ mod tests {
         for bad in ["", "lots", "4m", "-1g", "99999999999999g"] {
             assert!(parse_memory(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_image_gives_defaults_the_command_line_overrides() {
+        let image = crate::store::RunConfig {
+            env: vec!["PATH=/bin".into(), "A=image".into()],
+            cmd: vec!["serve".into()],
+            entrypoint: vec!["/app".into()],
+            working_dir: "/srv".into(),
+            user: "1000".into(),
+        };
+        let p = with_image_defaults(&oci::Process::default(), &image);
+        assert_eq!(p.args, ["/app", "serve"]);
+        assert_eq!(p.cwd.as_deref(), Some("/srv"));
+        assert_eq!(p.user.as_deref(), Some("1000"));
+        let given = oci::Process {
+            args: vec!["--help".into()],
+            env: vec!["A=cli".into()],
+            cwd: Some("/tmp".into()),
+            ..Default::default()
+        };
+        let p = with_image_defaults(&given, &image);
+        assert_eq!(p.args, ["/app", "--help"]);
+        let s = oci::build("x", &p, &[]).unwrap();
+        let env = s["process"]["env"].as_array().unwrap();
+        assert!(env.iter().any(|e| e == "A=cli") && !env.iter().any(|e| e == "A=image"));
+        assert_eq!(p.cwd.as_deref(), Some("/tmp"));
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! The signals `hull run` passes on to its container. They are blocked in every thread
-//! (before any is spawned, so all inherit the mask) and taken synchronously by one.
+//! The signals `hull run` passes on to its container (and SIGWINCH, a terminal's new size).
+//! They are blocked in every thread (before any is spawned, so all inherit the mask) and
+//! taken synchronously by one.
 
-pub const FORWARDED: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+pub const FORWARDED: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGWINCH];
 
 /// Blocks the forwarded signals in the calling thread; call it first in `main`.
 pub fn block() {

@@ -239,8 +239,14 @@ fn bad_input_is_one_line_and_status_125() {
             "--name",
         ),
         (
-            vec!["run", "--rm", "-t", "busybox", "true"],
-            "not built yet",
+            vec!["run", "--rm", "--cpus", "0", "busybox", "true"],
+            "--cpus 0",
+        ),
+        (vec!["logs", "nosuch"], "no container named \"nosuch\""),
+        (vec!["kill", "-s", "NOPE", "nosuch"], "signal \"NOPE\""),
+        (
+            vec!["run", "--rm", "nosuch:1"],
+            "unknown image \"nosuch:1\"",
         ),
     ] {
         let out = r.hull(&args);
@@ -252,5 +258,318 @@ fn bad_input_is_one_line_and_status_125() {
         );
         assert_eq!(err.lines().count(), 1, "{args:?}: one line: {err}");
     }
+    r.assert_clean();
+}
+
+fn tmux(args: &[&str]) -> String {
+    let out = Command::new("tmux").args(args).output().unwrap();
+    text(&out.stdout)
+}
+
+fn wait_screen(session: &str, want: &str, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let screen = tmux(&["capture-pane", "-p", "-t", session]);
+        if screen.contains(want) {
+            return screen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{want:?} did not appear within {within:?}; screen:\n{screen}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn an_interactive_terminal_types_resizes_interrupts_and_is_restored() {
+    if skip() {
+        return;
+    }
+    if Command::new("tmux").arg("-V").output().is_err() {
+        eprintln!("skipped: tmux is not installed");
+        return;
+    }
+    let r = Root::new();
+    let session = format!("hull-cli-{}", std::process::id());
+    let status = r.0.path().join("status");
+    let restored = r.0.path().join("restored");
+    let script = format!(
+        "before=$(stty -g); HULL_ROOT={root} {HULL} run --rm -it busybox sh; echo $? > {status}; \
+         [ \"$(stty -g)\" = \"$before\" ] && echo yes > {restored}; sleep 60",
+        root = r.0.path().display(),
+        status = status.display(),
+        restored = restored.display()
+    );
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "100",
+        "-y",
+        "40",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    wait_screen(&session, "#", Duration::from_secs(90));
+    tmux(&[
+        "send-keys",
+        "-t",
+        &session,
+        "stty size; echo typed-$((6*7))",
+        "Enter",
+    ]);
+    let screen = wait_screen(&session, "typed-42", Duration::from_secs(60));
+    assert!(screen.contains("40 100"), "the terminal's size:\n{screen}");
+    tmux(&["resize-window", "-t", &session, "-x", "120", "-y", "50"]);
+    std::thread::sleep(Duration::from_secs(2));
+    tmux(&["send-keys", "-t", &session, "clear; stty size", "Enter"]);
+    wait_screen(&session, "50 120", Duration::from_secs(60));
+    // Ctrl-C reaches the container's foreground process, not hull.
+    tmux(&["send-keys", "-t", &session, "sleep 1000", "Enter"]);
+    std::thread::sleep(Duration::from_secs(2));
+    tmux(&["send-keys", "-t", &session, "C-c"]);
+    tmux(&["send-keys", "-t", &session, "echo after-$((1+1))", "Enter"]);
+    wait_screen(&session, "after-2", Duration::from_secs(60));
+    tmux(&["send-keys", "-t", &session, "exit 3", "Enter"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !status.exists() {
+        assert!(Instant::now() < deadline, "hull did not end after exit");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The shell checks the settings right after writing the status.
+    std::thread::sleep(Duration::from_secs(1));
+    tmux(&["kill-session", "-t", &session]);
+    assert_eq!(std::fs::read_to_string(&status).unwrap().trim(), "3");
+    assert!(
+        restored.exists(),
+        "the terminal's settings are back as they were"
+    );
+    r.assert_clean();
+}
+
+fn ok(r: &Root, args: &[&str]) -> String {
+    let out = r.hull(args);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{args:?}: {}",
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+fn wait_status(r: &Root, name: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ps = ok(r, &["ps", "-a"]);
+        if ps.lines().any(|l| l.starts_with(name) && l.contains(want)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} never {want}:\n{ps}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn detached_containers_log_exec_signal_inspect_and_remove() {
+    if skip() {
+        return;
+    }
+    let r = Root::new();
+    let name = ok(
+        &r,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "web",
+            "busybox",
+            "sh",
+            "-c",
+            "echo started; trap 'echo bye; exit 5' TERM; sleep 1000 & wait",
+        ],
+    );
+    assert_eq!(name, "web\n");
+    assert!(ok(&r, &["ps"])
+        .lines()
+        .any(|l| l.starts_with("web") && l.contains("running")));
+    assert_eq!(ok(&r, &["exec", "web", "echo", "from-exec"]), "from-exec\n");
+    let out = r.hull(&["exec", "web", "sh", "-c", "exit 9"]);
+    assert_eq!(out.status.code(), Some(9), "{}", text(&out.stderr));
+    assert!(ok(&r, &["logs", "web"]).contains("started"));
+    ok(&r, &["kill", "-s", "TERM", "web"]);
+    wait_status(&r, "web", "exited (5)");
+    assert!(ok(&r, &["logs", "web"]).contains("bye"));
+    assert!(
+        !ok(&r, &["ps"]).contains("web"),
+        "ps lists running ones only"
+    );
+    let json: serde_json::Value = serde_json::from_str(&ok(&r, &["inspect", "web"])).unwrap();
+    assert_eq!(json["status"]["state"], "exited");
+    assert_eq!(json["status"]["code"], 5);
+    ok(&r, &["rm", "web"]);
+    assert!(!ok(&r, &["ps", "-a"]).contains("web"));
+
+    // logs -f follows until the container ends.
+    ok(
+        &r,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "f",
+            "busybox",
+            "sh",
+            "-c",
+            "echo one; sleep 2; echo two",
+        ],
+    );
+    assert_eq!(ok(&r, &["logs", "-f", "f"]), "one\ntwo\n");
+    wait_status(&r, "f", "exited (0)");
+    ok(&r, &["rm", "f"]);
+
+    // A running container is removed only by force.
+    ok(
+        &r,
+        &["run", "-d", "--name", "busy", "busybox", "sleep", "1000"],
+    );
+    let out = r.hull(&["rm", "busy"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        text(&out.stderr).contains("is running"),
+        "{}",
+        text(&out.stderr)
+    );
+    ok(&r, &["rm", "-f", "busy"]);
+
+    // A foreground run without --rm stays listed until removed.
+    ok(&r, &["run", "--name", "kept", "busybox", "true"]);
+    wait_status(&r, "kept", "exited (0)");
+    ok(&r, &["rm", "kept"]);
+    r.assert_clean();
+}
+
+/// Appends `data` as a regular file at `path` to a tar builder.
+fn add_file(b: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8]) {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(946_684_800);
+    h.set_cksum();
+    b.append_data(&mut h, path, data).unwrap();
+}
+
+#[test]
+fn imported_oci_and_docker_save_images_run_with_their_layers_and_config() {
+    if skip() {
+        return;
+    }
+    let r = Root::new();
+    let oci = r.0.path().join("busybox-oci.tar");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../resources/busybox-oci.sh");
+    let made = Command::new(script).arg(&oci).output().unwrap();
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    assert_eq!(
+        ok(
+            &r,
+            &["image", "import", "--name", "bb:oci", oci.to_str().unwrap()]
+        ),
+        "bb:oci\n"
+    );
+    assert!(ok(&r, &["run", "--rm", "bb:oci", "cat", "/etc/group"]).contains("root:x:0:"));
+
+    // A docker save archive: the busybox layer, then one that adds a file and whites out
+    // /etc/group; the config gives the command and working directory.
+    let layout = r.0.path().join("layout");
+    tar::Archive::new(std::fs::File::open(&oci).unwrap())
+        .unpack(&layout)
+        .unwrap();
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let blob = |d: &str| {
+        layout
+            .join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap(),
+    )
+    .unwrap();
+    let base = std::fs::read(blob(manifest["layers"][0]["digest"].as_str().unwrap())).unwrap();
+    let mut top = tar::Builder::new(Vec::new());
+    add_file(&mut top, "hello", b"from layer 2\n");
+    add_file(&mut top, "etc/.wh.group", b"");
+    let top = top.into_inner().unwrap();
+    let config = br#"{"config":{"Env":["PATH=/bin"],"Cmd":["cat","/hello"],"WorkingDir":"/etc"}}"#;
+    let mut save = tar::Builder::new(Vec::new());
+    add_file(&mut save, "l1/layer.tar", &base);
+    add_file(&mut save, "l2/layer.tar", &top);
+    add_file(&mut save, "config.json", config);
+    add_file(
+        &mut save,
+        "manifest.json",
+        br#"[{"Config":"config.json","RepoTags":["saved:2"],"Layers":["l1/layer.tar","l2/layer.tar"]}]"#,
+    );
+    let saved = r.0.path().join("saved.tar");
+    std::fs::write(&saved, save.into_inner().unwrap()).unwrap();
+    assert_eq!(
+        ok(&r, &["image", "import", saved.to_str().unwrap()]),
+        "saved:2\n"
+    );
+    assert_eq!(ok(&r, &["run", "--rm", "saved:2"]), "from layer 2\n");
+    let out = ok(&r, &["run", "--rm", "saved:2", "sh", "-c", "pwd; ls /etc"]);
+    assert!(out.starts_with("/etc\n"), "{out}");
+    assert!(out.contains("passwd") && !out.contains("group"), "{out}");
+    let images = ok(&r, &["images"]);
+    assert!(
+        images.contains("bb:oci") && images.contains("saved:2"),
+        "{images}"
+    );
+    ok(&r, &["image", "rm", "saved:2", "bb:oci"]);
+    assert!(!ok(&r, &["images"]).contains("saved:2"));
+    // A corrupt archive is refused by name.
+    std::fs::write(r.0.path().join("junk.tar"), b"not a tar at all").unwrap();
+    let out = r.hull(&[
+        "image",
+        "import",
+        r.0.path().join("junk.tar").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        text(&out.stderr).starts_with("hull: "),
+        "{}",
+        text(&out.stderr)
+    );
+    r.assert_clean();
+}
+
+#[test]
+fn check_reports_the_host_and_prune_removes_stopped_containers() {
+    if skip() {
+        return;
+    }
+    let r = Root::new();
+    let out = ok(&r, &["check"]);
+    for want in [
+        "ok      running as root",
+        "ok      /dev/kvm opens read-write",
+        "guest kernel",
+        "mkfs.erofs",
+        "template",
+    ] {
+        assert!(out.contains(want), "{want:?} in:\n{out}");
+    }
+    assert!(!out.contains("MISSING"), "{out}");
+    ok(&r, &["run", "--name", "old", "busybox", "true"]);
+    let pruned = ok(&r, &["system", "prune"]);
+    assert!(pruned.contains("1 stopped container(s) (old)"), "{pruned}");
+    assert!(!ok(&r, &["ps", "-a"]).contains("old"));
     r.assert_clean();
 }
