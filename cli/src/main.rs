@@ -6,16 +6,7 @@
 //! wrong and what to do, status 125 (as docker's); a container's own status is passed
 //! through.
 
-mod check;
-mod image;
-mod lifecycle;
-mod oci;
-mod paths;
-mod run;
-mod signals;
-mod state;
-mod store;
-mod terminal;
+use hull_cli::{check, lifecycle, oci, paths, run, signals, store};
 
 use std::path::PathBuf;
 

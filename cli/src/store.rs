@@ -384,8 +384,9 @@ fn docker_save(files: &Path) -> Result<Found, StoreError> {
 }
 
 /// Applies one layer (a tar, gzip-compressed or not) onto `rootfs`: whiteouts delete what
-/// lower layers made, everything else is unpacked with tar's checks.
-fn apply_layer(layer: &Path, rootfs: &Path) -> Result<(), StoreError> {
+/// lower layers made, everything else is unpacked with tar's checks. Public for the fuzz
+/// target.
+pub fn apply_layer(layer: &Path, rootfs: &Path) -> Result<(), StoreError> {
     let mut f = File::open(layer).map_err(io("open", layer))?;
     let mut magic = [0u8; 2];
     let gz = f.read_exact(&mut magic).is_ok() && magic == [0x1f, 0x8b];
