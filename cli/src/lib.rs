@@ -6,6 +6,7 @@ pub mod image;
 pub mod lifecycle;
 pub mod oci;
 pub mod paths;
+pub mod progress;
 pub mod run;
 pub mod signals;
 pub mod state;

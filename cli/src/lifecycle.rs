@@ -6,7 +6,9 @@
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::time::{Duration, Instant};
 
-use hull_protocol::rpc::agent::{ExecProcessRequest, ProcessRequest, SignalProcessRequest};
+use hull_protocol::rpc::agent::{
+    ExecProcessRequest, ProcessRequest, ResizePtyRequest, SignalProcessRequest,
+};
 use hull_protocol::rpc::agent_ttrpc::AgentClient;
 use hull_protocol::rpc::Endpoint;
 use hull_shim::task::io::{ProcessIo, StdioPaths};
@@ -266,6 +268,15 @@ pub fn exec(name: &str, process: &oci::Process, interactive: bool) -> Result<i32
         .then(|| terminal::RawMode::enter(0))
         .flatten();
     agent.exec_process(ctx(), &req).map_err(agent_err(name))?;
+    if process.terminal {
+        resize(&agent, name, &exec_id);
+    }
+    forward_signals(
+        agent.clone(),
+        name.to_string(),
+        exec_id.clone(),
+        process.terminal,
+    );
     let mut io = ProcessIo::attach(&endpoint(name), name, &exec_id, &stdio).map_err(|e| {
         LifecycleError::Agent {
             name: name.into(),
@@ -286,6 +297,45 @@ pub fn exec(name: &str, process: &oci::Process, interactive: bool) -> Result<i32
     io.close();
     let _ = agent.remove_process(ctx(), &wait);
     Ok(done.exit_status)
+}
+
+/// Passes this terminal's size to the process's.
+fn resize(agent: &AgentClient, name: &str, exec_id: &str) {
+    let Some((rows, columns)) = terminal::size(1).or_else(|| terminal::size(0)) else {
+        return;
+    };
+    let mut req = ResizePtyRequest::new();
+    req.container_id = name.into();
+    req.exec_id = exec_id.into();
+    req.rows = u32::from(rows);
+    req.columns = u32::from(columns);
+    if let Err(e) = agent.resize_pty(ctx(), &req) {
+        log::debug!("resizing the exec's terminal: {e}");
+    }
+}
+
+/// SIGINT, SIGTERM and SIGHUP to `hull exec` go to the process; SIGWINCH resizes its
+/// terminal.
+fn forward_signals(agent: AgentClient, name: String, exec_id: String, tty: bool) {
+    let set = crate::signals::forwarded();
+    std::thread::spawn(move || loop {
+        let Some(sig) = crate::signals::wait(&set) else {
+            return;
+        };
+        if sig == libc::SIGWINCH {
+            if tty {
+                resize(&agent, &name, &exec_id);
+            }
+            continue;
+        }
+        let mut req = SignalProcessRequest::new();
+        req.container_id = name.clone();
+        req.exec_id = exec_id.clone();
+        req.signal = sig as u32;
+        if let Err(e) = agent.signal_process(ctx(), &req) {
+            log::debug!("forwarding signal {sig}: {e}");
+        }
+    });
 }
 
 #[cfg(test)]

@@ -82,6 +82,7 @@ enum Command {
     #[command(subcommand)]
     Image(ImageCommand),
     /// List images.
+    #[command(after_help = "Examples:\n  hull images")]
     Images,
     /// What this host offers hull and what is missing, each with its fix.
     #[command(after_help = "Examples:\n  hull check")]
@@ -105,7 +106,7 @@ enum SystemCommand {
 enum ImageCommand {
     /// Import an OCI image layout tarball or a docker save archive.
     #[command(
-        after_help = "Examples:\n  docker save alpine:3.20 -o alpine.tar && hull image import alpine.tar\n  hull image import --name tools:1 tools-oci.tar"
+        after_help = "Examples:\n  hull image import --name tools:1 tools-oci.tar\n  docker save alpine:3.20 -o alpine.tar && hull image import alpine.tar"
     )]
     Import {
         /// The name to file it under (default: the name the archive gives, else the file's).
@@ -114,6 +115,7 @@ enum ImageCommand {
         file: PathBuf,
     },
     /// List images.
+    #[command(after_help = "Examples:\n  hull image ls")]
     Ls,
     /// Remove images by name.
     #[command(after_help = "Examples:\n  hull image rm alpine:3.20")]

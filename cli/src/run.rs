@@ -389,6 +389,16 @@ fn execute(
     let templates = config
         .templates
         .then(|| TemplateCache::new(&config.template_dir));
+    let first = templates
+        .as_ref()
+        .is_some_and(|t| matches!(t.get(&vm), Ok(None)));
+    let progress = crate::progress::step(if first {
+        "making the sandbox template (the first run of this VM shape boots and snapshots it)"
+    } else if templates.is_some() {
+        "starting the sandbox (restoring the template)"
+    } else {
+        "booting the sandbox"
+    });
     let pod = Arc::new(
         Pod::start(&name, &vm, &run_dir, templates.as_ref(), None).map_err(|e| {
             RunError::Sandbox {
@@ -426,6 +436,7 @@ fn execute(
         spec::add_volume(&mut spec, v, &source, false);
     }
 
+    progress.set("creating the container");
     let mut sandbox = CreateSandboxRequest::new();
     sandbox.hostname = name.clone();
     pod.agent
@@ -455,6 +466,7 @@ fn execute(
         .map_err(|e| sandbox_err("create the container")(e.to_string()))?;
     let mut io = ProcessIo::attach(&pod.endpoint, &name, "", &stdio)
         .map_err(|e| sandbox_err("connect the container's stdio")(hull_vmm::error_chain(&e)))?;
+    drop(progress);
     // The terminal is raw from just before the container starts until this returns (the
     // guard is dropped on every path out, errors included).
     let _raw = (opts.tty && opts.interactive)

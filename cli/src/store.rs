@@ -94,6 +94,27 @@ pub fn refs(store: &Path) -> BTreeMap<String, ImageRef> {
         .unwrap_or_default()
 }
 
+/// Holds `<store>/refs.lock` exclusively while alive: concurrent imports and removals
+/// update `refs.json` one at a time, so none loses another's name.
+struct RefsLock(#[allow(dead_code)] File);
+
+fn lock_refs(store: &Path) -> Result<RefsLock, StoreError> {
+    use std::os::fd::AsRawFd;
+    std::fs::create_dir_all(store).map_err(io("create", store))?;
+    let path = store.join("refs.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io("open", &path))?;
+    // SAFETY: flock on a descriptor we own; it blocks until the lock is ours.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(io("lock", &path)(std::io::Error::last_os_error()));
+    }
+    Ok(RefsLock(f))
+}
+
 fn write_refs(store: &Path, refs: &BTreeMap<String, ImageRef>) -> Result<(), StoreError> {
     let path = refs_path(store);
     let tmp = path.with_extension(format!("json.{}", std::process::id()));
@@ -125,6 +146,7 @@ pub fn lookup(store: &Path, name: &str) -> Result<(PathBuf, RunConfig), StoreErr
 /// Removes the name; the image goes with its last name. False if there was no such name.
 pub fn remove(store: &Path, name: &str) -> Result<bool, StoreError> {
     let full = full_name(name);
+    let _lock = lock_refs(store)?;
     let mut all = refs(store);
     let Some(r) = all.remove(&full) else {
         return Ok(false);
@@ -155,6 +177,7 @@ fn import_staged(
     name: Option<&str>,
     stage: &Path,
 ) -> Result<Vec<String>, StoreError> {
+    let progress = crate::progress::step(format!("importing {}: unpacking", archive.display()));
     let files = stage.join("archive");
     unpack_archive(archive, &files)?;
     let image = if files.join("index.json").is_file() {
@@ -166,9 +189,19 @@ fn import_staged(
     };
     let rootfs = stage.join("rootfs");
     std::fs::create_dir_all(&rootfs).map_err(io("create", &rootfs))?;
-    for layer in &image.layers {
+    for (i, layer) in image.layers.iter().enumerate() {
+        progress.set(format!(
+            "importing {}: layer {} of {}",
+            archive.display(),
+            i + 1,
+            image.layers.len()
+        ));
         apply_layer(layer, &rootfs)?;
     }
+    progress.set(format!(
+        "importing {}: building its erofs image",
+        archive.display()
+    ));
     let digest = image.digest.clone();
     let dir = image_dir(store, &digest);
     std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
@@ -192,6 +225,7 @@ fn import_staged(
                 .unwrap_or_else(|| "imported".into()),
         )],
     };
+    let _lock = lock_refs(store)?;
     let mut all = refs(store);
     for n in &names {
         all.insert(

@@ -573,3 +573,33 @@ fn check_reports_the_host_and_prune_removes_stopped_containers() {
     assert!(!ok(&r, &["ps", "-a"]).contains("old"));
     r.assert_clean();
 }
+
+#[test]
+fn every_command_has_help_with_examples() {
+    for cmd in [
+        &["run"][..],
+        &["exec"],
+        &["ps"],
+        &["logs"],
+        &["stop"],
+        &["kill"],
+        &["rm"],
+        &["inspect"],
+        &["images"],
+        &["image", "import"],
+        &["image", "ls"],
+        &["image", "rm"],
+        &["check"],
+        &["system", "prune"],
+    ] {
+        let mut args = cmd.to_vec();
+        args.push("--help");
+        let out = Command::new(HULL).args(&args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        assert!(
+            text(&out.stdout).contains("Examples:\n  hull "),
+            "{args:?}:\n{}",
+            text(&out.stdout)
+        );
+    }
+}
