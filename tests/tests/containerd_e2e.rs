@@ -332,8 +332,17 @@ fn detached_task_exec_pids_metrics_pause_resume_and_signals() {
     assert_eq!(out.status.code(), Some(5), "{}", c.log_tail(30));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "from exec\n");
 
-    let pids = c.ctr_ok(&["task", "ps", "svc"]);
-    assert!(pids.lines().count() >= 3, "init and sleep at least: {pids}");
+    // The loop's shell is alone between one `sleep` and the next (on this machine's
+    // emulated guest kernel, a good part of each second): ask until both show, bounded.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pids = c.ctr_ok(&["task", "ps", "svc"]);
+        if pids.lines().count() >= 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "init and sleep at least: {pids}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
 
     let metrics = c.ctr_ok(&["task", "metrics", "svc"]);
     let current = metrics
