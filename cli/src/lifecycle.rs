@@ -299,8 +299,9 @@ pub fn exec(name: &str, process: &oci::Process, interactive: bool) -> Result<i32
     Ok(done.exit_status)
 }
 
-/// Passes this terminal's size to the process's.
-fn resize(agent: &AgentClient, name: &str, exec_id: &str) {
+/// Passes this terminal's size to the process's (`exec_id` empty: the container's main
+/// process).
+pub fn resize(agent: &AgentClient, name: &str, exec_id: &str) {
     let Some((rows, columns)) = terminal::size(1).or_else(|| terminal::size(0)) else {
         return;
     };
@@ -314,9 +315,10 @@ fn resize(agent: &AgentClient, name: &str, exec_id: &str) {
     }
 }
 
-/// SIGINT, SIGTERM and SIGHUP to `hull exec` go to the process; SIGWINCH resizes its
+/// SIGINT, SIGTERM and SIGHUP to `hull run` or `hull exec` go to the process (blocked in
+/// every thread and taken here; the process decides what they mean); SIGWINCH resizes its
 /// terminal.
-fn forward_signals(agent: AgentClient, name: String, exec_id: String, tty: bool) {
+pub fn forward_signals(agent: AgentClient, name: String, exec_id: String, tty: bool) {
     let set = crate::signals::forwarded();
     std::thread::spawn(move || loop {
         let Some(sig) = crate::signals::wait(&set) else {

@@ -10,10 +10,7 @@ use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hull_protocol::rpc::agent::{
-    ContainerRequest, CreateContainerRequest, CreateSandboxRequest, ResizePtyRequest,
-    SignalProcessRequest,
-};
+use hull_protocol::rpc::agent::{ContainerRequest, CreateContainerRequest, CreateSandboxRequest};
 use hull_shim::config::{HostConfig, Limits};
 use hull_shim::task::io::{ProcessIo, StdioPaths};
 use hull_shim::task::pod::{ctx, EventSink, Pod};
@@ -473,7 +470,7 @@ fn execute(
         .then(|| terminal::RawMode::enter(0))
         .flatten();
     if opts.tty {
-        resize(&pod, &name);
+        crate::lifecycle::resize(&pod.agent, &name, "");
     }
     let mut start = ContainerRequest::new();
     start.container_id = name.clone();
@@ -482,7 +479,7 @@ fn execute(
         .map_err(|e| sandbox_err("start the container")(e.to_string()))?;
     record.status = state::Status::Running;
     state::write(&record)?;
-    forward_signals(pod.clone(), name.clone(), opts.tty);
+    crate::lifecycle::forward_signals(pod.agent.clone(), name.clone(), String::new(), opts.tty);
 
     let exit = rx
         .recv()
@@ -501,44 +498,6 @@ fn execute(
     drop(cleanup);
     let status = exit.map_err(RunError::VmGone)?;
     Ok(status)
-}
-
-/// Passes this terminal's size to the container's.
-fn resize(pod: &Pod, container: &str) {
-    let Some((rows, columns)) = terminal::size(1).or_else(|| terminal::size(0)) else {
-        return;
-    };
-    let mut req = ResizePtyRequest::new();
-    req.container_id = container.to_string();
-    req.rows = u32::from(rows);
-    req.columns = u32::from(columns);
-    if let Err(e) = pod.agent.resize_pty(ctx(), &req) {
-        log::debug!("resizing the container's terminal: {e}");
-    }
-}
-
-/// SIGINT, SIGTERM and SIGHUP to `hull run` go to the container's process (blocked here
-/// and taken by a thread of their own; the container decides what they mean); SIGWINCH
-/// resizes the container's terminal.
-fn forward_signals(pod: Arc<Pod>, container: String, tty: bool) {
-    let set = crate::signals::forwarded();
-    std::thread::spawn(move || loop {
-        let Some(sig) = crate::signals::wait(&set) else {
-            return;
-        };
-        if sig == libc::SIGWINCH {
-            if tty {
-                resize(&pod, &container);
-            }
-            continue;
-        }
-        let mut req = SignalProcessRequest::new();
-        req.container_id = container.clone();
-        req.signal = sig as u32;
-        if let Err(e) = pod.agent.signal_process(ctx(), &req) {
-            log::debug!("forwarding signal {sig}: {e}");
-        }
-    });
 }
 
 #[cfg(test)]
