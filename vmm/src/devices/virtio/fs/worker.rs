@@ -56,27 +56,9 @@ impl Worker {
         interrupt: Arc<Interrupt>,
         started: Arc<AtomicBool>,
     ) -> Result<Worker, WorkerError> {
-        use virtio_queue::QueueT;
-        let view = view::memory(mem)?;
-        let mut mirrored = Vec::with_capacity(queues.len());
-        for (i, q) in queues.iter().enumerate() {
-            mirrored.push(if q.ready() {
-                Some(view::queue(i, q)?)
-            } else {
-                None
-            });
-        }
         let kick = Arc::new(EventFd::new(0).map_err(WorkerError::EventFd)?);
         let stop = Arc::new(AtomicBool::new(false));
-        let session = Session {
-            _mem: mem.clone(),
-            view,
-            queues: mirrored,
-            server: Server::new(vfs),
-            interrupt,
-            started,
-            stop: stop.clone(),
-        };
+        let session = Session::new(queues, mem, vfs, interrupt, started, stop.clone())?;
         let k = kick.clone();
         let thread = std::thread::Builder::new()
             .name("hull-fs".into())
@@ -114,24 +96,14 @@ pub fn serve_in_place(
     interrupt: Arc<Interrupt>,
 ) -> Result<(), WorkerError> {
     use virtio_queue::QueueT;
-    let view = view::memory(mem)?;
-    let mut mirrored = Vec::with_capacity(queues.len());
-    for (i, q) in queues.iter().enumerate() {
-        mirrored.push(if q.ready() {
-            Some(view::queue(i, q)?)
-        } else {
-            None
-        });
-    }
-    let mut session = Session {
-        _mem: mem.clone(),
-        view,
-        queues: mirrored,
-        server: Server::new(vfs),
+    let mut session = Session::new(
+        queues,
+        mem,
+        vfs,
         interrupt,
-        started: Arc::new(AtomicBool::new(false)),
-        stop: Arc::new(AtomicBool::new(false)),
-    };
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    )?;
     for (index, queue) in queues.iter_mut().enumerate() {
         session.drain(index);
         if let Some(q) = &session.queues[index] {
@@ -143,6 +115,36 @@ pub fn serve_in_place(
 }
 
 impl Session {
+    /// A session over the transport's ready queues, from their current positions.
+    fn new(
+        queues: &[virtio_queue::Queue],
+        mem: &GuestMemoryMmap,
+        vfs: Arc<Vfs>,
+        interrupt: Arc<Interrupt>,
+        started: Arc<AtomicBool>,
+        stop: Arc<AtomicBool>,
+    ) -> Result<Session, WorkerError> {
+        use virtio_queue::QueueT;
+        let view = view::memory(mem)?;
+        let mut mirrored = Vec::with_capacity(queues.len());
+        for (i, q) in queues.iter().enumerate() {
+            mirrored.push(if q.ready() {
+                Some(view::queue(i, q)?)
+            } else {
+                None
+            });
+        }
+        Ok(Session {
+            _mem: mem.clone(),
+            view,
+            queues: mirrored,
+            server: Server::new(vfs),
+            interrupt,
+            started,
+            stop,
+        })
+    }
+
     fn run(mut self, kick: &EventFd) {
         loop {
             for index in 0..self.queues.len() {
