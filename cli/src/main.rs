@@ -148,7 +148,11 @@ fn images() -> i32 {
 fn image_command(c: ImageCommand) -> i32 {
     match c {
         ImageCommand::Import { name, file } => {
-            match store::import(&paths::images(), &file, name.as_deref()) {
+            let limits = match config() {
+                Ok(c) => c.images,
+                Err(e) => return fail(&e),
+            };
+            match store::import(&paths::images(), &file, name.as_deref(), limits) {
                 Ok(names) => {
                     for n in names {
                         println!("{n}");

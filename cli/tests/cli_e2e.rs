@@ -507,7 +507,20 @@ fn imported_oci_and_docker_save_images_run_with_their_layers_and_config() {
     add_file(&mut top, "hello", b"from layer 2\n");
     add_file(&mut top, "etc/.wh.group", b"");
     let top = top.into_inner().unwrap();
-    let config = br#"{"config":{"Env":["PATH=/bin"],"Cmd":["cat","/hello"],"WorkingDir":"/etc"}}"#;
+    let diff_id = |b: &[u8]| {
+        use sha2::Digest;
+        let h = sha2::Sha256::digest(b);
+        format!(
+            "sha256:{}",
+            h.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        )
+    };
+    let config = format!(
+        r#"{{"config":{{"Env":["PATH=/bin"],"Cmd":["cat","/hello"],"WorkingDir":"/etc"}},"rootfs":{{"type":"layers","diff_ids":["{}","{}"]}}}}"#,
+        diff_id(&base),
+        diff_id(&top)
+    );
+    let config = config.as_bytes();
     let mut save = tar::Builder::new(Vec::new());
     add_file(&mut save, "l1/layer.tar", &base);
     add_file(&mut save, "l2/layer.tar", &top);

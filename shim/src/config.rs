@@ -77,6 +77,8 @@ pub struct HostConfig {
     /// How long one call to a sandbox's agent may take before it fails with an error that
     /// says the guest did not answer.
     pub agent_timeout_secs: u64,
+    /// What one image import may unpack (`hull image import`).
+    pub images: hull_image::Limits,
 }
 
 impl Default for HostConfig {
@@ -97,6 +99,7 @@ impl Default for HostConfig {
             debug_console: false,
             log_level: "info".into(),
             agent_timeout_secs: crate::task::pod::DEFAULT_CALL_TIMEOUT.as_secs(),
+            images: hull_image::Limits::default(),
         }
     }
 }
@@ -171,6 +174,17 @@ impl HostConfig {
                     dir.display().to_string(),
                     "must be an absolute path",
                 ));
+            }
+        }
+        let i = &self.images;
+        for (field, value) in [
+            ("images.max_layer_bytes", i.max_layer_bytes),
+            ("images.max_image_bytes", i.max_image_bytes),
+            ("images.max_entries", i.max_entries),
+            ("images.max_compression_ratio", i.max_compression_ratio),
+        ] {
+            if value == 0 {
+                return Err(invalid(field, "0".into(), "must be at least 1"));
             }
         }
         // The VMM's vsock socket lives in <run_dir>/<16 hex>/ and must fit a unix socket.

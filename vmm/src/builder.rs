@@ -6,6 +6,7 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -490,11 +491,21 @@ fn console_writer(config: &VmConfig) -> Result<Box<dyn Write + Send>, BuildError
         ConsoleOutput::Stdout => Box::new(std::io::stdout()),
         ConsoleOutput::None => Box::new(std::io::sink()),
         ConsoleOutput::File(path) => {
-            Box::new(File::create(path).map_err(|source| BuildError::Open {
-                what: "console file",
-                path: path.clone(),
-                source,
-            })?)
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|source| BuildError::Open {
+                    what: "console file",
+                    path: path.clone(),
+                    source,
+                })?;
+            Box::new(crate::devices::serial::CappedConsole::new(
+                file,
+                config.console_max_bytes,
+            ))
         }
     })
 }

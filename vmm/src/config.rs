@@ -107,6 +107,10 @@ pub enum ConfigError {
 /// connections append `_<port>` (up to 11 bytes).
 pub const MAX_VSOCK_PATH: usize = 107 - 11;
 
+/// A console file's cap unless the configuration says otherwise: enough for several
+/// verbose boots, small next to a sandbox's memory (run directories are on tmpfs).
+pub const DEFAULT_CONSOLE_MAX_BYTES: u64 = 4 << 20;
+
 /// Where the guest's serial console goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConsoleOutput {
@@ -246,6 +250,9 @@ pub struct ConfigFile {
     pub vcpus: Option<u32>,
     pub memory_mib: Option<u32>,
     pub console: Option<ConsoleOutput>,
+    /// Most bytes written to a console file (default [`DEFAULT_CONSOLE_MAX_BYTES`]); past
+    /// it the guest's output is dropped after one closing note.
+    pub console_max_bytes: Option<u64>,
     pub quirks: Option<QuirksMode>,
     #[serde(default)]
     pub drive: Vec<DriveConfig>,
@@ -297,6 +304,7 @@ pub struct VmConfig {
     pub vcpus: u8,
     pub memory_mib: u32,
     pub console: ConsoleOutput,
+    pub console_max_bytes: u64,
     pub quirks: QuirksMode,
     pub drives: Vec<DriveConfig>,
     pub vsock: Option<VsockConfig>,
@@ -456,6 +464,7 @@ impl VmConfig {
             vcpus: vcpus as u8,
             memory_mib,
             console,
+            console_max_bytes: file.console_max_bytes.unwrap_or(DEFAULT_CONSOLE_MAX_BYTES),
             quirks: file.quirks.unwrap_or_default(),
             drives,
             vsock: file.vsock,

@@ -26,6 +26,7 @@ pub mod config;
 pub mod control;
 pub mod devices;
 pub mod exit;
+pub mod guest_log;
 pub mod quirks;
 pub mod signals;
 pub mod snapshot;

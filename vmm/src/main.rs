@@ -52,6 +52,9 @@ struct Args {
     /// Console destination: stdout, none, or a file path.
     #[arg(long)]
     console: Option<String>,
+    /// Most bytes a console file may grow to (default 4 MiB); later output is dropped.
+    #[arg(long)]
+    console_max_bytes: Option<u64>,
     /// Emulated-KVM quirks: auto, on, off.
     #[arg(long)]
     quirks: Option<QuirksMode>,
@@ -102,6 +105,7 @@ fn merged_config(args: Args) -> Result<ConfigFile, hull_vmm::ConfigError> {
         .as_deref()
         .map(ConsoleOutput::parse)
         .or(file.console);
+    file.console_max_bytes = args.console_max_bytes.or(file.console_max_bytes);
     file.quirks = args.quirks.or(file.quirks);
     if let Some(uds_path) = args.vsock_uds {
         let guest_cid = args
@@ -196,11 +200,21 @@ fn parse_net_flag(spec: &str) -> Result<NetConfig, hull_vmm::ConfigError> {
     Ok(net)
 }
 
+/// The most the VMM writes to its log (stderr, a file in the sandbox's run directory on
+/// tmpfs). Lines a guest can cause are rate limited (`guest_log`); this is the backstop.
+const LOG_MAX_BYTES: u64 = 8 << 20;
+
 fn main() -> ExitCode {
     let start = Instant::now();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_micros()
-        .target(env_logger::Target::Stderr)
+        .target(env_logger::Target::Pipe(Box::new(
+            hull_vmm::devices::serial::CappedConsole::with_note(
+                std::io::stderr(),
+                LOG_MAX_BYTES,
+                "[hull-vmm: the log reached its cap of 8 MiB; later lines are dropped]\n",
+            ),
+        )))
         .init();
     let args = Args::parse();
 

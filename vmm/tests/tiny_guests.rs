@@ -64,6 +64,7 @@ impl Write for Sink {
 struct Outcome {
     reason: Option<ExitReason>,
     console: Vec<u8>,
+    stages: Vec<hull_protocol::boot::Stage>,
     pio: Vec<(u64, Vec<u8>)>,
     mmio: Vec<(u64, Vec<u8>)>,
 }
@@ -72,11 +73,20 @@ struct TinyGuest {
     code: Vec<u8>,
     /// Extra (address, bytes) to place in guest memory.
     data: Vec<(u64, Vec<u8>)>,
+    /// The console sink's cap, as hull-vmm sets for a console file.
+    console_cap: Option<u64>,
 }
+
+/// A virtio-mmio transport (of a virtio-rng device) at 0xc1000, segment 0xc100.
+const VIRTIO_BASE: u64 = MMIO_BASE + 0x1000;
 
 impl TinyGuest {
     fn new(code: Vec<u8>) -> Self {
-        TinyGuest { code, data: vec![] }
+        TinyGuest {
+            code,
+            data: vec![],
+            console_cap: None,
+        }
     }
 
     fn run(self) -> Outcome {
@@ -96,11 +106,17 @@ impl TinyGuest {
         let pio_rec = Arc::new(Mutex::new(Recorder::default()));
         let mmio_rec = Arc::new(Mutex::new(Recorder::default()));
         let mut pio = Bus::new();
+        let sink: Box<dyn Write + Send> = match self.console_cap {
+            Some(cap) => Box::new(hull_vmm::devices::serial::CappedConsole::new(
+                console.clone(),
+                cap,
+            )),
+            None => Box::new(console.clone()),
+        };
+        let boot_timer = BootTimer::new(std::time::Instant::now(), exit.clone());
+        let stages = boot_timer.stages();
         pio.insert(
-            Arc::new(Mutex::new(SerialDevice::new(
-                serial_irq,
-                Box::new(console.clone()),
-            ))),
+            Arc::new(Mutex::new(SerialDevice::new(serial_irq, sink))),
             0x3f8,
             8,
         )
@@ -112,10 +128,7 @@ impl TinyGuest {
         )
         .unwrap();
         pio.insert(
-            Arc::new(Mutex::new(BootTimer::new(
-                std::time::Instant::now(),
-                exit.clone(),
-            ))),
+            Arc::new(Mutex::new(boot_timer)),
             u64::from(hull_protocol::boot::BOOT_TIMER_PORT),
             1,
         )
@@ -124,6 +137,16 @@ impl TinyGuest {
             .unwrap();
         let mut mmio = Bus::new();
         mmio.insert(mmio_rec.clone(), MMIO_BASE, 0x1000).unwrap();
+        let rng = hull_vmm::devices::virtio::mmio::MmioTransport::new(
+            Box::new(hull_vmm::devices::virtio::rng::Rng::new()),
+            mem.clone(),
+            Arc::new(hull_vmm::devices::virtio::Interrupt::new(
+                EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            )),
+        )
+        .unwrap();
+        mmio.insert(Arc::new(Mutex::new(rng)), VIRTIO_BASE, 0x1000)
+            .unwrap();
 
         let ctx = VcpuContext {
             pio: Arc::new(pio),
@@ -148,6 +171,7 @@ impl TinyGuest {
         let out = Outcome {
             reason: exit.reason(),
             console: console.0.lock().unwrap().clone(),
+            stages: stages.lock().unwrap().iter().map(|s| s.0).collect(),
             pio: pio_rec.lock().unwrap().writes.clone(),
             mmio: mmio_rec.lock().unwrap().writes.clone(),
         };
@@ -408,4 +432,131 @@ fn a_snapshot_restores_into_a_new_vm_and_continues() {
     let (_kvm2, _vm2, exit2, gate2, handle2) = start_vm(&mem2, Some(&restored));
     wait_above(&mem2, at);
     stop(exit2, gate2, handle2);
+}
+
+/// Counts what reaches the `log` facade: the lines hull-vmm would write to its log file.
+/// nextest runs each test in its own process, so the counts are this test's.
+mod log_count {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    pub static LINES: AtomicU64 = AtomicU64::new(0);
+    pub static BYTES: AtomicU64 = AtomicU64::new(0);
+
+    struct Counter;
+
+    impl log::Log for Counter {
+        fn enabled(&self, m: &log::Metadata) -> bool {
+            m.level() <= log::Level::Info
+        }
+        fn log(&self, r: &log::Record) {
+            if self.enabled(r.metadata()) {
+                LINES.fetch_add(1, Ordering::Relaxed);
+                BYTES.fetch_add(r.args().to_string().len() as u64 + 40, Ordering::Relaxed);
+            }
+        }
+        fn flush(&self) {}
+    }
+
+    pub fn install() {
+        let _ = log::set_logger(&Counter);
+        log::set_max_level(log::LevelFilter::Info);
+    }
+
+    pub fn lines() -> u64 {
+        LINES.load(Ordering::Relaxed)
+    }
+
+    pub fn bytes() -> u64 {
+        BYTES.load(Ordering::Relaxed)
+    }
+}
+
+/// Guest code that runs `body` `n` times (ecx counts down), then resets.
+fn looped(n: u32, body: &[u8]) -> Vec<u8> {
+    let mut code = vec![0x66, 0xb9]; // mov ecx, n
+    code.extend_from_slice(&n.to_le_bytes());
+    let start = code.len();
+    code.extend_from_slice(body);
+    code.extend_from_slice(&[0x66, 0x49]); // dec ecx
+    let back = i8::try_from(start as isize - (code.len() as isize + 2)).unwrap();
+    code.extend_from_slice(&[0x75, back as u8]); // jnz start
+    code.extend_from_slice(RESET);
+    code
+}
+
+const FLOOD: u32 = 100_000;
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_guest_looping_on_the_boot_port_is_recorded_and_logged_a_bounded_number_of_times() {
+    if !kvm_available() {
+        return;
+    }
+    log_count::install();
+    let port = hull_protocol::boot::BOOT_TIMER_PORT.to_le_bytes();
+    // mov dx, 0x440; mov al, AgentReady; out dx, al; mov al, 0x77 (unknown); out dx, al
+    let body = [0xba, port[0], port[1], 0xb0, 0x02, 0xee, 0xb0, 0x77, 0xee];
+    let rss = rss_kib();
+    let out = TinyGuest::new(looped(FLOOD, &body)).run();
+    assert_eq!(out.reason, Some(ExitReason::Reset));
+    assert_eq!(out.stages, vec![hull_protocol::boot::Stage::AgentReady]);
+    // One stage line, a burst of unknown-code warnings, perhaps a refill or two.
+    let lines = log_count::lines();
+    assert!(
+        lines <= u64::from(hull_vmm::guest_log::BURST) + 5,
+        "{lines} log lines"
+    );
+    assert!(
+        log_count::bytes() < 4096,
+        "{} log bytes",
+        log_count::bytes()
+    );
+    assert!(
+        rss_kib() < rss + 2048,
+        "RSS grew from {rss} to {} KiB",
+        rss_kib()
+    );
+}
+
+#[test]
+fn a_guest_looping_on_illegal_mmio_writes_is_logged_a_bounded_number_of_times() {
+    if !kvm_available() {
+        return;
+    }
+    log_count::install();
+    // mov ax, 0xc100; mov ds, ax; then: mov [0x38], eax (QueueNum before negotiation)
+    let mut code = vec![0xb8, 0x00, 0xc1, 0x8e, 0xd8];
+    code.extend(looped(FLOOD, &[0x66, 0xa3, 0x38, 0x00]));
+    let out = TinyGuest::new(code).run();
+    assert_eq!(out.reason, Some(ExitReason::Reset));
+    let lines = log_count::lines();
+    assert!(
+        lines <= u64::from(hull_vmm::guest_log::BURST) + 5,
+        "{lines} log lines"
+    );
+}
+
+#[test]
+fn a_guest_flooding_the_serial_console_fills_at_most_its_cap() {
+    if !kvm_available() {
+        return;
+    }
+    log_count::install();
+    let body = out_byte(0x3f8, b'x');
+    let mut g = TinyGuest::new(looped(FLOOD, &body));
+    g.console_cap = Some(4096);
+    let out = g.run();
+    assert_eq!(out.reason, Some(ExitReason::Reset));
+    let note = hull_vmm::devices::serial::CAPPED_NOTE;
+    assert_eq!(out.console.len(), 4096 + note.len());
+    assert!(out.console.ends_with(note.as_bytes()));
+    assert!(log_count::lines() <= 5, "{} log lines", log_count::lines());
 }

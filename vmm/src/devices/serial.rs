@@ -36,6 +36,64 @@ impl Write for ConsoleSink {
     }
 }
 
+/// A console file (or the VMM's log) with a size cap: a guest that prints without end
+/// fills at most `max_bytes`, then one closing note says that the rest was dropped. Writes
+/// past the cap succeed (the UART must not stall the guest), and are counted.
+pub struct CappedConsole<W> {
+    out: W,
+    note: &'static str,
+    max_bytes: u64,
+    written: u64,
+    dropped: u64,
+}
+
+/// The line a capped console ends with.
+pub const CAPPED_NOTE: &str =
+    "\n[hull-vmm: console output reached its cap (console_max_bytes); the rest is dropped]\n";
+
+impl<W: Write> CappedConsole<W> {
+    pub fn new(out: W, max_bytes: u64) -> Self {
+        Self::with_note(out, max_bytes, CAPPED_NOTE)
+    }
+
+    /// A capped writer that ends with `note` instead of the console's.
+    pub fn with_note(out: W, max_bytes: u64, note: &'static str) -> Self {
+        CappedConsole {
+            out,
+            note,
+            max_bytes,
+            written: 0,
+            dropped: 0,
+        }
+    }
+
+    /// Bytes the guest wrote past the cap.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+}
+
+impl<W: Write> Write for CappedConsole<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let room = self.max_bytes.saturating_sub(self.written);
+        let take = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        if take > 0 {
+            self.out.write_all(&buf[..take])?;
+            self.written += take as u64;
+        }
+        if take < buf.len() {
+            if self.dropped == 0 {
+                self.out.write_all(self.note.as_bytes())?;
+            }
+            self.dropped += (buf.len() - take) as u64;
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
 pub struct SerialDevice {
     uart: Serial<EventFdTrigger, NoEvents, ConsoleSink>,
 }
@@ -142,6 +200,19 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn a_capped_console_stops_at_its_cap_with_one_note() {
+        let sink = Shared::default();
+        let mut c = CappedConsole::new(sink.clone(), 100);
+        for _ in 0..1000 {
+            c.write_all(b"0123456789").unwrap();
+        }
+        let out = sink.0.lock().unwrap().clone();
+        assert_eq!(out.len(), 100 + CAPPED_NOTE.len());
+        assert!(out.ends_with(CAPPED_NOTE.as_bytes()));
+        assert_eq!(c.dropped(), 9900);
     }
 
     #[test]

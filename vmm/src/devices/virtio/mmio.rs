@@ -221,7 +221,7 @@ impl MmioTransport {
 
     fn update_queue<F: FnOnce(&mut Queue)>(&mut self, f: F) {
         if !self.queue_config_allowed() {
-            log::warn!("virtio-mmio: queue register written outside feature negotiation");
+            crate::guest_warn!("virtio-mmio: queue register written outside feature negotiation");
             return;
         }
         if let Some(q) = self.selected_queue() {
@@ -239,7 +239,7 @@ impl MmioTransport {
         };
         let valid = v != 0 && v <= max && v.is_power_of_two();
         if !valid {
-            log::warn!("virtio-mmio: queue {index}: size {v} is invalid (maximum {max})");
+            crate::guest_warn!("virtio-mmio: queue {index}: size {v} is invalid (maximum {max})");
         }
         if self.queue_config_allowed() {
             self.bad_size[index] = !valid;
@@ -276,7 +276,7 @@ impl MmioTransport {
             .filter(|(q, _)| q.ready())
             .all(|(q, bad)| !bad && q.is_valid(mem));
         if !all_valid {
-            log::warn!(
+            crate::guest_warn!(
                 "virtio-mmio: device type {} activated with an invalid queue",
                 self.device.device_type()
             );
@@ -517,7 +517,7 @@ impl MmioTransport {
                 let negotiating =
                     self.status & status::DRIVER != 0 && self.status & status::FEATURES_OK == 0;
                 if !negotiating {
-                    log::warn!("virtio-mmio: driver features written outside negotiation");
+                    crate::guest_warn!("virtio-mmio: driver features written outside negotiation");
                     return;
                 }
                 let shift = match self.driver_features_sel {

@@ -65,7 +65,7 @@ impl Interrupt {
     pub fn trigger(&self, bits: u32) {
         self.status.fetch_or(bits, Ordering::SeqCst);
         if let Err(e) = self.irqfd.write(1) {
-            log::error!("virtio: cannot raise interrupt: {e}");
+            crate::guest_warn!("virtio: cannot raise interrupt: {e}");
         }
     }
 
@@ -195,7 +195,7 @@ pub fn next_chain<'a>(
         Ok(true) => queue.pop_descriptor_chain(mem),
         Ok(false) => None,
         Err(e) => {
-            log::warn!("virtio: queue unusable: {e}");
+            crate::guest_warn!("virtio: queue unusable: {e}");
             None
         }
     }

@@ -58,7 +58,7 @@ impl Rng {
             let chain = match queue.iter(mem) {
                 Ok(mut available) => available.next(),
                 Err(e) => {
-                    log::warn!("virtio-rng: stopped serving the queue: {e}");
+                    crate::guest_warn!("virtio-rng: stopped serving the queue: {e}");
                     break;
                 }
             };
@@ -73,7 +73,7 @@ impl Rng {
                             .map(|()| n)
                             .unwrap_or(0),
                         Err(e) => {
-                            log::error!("virtio-rng: {e}");
+                            crate::guest_warn!("virtio-rng: {e}");
                             0
                         }
                     }
@@ -84,7 +84,7 @@ impl Rng {
                 }
             };
             if let Err(e) = queue.add_used(mem, head, len as u32) {
-                log::warn!("virtio-rng: cannot return descriptor {head}: {e}");
+                crate::guest_warn!("virtio-rng: cannot return descriptor {head}: {e}");
             }
             used = true;
         }

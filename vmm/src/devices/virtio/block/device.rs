@@ -231,7 +231,7 @@ impl Block {
         let mut used = false;
         loop {
             if let Err(e) = queue.disable_notification(mem) {
-                log::warn!("virtio-blk: {e}");
+                crate::guest_warn!("virtio-blk: {e}");
                 return used;
             }
             let mut progressed = false;
@@ -241,7 +241,7 @@ impl Block {
                 let chain = match queue.iter(mem) {
                     Ok(mut available) => available.next(),
                     Err(e) => {
-                        log::warn!("virtio-blk: stopped serving the queue: {e}");
+                        crate::guest_warn!("virtio-blk: stopped serving the queue: {e}");
                         return used;
                     }
                 };
@@ -249,7 +249,7 @@ impl Block {
                 let head = chain.head_index();
                 let len = serve_chain(&mut self.disk, chain, mem);
                 if let Err(e) = queue.add_used(mem, head, len) {
-                    log::warn!("virtio-blk: cannot return descriptor {head}: {e}");
+                    crate::guest_warn!("virtio-blk: cannot return descriptor {head}: {e}");
                 }
                 used = true;
                 progressed = true;
@@ -260,12 +260,14 @@ impl Block {
                 // "More available" yet nothing could be taken: the ring is inconsistent.
                 // Looping would spin the thread forever on a guest's say-so.
                 Ok(true) => {
-                    log::warn!("virtio-blk: avail ring claims buffers that cannot be taken");
+                    crate::guest_warn!(
+                        "virtio-blk: avail ring claims buffers that cannot be taken"
+                    );
                     return used;
                 }
                 Ok(false) => return used,
                 Err(e) => {
-                    log::warn!("virtio-blk: {e}");
+                    crate::guest_warn!("virtio-blk: {e}");
                     return used;
                 }
             }

@@ -125,7 +125,7 @@ impl VirtioDevice for Fs {
             ) {
                 Ok(w) => self.worker = Some(w),
                 Err(e) => {
-                    log::error!("fs: cannot serve the guest: {}", crate::error_chain(&e));
+                    crate::guest_warn!("fs: cannot serve the guest: {}", crate::error_chain(&e));
                     self.failed = true;
                 }
             }

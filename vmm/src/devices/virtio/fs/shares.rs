@@ -136,7 +136,7 @@ impl Shares {
             return Ok(false);
         }
         if let Err(e) = self.vfs.umount(&format!("/{name}")) {
-            log::warn!("fs: unsharing {name}: {e:?}");
+            crate::guest_warn!("fs: unsharing {name}: {e:?}");
         }
         log::info!("fs: {name} no longer shared");
         Ok(true)

@@ -184,13 +184,13 @@ impl Session {
                     Ok(true) => match queue.pop_descriptor_chain(&self.view) {
                         Some(c) => c,
                         None => {
-                            log::warn!("fs: queue {index}: the available ring is inconsistent; the queue stops");
+                            crate::guest_warn!("fs: queue {index}: the available ring is inconsistent; the queue stops");
                             self.queues[index] = None;
                             return;
                         }
                     },
                     Err(e) => {
-                        log::warn!("fs: queue {index} unusable: {e}");
+                        crate::guest_warn!("fs: queue {index} unusable: {e}");
                         self.queues[index] = None;
                         return;
                     }
@@ -206,7 +206,7 @@ impl Session {
                 return;
             };
             if let Err(e) = queue.add_used(&self.view, head, len) {
-                log::warn!("fs: queue {index}: returning a buffer: {e}");
+                crate::guest_warn!("fs: queue {index}: returning a buffer: {e}");
                 self.queues[index] = None;
                 return;
             }

@@ -148,7 +148,7 @@ impl<B: FrameIo> Net<B> {
                     Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                     Err(e) => {
                         if e.kind() != ErrorKind::WouldBlock {
-                            log::warn!("virtio-net: reading the tap failed: {e}");
+                            crate::guest_warn!("virtio-net: reading the tap failed: {e}");
                         }
                         self.backend_readable = false;
                         break;
@@ -274,7 +274,7 @@ impl<B: FrameIo> Net<B> {
                 }
             }
             if let Err(e) = queue.add_used(mem, head, 0) {
-                log::warn!("virtio-net: cannot return TX descriptor {head}: {e}");
+                crate::guest_warn!("virtio-net: cannot return TX descriptor {head}: {e}");
             }
             used = true;
         }
@@ -338,7 +338,7 @@ impl<B: FrameIo> VirtioDevice for Net<B> {
             }
         }
         if flags != 0 && !self.backend.set_offload(flags) {
-            log::warn!("virtio-net: the tap refused offload flags {flags:#x}");
+            crate::guest_warn!("virtio-net: the tap refused offload flags {flags:#x}");
         }
     }
 

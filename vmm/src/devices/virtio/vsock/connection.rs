@@ -363,7 +363,7 @@ impl Connection {
             return;
         }
         if self.buffered() + payload.len() > BUF_ALLOC as usize {
-            log::warn!("vsock: guest overran the advertised receive buffer; resetting");
+            crate::guest_warn!("vsock: guest overran the advertised receive buffer; resetting");
             self.reset();
             return;
         }

@@ -134,7 +134,7 @@ impl Vsock {
                 Err(e) => log::debug!("vsock: malformed TX descriptor chain: {e}"),
             }
             if let Err(e) = queue.add_used(mem, head, 0) {
-                log::warn!("vsock: cannot return TX descriptor {head}: {e}");
+                crate::guest_warn!("vsock: cannot return TX descriptor {head}: {e}");
             }
             used = true;
         }
@@ -170,13 +170,13 @@ impl Vsock {
             {
                 Ok(()) => HEADER_LEN + payload.len(),
                 Err(e) => {
-                    log::warn!("vsock: cannot write an RX packet to guest memory: {e}");
+                    crate::guest_warn!("vsock: cannot write an RX packet to guest memory: {e}");
                     self.muxer.rx_failed(&hdr);
                     0
                 }
             };
             if let Err(e) = queue.add_used(mem, head, len as u32) {
-                log::warn!("vsock: cannot return RX descriptor {head}: {e}");
+                crate::guest_warn!("vsock: cannot return RX descriptor {head}: {e}");
             }
             used = true;
         }
@@ -339,7 +339,7 @@ fn ask_for_next_buffer(queue: &mut Queue, mem: &GuestMemoryMmap) {
     use std::sync::atomic::Ordering;
     use vm_memory::{Bytes, GuestAddress};
     if let Err(e) = queue.enable_notification(mem) {
-        log::warn!("vsock: event queue: {e}");
+        crate::guest_warn!("vsock: event queue: {e}");
         return;
     }
     if !queue.event_idx_enabled() {
@@ -351,7 +351,7 @@ fn ask_for_next_buffer(queue: &mut Queue, mem: &GuestMemoryMmap) {
     // The used ring: flags (2), idx (2), `size` elements of 8 bytes, then avail_event.
     let at = queue.used_ring() + 4 + 8 * u64::from(queue.size());
     if let Err(e) = mem.write_obj(avail.0.to_le(), GuestAddress(at)) {
-        log::warn!("vsock: event queue: cannot write avail_event: {e}");
+        crate::guest_warn!("vsock: event queue: cannot write avail_event: {e}");
     }
     std::sync::atomic::fence(Ordering::SeqCst);
 }

@@ -241,7 +241,7 @@ impl Muxer {
         let n = match self.epoll.wait(0, &mut events) {
             Ok(n) => n,
             Err(e) => {
-                log::warn!("vsock: epoll wait failed: {e}");
+                crate::guest_warn!("vsock: epoll wait failed: {e}");
                 return;
             }
         };
@@ -278,7 +278,7 @@ impl Muxer {
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    log::warn!("vsock: accept on {}: {e}", self.uds_path.display());
+                    crate::guest_warn!("vsock: accept on {}: {e}", self.uds_path.display());
                     if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
                         // Out of descriptors: the listener would stay readable and spin
                         // the loop. Stop watching it; the sweep tries again later.
@@ -293,7 +293,9 @@ impl Muxer {
                 }
             };
             if self.handshakes.len() >= MAX_HANDSHAKES {
-                log::warn!("vsock: {MAX_HANDSHAKES} clients are mid-handshake; refusing another");
+                crate::guest_warn!(
+                    "vsock: {MAX_HANDSHAKES} clients are mid-handshake; refusing another"
+                );
                 continue;
             }
             if stream.set_nonblocking(true).is_err() {
@@ -357,14 +359,14 @@ impl Muxer {
             events.intersects(EventSet::READ_HANG_UP | EventSet::HANG_UP | EventSet::ERROR);
         let (request, len) = match result {
             Ok(None) if hung_up => {
-                log::warn!("vsock: dropping host client: {}", HandshakeError::Eof);
+                crate::guest_warn!("vsock: dropping host client: {}", HandshakeError::Eof);
                 self.drop_handshake(fd);
                 return;
             }
             Ok(None) => return,
             Ok(Some(done)) => done,
             Err(e) => {
-                log::warn!("vsock: dropping host client: {e}");
+                crate::guest_warn!("vsock: dropping host client: {e}");
                 self.drop_handshake(fd);
                 return;
             }
@@ -382,11 +384,13 @@ impl Muxer {
             Request::Connect(port) => port,
         };
         if self.conns.len() >= MAX_CONNECTIONS {
-            log::warn!("vsock: {MAX_CONNECTIONS} connections open; refusing CONNECT {port}");
+            crate::guest_warn!(
+                "vsock: {MAX_CONNECTIONS} connections open; refusing CONNECT {port}"
+            );
             return;
         }
         let Some(local_port) = self.allocate_local_port(port) else {
-            log::warn!("vsock: no free host port for CONNECT {port}");
+            crate::guest_warn!("vsock: no free host port for CONNECT {port}");
             return;
         };
         log::debug!("vsock: host connects to guest port {port} from {local_port}");
@@ -476,7 +480,7 @@ impl Muxer {
             return;
         }
         if self.conns.len() >= MAX_CONNECTIONS {
-            log::warn!("vsock: {MAX_CONNECTIONS} connections open; refusing the guest's");
+            crate::guest_warn!("vsock: {MAX_CONNECTIONS} connections open; refusing the guest's");
             self.orphan_rst(key);
             return;
         }
@@ -534,7 +538,7 @@ impl Muxer {
                     }
                     Err(e) => {
                         // Unwatched, the connection would never make progress.
-                        log::warn!("vsock: cannot watch a host stream ({e}); resetting it");
+                        crate::guest_warn!("vsock: cannot watch a host stream ({e}); resetting it");
                         if let Some(c) = self.conns.get_mut(&key) {
                             c.reset();
                         }
@@ -645,7 +649,9 @@ impl Muxer {
             .map(|(fd, _)| *fd)
             .collect();
         for fd in stale {
-            log::warn!("vsock: host client sent no CONNECT line within {HANDSHAKE_TIMEOUT:?}");
+            crate::guest_warn!(
+                "vsock: host client sent no CONNECT line within {HANDSHAKE_TIMEOUT:?}"
+            );
             self.drop_handshake(fd);
         }
         let expired: Vec<ConnKey> = self
