@@ -115,6 +115,16 @@ fn busybox_tree(root: &Path) -> Result<(), ImageError> {
     .map_err(io("write", &passwd))?;
     let group = root.join("etc/group");
     std::fs::write(&group, "root:x:0:\nnogroup:x:65534:\n").map_err(io("write", &group))?;
+    // The tree is the image: world-readable as any image's, whatever hull's own umask.
+    let mode = |p: &Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).map_err(io("chmod", p))
+    };
+    mode(root, 0o755)?;
+    for d in ["bin", "etc", "root", "proc", "sys", "dev", "run"] {
+        mode(&root.join(d), if d == "root" { 0o700 } else { 0o755 })?;
+    }
+    mode(&passwd, 0o644)?;
+    mode(&group, 0o644)?;
     Ok(())
 }
 

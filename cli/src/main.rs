@@ -306,6 +306,7 @@ fn done(r: Result<(), lifecycle::LifecycleError>) -> i32 {
 }
 
 fn main() {
+    hull_shim::private::restrict_umask();
     signals::block();
     let cli = Cli::parse();
     env_logger::Builder::new()

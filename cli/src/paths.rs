@@ -12,6 +12,12 @@ pub fn run() -> PathBuf {
     root().map_or_else(|| PathBuf::from("/run/hull/cli"), |r| r.join("run"))
 }
 
+/// Container `name`'s read-only volume copies: on tmpfs beside the run directories (a
+/// leading dot: no container name starts with one).
+pub fn volumes(name: &str) -> PathBuf {
+    run().join(format!(".volumes-{name}"))
+}
+
 pub fn images() -> PathBuf {
     root().map_or_else(
         || PathBuf::from("/var/lib/hull/images"),

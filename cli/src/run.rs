@@ -138,7 +138,7 @@ impl Drop for Cleanup {
             pod.shutdown();
         }
         let _ = std::fs::remove_dir_all(&self.run_dir);
-        let _ = std::fs::remove_dir_all(state::dir(&self.name).join("images"));
+        let _ = std::fs::remove_dir_all(paths::volumes(&self.name));
         if self.remove_record {
             let _ = std::fs::remove_dir_all(state::dir(&self.name));
         }
@@ -365,8 +365,9 @@ fn execute(
         run_dir: run_dir.clone(),
         remove_record: opts.rm,
     };
-    let images = state::dir(&name).join("images");
-    std::fs::create_dir_all(&images).map_err(|e| RunError::Sandbox {
+    // Read-only volume copies live on tmpfs, private to root, and go with the run.
+    let images = paths::volumes(&name);
+    hull_shim::private::private_dir(&images).map_err(|e| RunError::Sandbox {
         what: "create the container's directory",
         why: format!("{}: {e}", images.display()),
     })?;

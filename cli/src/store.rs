@@ -154,7 +154,8 @@ pub fn import(
 }
 
 fn private_dir(dir: &Path) -> Result<(), StoreError> {
-    hull_image::archive::private_dir(dir).map_err(|e| StoreError::Unpack(dir.to_path_buf(), Box::new(e)))
+    hull_image::archive::private_dir(dir)
+        .map_err(|e| StoreError::Unpack(dir.to_path_buf(), Box::new(e)))
 }
 
 fn import_staged(

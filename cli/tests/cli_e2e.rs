@@ -616,3 +616,96 @@ fn every_command_has_help_with_examples() {
         );
     }
 }
+
+/// Every entry under `dir` whose mode lets a group or other user in (symlinks aside).
+fn open_to_others(dir: &Path, found: &mut Vec<String>) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        let Ok(m) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if m.file_type().is_symlink() {
+            continue;
+        }
+        if m.mode() & 0o077 != 0 {
+            found.push(format!("{} {:o}", p.display(), m.mode() & 0o7777));
+        }
+        if m.is_dir() {
+            open_to_others(&p, found);
+        }
+    }
+}
+
+#[test]
+fn nothing_hull_creates_is_open_to_other_users_even_under_umask_000() {
+    use std::os::unix::process::CommandExt;
+    if skip() {
+        return;
+    }
+    let r = Root::new();
+    let vol = r.0.path().join("secret-volume");
+    std::fs::create_dir_all(&vol).unwrap();
+    std::fs::write(vol.join("token"), "s3cr3t").unwrap();
+    let ro = format!("{}:/secret:ro", vol.display());
+    let oci = r.0.path().join("busybox-oci.tar");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../resources/busybox-oci.sh");
+    assert!(Command::new(script).arg(&oci).status().unwrap().success());
+    let umask0 = |args: &[&str]| {
+        let mut c = r.command(args);
+        // SAFETY: umask in the child between fork and exec; it cannot fail.
+        unsafe {
+            c.pre_exec(|| {
+                libc::umask(0);
+                Ok(())
+            });
+        }
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    umask0(&[
+        "image",
+        "import",
+        "--name",
+        "bb:private",
+        oci.to_str().unwrap(),
+    ]);
+    umask0(&[
+        "run",
+        "-d",
+        "--name",
+        "private",
+        "-v",
+        &ro,
+        "bb:private",
+        "sleep",
+        "1000",
+    ]);
+    // A non-root user of the image can still read it: image trees keep their own modes.
+    let out = umask0(&[
+        "exec",
+        "-u",
+        "65534",
+        "private",
+        "cat",
+        "/secret/token",
+        "/etc/passwd",
+    ]);
+    assert!(out.starts_with("s3cr3t"), "{out}");
+    let mut found = Vec::new();
+    for d in ["run", "images", "containers"] {
+        open_to_others(&r.0.path().join(d), &mut found);
+    }
+    assert!(
+        found.is_empty(),
+        "open to other users:\n{}",
+        found.join("\n")
+    );
+    umask0(&["rm", "-f", "private"]);
+    umask0(&["image", "rm", "bb:private"]);
+    r.assert_clean();
+}

@@ -159,6 +159,17 @@ pub fn unpack_image(
     }
     let rootfs_dir = stage.join("rootfs");
     private_dir(&rootfs_dir)?;
+    // The tree's top is the image's `/`: 0755 unless a layer says otherwise. The staging
+    // directory around it stays 0700.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&rootfs_dir, std::fs::Permissions::from_mode(0o755)).map_err(
+            |source| ArchiveError::Create {
+                path: rootfs_dir.clone(),
+                source,
+            },
+        )?;
+    }
     let rootfs = open_root(&rootfs_dir)?;
     // Layers are charged afresh: the outer archive's bytes were a different budget.
     let mut budget = Budget::new(limits);

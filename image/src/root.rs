@@ -167,6 +167,10 @@ impl Root {
                     Mode::empty(),
                 )
                 .map_err(|e| self.resolve_error(rel, e))?;
+                // 0755 whatever the importer's umask (hull runs with 077): a directory
+                // the archive implies but does not list is the image's, read by its users.
+                rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o755))
+                    .map_err(io_err("set mode", rel.as_path()))?;
                 Ok(Some(fd))
             }
             Err(Errno::NOENT) => Ok(None),

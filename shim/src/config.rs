@@ -225,6 +225,7 @@ impl HostConfig {
             memory_mib,
             drive_slots: self.drive_slots,
             shared_fs: self.shared_fs,
+            console_log: self.debug_console,
         }
     }
 }

@@ -10,6 +10,7 @@
 //!   snapshot, shutdown.
 
 pub mod config;
+pub mod private;
 pub mod sandbox;
 pub mod task;
 pub mod template;
@@ -34,6 +35,9 @@ pub struct VmSpec {
     /// A virtio-fs device (tag [`SHARED_FS_TAG`]) for read-write volumes: the guest mounts
     /// it on demand, never in a template (`hull-vmm --shared-fs`).
     pub shared_fs: bool,
+    /// Keep the guest's console in the run directory (`debug_console`); without it the
+    /// VMM discards it, so a chatty guest costs the host's tmpfs nothing.
+    pub console_log: bool,
 }
 
 /// The virtio-fs tag of a sandbox VM's shared file system.
@@ -53,6 +57,7 @@ impl Default for VmSpec {
             memory_mib: 128,
             drive_slots: DEFAULT_DRIVE_SLOTS,
             shared_fs: true,
+            console_log: false,
         }
     }
 }

@@ -352,7 +352,7 @@ impl Sandbox {
 /// boot's duration in milliseconds.
 fn make_template(spec: &VmSpec, dir: &Path) -> Result<u64, String> {
     let run = dir.join("run");
-    std::fs::create_dir_all(&run).map_err(|e| format!("create {}: {e}", run.display()))?;
+    crate::private::private_dir(&run).map_err(|e| format!("create {}: {e}", run.display()))?;
     let sandbox = Sandbox::cold_boot(spec, &run).map_err(|e| hull_vmm::error_chain(&e))?;
     let boot_ms = sandbox.timings.agent_ready.as_millis() as u64;
     log::info!("template: agent ready {boot_ms} ms after the VMM started; snapshotting");

@@ -163,7 +163,7 @@ impl TemplateCache {
     ) -> Result<Template, TemplateError> {
         let key = TemplateKey::for_spec(spec)?;
         let dir = self.dir_for(&key);
-        std::fs::create_dir_all(&self.root).map_err(io("create", &self.root))?;
+        crate::private::private_dir(&self.root).map_err(io("create", &self.root))?;
         let _lock = lock(&self.root.join(format!("{}.{LOCK_FILE}", key.id())))?;
         match validate(&dir, &key) {
             Ok(meta) => {
@@ -181,7 +181,7 @@ impl TemplateCache {
         let _ = std::fs::remove_dir_all(&dir);
         let tmp = self.root.join(format!("{}.building", key.id()));
         let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).map_err(io("create", &tmp))?;
+        crate::private::private_dir(&tmp).map_err(io("create", &tmp))?;
         log::info!(
             "template {}: none cached; booting a VM to make one",
             dir.display()
@@ -474,6 +474,7 @@ mod tests {
             memory_mib: 2,
             drive_slots: 0,
             shared_fs: false,
+            console_log: false,
         };
         let cache = TemplateCache::new(dir.path().join("templates"));
         Fixture {

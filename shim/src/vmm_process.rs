@@ -104,7 +104,11 @@ impl VmmProcess {
             .arg("--api-sock")
             .arg(&paths.api)
             .arg("--console")
-            .arg(&paths.console)
+            .arg(if spec.console_log {
+                paths.console.as_os_str()
+            } else {
+                std::ffi::OsStr::new("none")
+            })
             .arg("--drive-slots")
             .arg(spec.drive_slots.to_string());
         if spec.shared_fs {

@@ -47,10 +47,12 @@ impl ApiServer {
     pub fn start(path: &Path, control: VmmControl) -> Result<ApiServer, ApiError> {
         crate::devices::virtio::vsock::muxer::prepare_socket_path(path)
             .map_err(|e| ApiError::Path(e.to_string()))?;
-        let listener = UnixListener::bind(path).map_err(|source| ApiError::Bind {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let listener = UnixListener::bind(path)
+            .and_then(|l| crate::devices::virtio::vsock::muxer::restrict_socket(path).map(|()| l))
+            .map_err(|source| ApiError::Bind {
+                path: path.to_path_buf(),
+                source,
+            })?;
         let service = vmm_ttrpc::create_vmm(Arc::new(Service { control }));
         let mut server = ttrpc::Server::new()
             .add_listener(listener.into_raw_fd())

@@ -2,7 +2,6 @@
 //! describe. The control API's server threads hold one ([`crate::api`]); the builder makes
 //! it with what a snapshot reads besides the vCPUs.
 
-use std::fs::File;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -167,7 +166,14 @@ impl VmmControl {
             let path = path.to_path_buf();
             move |source| SnapshotError::Io { op, path, source }
         };
-        std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io("create", dir))?;
+        }
         // The state file is written last and marks the snapshot complete: an older one is
         // removed first, so a failure in between never pairs new memory with old state.
         let state_path = dir.join(snapshot::STATE_FILE);
@@ -179,7 +185,7 @@ impl VmmControl {
         }
         let memory_path = dir.join(snapshot::MEMORY_FILE);
         let tmp = memory_path.with_extension("tmp");
-        let written = File::create(&tmp)
+        let written = snapshot::create_private(&tmp)
             .map_err(io("create", &tmp))
             .and_then(|file| {
                 let n = crate::vstate::memory::write_snapshot_memory(&src.ram, &file, &tmp)?;

@@ -161,7 +161,7 @@ pub fn write_state(path: &Path, state: &SnapshotState) -> Result<(), SnapshotErr
     out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
     out.extend_from_slice(&payload);
     let tmp = path.with_extension("tmp");
-    let written = File::create(&tmp)
+    let written = create_private(&tmp)
         .map_err(io_err("create", &tmp))
         .and_then(|mut f| {
             f.write_all(&out).map_err(io_err("write", &tmp))?;
@@ -244,6 +244,21 @@ pub fn decode_state(path: &Path, bytes: &[u8]) -> Result<SnapshotState, Snapshot
         )));
     }
     Ok(state)
+}
+
+/// Creates (or truncates) `path` readable and writable by its owner only, whatever the
+/// process umask (the virtio-fs server sets it to 0): snapshots hold the guest's memory.
+pub fn create_private(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    // An existing file keeps its mode through open(2): narrow it too.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(f)
 }
 
 #[cfg(test)]

@@ -67,12 +67,7 @@ impl shim::Shim for HullShim {
         if let Ok(text) = std::fs::read(bundle.join(BUNDLE_STATE)) {
             if let Ok(state) = serde_json::from_slice::<BundleState>(&text) {
                 pod::kill_orphaned(&state.run_dir);
-                for image in &state.images {
-                    let _ = std::fs::remove_file(image);
-                }
-                if let Some(dir) = state.images.first().and_then(|i| i.parent()) {
-                    let _ = std::fs::remove_dir(dir);
-                }
+                hull_shim::private::remove_files_and_dirs(&state.images);
             }
             let _ = std::fs::remove_file(bundle.join(BUNDLE_STATE));
         }
@@ -112,6 +107,7 @@ impl shim::Shim for HullShim {
 }
 
 fn main() {
+    hull_shim::private::restrict_umask();
     // Nothing but the shim's own calls reaps children: the VMM is waited for by its handle,
     // and the crate's reaper would steal its exit status.
     let config = Config {

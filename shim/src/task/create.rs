@@ -27,8 +27,9 @@ use containerd_shim::TtrpcResult;
 /// What a failed Create must undo.
 struct Unwind<'a> {
     service: &'a TaskService,
-    /// The container's image directory and the bundle's state file.
-    dir: Option<PathBuf>,
+    /// The container's image directories (root on disk, volumes on tmpfs) and the
+    /// bundle's state file.
+    dirs: Vec<PathBuf>,
     bundle_state: Option<PathBuf>,
     pod: Option<(Arc<Pod>, bool)>,
     leases: Vec<DriveLease>,
@@ -40,7 +41,7 @@ impl<'a> Unwind<'a> {
     fn new(service: &'a TaskService) -> Self {
         Unwind {
             service,
-            dir: None,
+            dirs: Vec::new(),
             bundle_state: None,
             pod: None,
             leases: Vec::new(),
@@ -76,7 +77,7 @@ impl Drop for Unwind<'_> {
             }
             None => {}
         }
-        if let Some(dir) = &self.dir {
+        for dir in &self.dirs {
             let _ = std::fs::remove_dir_all(dir);
         }
         if let Some(f) = &self.bundle_state {
@@ -132,18 +133,31 @@ impl TaskService {
         }
 
         let mut undo = Unwind::new(self);
-        // One directory per container: its root image and one image per volume.
+        // Per container: its root image on disk (state_dir), its read-only volumes (Secrets,
+        // ConfigMaps, service-account tokens) on tmpfs (run_dir), never on persistent disk.
         let images = config.state_dir.join(&self.namespace).join(id);
-        std::fs::create_dir_all(&images)
-            .map_err(|e| err(Code::INTERNAL, format!("create {}: {e}", images.display())))?;
-        undo.dir = Some(images.clone());
+        let volumes = config
+            .run_dir
+            .join("volumes")
+            .join(&self.namespace)
+            .join(id);
+        let dirs = if plan.volumes.is_empty() {
+            vec![&images]
+        } else {
+            vec![&images, &volumes]
+        };
+        for dir in dirs {
+            crate::private::private_dir(dir)
+                .map_err(|e| err(Code::INTERNAL, format!("create {}: {e}", dir.display())))?;
+            undo.dirs.push(dir.clone());
+        }
         let root_image = images.join("root.erofs");
         let mut all_images = vec![root_image.clone()];
         build_root_image(req, &host_rootfs, &root_image)
             .map_err(|e| invalid(id, format!("rootfs: {}", hull_vmm::error_chain(&e))))?;
         let mut volume_images = Vec::new();
         for (i, v) in plan.volumes.iter().enumerate() {
-            let image = images.join(format!("volume-{i}.erofs"));
+            let image = volumes.join(format!("volume-{i}.erofs"));
             all_images.push(image.clone());
             let inner = rootfs::build_volume_image(&v.source, &image).map_err(|e| {
                 invalid(

@@ -417,12 +417,8 @@ impl TaskService {
 
 /// A deleted container's images and bundle state.
 fn remove_host_files(c: &Container) {
-    for (_, image) in &c.disks {
-        let _ = std::fs::remove_file(image);
-    }
-    if let Some(dir) = c.disks.first().and_then(|(_, i)| i.parent()) {
-        let _ = std::fs::remove_dir(dir);
-    }
+    let images: Vec<PathBuf> = c.disks.iter().map(|(_, i)| i.clone()).collect();
+    crate::private::remove_files_and_dirs(&images);
     let _ = std::fs::remove_file(Path::new(&c.bundle).join(BUNDLE_STATE));
 }
 

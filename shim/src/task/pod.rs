@@ -132,7 +132,7 @@ impl Pod {
         templates: Option<&TemplateCache>,
         keep_logs: Option<PathBuf>,
     ) -> Result<Pod, PodError> {
-        std::fs::create_dir_all(run_dir).map_err(|e| PodError::RunDir(run_dir.into(), e))?;
+        crate::private::private_dir(run_dir).map_err(|e| PodError::RunDir(run_dir.into(), e))?;
         let sandbox = Sandbox::start(spec, run_dir, templates).map_err(PodError::Start)?;
         log::info!(
             "sandbox {id}: {} (usable {:.0} ms after the VMM started)",
@@ -393,7 +393,7 @@ impl Pod {
     }
 
     fn keep_logs_in(&self, dir: &Path) {
-        if let Err(e) = std::fs::create_dir_all(dir) {
+        if let Err(e) = crate::private::private_dir(dir) {
             log::warn!(
                 "keeping the logs of sandbox {}: create {}: {e}",
                 self.id,

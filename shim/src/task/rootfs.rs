@@ -214,7 +214,13 @@ pub fn build_volume_image(source: &Path, image: &Path) -> Result<Option<String>,
         let path = path.to_path_buf();
         move |source| RootfsError::Io { op, path, source }
     };
-    std::fs::create_dir_all(&stage).map_err(io("create", &stage))?;
+    std::fs::create_dir_all(&stage)
+        .and_then(|()| {
+            // The image's root: traversable in the guest whatever hull's umask (077).
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&stage, std::fs::Permissions::from_mode(0o755))
+        })
+        .map_err(io("create", &stage))?;
     let copied = std::fs::copy(source, stage.join(&name)).map_err(io("copy", source));
     let built = copied.and_then(|_| build_image(&stage, image));
     let _ = std::fs::remove_dir_all(&stage);

@@ -115,10 +115,12 @@ impl Muxer {
         if staged {
             prepare_socket_path(bind_at)?;
         }
-        let listener = UnixListener::bind(bind_at).map_err(|source| MuxerError::Bind {
-            path: bind_at.to_path_buf(),
-            source,
-        })?;
+        let listener = UnixListener::bind(bind_at)
+            .and_then(|l| restrict_socket(bind_at).map(|()| l))
+            .map_err(|source| MuxerError::Bind {
+                path: bind_at.to_path_buf(),
+                source,
+            })?;
         listener
             .set_nonblocking(true)
             .map_err(|source| MuxerError::Bind {
@@ -698,6 +700,14 @@ fn staging_path(uds_path: &Path) -> PathBuf {
 
 /// Makes `path` free for a listener: a socket nobody listens on (left by a VMM that was
 /// killed) is removed; a live one or any other file is an error.
+/// Narrows a socket hull-vmm just bound to 0600. The virtio-fs server runs the VMM with
+/// umask 0 (it applies the guest's own umask per request), so a fresh socket would be
+/// world-connectable; the sandbox's run directory (0700) covers the moment in between.
+pub fn restrict_socket(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
 pub(crate) fn prepare_socket_path(path: &Path) -> Result<(), MuxerError> {
     let Ok(meta) = std::fs::symlink_metadata(path) else {
         return Ok(());
