@@ -640,6 +640,12 @@ fn open_to_others(dir: &Path, found: &mut Vec<String>) {
     }
 }
 
+fn umask_zero() -> std::io::Result<()> {
+    // SAFETY: umask has no preconditions and cannot fail.
+    unsafe { libc::umask(0) };
+    Ok(())
+}
+
 #[test]
 fn nothing_hull_creates_is_open_to_other_users_even_under_umask_000() {
     use std::os::unix::process::CommandExt;
@@ -656,12 +662,9 @@ fn nothing_hull_creates_is_open_to_other_users_even_under_umask_000() {
     assert!(Command::new(script).arg(&oci).status().unwrap().success());
     let umask0 = |args: &[&str]| {
         let mut c = r.command(args);
-        // SAFETY: umask in the child between fork and exec; it cannot fail.
+        // SAFETY: the hook only calls umask, which is async-signal-safe.
         unsafe {
-            c.pre_exec(|| {
-                libc::umask(0);
-                Ok(())
-            });
+            c.pre_exec(umask_zero);
         }
         let out = c.output().unwrap();
         assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));

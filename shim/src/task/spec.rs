@@ -24,6 +24,39 @@ pub enum SpecError {
     },
 }
 
+/// Largest `/etc/hosts`, `/etc/resolv.conf` or `/etc/hostname` source read into the guest.
+pub const MAX_SANDBOX_FILE: u64 = 64 << 10;
+
+/// Reads a CRI sandbox file's bind source: a regular file of at most [`MAX_SANDBOX_FILE`]
+/// bytes. Opened non-blocking and checked on the open descriptor, so a FIFO cannot hang
+/// the shim and `/dev/zero` cannot fill its memory. A missing file is `None` (the guest
+/// keeps its own), as before.
+fn read_sandbox_file(source: &str) -> Result<Option<String>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(source)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot be opened: {e}")),
+    };
+    let meta = f.metadata().map_err(|e| format!("cannot be read: {e}"))?;
+    if !meta.is_file() {
+        return Err("is not a regular file".into());
+    }
+    if meta.len() > MAX_SANDBOX_FILE {
+        return Err(format!("is larger than {MAX_SANDBOX_FILE} bytes"));
+    }
+    let mut text = String::new();
+    f.take(MAX_SANDBOX_FILE)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot be read as text: {e}"))?;
+    Ok(Some(text))
+}
+
 /// A bind mount of a host file or directory. Read-only ones are copied into an image of
 /// their own and mounted read-only in the guest (the copy is taken when the container is
 /// created); read-write ones are directories shared live through virtio-fs.
@@ -139,11 +172,18 @@ pub fn for_guest(spec: &mut Value, guest_rootfs: &str) -> Result<GuestPlan, Spec
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_string();
-            let read = || std::fs::read_to_string(&source).ok();
+            let read = || {
+                read_sandbox_file(&source).map_err(|reason| SpecError::BadSource {
+                    index,
+                    source_path: source.clone(),
+                    destination: destination.clone(),
+                    reason,
+                })
+            };
             match destination.as_str() {
-                "/etc/hosts" => files.hosts = read(),
-                "/etc/resolv.conf" => files.resolv_conf = read(),
-                "/etc/hostname" => files.hostname = read().map(|h| h.trim().to_string()),
+                "/etc/hosts" => files.hosts = read()?,
+                "/etc/resolv.conf" => files.resolv_conf = read()?,
+                "/etc/hostname" => files.hostname = read()?.map(|h| h.trim().to_string()),
                 // kubelet's termination message file: the guest's own (read back by
                 // nobody yet; a container that writes one still runs).
                 "/dev/termination-log" => {
@@ -281,6 +321,28 @@ mod tests {
         let mounts = s["mounts"].as_array().unwrap();
         assert_eq!(mounts.len(), 1);
         assert_eq!(mounts[0]["type"], "tmpfs");
+    }
+
+    #[test]
+    fn sandbox_file_sources_that_are_not_small_regular_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo on a NUL-terminated path we own.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'#'; MAX_SANDBOX_FILE as usize + 1]).unwrap();
+        for (source, want) in [
+            (fifo.to_str().unwrap(), "is not a regular file"),
+            ("/dev/zero", "is not a regular file"),
+            (big.to_str().unwrap(), "is larger than"),
+        ] {
+            let mut s = spec(serde_json::json!([
+                {"destination": "/etc/resolv.conf", "type": "bind", "source": source, "options": ["rbind", "ro"]}
+            ]));
+            let e = for_guest(&mut s, "/r").unwrap_err();
+            assert!(e.to_string().contains(want), "{source}: {e}");
+        }
     }
 
     #[test]

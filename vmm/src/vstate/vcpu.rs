@@ -336,7 +336,7 @@ impl Vcpu {
         let bytes = self.instruction_bytes(linear);
         match quirks::on_emulation_failure(&bytes, self.ctx.emulated_host) {
             Recovery::InjectBreakpoint => {
-                regs.rip += 1;
+                regs.rip = regs.rip.wrapping_add(1);
                 self.fd
                     .set_regs(&regs)
                     .map_err(|e| fail("set registers", e))?;
@@ -355,7 +355,7 @@ impl Vcpu {
                 Ok(())
             }
             Recovery::Skip(n) => {
-                regs.rip += n;
+                regs.rip = regs.rip.wrapping_add(n);
                 self.fd
                     .set_regs(&regs)
                     .map_err(|e| fail("set registers", e))?;

@@ -70,6 +70,8 @@ pub enum MmioError {
     },
     #[error("snapshot: device type {device}: {reason}")]
     DeviceState { device: u32, reason: String },
+    #[error("snapshot: device type {device} is marked active with driver status {status:#x}, which never activates a device: the state file is corrupt")]
+    ActiveWithoutDriver { device: u32, status: u32 },
     #[error("snapshot: queue {index} of device type {device}")]
     QueueState {
         device: u32,
@@ -373,6 +375,14 @@ impl MmioTransport {
                 device,
                 found: state.queues.len(),
                 want: self.queues.len(),
+            });
+        }
+        let ready = status::FEATURES_OK | status::DRIVER_OK;
+        if state.activated && (state.status & ready != ready || state.status & status::FAILED != 0)
+        {
+            return Err(MmioError::ActiveWithoutDriver {
+                device,
+                status: state.status,
             });
         }
         let mut queues = Vec::with_capacity(state.queues.len());
@@ -716,6 +726,73 @@ pub(crate) mod tests {
         }
         let s = r(t, reg::STATUS);
         w(t, reg::STATUS, s | status::DRIVER_OK);
+    }
+
+    /// A state file can decode and still describe a VM no driver made: each such state
+    /// is refused by name or restored into a transport that a guest then drives without
+    /// the VMM panicking.
+    #[test]
+    fn hostile_transport_states_are_refused_or_harmless() {
+        let mut t = transport();
+        bring_up(&mut t, VIRTIO_F_VERSION_1);
+        let good = t.save_state();
+        let mut hostile: Vec<(&str, TransportState)> = Vec::new();
+        let mut s = good.clone();
+        s.status = 0;
+        hostile.push(("active without a driver", s));
+        let mut s = good.clone();
+        s.queue_sel = u32::MAX;
+        hostile.push(("queue selector out of range", s));
+        let mut s = good.clone();
+        s.queues[0].desc_table = u64::MAX - 8;
+        s.queues[0].used_ring = 0xffff_0000;
+        hostile.push(("rings outside guest memory", s));
+        let mut s = good.clone();
+        s.queues[0].size = 3;
+        hostile.push(("a queue size that is no power of two", s));
+        let mut s = good.clone();
+        s.queues[1].next_avail = u16::MAX;
+        s.queues[1].next_used = 7;
+        s.interrupt_status = u32::MAX;
+        s.config_generation = u32::MAX;
+        hostile.push(("ring indexes far apart", s));
+        let mut s = good.clone();
+        s.queues.pop();
+        hostile.push(("a queue missing", s));
+        let mut refused = Vec::new();
+        for (what, state) in hostile {
+            let mut fresh = transport();
+            match fresh.restore_state(&state) {
+                Err(e) => refused.push((what, e.to_string())),
+                Ok(()) => {
+                    // Drive it as a guest would: reads, notifies, a reset.
+                    for off in [reg::STATUS, reg::QUEUE_NUM_MAX, reg::INTERRUPT_STATUS] {
+                        r(&mut fresh, off);
+                    }
+                    w(&mut fresh, reg::QUEUE_NOTIFY, 0);
+                    w(&mut fresh, reg::QUEUE_NOTIFY, 1);
+                    w(&mut fresh, reg::QUEUE_NUM, 8);
+                    w(&mut fresh, reg::STATUS, 0);
+                    assert!(!fresh.is_activated(), "{what}: a reset deactivates");
+                }
+            }
+        }
+        let names: Vec<&str> = refused.iter().map(|(w, _)| *w).collect();
+        assert_eq!(
+            names,
+            [
+                "active without a driver",
+                "rings outside guest memory",
+                "a queue size that is no power of two",
+                "a queue missing"
+            ],
+            "{refused:?}"
+        );
+        assert!(
+            refused[0].1.contains("state file is corrupt"),
+            "{}",
+            refused[0].1
+        );
     }
 
     #[test]

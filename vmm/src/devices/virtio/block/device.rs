@@ -26,6 +26,8 @@ pub enum BlockError {
     },
     #[error("disk serial {0:?} is longer than {ID_BYTES} bytes")]
     SerialTooLong(String),
+    #[error("disk image {path}: a {kind}, not a regular file or block device")]
+    NotADisk { path: PathBuf, kind: &'static str },
     #[error("this drive is fixed at start; only drive slots take attachments")]
     NotASlot,
     #[error("the slot holds {0} already: detach it first")]
@@ -114,21 +116,41 @@ fn empty_disk() -> Result<Disk, BlockError> {
 }
 
 fn open_disk(path: &Path, read_only: bool, serial: Option<&str>) -> Result<Disk, BlockError> {
-    let file = OpenOptions::new()
+    use std::io::{Seek, SeekFrom};
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let open_err = |source| BlockError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    // Non-blocking: opening a FIFO for reading would otherwise wait for a writer, with the
+    // slot's lock held and the guest's next access to the device stuck behind it. The
+    // flag does nothing to reads and writes of files and block devices.
+    let mut file = OpenOptions::new()
         .read(true)
         .write(!read_only)
+        .custom_flags(libc::O_NONBLOCK)
         .open(path)
-        .map_err(|source| BlockError::Open {
+        .map_err(open_err)?;
+    let kind = file.metadata().map_err(open_err)?.file_type();
+    let len = if kind.is_file() {
+        file.metadata().map_err(open_err)?.len()
+    } else if kind.is_block_device() {
+        file.seek(SeekFrom::End(0)).map_err(open_err)?
+    } else {
+        let kind = if kind.is_fifo() {
+            "FIFO"
+        } else if kind.is_char_device() {
+            "character device"
+        } else if kind.is_socket() {
+            "socket"
+        } else {
+            "directory"
+        };
+        return Err(BlockError::NotADisk {
             path: path.to_path_buf(),
-            source,
-        })?;
-    let len = file
-        .metadata()
-        .map_err(|source| BlockError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?
-        .len();
+            kind,
+        });
+    };
     let id = match serial {
         Some(s) if s.len() > ID_BYTES => return Err(BlockError::SerialTooLong(s.into())),
         Some(s) => disk_id(s.as_bytes()),
@@ -471,6 +493,37 @@ mod tests {
         let mut cap = [0u8; 8];
         t.read(reg::CONFIG, &mut cap);
         u64::from_le_bytes(cap)
+    }
+
+    #[test]
+    fn a_slot_refuses_fifos_and_character_devices_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo on a NUL-terminated path we own.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        for (path, read_only, kind) in [
+            (fifo.clone(), true, "FIFO"),
+            (fifo, false, "FIFO"),
+            (PathBuf::from("/dev/zero"), true, "character device"),
+            (dir.path().to_path_buf(), true, "directory"),
+        ] {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let a = Attachment {
+                path: path.clone(),
+                read_only,
+                serial: "x".into(),
+            };
+            std::thread::spawn(move || {
+                let mut slot = Block::slot().unwrap();
+                let _ = tx.send(slot.attach(&a).map_err(|e| e.to_string()));
+            });
+            let got = rx
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("attaching {} hung", path.display()));
+            let e = got.unwrap_err();
+            assert!(e.contains(kind) || e.contains("open disk image"), "{e}");
+        }
     }
 
     #[test]

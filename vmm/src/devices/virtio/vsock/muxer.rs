@@ -431,7 +431,8 @@ impl Muxer {
 
     fn allocate_local_port(&mut self, peer_port: u32) -> Option<u32> {
         for _ in 0..MAX_CONNECTIONS + 1 {
-            self.local_port_last = ((self.local_port_last + 1) & !(1 << 31)) | LOCAL_PORT_MIN;
+            self.local_port_last =
+                (self.local_port_last.wrapping_add(1) & !(1 << 31)) | LOCAL_PORT_MIN;
             if !self.conns.contains_key(&(self.local_port_last, peer_port)) {
                 return Some(self.local_port_last);
             }

@@ -612,3 +612,59 @@ fn a_client_that_hangs_up_mid_line_is_dropped() {
         other => panic!("the VMM kept the client: {other:?}"),
     }
 }
+
+#[test]
+fn a_guest_that_ignores_its_credit_is_reset_and_buffers_stay_bounded() {
+    let mut g = Guest::new();
+    let (client, host_port) = g.host_connect(1024);
+    // The host client never reads. What the socket does not take waits in the VMM, up to
+    // the BUF_ALLOC the device advertised; a guest that sends on regardless is reset
+    // instead of growing the VMM's buffer.
+    let chunk = vec![9u8; 32 << 10];
+    let hdr = g.hdr(op::RW, 1024, host_port);
+    let mut sent = 0usize;
+    let mut reset = false;
+    for _ in 0..80 {
+        g.send(hdr, &chunk);
+        sent += chunk.len();
+        g.d.host_event(g.muxer_fd);
+        if g.recv().iter().any(|(h, _)| h.op == op::RST) {
+            reset = true;
+            break;
+        }
+    }
+    assert!(
+        reset,
+        "{sent} bytes sent on {} of credit, never reset",
+        connection::BUF_ALLOC
+    );
+    drop(client);
+}
+
+#[test]
+fn hostile_credit_values_from_the_guest_never_overflow() {
+    let mut g = Guest::new();
+    let (mut client, host_port) = g.host_connect(1024);
+    for (buf_alloc, fwd_cnt) in [
+        (u32::MAX, u32::MAX),
+        (u32::MAX, 0),
+        (0, u32::MAX),
+        (1, u32::MAX - 10),
+        (u32::MAX, 1 << 31),
+    ] {
+        let mut credit = g.hdr(op::CREDIT_UPDATE, 1024, host_port);
+        credit.buf_alloc = buf_alloc;
+        credit.fwd_cnt = fwd_cnt;
+        g.send(credit, &[]);
+        g.d.host_event(g.muxer_fd);
+        let _ = g.recv();
+    }
+    // Whatever the guest claimed, data flows only into buffers the guest posted, and an
+    // honest update restores the stream.
+    let mut credit = g.hdr(op::CREDIT_UPDATE, 1024, host_port);
+    credit.fwd_cnt = 0;
+    g.send(credit, &[]);
+    client.write_all(b"still here").unwrap();
+    let got = g.pump_until(|p| payloads(p).ends_with(b"still here"));
+    assert!(payloads(&got).len() <= g.rx_posted.len() * 4096 + 4096 * 32);
+}
