@@ -238,6 +238,7 @@ impl Applier<'_> {
         let drained = io::copy(&mut entry, &mut io::sink());
         self.gauge.set_in_data(false);
         drained.map_err(|e| self.read_error(e))?;
+        self.gauge.entry_done();
         Ok(())
     }
 
@@ -594,5 +595,138 @@ impl Meta {
             last_access: t,
             last_modification: t,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    /// A tar of hand-written headers: (path, type, link target, data).
+    fn tar(entries: &[(&str, tar::EntryType, &str, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (path, kind, link, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            let gnu = h.as_gnu_mut().unwrap();
+            gnu.name[..path.len()].copy_from_slice(path.as_bytes());
+            gnu.linkname[..link.len()].copy_from_slice(link.as_bytes());
+            h.set_entry_type(*kind);
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            h.set_cksum();
+            out.extend_from_slice(h.as_bytes());
+            out.extend_from_slice(data);
+            out.resize(out.len().div_ceil(512) * 512, 0);
+        }
+        out.extend_from_slice(&[0u8; 1024]);
+        out
+    }
+
+    fn apply(root: &Path, bytes: &[u8]) -> Result<Applied, LayerError> {
+        let mut f = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut f, bytes).unwrap();
+        let mut budget = Budget::new(Limits::default());
+        apply_layer(
+            f,
+            Path::new("test"),
+            &Root::open(root).unwrap(),
+            &mut budget,
+        )
+    }
+
+    const F: tar::EntryType = tar::EntryType::Regular;
+    const D: tar::EntryType = tar::EntryType::Directory;
+
+    #[test]
+    fn layers_apply_in_order_with_whiteouts_and_opaque_directories() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        apply(
+            root,
+            &tar(&[
+                ("etc/", D, "", b""),
+                ("etc/keep", F, "", b"1"),
+                ("etc/gone", F, "", b"1"),
+                ("opq/old", F, "", b"1"),
+            ]),
+        )
+        .unwrap();
+        let applied = apply(
+            root,
+            &tar(&[
+                ("etc/.wh.gone", F, "", b""),
+                ("etc/keep", F, "", b"2"),
+                ("opq/new", F, "", b"2"),
+                ("opq/.wh..wh..opq", F, "", b""),
+                ("nothere/.wh.x", F, "", b""),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(applied.entries, 5);
+        assert_eq!(std::fs::read_to_string(root.join("etc/keep")).unwrap(), "2");
+        assert!(!root.join("etc/gone").exists());
+        assert!(
+            !root.join("etc/.wh.gone").exists(),
+            "whiteouts are not files"
+        );
+        assert!(
+            !root.join("opq/old").exists(),
+            "an opaque directory hides lower entries"
+        );
+        assert_eq!(std::fs::read_to_string(root.join("opq/new")).unwrap(), "2");
+        // opq/ had no entry of its own: made 0755 whatever the umask.
+        assert_eq!(
+            std::fs::metadata(root.join("opq")).unwrap().mode() & 0o777,
+            0o755
+        );
+    }
+
+    #[test]
+    fn many_empty_entries_are_not_taken_for_metadata() {
+        let t = tempfile::tempdir().unwrap();
+        let names: Vec<String> = (0..5000).map(|i| format!("d/f{i}")).collect();
+        let entries: Vec<_> = names
+            .iter()
+            .map(|n| (n.as_str(), F, "", &b""[..]))
+            .collect();
+        // 5,000 headers are 2.5 MiB read with no entry data between them.
+        let applied = apply(t.path(), &tar(&entries)).unwrap();
+        assert_eq!(applied.entries, 5000);
+    }
+
+    #[test]
+    fn a_huge_gnu_long_name_is_stopped_before_it_is_held_in_memory() {
+        let t = tempfile::tempdir().unwrap();
+        let long = vec![b'a'; 4 << 20];
+        let bytes = tar(&[
+            ("././@LongLink", tar::EntryType::GNULongName, "", &long),
+            ("x", F, "", b"x"),
+        ]);
+        let e = apply(t.path(), &bytes).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                LayerError::Cap {
+                    breach: Breach::Metadata(_),
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_diff_id_covers_the_whole_stream() {
+        use sha2::Digest;
+        let t = tempfile::tempdir().unwrap();
+        let bytes = tar(&[("a", F, "", b"hello")]);
+        let applied = apply(t.path(), &bytes).unwrap();
+        let want = crate::meter::hex(&sha2::Sha256::digest(&bytes));
+        assert_eq!(applied.diff_id, format!("sha256:{want}"));
+        assert_eq!(applied.bytes, bytes.len() as u64);
     }
 }

@@ -47,8 +47,8 @@ impl Default for Limits {
 /// of empty files legitimately compress very well.
 pub const RATIO_FLOOR: u64 = 8 << 20;
 
-/// Metadata (headers, padding, long names, PAX records) the tar parser may read between two
-/// entries' data; Go's archive/tar allows 1 MiB per special file.
+/// Metadata (headers, padding, long names, PAX records) the tar parser may read for one
+/// entry; Go's archive/tar allows 1 MiB per special file.
 pub const MAX_METADATA_RUN: u64 = 1 << 20;
 
 /// The cap an import crossed.
@@ -123,6 +123,11 @@ impl Gauge {
     /// Marks the reads that follow as an entry's data (true) or as tar metadata (false).
     pub fn set_in_data(&self, in_data: bool) {
         self.0.borrow_mut().in_data = in_data;
+    }
+
+    /// An entry is done: the metadata the parser reads next belongs to the next entry.
+    pub fn entry_done(&self) {
+        self.0.borrow_mut().metadata_run = 0;
     }
 
     /// Uncompressed bytes read so far.
