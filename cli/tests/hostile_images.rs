@@ -184,7 +184,7 @@ impl Scene {
                     .all(|n| !n.to_string_lossy().starts_with(".import")),
                 "staging left behind: {staged:?}"
             );
-            chain(&e)
+            hull_vmm::error_chain(&e)
         })
     }
     /// Imports a hostile `archive`: it must fail saying `want`, leaving the outside as it was.
@@ -229,17 +229,6 @@ fn walk(base: &Path, rel: &Path, all: &mut BTreeMap<PathBuf, Seen>) {
             walk(base, &rel.join(e.file_name()), all);
         }
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 fn root_or_skip() -> bool {

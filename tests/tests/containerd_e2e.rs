@@ -651,8 +651,43 @@ fn killed_shim_is_cleaned_up_by_delete() {
         return;
     }
     let c = Containerd::start("");
-    c.ctr_ok(&run_args("orphan", &["-d"], &["sleep", "1000"]));
+    // A read-only volume, as a Kubernetes Secret arrives: its copy lives on tmpfs (the run
+    // directory), private, and the crash path's `delete` removes it.
+    let secret = c.dir.path().join("secret");
+    std::fs::create_dir_all(&secret).unwrap();
+    std::fs::write(secret.join("token"), "s3cr3t").unwrap();
+    let mount = format!(
+        "type=bind,src={},dst=/var/run/secrets/x,options=rbind:ro",
+        secret.display()
+    );
+    c.ctr_ok(&run_args(
+        "orphan",
+        &["-d", "--mount", &mount],
+        &["sleep", "1000"],
+    ));
     c.wait_status("orphan", "RUNNING", Duration::from_secs(60));
+    let copies: Vec<_> = std::fs::read_dir(&c.run_dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("volumes-"))
+        .flat_map(|e| std::fs::read_dir(e.path()).unwrap().flatten())
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(
+        copies.len(),
+        1,
+        "one volume copy in the run directory: {copies:?}"
+    );
+    {
+        use std::os::unix::fs::MetadataExt;
+        let mode = std::fs::metadata(&copies[0]).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", copies[0].display());
+        let dir_mode = std::fs::metadata(copies[0].parent().unwrap())
+            .unwrap()
+            .mode()
+            & 0o777;
+        assert_eq!(dir_mode, 0o700);
+    }
     let shim = c
         .hull_processes()
         .into_iter()

@@ -136,11 +136,7 @@ impl TaskService {
         // Per container: its root image on disk (state_dir), its read-only volumes (Secrets,
         // ConfigMaps, service-account tokens) on tmpfs (run_dir), never on persistent disk.
         let images = config.state_dir.join(&self.namespace).join(id);
-        let volumes = config
-            .run_dir
-            .join("volumes")
-            .join(&self.namespace)
-            .join(id);
+        let volumes = super::volumes_dir_for(&config.run_dir, &self.namespace, id);
         let dirs = if plan.volumes.is_empty() {
             vec![&images]
         } else {

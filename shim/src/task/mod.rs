@@ -436,12 +436,23 @@ fn container_req(id: &str) -> ContainerRequest {
     r
 }
 
+/// 16 hex digits naming `namespace/id` in a directory: short enough for unix socket
+/// paths below it, and no two ids share one the way a joined string could.
+fn short_name(namespace: &str, id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("{namespace}/{id}").as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The run directory of pod `pod_id` in `namespace`.
 pub fn run_dir_for(root: &Path, namespace: &str, pod_id: &str) -> PathBuf {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(format!("{namespace}/{pod_id}").as_bytes());
-    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    root.join(hex)
+    root.join(short_name(namespace, pod_id))
+}
+
+/// Where container `id`'s read-only volume copies live: on tmpfs, in `root` (the run
+/// directory), removed with the container.
+pub fn volumes_dir_for(root: &Path, namespace: &str, id: &str) -> PathBuf {
+    root.join(format!("volumes-{}", short_name(namespace, id)))
 }
 
 const RUNTIME_OPTIONS: &str = "runtimeoptions.v1.Options";

@@ -251,12 +251,32 @@ impl MmioTransport {
         }
     }
 
+    /// Takes the driver's status write. The driver initialisation order (virtio 1.2, 3.1.1)
+    /// is enforced: bits are only ever added (0 resets), DRIVER needs ACKNOWLEDGE,
+    /// FEATURES_OK needs DRIVER, DRIVER_OK needs FEATURES_OK; FAILED may come at any time.
+    /// A write that breaks the order is ignored, so a device is never active without
+    /// negotiated features, and an active device's status always says DRIVER_OK.
     fn set_status(&mut self, value: u32) {
         if value == 0 {
             self.reset();
             return;
         }
+        // DEVICE_NEEDS_RESET is the device's to set; a driver's write cannot clear it.
+        let value = value | (self.status & status::DEVICE_NEEDS_RESET);
+        let has = |bit| value & bit != 0;
         let new_bits = value & !self.status;
+        let out_of_order = (new_bits & status::DRIVER != 0 && !has(status::ACKNOWLEDGE))
+            || (new_bits & status::FEATURES_OK != 0 && !has(status::DRIVER))
+            || (new_bits & status::DRIVER_OK != 0 && !has(status::FEATURES_OK));
+        if self.status & !value != 0 || out_of_order {
+            crate::guest_warn!(
+                "virtio-mmio: device type {}: status {:#x} after {:#x} breaks the initialisation order; ignored",
+                self.device.device_type(),
+                value,
+                self.status
+            );
+            return;
+        }
         if new_bits & status::FEATURES_OK != 0 && self.acked_features & VIRTIO_F_VERSION_1 == 0 {
             // Legacy drivers are not supported: leave FEATURES_OK unset so the driver sees
             // the failure (virtio 1.2, 3.1.1 step 6).
@@ -726,6 +746,33 @@ pub(crate) mod tests {
         }
         let s = r(t, reg::STATUS);
         w(t, reg::STATUS, s | status::DRIVER_OK);
+    }
+
+    #[test]
+    fn status_writes_out_of_the_initialisation_order_are_ignored() {
+        let mut t = transport();
+        // DRIVER_OK straight away: never negotiated, never active.
+        w(&mut t, reg::STATUS, status::DRIVER_OK);
+        assert!(!t.is_activated());
+        assert_eq!(r(&mut t, reg::STATUS), 0);
+        w(
+            &mut t,
+            reg::STATUS,
+            status::ACKNOWLEDGE | status::DRIVER | status::DRIVER_OK,
+        );
+        assert!(!t.is_activated(), "DRIVER_OK without FEATURES_OK");
+        // Properly brought up, then a write that clears DRIVER_OK: ignored.
+        bring_up(&mut t, VIRTIO_F_VERSION_1);
+        assert!(t.is_activated());
+        w(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+        assert_ne!(r(&mut t, reg::STATUS) & status::DRIVER_OK, 0);
+        // FAILED may be added at any time; 0 resets.
+        let s = r(&mut t, reg::STATUS);
+        w(&mut t, reg::STATUS, s | status::FAILED);
+        assert_ne!(r(&mut t, reg::STATUS) & status::FAILED, 0);
+        w(&mut t, reg::STATUS, 0);
+        assert!(!t.is_activated());
+        assert_eq!(r(&mut t, reg::STATUS), 0);
     }
 
     /// A state file can decode and still describe a VM no driver made: each such state
