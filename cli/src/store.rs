@@ -153,9 +153,9 @@ pub fn import(
     result
 }
 
+/// The store's directories: 0700, narrowed if they existed (the host library's one helper).
 fn private_dir(dir: &Path) -> Result<(), StoreError> {
-    hull_image::archive::private_dir(dir)
-        .map_err(|e| StoreError::Unpack(dir.to_path_buf(), Box::new(e)))
+    hull_shim::private::private_dir(dir).map_err(io("create", dir))
 }
 
 fn import_staged(
