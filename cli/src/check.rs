@@ -70,17 +70,18 @@ pub fn check(config: &HostConfig) -> Vec<Finding> {
         "load kvm_intel or kvm_amd (modprobe), enable virtualization in the firmware, or add this user to the kvm group",
     ));
     if kvm.exists() {
-        let mode = hull_vmm::quirks::detect_host(Path::new("/sys/module"));
+        use hull_vmm_api::host::{detect_by_module, HostMode};
         out.push(Finding {
             ok: true,
             needed: false,
-            what: match mode {
-                hull_vmm::quirks::HostMode::Hardware => {
+            what: match detect_by_module(Path::new("/sys/module")) {
+                Some(HostMode::Hardware) => {
                     "guest kernel code runs hardware-assisted (VT-x/AMD-V)".into()
                 }
-                hull_vmm::quirks::HostMode::Emulated { why } => format!(
+                Some(HostMode::Emulated { why }) => format!(
                     "guest kernel code is emulated ({why}): sandboxes work, thousands of times slower (docs/kvm-hosts.md)"
                 ),
+                None => "KVM is built into the host kernel: hull-vmm times a short guest loop to tell whether guest kernel code is emulated".into(),
             },
             fix: None,
         });

@@ -78,7 +78,7 @@ fn agent(name: &str) -> Result<AgentClient, LifecycleError> {
         .map(|c| c.client)
         .map_err(|e| LifecycleError::Agent {
             name: name.into(),
-            why: hull_vmm::error_chain(&e),
+            why: hull_vmm_api::error_chain(&e),
         })
 }
 
@@ -280,7 +280,7 @@ pub fn exec(name: &str, process: &oci::Process, interactive: bool) -> Result<i32
     let mut io = ProcessIo::attach(&endpoint(name), name, &exec_id, &stdio).map_err(|e| {
         LifecycleError::Agent {
             name: name.into(),
-            why: hull_vmm::error_chain(&e),
+            why: hull_vmm_api::error_chain(&e),
         }
     })?;
     let mut wait = ProcessRequest::new();

@@ -252,7 +252,7 @@ fn config_path() -> PathBuf {
 }
 
 fn fail(e: &dyn std::error::Error) -> i32 {
-    eprintln!("hull: {}", hull_vmm::error_chain(e));
+    eprintln!("hull: {}", hull_vmm_api::error_chain(e));
     FAILED
 }
 

@@ -333,7 +333,7 @@ pub fn supervise(name: &str, config: &HostConfig) -> Result<i32, RunError> {
     let result = prepare(&opts, config).and_then(|p| execute(p, &opts, config, record.clone()));
     if let Err(e) = &result {
         record.status = state::Status::Failed {
-            reason: hull_vmm::error_chain(e),
+            reason: hull_vmm_api::error_chain(e),
         };
         let _ = state::write(&record);
     }
@@ -378,7 +378,7 @@ fn execute(
             RunError::Volume(format!(
                 "-v {}: {}",
                 v.source.display(),
-                hull_vmm::error_chain(&e)
+                hull_vmm_api::error_chain(&e)
             ))
         })?;
         volume_images.push((img, inner));
@@ -401,7 +401,7 @@ fn execute(
         Pod::start(&name, &vm, &run_dir, templates.as_ref(), None).map_err(|e| {
             RunError::Sandbox {
                 what: "start the sandbox VM",
-                why: hull_vmm::error_chain(&e),
+                why: hull_vmm_api::error_chain(&e),
             }
         })?,
     );
@@ -411,16 +411,16 @@ fn execute(
         container: name.clone(),
         tx: Mutex::new(tx),
     }))
-    .map_err(|e| sandbox_err("watch the sandbox")(hull_vmm::error_chain(&e)))?;
+    .map_err(|e| sandbox_err("watch the sandbox")(hull_vmm_api::error_chain(&e)))?;
 
     let root = pod
         .lease_drive(&name, &root_image, true)
-        .map_err(|e| sandbox_err("attach the root filesystem")(hull_vmm::error_chain(&e)))?;
+        .map_err(|e| sandbox_err("attach the root filesystem")(hull_vmm_api::error_chain(&e)))?;
     spec["root"]["path"] = serde_json::Value::String(root.guest_rootfs.clone());
     for (v, (img, inner)) in plan.volumes.iter().zip(&volume_images) {
         let lease = pod
             .lease_drive(&format!("{name} volume"), img, false)
-            .map_err(|e| sandbox_err("attach a volume")(hull_vmm::error_chain(&e)))?;
+            .map_err(|e| sandbox_err("attach a volume")(hull_vmm_api::error_chain(&e)))?;
         let source = match inner {
             Some(file) => format!("{}/{file}", lease.guest_rootfs),
             None => lease.guest_rootfs.clone(),
@@ -430,7 +430,7 @@ fn execute(
     for v in &plan.shared {
         let source = pod
             .share_dir(&v.source)
-            .map_err(|e| sandbox_err("share a volume")(hull_vmm::error_chain(&e)))?;
+            .map_err(|e| sandbox_err("share a volume")(hull_vmm_api::error_chain(&e)))?;
         spec::add_volume(&mut spec, v, &source, false);
     }
 
@@ -463,7 +463,7 @@ fn execute(
         .create_container(ctx(), &create)
         .map_err(|e| sandbox_err("create the container")(e.to_string()))?;
     let mut io = ProcessIo::attach(&pod.endpoint, &name, "", &stdio)
-        .map_err(|e| sandbox_err("connect the container's stdio")(hull_vmm::error_chain(&e)))?;
+        .map_err(|e| sandbox_err("connect the container's stdio")(hull_vmm_api::error_chain(&e)))?;
     drop(progress);
     // The terminal is raw from just before the container starts until this returns (the
     // guard is dropped on every path out, errors included).

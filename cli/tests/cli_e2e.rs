@@ -22,8 +22,8 @@ fn unavailable() -> Option<String> {
         return Some("/dev/kvm is not available".into());
     }
     for f in [
-        hull_vmm::config::DEFAULT_KERNEL,
-        hull_vmm::config::DEFAULT_ROOT_IMAGE,
+        hull_vmm_api::config::DEFAULT_KERNEL,
+        hull_vmm_api::config::DEFAULT_ROOT_IMAGE,
         "/bin/busybox",
     ] {
         if !Path::new(f).exists() {

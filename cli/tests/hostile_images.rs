@@ -184,7 +184,7 @@ impl Scene {
                     .all(|n| !n.to_string_lossy().starts_with(".import")),
                 "staging left behind: {staged:?}"
             );
-            hull_vmm::error_chain(&e)
+            hull_vmm_api::error_chain(&e)
         })
     }
     /// Imports a hostile `archive`: it must fail saying `want`, leaving the outside as it was.

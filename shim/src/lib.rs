@@ -51,10 +51,10 @@ impl Default for VmSpec {
     /// the shared file system.
     fn default() -> Self {
         VmSpec {
-            kernel: PathBuf::from(hull_vmm::config::DEFAULT_KERNEL),
-            image: PathBuf::from(hull_vmm::config::DEFAULT_ROOT_IMAGE),
-            vcpus: 1,
-            memory_mib: 128,
+            kernel: PathBuf::from(hull_vmm_api::config::DEFAULT_KERNEL),
+            image: PathBuf::from(hull_vmm_api::config::DEFAULT_ROOT_IMAGE),
+            vcpus: hull_vmm_api::config::DEFAULT_VCPUS,
+            memory_mib: hull_vmm_api::config::DEFAULT_MEMORY_MIB,
             drive_slots: DEFAULT_DRIVE_SLOTS,
             shared_fs: true,
             console_log: false,

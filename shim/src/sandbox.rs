@@ -9,10 +9,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hull_protocol::rpc::agent::{PingRequest, ReseedRandomRequest, SetTimeRequest};
 use hull_protocol::rpc::agent_ttrpc::AgentClient;
-use hull_protocol::rpc::protobuf::well_known_types::empty::Empty;
-use hull_protocol::rpc::vmm::SnapshotRequest;
-use hull_protocol::rpc::vmm_ttrpc::VmmClient;
-use hull_protocol::rpc::{adopt, connect_vmm, connect_within, ttrpc, ConnectError, Endpoint};
+use hull_protocol::rpc::{adopt, connect_within, ttrpc, ConnectError, Endpoint};
+use hull_vmm_api::{ControlClient, ControlError};
 
 use crate::template::{Template, TemplateCache, TemplateError};
 use crate::vmm_process::{VmmPaths, VmmProcess, VmmProcessError};
@@ -48,6 +46,8 @@ pub enum SandboxError {
         #[source]
         source: ttrpc::Error,
     },
+    #[error("the VMM's control API")]
+    Control(#[from] ControlError),
     #[error(transparent)]
     Template(#[from] TemplateError),
     #[error("{op} {path}")]
@@ -107,7 +107,7 @@ pub struct StartTimings {
 pub struct Sandbox {
     vmm: VmmProcess,
     pub agent: AgentClient,
-    pub control: VmmClient,
+    pub control: ControlClient,
     pub path: StartPath,
     pub timings: StartTimings,
 }
@@ -265,11 +265,12 @@ impl Sandbox {
         let agent_ready = vmm.started.elapsed();
         let api = vmm.paths.api.clone();
         vmm.wait_for_path(&api, within)?;
-        let control = connect_vmm(&api).map_err(|source| SandboxError::Agent {
-            within,
-            source,
-            log: vmm.log_text(),
-        })?;
+        let control =
+            ControlClient::connect(&api, CALL_TIMEOUT).map_err(|source| SandboxError::Agent {
+                within,
+                source,
+                log: vmm.log_text(),
+            })?;
         let sandbox = Sandbox {
             vmm,
             agent: conn.client,
@@ -306,15 +307,13 @@ impl Sandbox {
 
     /// Pauses the VM and writes a snapshot into `dir`; the VM stays paused.
     pub fn snapshot(&self, dir: &Path) -> Result<(), SandboxError> {
-        call("Pause", self.control.pause(ctx(), &Empty::new()))?;
-        let mut req = SnapshotRequest::new();
-        req.dir = dir.to_string_lossy().into_owned();
-        call("Snapshot", self.control.snapshot(ctx(), &req))?;
+        self.control.pause()?;
+        self.control.snapshot(dir)?;
         Ok(())
     }
 
     pub fn resume(&self) -> Result<(), SandboxError> {
-        call("Resume", self.control.resume(ctx(), &Empty::new()))?;
+        self.control.resume()?;
         Ok(())
     }
 
@@ -338,7 +337,7 @@ impl Sandbox {
 
     /// Stops the VM through its control API and waits for the VMM to exit.
     pub fn shutdown(mut self) -> Option<std::process::ExitStatus> {
-        let _ = self.control.shutdown(ctx(), &Empty::new());
+        let _ = self.control.shutdown();
         self.vmm.wait(Duration::from_secs(10))
     }
 
@@ -353,12 +352,12 @@ impl Sandbox {
 fn make_template(spec: &VmSpec, dir: &Path) -> Result<u64, String> {
     let run = dir.join("run");
     crate::private::private_dir(&run).map_err(|e| format!("create {}: {e}", run.display()))?;
-    let sandbox = Sandbox::cold_boot(spec, &run).map_err(|e| hull_vmm::error_chain(&e))?;
+    let sandbox = Sandbox::cold_boot(spec, &run).map_err(|e| hull_vmm_api::error_chain(&e))?;
     let boot_ms = sandbox.timings.agent_ready.as_millis() as u64;
     log::info!("template: agent ready {boot_ms} ms after the VMM started; snapshotting");
     sandbox
         .snapshot(dir)
-        .map_err(|e| hull_vmm::error_chain(&e))?;
+        .map_err(|e| hull_vmm_api::error_chain(&e))?;
     let status = sandbox.shutdown();
     log::debug!("template VMM ended: {status:?}");
     let _ = std::fs::remove_dir_all(&run);

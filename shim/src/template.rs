@@ -26,7 +26,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use hull_vmm::snapshot::{self, MEMORY_FILE, STATE_FILE};
+use hull_vmm_api::snapshot::{self, MEMORY_FILE, STATE_FILE};
 
 use crate::VmSpec;
 
@@ -322,9 +322,11 @@ pub fn validate(dir: &Path, key: &TemplateKey) -> Result<TemplateMeta, Invalid> 
             "made for another kernel, image, VM shape or release".into(),
         ));
     }
-    let state = snapshot::read_state(&dir.join(STATE_FILE)).map_err(|e| match e {
+    // The framing and CRC cover the whole file; the VMM decodes the machine state when it
+    // restores, and a template it cannot restore is discarded (`Sandbox::start`).
+    let state = snapshot::read_meta(&dir.join(STATE_FILE)).map_err(|e| match e {
         snapshot::SnapshotError::Version { .. } => Invalid::Stale(e.to_string()),
-        other => Invalid::Corrupt(hull_vmm::error_chain(&other)),
+        other => Invalid::Corrupt(hull_vmm_api::error_chain(&other)),
     })?;
     if state.shape.vcpus != key.vcpus || state.shape.memory_mib != key.memory_mib {
         return Err(Invalid::Corrupt(
@@ -486,39 +488,20 @@ mod tests {
 
     fn fake_build(spec: &VmSpec) -> impl FnOnce(&Path) -> Result<u64, String> + '_ {
         move |dir: &Path| {
-            let state = hull_vmm::snapshot::SnapshotState {
-                hull_version: "test".into(),
-                shape: hull_vmm::snapshot::VmShape {
-                    vcpus: spec.vcpus,
-                    memory_mib: spec.memory_mib,
-                    devices: vec![],
+            // What the VMM writes: the metadata, then machine state (here a stand-in).
+            let state = (
+                snapshot::SnapshotMeta {
+                    hull_version: "test".into(),
+                    shape: snapshot::VmShape {
+                        vcpus: spec.vcpus,
+                        memory_mib: spec.memory_mib,
+                        devices: vec![],
+                    },
+                    emulated_host: false,
                 },
-                emulated_host: false,
-                vm: hull_vmm::vstate::vm::VmState {
-                    clock: Default::default(),
-                    pic_master: Default::default(),
-                    pic_slave: Default::default(),
-                    ioapic: Default::default(),
-                    pit: Default::default(),
-                },
-                vcpus: (0..spec.vcpus)
-                    .map(|_| hull_vmm::vstate::vcpu_state::VcpuState {
-                        cpuid: vec![],
-                        mp_state: Default::default(),
-                        regs: Default::default(),
-                        sregs: Default::default(),
-                        xsave: Default::default(),
-                        xcrs: Default::default(),
-                        debug_regs: Default::default(),
-                        lapic: Default::default(),
-                        msrs: vec![],
-                        vcpu_events: Default::default(),
-                    })
-                    .collect(),
-                serial: Default::default(),
-                transports: vec![],
-            };
-            hull_vmm::snapshot::write_state(&dir.join(STATE_FILE), &state).unwrap();
+                vec![0u8; 512],
+            );
+            snapshot::write_state(&dir.join(STATE_FILE), &state).unwrap();
             let mem = File::create(dir.join(MEMORY_FILE)).unwrap();
             mem.set_len(u64::from(spec.memory_mib) << 20).unwrap();
             std::os::unix::fs::FileExt::write_all_at(&mem, b"guest page", 8192).unwrap();

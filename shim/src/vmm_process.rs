@@ -8,12 +8,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use hull_vmm_api::config::{ConfigFile, ConsoleOutput, DriveConfig, DriveFormat, VsockConfig};
+
 use crate::VmSpec;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmmProcessError {
     #[error("cannot find the hull-vmm binary (looked at $HULL_VMM, next to this program and on PATH); build it with scripts/build.sh or set HULL_VMM")]
     NotFound,
+    #[error("write the VM configuration {path}")]
+    Config {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("start {path}")]
     Spawn {
         path: PathBuf,
@@ -52,9 +60,10 @@ pub fn find_vmm() -> Result<PathBuf, VmmProcessError> {
         .ok_or(VmmProcessError::NotFound)
 }
 
-/// The host resources of one VMM: its sockets and log, all in `run_dir`.
+/// The host resources of one VMM: its configuration, sockets and logs, all in `run_dir`.
 #[derive(Debug, Clone)]
 pub struct VmmPaths {
+    pub config: PathBuf,
     pub vsock: PathBuf,
     pub api: PathBuf,
     pub console: PathBuf,
@@ -64,6 +73,7 @@ pub struct VmmPaths {
 impl VmmPaths {
     pub fn in_dir(run_dir: &Path) -> Self {
         VmmPaths {
+            config: run_dir.join("vm.json"),
             vsock: run_dir.join("vsock.sock"),
             api: run_dir.join("api.sock"),
             console: run_dir.join("console.log"),
@@ -90,30 +100,15 @@ impl VmmProcess {
             path: paths.log.clone(),
             source,
         })?;
+        serde_json::to_vec_pretty(&vm_config(spec, &paths))
+            .map_err(std::io::Error::other)
+            .and_then(|json| std::fs::write(&paths.config, json))
+            .map_err(|source| VmmProcessError::Config {
+                path: paths.config.clone(),
+                source,
+            })?;
         let mut cmd = Command::new(&bin);
-        cmd.arg("--kernel")
-            .arg(&spec.kernel)
-            .arg("--root")
-            .arg(&spec.image)
-            .arg("--vcpus")
-            .arg(spec.vcpus.to_string())
-            .arg("--memory-mib")
-            .arg(spec.memory_mib.to_string())
-            .arg("--vsock-uds")
-            .arg(&paths.vsock)
-            .arg("--api-sock")
-            .arg(&paths.api)
-            .arg("--console")
-            .arg(if spec.console_log {
-                paths.console.as_os_str()
-            } else {
-                std::ffi::OsStr::new("none")
-            })
-            .arg("--drive-slots")
-            .arg(spec.drive_slots.to_string());
-        if spec.shared_fs {
-            cmd.arg("--shared-fs").arg(crate::SHARED_FS_TAG);
-        }
+        cmd.arg("--config").arg(&paths.config);
         if let Some(dir) = restore {
             cmd.arg("--restore").arg(dir);
         }
@@ -213,7 +208,66 @@ impl Drop for VmmProcess {
     }
 }
 
+/// The VM `hull-vmm` is asked for: `spec`'s shape, the guest image as a read-only erofs
+/// root, and the sockets and console in `paths`.
+pub fn vm_config(spec: &VmSpec, paths: &VmmPaths) -> ConfigFile {
+    ConfigFile {
+        kernel: Some(spec.kernel.clone()),
+        vcpus: Some(u32::from(spec.vcpus)),
+        memory_mib: Some(spec.memory_mib),
+        console: Some(if spec.console_log {
+            ConsoleOutput::File(paths.console.clone())
+        } else {
+            ConsoleOutput::None
+        }),
+        drive: vec![DriveConfig {
+            id: None,
+            path: spec.image.clone(),
+            read_only: true,
+            root: true,
+            fstype: Some("erofs".into()),
+            serial: None,
+            format: DriveFormat::Raw,
+        }],
+        vsock: Some(VsockConfig {
+            guest_cid: hull_vmm_api::config::default_guest_cid(),
+            uds_path: paths.vsock.clone(),
+        }),
+        api_socket: Some(paths.api.clone()),
+        drive_slots: Some(u32::from(spec.drive_slots)),
+        shared_fs: spec.shared_fs.then(|| crate::SHARED_FS_TAG.to_string()),
+        ..Default::default()
+    }
+}
+
 fn last_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the host writes is what the VMM reads: the JSON round-trips through the one
+    /// type, with the sandbox's shape and sockets.
+    #[test]
+    fn the_vm_configuration_round_trips_as_json() {
+        let spec = VmSpec {
+            console_log: true,
+            ..VmSpec::default()
+        };
+        let paths = VmmPaths::in_dir(Path::new("/run/hull/x"));
+        let config = vm_config(&spec, &paths);
+        let json = serde_json::to_string(&config).unwrap();
+        let back: ConfigFile = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, config);
+        assert_eq!(back.memory_mib, Some(spec.memory_mib));
+        assert_eq!(back.drive_slots, Some(u32::from(spec.drive_slots)));
+        assert_eq!(
+            back.console,
+            Some(ConsoleOutput::File(paths.console.clone()))
+        );
+        assert_eq!(back.shared_fs.as_deref(), Some(crate::SHARED_FS_TAG));
+    }
 }

@@ -53,7 +53,7 @@ fn start(run_dir: &Path) -> Sandbox {
         run_dir,
         Some(&TemplateCache::new(DEFAULT_ROOT)),
     )
-    .unwrap_or_else(|e| panic!("sandbox start: {}", hull_vmm::error_chain(&e)));
+    .unwrap_or_else(|e| panic!("sandbox start: {}", hull_vmm_api::error_chain(&e)));
     eprintln!(
         "sandbox {}: VMM ready {:.0} ms, agent {:.0} ms, usable {:.0} ms (call took {:.1} s)",
         s.path,
@@ -162,9 +162,9 @@ fn a_restored_sandbox_answers_and_runs_a_container() {
     s.ping().unwrap();
 
     // The control API of a restored VMM: a paused VM does not answer, a resumed one does.
-    let m = s.control.metrics(ctx(), &Empty::new()).unwrap();
+    let m = s.control.metrics().unwrap();
     assert!(!m.paused && m.vcpus == 1 && m.memory_mib == 128, "{m:?}");
-    assert!(s.control.pause(ctx(), &Empty::new()).unwrap().paused);
+    assert!(s.control.pause().unwrap());
     let short = ttrpc::context::with_timeout(Duration::from_secs(3).as_nanos() as i64);
     assert!(
         s.agent.ping(short, &PingRequest::new()).is_err(),
@@ -269,7 +269,7 @@ fn a_snapshot_taken_mid_workload_restores_and_continues() {
 
     let t = Instant::now();
     let restored = Sandbox::restore(&VmSpec::default(), &second_run, &snap)
-        .unwrap_or_else(|e| panic!("restore: {}", hull_vmm::error_chain(&e)));
+        .unwrap_or_else(|e| panic!("restore: {}", hull_vmm_api::error_chain(&e)));
     step("restore", t);
     let t = Instant::now();
     assert_eq!(

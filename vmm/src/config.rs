@@ -8,36 +8,13 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-
-/// Where the guest kernel is built and cached by `kernel-config/build.sh`.
-pub const DEFAULT_KERNEL: &str = "/var/cache/hull/kernel/vmlinux";
-/// Where `resources/build-image.sh` puts the guest root image.
-pub const DEFAULT_ROOT_IMAGE: &str = "/var/cache/hull/image/rootfs.erofs";
-pub const DEFAULT_VCPUS: u8 = 1;
-pub const DEFAULT_MEMORY_MIB: u32 = 128;
-/// The guest needs room past the end of its kernel image for page tables, the memory map,
-/// slab caches and PID 1; below this margin it panics early with an unhelpful message.
-pub const MEMORY_MARGIN_MIB: u64 = 16;
-/// Guest RAM is placed below the 32-bit MMIO gap and then above 4 GiB; we cap the total so a
-/// typo (64000 instead of 640) fails here rather than as an mmap failure.
-pub const MAX_MEMORY_MIB: u32 = 256 * 1024;
+pub use hull_vmm_api::config::*;
+use hull_vmm_api::snapshot::{DeviceId, VmShape};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}")]
-    ReadFile {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("config file {path} is not valid {format} (fix or remove the offending key)")]
-    Parse {
-        path: PathBuf,
-        format: &'static str,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    #[error(transparent)]
+    Load(#[from] LoadError),
     #[error(
         "kernel: {path} does not exist; build it with kernel-config/build.sh or pass --kernel"
     )]
@@ -101,197 +78,10 @@ pub enum ConfigError {
     SharedFsTag(String),
     #[error("{devices} virtio devices ({drive_slots} of them drive slots): a VM has at most {MAX_VIRTIO_DEVICES}; lower drive_slots or drop drives")]
     TooManyDevices { devices: u32, drive_slots: u32 },
-}
-
-/// Longest `vsock.uds_path`: `sun_path` holds 107 bytes plus NUL, and guest-initiated
-/// connections append `_<port>` (up to 11 bytes).
-pub const MAX_VSOCK_PATH: usize = 107 - 11;
-
-/// A console file's cap unless the configuration says otherwise: enough for several
-/// verbose boots, small next to a sandbox's memory (run directories are on tmpfs).
-pub const DEFAULT_CONSOLE_MAX_BYTES: u64 = 4 << 20;
-
-/// Where the guest's serial console goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ConsoleOutput {
-    Stdout,
-    None,
-    File(PathBuf),
-}
-
-impl<'de> Deserialize<'de> for ConsoleOutput {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Ok(ConsoleOutput::parse(&s))
-    }
-}
-
-impl ConsoleOutput {
-    /// `stdout`, `none`, or a file path.
-    pub fn parse(s: &str) -> Self {
-        match s {
-            "stdout" | "-" => ConsoleOutput::Stdout,
-            "none" | "off" => ConsoleOutput::None,
-            path => ConsoleOutput::File(PathBuf::from(path)),
-        }
-    }
-}
-
-/// Whether to apply the work-arounds for hosts whose KVM emulates guest kernel mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum QuirksMode {
-    /// Detect the host (see `quirks::detect_host`).
-    #[default]
-    Auto,
-    On,
-    Off,
-}
-
-impl std::str::FromStr for QuirksMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "on" => Ok(Self::On),
-            "off" => Ok(Self::Off),
-            other => Err(format!("quirks must be auto, on or off, not {other:?}")),
-        }
-    }
-}
-
-/// The on-disk format of a drive image. Only raw is supported, and it is always given
-/// (defaulting to raw), never guessed from the image's first bytes: a guest that writes a
-/// qcow2 header into its raw disk must not make the host read it as qcow2 next boot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DriveFormat {
-    #[default]
-    Raw,
-}
-
-/// The virtio-vsock device: the guest's context ID and the host unix socket of the hybrid
-/// backend (Firecracker's `CONNECT <port>` protocol; guest connections to host port P go
-/// to `<uds_path>_<P>`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VsockConfig {
-    #[serde(default = "default_guest_cid")]
-    pub guest_cid: u64,
-    pub uds_path: PathBuf,
-}
-
-/// A virtio-net interface backed by a tap: by name (opened, and created if missing, by the
-/// VMM) or as a descriptor the caller already opened with IFF_TAP | IFF_NO_PI |
-/// IFF_VNET_HDR and passed down (a CNI plugin or the shim).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NetConfig {
-    #[serde(default)]
-    pub tap: Option<String>,
-    #[serde(default)]
-    pub tap_fd: Option<i32>,
-    /// The guest's MAC address; without one the guest makes up its own.
-    #[serde(default)]
-    pub mac: Option<String>,
-}
-
-/// Parses `aa:bb:cc:dd:ee:ff`.
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let parts: Vec<&str> = s.split(':').collect();
-    if parts.len() != 6 {
-        return None;
-    }
-    let mut mac = [0u8; 6];
-    for (b, p) in mac.iter_mut().zip(parts) {
-        if p.len() != 2 {
-            return None;
-        }
-        *b = u8::from_str_radix(p, 16).ok()?;
-    }
-    Some(mac)
-}
-
-pub fn default_guest_cid() -> u64 {
-    3
-}
-
-/// A virtio-blk disk backed by a raw image file.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DriveConfig {
-    pub path: PathBuf,
-    #[serde(default = "default_true")]
-    pub read_only: bool,
-    /// This disk is the guest's `/` (it becomes `root=/dev/vdX`).
-    #[serde(default)]
-    pub root: bool,
-    /// Filesystem type passed as `rootfstype=` when `root` is set.
-    #[serde(default)]
-    pub fstype: Option<String>,
-    /// Serial number reported by VIRTIO_BLK_T_GET_ID (at most 20 bytes).
-    #[serde(default)]
-    pub serial: Option<String>,
-    #[serde(default)]
-    pub format: DriveFormat,
-}
-
-fn default_true() -> bool {
-    true
-}
-
-/// The file format: every key optional, unknown keys rejected.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConfigFile {
-    pub kernel: Option<PathBuf>,
-    pub initrd: Option<PathBuf>,
-    pub cmdline_extra: Option<String>,
-    pub vcpus: Option<u32>,
-    pub memory_mib: Option<u32>,
-    pub console: Option<ConsoleOutput>,
-    /// Most bytes written to a console file (default [`DEFAULT_CONSOLE_MAX_BYTES`]); past
-    /// it the guest's output is dropped after one closing note.
-    pub console_max_bytes: Option<u64>,
-    pub quirks: Option<QuirksMode>,
-    #[serde(default)]
-    pub drive: Vec<DriveConfig>,
-    pub vsock: Option<VsockConfig>,
-    /// Attach a virtio-rng device (default true).
-    pub entropy: Option<bool>,
-    #[serde(default)]
-    pub net: Vec<NetConfig>,
-    /// The control API's unix socket (pause, resume, shutdown, metrics; docs/control-api.md).
-    pub api_socket: Option<PathBuf>,
-    /// Empty virtio-blk devices whose backing the control API attaches and detaches while
-    /// the VM runs (container root filesystems; default 0).
-    pub drive_slots: Option<u32>,
-    /// Attach a virtio-fs device with this tag (what `mount -t virtiofs TAG` names); the
-    /// control API shares host directories through it while the VM runs.
-    pub shared_fs: Option<String>,
-}
-
-impl ConfigFile {
-    /// Reads a `.json` file as JSON and anything else as TOML.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        if path.extension().is_some_and(|e| e == "json") {
-            serde_json::from_str(&text).map_err(|e| ConfigError::Parse {
-                path: path.to_path_buf(),
-                format: "JSON",
-                source: Box::new(e),
-            })
-        } else {
-            toml::from_str(&text).map_err(|e| ConfigError::Parse {
-                path: path.to_path_buf(),
-                format: "TOML",
-                source: Box::new(e),
-            })
-        }
-    }
+    #[error("device id {0:?}: use 1 to {MAX_DEVICE_ID} characters of a-z, 0-9, _ and -")]
+    DeviceId(String),
+    #[error("device id {0:?} names two devices; give each drive and net a different id")]
+    DuplicateDeviceId(String),
 }
 
 /// A validated VM description. Only [`VmConfig::validate`] makes one.
@@ -387,6 +177,7 @@ impl VmConfig {
             drives.insert(
                 0,
                 DriveConfig {
+                    id: None,
                     path: PathBuf::from(DEFAULT_ROOT_IMAGE),
                     read_only: true,
                     root: true,
@@ -456,7 +247,7 @@ impl VmConfig {
             });
         }
 
-        Ok(VmConfig {
+        let config = VmConfig {
             kernel,
             kernel_format,
             initrd: file.initrd,
@@ -473,12 +264,103 @@ impl VmConfig {
             api_socket: file.api_socket,
             drive_slots: drive_slots as u8,
             shared_fs: file.shared_fs,
-        })
+        };
+        config.check_device_ids()?;
+        Ok(config)
     }
 
     pub fn memory_bytes(&self) -> u64 {
         u64::from(self.memory_mib) << 20
     }
+
+    /// Every virtio device this configuration asks for, with its stable id, in the order
+    /// a booted VM places them on the MMIO bus: disks first, the root leading (so it is
+    /// /dev/vda), then drive slots, net, vsock, entropy and virtio-fs. The one definition
+    /// of device ids: the builder creates what this lists and a snapshot is matched
+    /// against it by id.
+    pub fn virtio_plan(&self) -> Vec<(DeviceId, VirtioPlan<'_>)> {
+        use virtio_bindings::virtio_ids as ids;
+        let mut plan = Vec::new();
+        let mut drives: Vec<(usize, &DriveConfig)> = self.drives.iter().enumerate().collect();
+        drives.sort_by_key(|(_, d)| !d.root);
+        for (index, d) in drives {
+            let name = match (&d.id, d.root) {
+                (Some(id), _) => id.clone(),
+                (None, true) => "root".into(),
+                (None, false) => format!("drive{index}"),
+            };
+            plan.push((
+                DeviceId::new(name, ids::VIRTIO_ID_BLOCK),
+                VirtioPlan::Drive(d),
+            ));
+        }
+        for n in 0..self.drive_slots {
+            let id = DeviceId::new(format!("slot{n}"), ids::VIRTIO_ID_BLOCK);
+            plan.push((id, VirtioPlan::DriveSlot));
+        }
+        for (index, n) in self.net.iter().enumerate() {
+            let name = n.id.clone().unwrap_or_else(|| format!("net{index}"));
+            plan.push((
+                DeviceId::new(name, ids::VIRTIO_ID_NET),
+                VirtioPlan::Net(index, n),
+            ));
+        }
+        if let Some(v) = &self.vsock {
+            let id = DeviceId::new("vsock", ids::VIRTIO_ID_VSOCK);
+            plan.push((id, VirtioPlan::Vsock(v)));
+        }
+        if self.entropy {
+            plan.push((
+                DeviceId::new("rng", ids::VIRTIO_ID_RNG),
+                VirtioPlan::Entropy,
+            ));
+        }
+        if let Some(tag) = &self.shared_fs {
+            plan.push((DeviceId::new("fs", ids::VIRTIO_ID_FS), VirtioPlan::Fs(tag)));
+        }
+        plan
+    }
+
+    /// The VM shape this configuration builds (what a snapshot must match to restore
+    /// into it).
+    pub fn shape(&self) -> VmShape {
+        VmShape {
+            vcpus: self.vcpus,
+            memory_mib: self.memory_mib,
+            devices: self.virtio_plan().into_iter().map(|(id, _)| id).collect(),
+        }
+    }
+
+    /// Given ids are well formed and no two devices share one.
+    fn check_device_ids(&self) -> Result<(), ConfigError> {
+        let given = self
+            .drives
+            .iter()
+            .map(|d| &d.id)
+            .chain(self.net.iter().map(|n| &n.id));
+        if let Some(bad) = given.flatten().find(|id| !valid_device_id(id)) {
+            return Err(ConfigError::DeviceId(bad.clone()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (id, _) in self.virtio_plan() {
+            if !seen.insert(id.name.clone()) {
+                return Err(ConfigError::DuplicateDeviceId(id.name));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What to create for one virtio device of [`VmConfig::virtio_plan`].
+#[derive(Debug, Clone, Copy)]
+pub enum VirtioPlan<'a> {
+    Drive(&'a DriveConfig),
+    DriveSlot,
+    /// The interface's place in the configuration's list, for messages.
+    Net(usize, &'a NetConfig),
+    Vsock(&'a VsockConfig),
+    Entropy,
+    Fs(&'a str),
 }
 
 fn validate_net(index: usize, n: &NetConfig) -> Result<(), ConfigError> {
@@ -649,7 +531,7 @@ fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::Write;
 
@@ -696,6 +578,7 @@ mod tests {
         ConfigFile {
             kernel: Some(f.kernel.clone()),
             drive: vec![DriveConfig {
+                id: None,
                 path: f.image.clone(),
                 read_only: true,
                 root: true,
@@ -957,6 +840,7 @@ mod tests {
         let net = |tap: Option<&str>, tap_fd: Option<i32>, mac: Option<&str>| {
             let mut file = file_for(&f);
             file.net = vec![NetConfig {
+                id: None,
                 tap: tap.map(Into::into),
                 tap_fd,
                 mac: mac.map(Into::into),

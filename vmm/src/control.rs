@@ -2,14 +2,18 @@
 //! describe. The control API's server threads hold one ([`crate::api`]); the builder makes
 //! it with what a snapshot reads besides the vCPUs.
 
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::builder::PlacedDevice;
+use crate::devices::bus::lock;
 use crate::devices::serial::SerialDevice;
+use crate::devices::virtio::block::{Attachment, BlockError, DriveSlot};
 use crate::devices::virtio::MmioTransport;
 use crate::exit::{ExitEvent, ExitReason};
 use crate::signals;
-use crate::snapshot::{self, SnapshotError, SnapshotState, VmShape};
+use crate::snapshot::{self, DeviceSnapshot, SnapshotError, SnapshotMeta, SnapshotState, VmShape};
 use crate::vstate::memory::GuestRam;
 use crate::vstate::pause::PauseGate;
 use crate::vstate::vm::Vm;
@@ -27,8 +31,9 @@ pub struct VmmControl {
     pub(crate) started: Instant,
     pub(crate) vcpus: u8,
     pub(crate) memory_mib: u32,
-    /// The drive slots' transports, in slot order.
-    pub(crate) slots: Arc<Vec<Arc<Mutex<MmioTransport>>>>,
+    /// The drive slots, in slot order, with their transports (whose lock a change holds,
+    /// so the device serves no request meanwhile).
+    pub(crate) slots: Arc<Vec<(Arc<Mutex<MmioTransport>>, DriveSlot)>>,
     /// The virtio-fs device's shares (hull-vmm --shared-fs).
     pub(crate) shares: Option<Arc<crate::devices::virtio::fs::Shares>>,
     pub(crate) sources: Arc<SnapshotSources>,
@@ -60,7 +65,7 @@ pub enum ShareError {
 pub(crate) struct SnapshotSources {
     pub(crate) vm: Arc<Vm>,
     pub(crate) ram: Arc<GuestRam>,
-    pub(crate) transports: Vec<Arc<Mutex<MmioTransport>>>,
+    pub(crate) devices: Vec<PlacedDevice>,
     pub(crate) serial: Arc<Mutex<SerialDevice>>,
     pub(crate) msr_indices: Vec<u32>,
     pub(crate) shape: VmShape,
@@ -93,7 +98,7 @@ impl VmmControl {
     /// Stops every vCPU between two KVM_RUNs; returns once all are parked. Devices keep
     /// serving host I/O.
     pub fn pause(&self) {
-        let _ops = crate::devices::bus::lock(&self.ops);
+        let _ops = lock(&self.ops);
         let sig = signals::kick_signal();
         self.pause.pause(|index| {
             if let Some(&t) = self.vcpu_threads.get(index) {
@@ -107,7 +112,7 @@ impl VmmControl {
     }
 
     pub fn resume(&self) {
-        let _ops = crate::devices::bus::lock(&self.ops);
+        let _ops = lock(&self.ops);
         self.pause.resume();
         log::info!("VM resumed");
     }
@@ -118,9 +123,9 @@ impl VmmControl {
 
     /// Writes a snapshot of the paused VM into `dir` (created if missing): the state file
     /// and the memory file. The VM stays paused; resume it or shut it down after.
-    pub fn snapshot(&self, dir: &std::path::Path) -> Result<SnapshotInfo, SnapshotError> {
+    pub fn snapshot(&self, dir: &Path) -> Result<SnapshotInfo, SnapshotError> {
         let t0 = Instant::now();
-        let _ops = crate::devices::bus::lock(&self.ops);
+        let _ops = lock(&self.ops);
         if !self.is_paused() {
             return Err(SnapshotError::NotPaused);
         }
@@ -129,97 +134,52 @@ impl VmmControl {
         // the event loop cannot complete a request (used ring, interrupt) between the
         // moment the vCPUs and the irqchip are read and the moment the RAM holding the
         // ring is.
-        let locked: Vec<_> = src
-            .transports
-            .iter()
-            .map(|t| crate::devices::bus::lock(t))
-            .collect();
-        let blocked = |locked: &[std::sync::MutexGuard<'_, MmioTransport>]| {
-            locked.iter().find_map(|t| {
-                t.snapshot_blocker().map(|reason| SnapshotError::Device {
-                    device_type: t.device_type(),
-                    reason,
-                })
-            })
-        };
-        if let Some(e) = blocked(&locked) {
-            return Err(e);
-        }
-        let mut vcpus = Vec::with_capacity(usize::from(self.vcpus));
-        for index in 0..usize::from(self.vcpus) {
-            let (tx, rx) = std::sync::mpsc::channel();
-            let msrs = src.msr_indices.clone();
-            let job = Box::new(move |fd: &kvm_ioctls::VcpuFd| {
-                let _ = tx.send(crate::vstate::vcpu_state::save(fd, index as u8, &msrs));
-            });
-            self.pause.run_parked(index, job).map_err(|e| match e {
-                crate::vstate::pause::PauseError::NotPaused => SnapshotError::NotPaused,
-                crate::vstate::pause::PauseError::Busy(i) => SnapshotError::Busy(i),
-                crate::vstate::pause::PauseError::Ended(i) => SnapshotError::VcpuGone(i),
-            })?;
-            vcpus.push(rx.recv().map_err(|_| SnapshotError::VcpuGone(index))??);
-        }
+        let locked: Vec<_> = src.devices.iter().map(|d| lock(&d.transport)).collect();
+        blocker(&src.devices, &locked)?;
+        let vcpus = self.save_vcpus()?;
         let vm = src.vm.save_state()?;
-        let transports = locked.iter().map(|t| t.save_state()).collect();
-        let serial = crate::devices::bus::lock(&src.serial).snapshot();
-        let io = |op, path: &std::path::Path| {
-            let path = path.to_path_buf();
-            move |source| SnapshotError::Io { op, path, source }
-        };
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(io("create", dir))?;
-        }
+        let devices = src
+            .devices
+            .iter()
+            .zip(&locked)
+            .map(|(d, t)| DeviceSnapshot {
+                id: d.id.clone(),
+                mmio_slot: d.mmio_slot,
+                transport: t.save_state(),
+            })
+            .collect();
+        let serial = lock(&src.serial).snapshot();
+        private_dir(dir)?;
         // The state file is written last and marks the snapshot complete: an older one is
         // removed first, so a failure in between never pairs new memory with old state.
         let state_path = dir.join(snapshot::STATE_FILE);
         match std::fs::remove_file(&state_path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(io("remove the old", &state_path)(e))
+                return Err(io_err("remove the old", &state_path)(e))
             }
             _ => {}
         }
         let memory_path = dir.join(snapshot::MEMORY_FILE);
-        let tmp = memory_path.with_extension("tmp");
-        let written = snapshot::create_private(&tmp)
-            .map_err(io("create", &tmp))
-            .and_then(|file| {
-                let n = crate::vstate::memory::write_snapshot_memory(&src.ram, &file, &tmp)?;
-                file.sync_all().map_err(io("sync", &tmp))?;
-                Ok(n)
-            })
-            .and_then(|n| {
-                std::fs::rename(&tmp, &memory_path)
-                    .map_err(io("rename into place", &memory_path))
-                    .map(|()| n)
-            });
+        let written = write_memory(&src.ram, &memory_path);
         // A device serving from its own thread (virtio-fs) may have taken a request that
         // was in flight when the vCPUs paused: ask again now that memory is written.
-        let late = blocked(&locked);
+        let late = blocker(&src.devices, &locked);
         drop(locked);
-        if let Some(e) = late {
+        if late.is_err() {
             let _ = std::fs::remove_file(&memory_path);
-            return Err(e);
         }
-        let memory_bytes_written = match written {
-            Ok(n) => n,
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(e);
-            }
-        };
+        late?;
+        let memory_bytes_written = written?;
         let state = SnapshotState {
-            hull_version: env!("CARGO_PKG_VERSION").to_string(),
-            shape: src.shape.clone(),
-            emulated_host: src.emulated_host,
+            meta: SnapshotMeta {
+                hull_version: env!("CARGO_PKG_VERSION").to_string(),
+                shape: src.shape.clone(),
+                emulated_host: src.emulated_host,
+            },
             vm,
             vcpus,
             serial,
-            transports,
+            devices,
         };
         snapshot::write_state(&state_path, &state)?;
         let state_bytes = std::fs::metadata(&state_path).map(|m| m.len()).unwrap_or(0);
@@ -238,17 +198,31 @@ impl VmmControl {
         Ok(info)
     }
 
+    /// Every vCPU's state, each read on its own (parked) thread.
+    fn save_vcpus(&self) -> Result<Vec<crate::vstate::vcpu_state::VcpuState>, SnapshotError> {
+        let mut vcpus = Vec::with_capacity(usize::from(self.vcpus));
+        for index in 0..usize::from(self.vcpus) {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let msrs = self.sources.msr_indices.clone();
+            let job = Box::new(move |fd: &kvm_ioctls::VcpuFd| {
+                let _ = tx.send(crate::vstate::vcpu_state::save(fd, index as u8, &msrs));
+            });
+            self.pause.run_parked(index, job).map_err(|e| match e {
+                crate::vstate::pause::PauseError::NotPaused => SnapshotError::NotPaused,
+                crate::vstate::pause::PauseError::Busy(i) => SnapshotError::Busy(i),
+                crate::vstate::pause::PauseError::Ended(i) => SnapshotError::VcpuGone(i),
+            })?;
+            vcpus.push(rx.recv().map_err(|_| SnapshotError::VcpuGone(index))??);
+        }
+        Ok(vcpus)
+    }
+
     /// Puts the disk image `a.path` into drive slot `slot` and tells the guest its new
     /// capacity; returns the capacity in 512-byte sectors. The guest finds the disk by
     /// `a.serial` (VIRTIO_BLK_T_GET_ID).
-    pub fn attach_drive(
-        &self,
-        slot: u32,
-        a: &crate::devices::virtio::block::Attachment,
-    ) -> Result<u64, DriveSlotError> {
-        self.with_slot(slot, |t| {
-            let block = t.block_mut().expect("drive slots are block devices");
-            let sectors = block.attach(a)?;
+    pub fn attach_drive(&self, slot: u32, a: &Attachment) -> Result<u64, DriveSlotError> {
+        self.with_slot(slot, |t, drive| {
+            let sectors = drive.attach(a)?;
             t.config_changed();
             log::info!(
                 "drive slot {slot}: attached {} ({} sectors, {}, serial {:?})",
@@ -268,9 +242,8 @@ impl VmmControl {
     /// Empties drive slot `slot` (the guest must have stopped using it) and tells the
     /// guest; returns whether it held anything.
     pub fn detach_drive(&self, slot: u32) -> Result<bool, DriveSlotError> {
-        self.with_slot(slot, |t| {
-            let block = t.block_mut().expect("drive slots are block devices");
-            let held = block.detach()?;
+        self.with_slot(slot, |t, drive| {
+            let held = drive.detach()?;
             t.config_changed();
             if let Some(a) = &held {
                 log::info!("drive slot {slot}: detached {}", a.path.display());
@@ -280,7 +253,7 @@ impl VmmControl {
     }
 
     /// Shares host directory `dir` with the guest as `/<name>` of its virtio-fs mount.
-    pub fn add_share(&self, name: &str, dir: &std::path::Path) -> Result<(), ShareError> {
+    pub fn add_share(&self, name: &str, dir: &Path) -> Result<(), ShareError> {
         let shares = self.shares.as_ref().ok_or(ShareError::NoDevice)?;
         Ok(shares.add(name, dir)?)
     }
@@ -294,19 +267,19 @@ impl VmmControl {
     fn with_slot<T>(
         &self,
         slot: u32,
-        f: impl FnOnce(&mut MmioTransport) -> Result<T, crate::devices::virtio::block::BlockError>,
+        f: impl FnOnce(&mut MmioTransport, &DriveSlot) -> Result<T, BlockError>,
     ) -> Result<T, DriveSlotError> {
-        let transport = self
-            .slots
-            .get(slot as usize)
-            .ok_or(DriveSlotError::NoSuchSlot {
-                slot,
-                count: self.slots.len(),
-            })?;
+        let (transport, drive) =
+            self.slots
+                .get(slot as usize)
+                .ok_or(DriveSlotError::NoSuchSlot {
+                    slot,
+                    count: self.slots.len(),
+                })?;
         // A snapshot holds every transport lock while it reads state: a slot never
         // changes in the middle of one.
-        let mut t = crate::devices::bus::lock(transport);
-        f(&mut t).map_err(|source| DriveSlotError::Block { slot, source })
+        let mut t = lock(transport);
+        f(&mut t, drive).map_err(|source| DriveSlotError::Block { slot, source })
     }
 
     /// Ends the VM as SIGTERM would: orderly, exit status 0.
@@ -333,4 +306,58 @@ impl VmmControl {
             guest_resident_kib: kib("RssShmem:"),
         }
     }
+}
+
+/// The first device that cannot be snapshotted now, as an error.
+fn blocker(
+    devices: &[PlacedDevice],
+    locked: &[std::sync::MutexGuard<'_, MmioTransport>],
+) -> Result<(), SnapshotError> {
+    devices
+        .iter()
+        .zip(locked)
+        .try_for_each(|(d, t)| match t.snapshot_blocker() {
+            Some(reason) => Err(SnapshotError::Device {
+                device: d.id.clone(),
+                reason,
+            }),
+            None => Ok(()),
+        })
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError {
+    let path = path.to_path_buf();
+    move |source| SnapshotError::Io { op, path, source }
+}
+
+/// Creates `dir` (and its parents) for the owner only.
+fn private_dir(dir: &Path) -> Result<(), SnapshotError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_err("create", dir))
+}
+
+/// Writes guest RAM to `path` (through a temporary file renamed into place); returns the
+/// bytes of non-zero pages written.
+fn write_memory(ram: &GuestRam, path: &Path) -> Result<u64, SnapshotError> {
+    let tmp: PathBuf = path.with_extension("tmp");
+    let written = snapshot::create_private(&tmp)
+        .map_err(io_err("create", &tmp))
+        .and_then(|file| {
+            let n = crate::vstate::memory::write_snapshot_memory(ram, &file, &tmp)?;
+            file.sync_all().map_err(io_err("sync", &tmp))?;
+            Ok(n)
+        })
+        .and_then(|n| {
+            std::fs::rename(&tmp, path)
+                .map_err(io_err("rename into place", path))
+                .map(|()| n)
+        });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }

@@ -36,15 +36,4 @@ pub use builder::{build_microvm, restore_microvm, BuildError, Vmm, VmmControl, V
 pub use config::{ConfigError, VmConfig};
 pub use exit::ExitReason;
 
-/// "outer: inner: innermost" for an error and its sources: the one-line form every
-/// message to an operator or API client takes.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+pub use hull_vmm_api::error_chain;

@@ -131,6 +131,7 @@ fn merged_config(args: Args) -> Result<ConfigFile, hull_vmm::ConfigError> {
         file.drive.insert(
             0,
             DriveConfig {
+                id: None,
                 path: root,
                 read_only: !args.root_rw,
                 root: true,
@@ -146,6 +147,7 @@ fn merged_config(args: Args) -> Result<ConfigFile, hull_vmm::ConfigError> {
             None => (spec.strip_suffix(":ro").unwrap_or(&spec).to_string(), true),
         };
         file.drive.push(DriveConfig {
+            id: None,
             path: path.into(),
             read_only,
             root: false,
@@ -185,6 +187,7 @@ fn raise_fd_limit() {
 fn parse_net_flag(spec: &str) -> Result<NetConfig, hull_vmm::ConfigError> {
     let bad = || hull_vmm::ConfigError::NetFlag(spec.to_string());
     let mut net = NetConfig {
+        id: None,
         tap: None,
         tap_fd: None,
         mac: None,

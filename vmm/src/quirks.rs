@@ -22,20 +22,7 @@ use crate::config::QuirksMode;
 /// Options that steer the guest kernel away from instructions the emulator lacks.
 pub const EMULATED_HOST_CMDLINE: &str = "noxsave clearcpuid=popcnt,cx16,smap,erms,fsrm";
 
-/// How the host runs guest kernel code.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostMode {
-    /// VT-x/AMD-V: guest kernel code runs natively.
-    Hardware,
-    /// Guest kernel code is emulated instruction by instruction; `why` says how we know.
-    Emulated { why: String },
-}
-
-impl HostMode {
-    pub fn is_emulated(&self) -> bool {
-        matches!(self, HostMode::Emulated { .. })
-    }
-}
+pub use hull_vmm_api::host::HostMode;
 
 /// Resolves the configured mode against the host.
 pub fn resolve(mode: QuirksMode) -> HostMode {
@@ -53,16 +40,8 @@ pub fn resolve(mode: QuirksMode) -> HostMode {
 /// short guest loop (see [`calibrate`]): that costs a throw-away VM, which has no place on
 /// every VM start of an ordinary host.
 pub fn detect_host(sys_module: &Path) -> HostMode {
-    if sys_module.join("kvm_pvm").exists() {
-        return HostMode::Emulated {
-            why: "the kvm_pvm module provides /dev/kvm".into(),
-        };
-    }
-    if ["kvm_intel", "kvm_amd"]
-        .iter()
-        .any(|m| sys_module.join(m).exists())
-    {
-        return HostMode::Hardware;
+    if let Some(mode) = hull_vmm_api::host::detect_by_module(sys_module) {
+        return mode;
     }
     match calibrate() {
         Ok(ns) if ns > CALIBRATION_THRESHOLD_NS => HostMode::Emulated {

@@ -1,6 +1,6 @@
 //! End-to-end at the VMM level: boot the image to agent-ready, snapshot it through the
-//! control API, restore it in new VMM processes with new vsock sockets (the agent answers;
-//! two restored VMs run at once), and refuse corrupt, foreign and mismatched snapshots
+//! control API, restore it in new VMM processes with new vsock sockets and the data disks
+//! listed in another order (the agent answers; two restored VMs run at once), and refuse corrupt, foreign and mismatched snapshots
 //! with a clear message and exit status 2. (The host library's template tests are in
 //! shim/tests/sandbox_e2e.rs.)
 
@@ -74,7 +74,24 @@ fn a_snapshot_of_a_ready_guest_restores_and_answers() {
     }
     let dir = tempfile::tempdir().unwrap();
     let snap = dir.path().join("snap");
-    boot_and_snapshot(dir.path(), &[], &snap);
+    // Two data disks with ids: the restores list them the other way round, so the VMM
+    // creates them in another order, and each must get back its own MMIO window.
+    let disks = |ids: &[&str]| {
+        let drives: Vec<String> = ids
+            .iter()
+            .map(|id| {
+                let img = dir.path().join(format!("{id}.img"));
+                std::fs::write(&img, vec![0u8; 64 << 10]).unwrap();
+                format!("{{\"id\": \"{id}\", \"path\": {:?}}}", img)
+            })
+            .collect();
+        let path = dir.path().join(format!("{}.json", ids.join("-")));
+        std::fs::write(&path, format!("{{\"drive\": [{}]}}", drives.join(", "))).unwrap();
+        path
+    };
+    let booted = disks(&["a", "b"]);
+    let reordered = disks(&["b", "a"]);
+    boot_and_snapshot(dir.path(), &["--config", booted.to_str().unwrap()], &snap);
 
     // Two VMs restored from the one snapshot, running at the same time.
     let mut running = Vec::new();
@@ -82,6 +99,7 @@ fn a_snapshot_of_a_ready_guest_restores_and_answers() {
         let uds = dir.path().join(format!("r{i}.vsock"));
         let t = Instant::now();
         let mut cmd = vmm("");
+        cmd.arg("--config").arg(&reordered);
         cmd.arg("--vsock-uds").arg(&uds).arg("--restore").arg(&snap);
         cmd.stdout(std::process::Stdio::null());
         let mut restored = KillOnDrop(Some(cmd.spawn().unwrap()));
@@ -127,6 +145,12 @@ fn a_snapshot_of_a_ready_guest_restores_and_answers() {
     std::fs::write(bad.join("state"), b"{\"vcpus\": 1}").unwrap();
     refused(&bad, &[], "is not a hull snapshot state file");
     refused(&snap, &["--memory-mib", "256"], "memory_mib 128");
+    let other = disks(&["a", "c"]);
+    refused(
+        &snap,
+        &["--config", other.to_str().unwrap()],
+        "virtio devices [a (block), b (block),",
+    );
     std::fs::remove_file(snap.join("state")).unwrap();
     refused(&snap, &[], "open");
 }

@@ -94,7 +94,7 @@ impl shim::Shim for HullShim {
         let path = config_path();
         let config = HostConfig::load(&path).map_err(|e| {
             // The shim already serves containerd: every Create fails, saying why.
-            let e = hull_vmm::error_chain(&e);
+            let e = hull_vmm_api::error_chain(&e);
             log::error!("{e}");
             e
         });

@@ -71,7 +71,11 @@ impl Drop for Unwind<'_> {
                 }
                 for lease in self.leases.iter().rev() {
                     if let Err(e) = pod.release_drive(lease) {
-                        log::warn!("undoing disk {}: {}", lease.name, hull_vmm::error_chain(&e));
+                        log::warn!(
+                            "undoing disk {}: {}",
+                            lease.name,
+                            hull_vmm_api::error_chain(&e)
+                        );
                     }
                 }
             }
@@ -150,7 +154,7 @@ impl TaskService {
         let root_image = images.join("root.erofs");
         let mut all_images = vec![root_image.clone()];
         build_root_image(req, &host_rootfs, &root_image)
-            .map_err(|e| invalid(id, format!("rootfs: {}", hull_vmm::error_chain(&e))))?;
+            .map_err(|e| invalid(id, format!("rootfs: {}", hull_vmm_api::error_chain(&e))))?;
         let mut volume_images = Vec::new();
         for (i, v) in plan.volumes.iter().enumerate() {
             let image = volumes.join(format!("volume-{i}.erofs"));
@@ -158,7 +162,11 @@ impl TaskService {
             let inner = rootfs::build_volume_image(&v.source, &image).map_err(|e| {
                 invalid(
                     id,
-                    format!("volume {}: {}", v.destination, hull_vmm::error_chain(&e)),
+                    format!(
+                        "volume {}: {}",
+                        v.destination,
+                        hull_vmm_api::error_chain(&e)
+                    ),
                 )
             })?;
             volume_images.push((image, inner));
@@ -226,7 +234,7 @@ impl TaskService {
             .map_err(|e| agent_err("CreateContainer", e))?
             .pid;
         let io = ProcessIo::attach(&pod.endpoint, id, "", &stdio)
-            .map_err(|e| err(Code::INTERNAL, hull_vmm::error_chain(&e)))?;
+            .map_err(|e| err(Code::INTERNAL, hull_vmm_api::error_chain(&e)))?;
         let init = Arc::new(Process::new(id, "", stdio, None));
         {
             let mut s = init.state();
@@ -273,7 +281,7 @@ impl TaskService {
                 Code::INVALID_ARGUMENT,
                 format!(
                     "container {id}: runtime options' config: {}",
-                    hull_vmm::error_chain(&e)
+                    hull_vmm_api::error_chain(&e)
                 ),
             )
         })?;

@@ -79,8 +79,10 @@ fn agent_err(call: &str, e: attrpc::Error) -> cttrpc::Error {
 fn pod_err(e: pod::PodError) -> cttrpc::Error {
     match e {
         pod::PodError::Call { call, source } => agent_err(call, source),
-        pod::PodError::NoFreeSlot(_) => err(Code::RESOURCE_EXHAUSTED, hull_vmm::error_chain(&e)),
-        other => err(Code::INTERNAL, hull_vmm::error_chain(&other)),
+        pod::PodError::NoFreeSlot(_) => {
+            err(Code::RESOURCE_EXHAUSTED, hull_vmm_api::error_chain(&e))
+        }
+        other => err(Code::INTERNAL, hull_vmm_api::error_chain(&other)),
     }
 }
 
@@ -297,7 +299,7 @@ impl TaskService {
                 k.exec_id = exec.to_string();
                 k.signal = libc::SIGKILL as u32;
                 let _ = c.pod.agent.signal_process(ctx(), &k);
-                return Err(err(Code::INTERNAL, hull_vmm::error_chain(&e)));
+                return Err(err(Code::INTERNAL, hull_vmm_api::error_chain(&e)));
             }
         };
         p.state().io = Some(io);
@@ -397,7 +399,7 @@ impl TaskService {
                     log::warn!(
                         "releasing {id}'s disk {}: {}",
                         lease.name,
-                        hull_vmm::error_chain(&e)
+                        hull_vmm_api::error_chain(&e)
                     );
                 }
             }

@@ -13,10 +13,9 @@ use hull_protocol::rpc::agent::{
 };
 use hull_protocol::rpc::agent_ttrpc::AgentClient;
 use hull_protocol::rpc::protobuf::Message;
-use hull_protocol::rpc::vmm::{AddShareRequest, AttachDriveRequest, DetachDriveRequest};
-use hull_protocol::rpc::vmm_ttrpc::VmmClient;
 use hull_protocol::rpc::{ttrpc, Endpoint};
 use hull_protocol::stream::{read_frame, Header, Kind};
+use hull_vmm_api::{ControlClient, ControlError};
 
 use crate::lock;
 use crate::sandbox::{Sandbox, SandboxError};
@@ -54,6 +53,8 @@ pub enum PodError {
         #[source]
         source: ttrpc::Error,
     },
+    #[error("the VMM's control API: {}", hull_vmm_api::error_chain(.0))]
+    Control(ControlError),
     #[error("open the agent's event stream: {0}")]
     Events(String),
     #[error("the host directory {path}")]
@@ -80,7 +81,7 @@ pub struct Pod {
     pub id: String,
     pub run_dir: PathBuf,
     pub agent: AgentClient,
-    pub control: VmmClient,
+    pub control: ControlClient,
     pub endpoint: Endpoint,
     sandbox: Mutex<Option<Sandbox>>,
     /// Each drive slot's state.
@@ -171,15 +172,9 @@ impl Pod {
             Some(name) => name.clone(),
             None => {
                 let name = format!("s{}", shares.by_source.len());
-                let mut req = AddShareRequest::new();
-                req.name = name.clone();
-                req.path = source.to_string_lossy().into_owned();
                 self.control
-                    .add_share(ctx(), &req)
-                    .map_err(|source| PodError::Call {
-                        call: "AddShare",
-                        source,
-                    })?;
+                    .add_share(&name, &source)
+                    .map_err(PodError::Control)?;
                 log::info!("sandbox {}: {} shared as {name}", self.id, source.display());
                 shares.by_source.insert(source, name.clone());
                 name
@@ -282,7 +277,10 @@ impl Pod {
                 l.guest_rootfs,
                 t.elapsed().as_secs_f64() * 1e3
             ),
-            Err(e) => log::warn!("{what}: disk in slot {slot}: {}", hull_vmm::error_chain(e)),
+            Err(e) => log::warn!(
+                "{what}: disk in slot {slot}: {}",
+                hull_vmm_api::error_chain(e)
+            ),
         }
         result
     }
@@ -296,18 +294,10 @@ impl Pod {
         writable: bool,
     ) -> Result<DriveLease, PodError> {
         let serial = format!("hull-{n}");
-        let mut a = AttachDriveRequest::new();
-        a.slot = slot;
-        a.path = image.to_string_lossy().into_owned();
-        a.read_only = true;
-        a.serial = serial.clone();
-        if let Err(source) = self.control.attach_drive(ctx(), &a) {
+        if let Err(e) = self.control.attach_drive(slot, image, true, &serial) {
             // The VMM may have attached it before the call failed: detach to know.
             self.detach(slot, true);
-            return Err(PodError::Call {
-                call: "AttachDrive",
-                source,
-            });
+            return Err(PodError::Control(e));
         }
         let mut m = MountDriveRequest::new();
         m.serial = serial;
@@ -362,11 +352,9 @@ impl Pod {
     /// Empties `slot` in the VMM; it is free again only when that worked and the guest
     /// let go of the disk cleanly (`clean`).
     fn detach(&self, slot: u32, clean: bool) {
-        let mut d = DetachDriveRequest::new();
-        d.slot = slot;
-        let detached = self.control.detach_drive(ctx(), &d);
+        let detached = self.control.detach_drive(slot);
         if let Err(e) = &detached {
-            log::warn!("DetachDrive slot {slot}: {e}");
+            log::warn!("slot {slot}: {}", hull_vmm_api::error_chain(e));
         }
         let state = if detached.is_ok() && clean {
             Slot::Free

@@ -68,8 +68,12 @@ pub enum MmioError {
         found: usize,
         want: usize,
     },
-    #[error("snapshot: device type {device}: {reason}")]
-    DeviceState { device: u32, reason: String },
+    #[error("snapshot: device type {device}")]
+    DeviceState {
+        device: u32,
+        #[source]
+        source: super::persist::RestoreError,
+    },
     #[error("snapshot: device type {device} is marked active with driver status {status:#x}, which never activates a device: the state file is corrupt")]
     ActiveWithoutDriver { device: u32, status: u32 },
     #[error("snapshot: queue {index} of device type {device}")]
@@ -110,7 +114,7 @@ pub struct TransportState {
     pub bad_size: Vec<bool>,
     pub queues: Vec<QueueSnapshot>,
     /// The device's own state ([`VirtioDevice::save_device`]).
-    pub device: Vec<u8>,
+    pub device: super::persist::DeviceState,
 }
 
 pub struct MmioTransport {
@@ -191,11 +195,6 @@ impl MmioTransport {
 
     pub fn status(&self) -> u32 {
         self.status
-    }
-
-    /// The block device behind this transport, if it is one.
-    pub fn block_mut(&mut self) -> Option<&mut super::block::Block> {
-        self.device.as_block_mut()
     }
 
     /// Tells the driver that the configuration space changed (a drive slot's capacity):
@@ -439,7 +438,7 @@ impl MmioTransport {
         }
         self.device
             .restore_device(&state.device)
-            .map_err(|reason| MmioError::DeviceState { device, reason })?;
+            .map_err(|source| MmioError::DeviceState { device, source })?;
         if state.interrupt_status != 0 {
             // The irqfd is a pulse: an interrupt raised just before the snapshot may not be
             // in the saved irqchip. Raise it again; a spurious one is harmless (the

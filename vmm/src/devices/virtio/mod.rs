@@ -13,6 +13,7 @@ pub mod block;
 pub mod fs;
 pub mod mmio;
 pub mod net;
+pub mod persist;
 pub mod rng;
 #[cfg(test)]
 pub(crate) mod test_driver;
@@ -29,8 +30,8 @@ use vmm_sys_util::eventfd::EventFd;
 pub use mmio::MmioTransport;
 
 /// Feature bits shared by all device types.
-pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
-pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 
 /// Device status bits (virtio 1.2, 2.1).
 pub mod status {
@@ -149,15 +150,17 @@ pub trait VirtioDevice: Send {
     fn snapshot_blocker(&self) -> Option<String> {
         None
     }
-    /// Device-specific state for a snapshot, in the device's own encoding (the transport
-    /// state carries it opaquely). Most devices have none between two events.
-    fn save_device(&self) -> Vec<u8> {
-        Vec::new()
+    /// The device's own state for a snapshot. Most devices have none between two events.
+    fn save_device(&self) -> persist::DeviceState {
+        persist::DeviceState::Stateless
     }
     /// Takes what [`Self::save_device`] returned, in a restored VM after the device was
     /// re-activated. An error stops the restore.
-    fn restore_device(&mut self, _state: &[u8]) -> Result<(), String> {
-        Ok(())
+    fn restore_device(
+        &mut self,
+        state: &persist::DeviceState,
+    ) -> Result<(), persist::RestoreError> {
+        persist::restore_stateless(state)
     }
     /// Host descriptors the event loop should watch for this device, with the events
     /// wanted. They stay registered for the device's life; a device that must stop
@@ -175,10 +178,6 @@ pub trait VirtioDevice: Send {
         _mem: &GuestMemoryMmap,
     ) -> UsedQueues {
         UsedQueues::default()
-    }
-    /// The block device behind this transport, for the control API's drive slots.
-    fn as_block_mut(&mut self) -> Option<&mut block::Block> {
-        None
     }
 }
 

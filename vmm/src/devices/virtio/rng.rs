@@ -8,7 +8,7 @@ use vm_memory::GuestMemoryMmap;
 
 use super::{ready, UsedQueues, VirtioDevice, VIRTIO_F_VERSION_1};
 
-pub const VIRTIO_ID_ENTROPY: u32 = 4;
+pub const VIRTIO_ID_ENTROPY: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 const QUEUE_SIZE: u16 = 64;
 /// The most bytes handed out per request; a guest asking for more gets a short answer
 /// (which the spec allows), so one request cannot hold the event loop.

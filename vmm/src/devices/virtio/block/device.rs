@@ -2,18 +2,21 @@
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use super::request::{serve_chain, Disk, ID_BYTES, SECTOR_SHIFT};
+use crate::devices::bus::lock;
+use crate::devices::virtio::persist::{restore_stateless, DeviceState, RestoreError};
 use crate::devices::virtio::{
     read_config_bytes, ready, UsedQueues, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
 
-pub const VIRTIO_ID_BLOCK: u32 = 2;
-const VIRTIO_BLK_F_RO: u64 = 1 << 5;
-const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
+pub const VIRTIO_ID_BLOCK: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
+const VIRTIO_BLK_F_RO: u64 = 1 << virtio_bindings::virtio_blk::VIRTIO_BLK_F_RO;
+const VIRTIO_BLK_F_FLUSH: u64 = 1 << virtio_bindings::virtio_blk::VIRTIO_BLK_F_FLUSH;
 pub const QUEUE_SIZE: u16 = 256;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,8 +31,6 @@ pub enum BlockError {
     SerialTooLong(String),
     #[error("disk image {path}: a {kind}, not a regular file or block device")]
     NotADisk { path: PathBuf, kind: &'static str },
-    #[error("this drive is fixed at start; only drive slots take attachments")]
-    NotASlot,
     #[error("the slot holds {0} already: detach it first")]
     SlotBusy(PathBuf),
 }
@@ -43,60 +44,90 @@ pub struct Attachment {
 }
 
 pub struct Block {
+    backing: Backing,
+}
+
+enum Backing {
+    /// A drive given at start, for the VM's life.
+    Fixed(Disk),
+    /// A drive slot: a disk whose backing is attached and detached while the VM runs (the
+    /// guest sees the capacity change) through the [`DriveSlot`] handle.
+    Slot(DriveSlot),
+}
+
+/// The control side of a drive slot: what the control API attaches and detaches. The
+/// device and its handle share the backing; the control API changes it with the slot's
+/// transport locked, so no request is in flight meanwhile.
+#[derive(Clone)]
+pub struct DriveSlot(Arc<Mutex<SlotBacking>>);
+
+struct SlotBacking {
     disk: Disk,
-    /// `Some` for a drive slot: a disk whose backing is attached and detached while the VM
-    /// runs (the guest sees the capacity change), holding the current attachment if any.
-    slot: Option<Option<Attachment>>,
+    held: Option<Attachment>,
 }
 
 impl Block {
     /// Opens `path` read-only or read-write; `serial` defaults to the file name.
     pub fn new(path: &Path, read_only: bool, serial: Option<&str>) -> Result<Self, BlockError> {
         let disk = open_disk(path, read_only, serial)?;
-        Ok(Block { disk, slot: None })
-    }
-
-    /// An empty drive slot: zero sectors until something is attached. Its device never
-    /// offers VIRTIO_BLK_F_RO (features are fixed when the guest probes it); a read-only
-    /// attachment refuses writes instead, and the guest mounts it read-only.
-    pub fn slot() -> Result<Self, BlockError> {
         Ok(Block {
-            disk: empty_disk()?,
-            slot: Some(None),
+            backing: Backing::Fixed(disk),
         })
     }
 
+    /// An empty drive slot, zero sectors until something is attached through the returned
+    /// handle. Its device never offers VIRTIO_BLK_F_RO (features are fixed when the guest
+    /// probes it); a read-only attachment refuses writes instead, and the guest mounts it
+    /// read-only.
+    pub fn slot() -> Result<(Self, DriveSlot), BlockError> {
+        let handle = DriveSlot(Arc::new(Mutex::new(SlotBacking {
+            disk: empty_disk()?,
+            held: None,
+        })));
+        let block = Block {
+            backing: Backing::Slot(handle.clone()),
+        };
+        Ok((block, handle))
+    }
+
+    /// Runs `f` on the disk behind this device.
+    fn with_disk<R>(&mut self, f: impl FnOnce(&mut Disk) -> R) -> R {
+        match &mut self.backing {
+            Backing::Fixed(disk) => f(disk),
+            Backing::Slot(slot) => f(&mut lock(&slot.0).disk),
+        }
+    }
+
+    pub fn sectors(&mut self) -> u64 {
+        self.with_disk(|d| d.sectors)
+    }
+}
+
+impl DriveSlot {
     /// Puts `a` into this slot; returns its capacity in sectors. The caller tells the
     /// guest (a configuration-change interrupt).
-    pub fn attach(&mut self, a: &Attachment) -> Result<u64, BlockError> {
-        match &self.slot {
-            None => return Err(BlockError::NotASlot),
-            Some(Some(held)) => return Err(BlockError::SlotBusy(held.path.clone())),
-            Some(None) => {}
+    pub fn attach(&self, a: &Attachment) -> Result<u64, BlockError> {
+        let mut slot = lock(&self.0);
+        if let Some(held) = &slot.held {
+            return Err(BlockError::SlotBusy(held.path.clone()));
         }
-        self.disk = open_disk(&a.path, a.read_only, Some(&a.serial))?;
-        self.slot = Some(Some(a.clone()));
-        Ok(self.disk.sectors)
+        slot.disk = open_disk(&a.path, a.read_only, Some(&a.serial))?;
+        slot.held = Some(a.clone());
+        Ok(slot.disk.sectors)
     }
 
     /// Empties this slot (zero sectors again); returns what it held. The guest must have
     /// stopped using the disk (unmounted, buffers flushed) first.
-    pub fn detach(&mut self) -> Result<Option<Attachment>, BlockError> {
-        if self.slot.is_none() {
-            return Err(BlockError::NotASlot);
-        }
+    pub fn detach(&self) -> Result<Option<Attachment>, BlockError> {
         // The empty backing first: if it cannot be had, the slot still holds its disk.
         let empty = empty_disk()?;
-        self.disk = empty;
-        Ok(self.slot.as_mut().and_then(Option::take))
+        let mut slot = lock(&self.0);
+        slot.disk = empty;
+        Ok(slot.held.take())
     }
 
-    pub fn attachment(&self) -> Option<&Attachment> {
-        self.slot.as_ref().and_then(Option::as_ref)
-    }
-
-    pub fn is_slot(&self) -> bool {
-        self.slot.is_some()
+    pub fn attachment(&self) -> Option<Attachment> {
+        lock(&self.0).held.clone()
     }
 }
 
@@ -170,12 +201,6 @@ fn open_disk(path: &Path, read_only: bool, serial: Option<&str>) -> Result<Disk,
     })
 }
 
-impl Block {
-    pub fn sectors(&self) -> u64 {
-        self.disk.sectors
-    }
-}
-
 /// The GET_ID answer: the serial, NUL-padded (and truncated) to 20 bytes.
 fn disk_id(serial: &[u8]) -> [u8; ID_BYTES] {
     let mut id = [0u8; ID_BYTES];
@@ -195,44 +220,54 @@ impl VirtioDevice for Block {
 
     fn avail_features(&self) -> u64 {
         let mut f = VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX | VIRTIO_BLK_F_FLUSH;
-        if self.disk.read_only && self.slot.is_none() {
-            f |= VIRTIO_BLK_F_RO;
+        if let Backing::Fixed(disk) = &self.backing {
+            if disk.read_only {
+                f |= VIRTIO_BLK_F_RO;
+            }
         }
         f
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         // Only `capacity` (in sectors) is offered; the rest of the layout reads as zero.
-        read_config_bytes(&self.disk.sectors.to_le_bytes(), offset, data);
+        let sectors = match &self.backing {
+            Backing::Fixed(disk) => disk.sectors,
+            Backing::Slot(slot) => lock(&slot.0).disk.sectors,
+        };
+        read_config_bytes(&sectors.to_le_bytes(), offset, data);
     }
 
     fn activate(&mut self, _acked_features: u64) {}
 
-    fn save_device(&self) -> Vec<u8> {
-        match &self.slot {
-            Some(held) => postcard::to_stdvec(held).unwrap_or_default(),
-            None => Vec::new(),
+    fn save_device(&self) -> DeviceState {
+        match &self.backing {
+            Backing::Fixed(_) => DeviceState::Stateless,
+            Backing::Slot(slot) => DeviceState::DriveSlot(slot.attachment()),
         }
     }
 
     /// A slot reopens what it held when the snapshot was taken (the guest may have it
     /// mounted); a fixed drive takes its backing from the configuration.
-    fn restore_device(&mut self, bytes: &[u8]) -> Result<(), String> {
-        if self.slot.is_none() || bytes.is_empty() {
-            return Ok(());
+    fn restore_device(&mut self, state: &DeviceState) -> Result<(), RestoreError> {
+        let slot = match &self.backing {
+            Backing::Fixed(_) => return restore_stateless(state),
+            Backing::Slot(slot) => slot,
+        };
+        match state {
+            DeviceState::DriveSlot(None) => Ok(()),
+            DeviceState::DriveSlot(Some(a)) => {
+                slot.attach(a)
+                    .map(drop)
+                    .map_err(|source| RestoreError::Reattach {
+                        path: a.path.clone(),
+                        source,
+                    })
+            }
+            other => Err(RestoreError::Kind {
+                found: other.kind(),
+                want: "drive slot",
+            }),
         }
-        let held: Option<Attachment> =
-            postcard::from_bytes(bytes).map_err(|e| format!("drive slot state: {e}"))?;
-        if let Some(a) = held {
-            self.attach(&a).map_err(|e| {
-                format!("reattach {}: {}", a.path.display(), crate::error_chain(&e))
-            })?;
-        }
-        Ok(())
-    }
-
-    fn as_block_mut(&mut self) -> Option<&mut Block> {
-        Some(self)
     }
 
     fn process_queue(
@@ -242,56 +277,53 @@ impl VirtioDevice for Block {
         mem: &GuestMemoryMmap,
     ) -> UsedQueues {
         ready(queues, index)
-            .map(|q| UsedQueues::one_if(index, self.serve(q, mem)))
+            .map(|q| UsedQueues::one_if(index, self.with_disk(|disk| serve(disk, q, mem))))
             .unwrap_or_default()
     }
 }
 
-impl Block {
-    /// Serves every available request of `queue`; returns whether any buffer was used.
-    fn serve(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
-        let mut used = false;
+/// Serves every available request of `queue` from `disk`; returns whether any buffer was
+/// used.
+fn serve(disk: &mut Disk, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+    let mut used = false;
+    loop {
+        if let Err(e) = queue.disable_notification(mem) {
+            crate::guest_warn!("virtio-blk: {e}");
+            return used;
+        }
+        let mut progressed = false;
         loop {
-            if let Err(e) = queue.disable_notification(mem) {
-                crate::guest_warn!("virtio-blk: {e}");
+            // `iter` refuses an avail index more than a ring's length ahead; a guest
+            // that writes one gets no more service from this queue until it resets.
+            let chain = match queue.iter(mem) {
+                Ok(mut available) => available.next(),
+                Err(e) => {
+                    crate::guest_warn!("virtio-blk: stopped serving the queue: {e}");
+                    return used;
+                }
+            };
+            let Some(chain) = chain else { break };
+            let head = chain.head_index();
+            let len = serve_chain(disk, chain, mem);
+            if let Err(e) = queue.add_used(mem, head, len) {
+                crate::guest_warn!("virtio-blk: cannot return descriptor {head}: {e}");
+            }
+            used = true;
+            progressed = true;
+        }
+        match queue.enable_notification(mem) {
+            // More arrived while notifications were off: go round again.
+            Ok(true) if progressed => continue,
+            // "More available" yet nothing could be taken: the ring is inconsistent.
+            // Looping would spin the thread forever on a guest's say-so.
+            Ok(true) => {
+                crate::guest_warn!("virtio-blk: avail ring claims buffers that cannot be taken");
                 return used;
             }
-            let mut progressed = false;
-            loop {
-                // `iter` refuses an avail index more than a ring's length ahead; a guest
-                // that writes one gets no more service from this queue until it resets.
-                let chain = match queue.iter(mem) {
-                    Ok(mut available) => available.next(),
-                    Err(e) => {
-                        crate::guest_warn!("virtio-blk: stopped serving the queue: {e}");
-                        return used;
-                    }
-                };
-                let Some(chain) = chain else { break };
-                let head = chain.head_index();
-                let len = serve_chain(&mut self.disk, chain, mem);
-                if let Err(e) = queue.add_used(mem, head, len) {
-                    crate::guest_warn!("virtio-blk: cannot return descriptor {head}: {e}");
-                }
-                used = true;
-                progressed = true;
-            }
-            match queue.enable_notification(mem) {
-                // More arrived while notifications were off: go round again.
-                Ok(true) if progressed => continue,
-                // "More available" yet nothing could be taken: the ring is inconsistent.
-                // Looping would spin the thread forever on a guest's say-so.
-                Ok(true) => {
-                    crate::guest_warn!(
-                        "virtio-blk: avail ring claims buffers that cannot be taken"
-                    );
-                    return used;
-                }
-                Ok(false) => return used,
-                Err(e) => {
-                    crate::guest_warn!("virtio-blk: {e}");
-                    return used;
-                }
+            Ok(false) => return used,
+            Err(e) => {
+                crate::guest_warn!("virtio-blk: {e}");
+                return used;
             }
         }
     }
@@ -515,7 +547,7 @@ mod tests {
                 serial: "x".into(),
             };
             std::thread::spawn(move || {
-                let mut slot = Block::slot().unwrap();
+                let (_block, slot) = Block::slot().unwrap();
                 let _ = tx.send(slot.attach(&a).map_err(|e| e.to_string()));
             });
             let got = rx
@@ -532,7 +564,8 @@ mod tests {
         std::io::Write::write_all(&mut file, &vec![7u8; 16 * 512]).unwrap();
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
         let irq = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
-        let mut t = MmioTransport::new(Box::new(Block::slot().unwrap()), mem, irq.clone()).unwrap();
+        let (block, slot) = Block::slot().unwrap();
+        let mut t = MmioTransport::new(Box::new(block), mem, irq.clone()).unwrap();
         bring_up_queues(&mut t, &[(DESC, AVAIL, USED)]);
         assert_eq!(capacity(&mut t), 0, "an empty slot has no sectors");
         assert_eq!(
@@ -547,7 +580,7 @@ mod tests {
             read_only: true,
             serial: "hull0-0".into(),
         };
-        assert_eq!(t.block_mut().unwrap().attach(&a).unwrap(), 16);
+        assert_eq!(slot.attach(&a).unwrap(), 16);
         t.config_changed();
         assert_eq!(capacity(&mut t), 16);
         assert_ne!(reg32(&mut t, reg::CONFIG_GENERATION), generation);
@@ -555,34 +588,31 @@ mod tests {
             irq.status() & crate::devices::virtio::INT_CONFIG,
             crate::devices::virtio::INT_CONFIG
         );
-        let busy = t.block_mut().unwrap().attach(&a).unwrap_err();
+        let busy = slot.attach(&a).unwrap_err();
         assert!(matches!(busy, BlockError::SlotBusy(_)), "{busy}");
 
         // What the slot holds survives a snapshot: a restored device reopens it.
-        let saved = t.block_mut().unwrap().save_device();
-        let mut restored = Block::slot().unwrap();
+        let saved = t.save_state().device;
+        let (mut restored, restored_slot) = Block::slot().unwrap();
         restored.restore_device(&saved).unwrap();
-        assert_eq!(restored.attachment(), Some(&a));
+        assert_eq!(restored_slot.attachment(), Some(a.clone()));
         assert_eq!(restored.sectors(), 16);
 
-        assert_eq!(t.block_mut().unwrap().detach().unwrap(), Some(a));
+        assert_eq!(slot.detach().unwrap(), Some(a));
         t.config_changed();
         assert_eq!(capacity(&mut t), 0);
-        assert_eq!(t.block_mut().unwrap().detach().unwrap(), None);
+        assert_eq!(slot.detach().unwrap(), None);
     }
 
     #[test]
-    fn a_fixed_drive_is_not_a_slot() {
-        let mut d = Driver::new(false);
-        let block = d.transport.block_mut().unwrap();
-        assert!(!block.is_slot());
-        assert!(matches!(block.detach(), Err(BlockError::NotASlot)));
-        let a = Attachment {
-            path: d.path.clone(),
-            read_only: true,
-            serial: "x".into(),
-        };
-        assert!(matches!(block.attach(&a), Err(BlockError::NotASlot)));
+    fn a_fixed_drive_refuses_a_slot_s_state() {
+        let d = Driver::new(false);
+        let mut fixed = Block::new(&d.path, true, None).unwrap();
+        let e = fixed
+            .restore_device(&DeviceState::DriveSlot(None))
+            .unwrap_err();
+        assert!(e.to_string().contains("drive slot state"), "{e}");
+        fixed.restore_device(&DeviceState::Stateless).unwrap();
     }
 
     #[test]
@@ -590,14 +620,14 @@ mod tests {
         let mut d = Driver::new(false);
         // Swap the fixed disk for a slot holding the same file read-only.
         let irq = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
-        let mut slot = Block::slot().unwrap();
+        let (block, slot) = Block::slot().unwrap();
         slot.attach(&Attachment {
             path: d.path.clone(),
             read_only: true,
             serial: "ro".into(),
         })
         .unwrap();
-        d.transport = MmioTransport::new(Box::new(slot), d.mem.clone(), irq).unwrap();
+        d.transport = MmioTransport::new(Box::new(block), d.mem.clone(), irq).unwrap();
         bring_up_queues(&mut d.transport, &[(DESC, AVAIL, USED)]);
         d.next_avail = 0;
         let (status, _) = d.submit(VIRTIO_BLK_T_OUT, 0, Some((512, false)));

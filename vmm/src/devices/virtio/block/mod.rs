@@ -7,4 +7,4 @@ pub mod request;
 #[cfg(test)]
 mod robustness;
 
-pub use device::{Attachment, Block, BlockError, VIRTIO_ID_BLOCK};
+pub use device::{Attachment, Block, BlockError, DriveSlot, VIRTIO_ID_BLOCK};

@@ -35,7 +35,7 @@ pub fn serve_in_place(
     worker::serve_in_place(queues, mem, shares.vfs(), interrupt)
 }
 
-pub const VIRTIO_ID_FS: u32 = 26;
+pub const VIRTIO_ID_FS: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_FS;
 /// Queue 0 is the high-priority queue (FORGET, INTERRUPT), queue 1 the one request queue.
 const QUEUE_SIZES: [u16; 2] = [128, 128];
 const REQUEST_QUEUES: u32 = 1;

@@ -27,7 +27,7 @@ use super::{
 };
 pub use tap::{Tap, TapError, VNET_HDR_LEN};
 
-pub const VIRTIO_ID_NET: u32 = 1;
+pub const VIRTIO_ID_NET: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 pub const RX: usize = 0;
 pub const TX: usize = 1;
 const QUEUE_SIZES: [u16; 2] = [256, 256];
@@ -37,15 +37,17 @@ pub const MAX_FRAME_LEN: usize = VNET_HDR_LEN + 65550;
 /// Offset of `num_buffers` in `virtio_net_hdr_v1`.
 const NUM_BUFFERS_OFFSET: usize = 10;
 
+/// The feature bits offered, as masks of `virtio_bindings`' bit numbers.
 pub mod features {
-    pub const CSUM: u64 = 1 << 0;
-    pub const GUEST_CSUM: u64 = 1 << 1;
-    pub const MAC: u64 = 1 << 5;
-    pub const GUEST_TSO4: u64 = 1 << 7;
-    pub const GUEST_TSO6: u64 = 1 << 8;
-    pub const HOST_TSO4: u64 = 1 << 11;
-    pub const HOST_TSO6: u64 = 1 << 12;
-    pub const MRG_RXBUF: u64 = 1 << 15;
+    use virtio_bindings::virtio_net as n;
+    pub const CSUM: u64 = 1 << n::VIRTIO_NET_F_CSUM;
+    pub const GUEST_CSUM: u64 = 1 << n::VIRTIO_NET_F_GUEST_CSUM;
+    pub const MAC: u64 = 1 << n::VIRTIO_NET_F_MAC;
+    pub const GUEST_TSO4: u64 = 1 << n::VIRTIO_NET_F_GUEST_TSO4;
+    pub const GUEST_TSO6: u64 = 1 << n::VIRTIO_NET_F_GUEST_TSO6;
+    pub const HOST_TSO4: u64 = 1 << n::VIRTIO_NET_F_HOST_TSO4;
+    pub const HOST_TSO6: u64 = 1 << n::VIRTIO_NET_F_HOST_TSO6;
+    pub const MRG_RXBUF: u64 = 1 << n::VIRTIO_NET_F_MRG_RXBUF;
 }
 
 /// Where frames go to and come from: the tap in production; anything that keeps frame

@@ -21,6 +21,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::persist::{DeviceState, RestoreError};
 use super::{
     next_chain, read_config_bytes, ready, UsedQueues, VirtioDevice, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
@@ -28,7 +29,7 @@ use super::{
 pub use muxer::{Muxer, MuxerError, MuxerState};
 use packet::{HEADER_LEN, MAX_PAYLOAD};
 
-pub const VIRTIO_ID_VSOCK: u32 = 19;
+pub const VIRTIO_ID_VSOCK: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
 pub const RX: usize = 0;
 pub const TX: usize = 1;
 pub const EVENT: usize = 2;
@@ -69,8 +70,8 @@ fn check_cid(cid: u64) -> Result<(), VsockError> {
 }
 
 /// What a snapshot keeps of the device: its CID and the connection table.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct VsockState {
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct VsockState {
     cid: u64,
     muxer: MuxerState,
 }
@@ -264,17 +265,20 @@ impl VirtioDevice for Vsock {
         self.reset = Reset::Idle;
     }
 
-    fn save_device(&self) -> Vec<u8> {
-        let state = VsockState {
+    fn save_device(&self) -> DeviceState {
+        DeviceState::Vsock(VsockState {
             cid: self.cid,
             muxer: self.muxer.save(),
-        };
-        postcard::to_stdvec(&state).unwrap_or_default()
+        })
     }
 
-    fn restore_device(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let state: VsockState =
-            postcard::from_bytes(bytes).map_err(|e| format!("vsock state: {e}"))?;
+    fn restore_device(&mut self, state: &DeviceState) -> Result<(), RestoreError> {
+        let DeviceState::Vsock(state) = state else {
+            return Err(RestoreError::Kind {
+                found: state.kind(),
+                want: "vsock",
+            });
+        };
         if state.cid != self.cid {
             // The guest must re-read its CID: only a transport reset makes it.
             log::info!(

@@ -21,28 +21,26 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
 
 use crate::arch::x86_64::{boot, layout, mptable, regs};
-use crate::cmdline::{self, CmdlineSpec, MmioDevice};
+use crate::cmdline::{self, CmdlineSpec};
 use crate::config::{ConsoleOutput, KernelFormat, VmConfig};
 use crate::control::SnapshotSources;
 pub use crate::control::{SnapshotInfo, VmmControl, VmmMetrics};
 use crate::devices::boot_timer::{BootTimer, StageLog};
 use crate::devices::i8042::I8042;
 use crate::devices::serial::SerialDevice;
-use crate::devices::virtio::block::Block;
-use crate::devices::virtio::fs::{Fs, Shares};
-use crate::devices::virtio::net::{Net, Tap};
-use crate::devices::virtio::rng::Rng;
-use crate::devices::virtio::vsock::Vsock;
-use crate::devices::virtio::{Interrupt, MmioTransport, VirtioDevice};
 use crate::devices::{Bus, BusDevice};
 use crate::exit::{ExitEvent, ExitReason};
 use crate::quirks::{self, HostMode};
 use crate::signals;
-use crate::snapshot::{self, SnapshotError, SnapshotState, VmShape};
+use crate::snapshot::{self, SnapshotError, SnapshotState};
 use crate::vstate::memory::{create_guest_memory, map_snapshot_memory, GuestRam};
 use crate::vstate::pause::PauseGate;
 use crate::vstate::vcpu::{Recoveries, Vcpu, VcpuContext};
 use crate::vstate::vm::{open_kvm, Vm};
+
+mod virtio;
+pub(crate) use virtio::PlacedDevice;
+use virtio::{virtio_devices, VirtioDevices};
 
 /// Offset of the 64-bit entry point in a bzImage's protected-mode code.
 const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
@@ -114,6 +112,8 @@ pub enum BuildError {
     Snapshot(#[from] SnapshotError),
     #[error(transparent)]
     VcpuState(#[from] crate::vstate::vcpu_state::VcpuStateError),
+    #[error("the snapshot has no state for device {0}; restore with the configuration it was taken with")]
+    NotInSnapshot(crate::snapshot::DeviceId),
     #[error("list the MSRs KVM saves")]
     MsrList(#[source] kvm_ioctls::Error),
 }
@@ -130,6 +130,7 @@ impl BuildError {
                 | BuildError::Vsock(_)
                 | BuildError::Tap { .. }
                 | BuildError::Snapshot(_)
+                | BuildError::NotInSnapshot(_)
         )
     }
 }
@@ -162,28 +163,6 @@ enum Origin {
     },
 }
 
-/// The VM shape a configuration builds (what a snapshot must match to restore into it).
-pub fn config_shape(config: &VmConfig) -> VmShape {
-    use crate::devices::virtio::{block, fs, net, rng, vsock};
-    let disks = config.drives.len() + usize::from(config.drive_slots);
-    let mut devices = vec![block::VIRTIO_ID_BLOCK; disks];
-    devices.extend(std::iter::repeat_n(net::VIRTIO_ID_NET, config.net.len()));
-    if config.vsock.is_some() {
-        devices.push(vsock::VIRTIO_ID_VSOCK);
-    }
-    if config.entropy {
-        devices.push(rng::VIRTIO_ID_ENTROPY);
-    }
-    if config.shared_fs.is_some() {
-        devices.push(fs::VIRTIO_ID_FS);
-    }
-    VmShape {
-        vcpus: config.vcpus,
-        memory_mib: config.memory_mib,
-        devices,
-    }
-}
-
 /// Creates the VM described by `config`, starts its vCPUs and returns it running.
 /// `start` is the VMM's start time, against which guest boot stages are reported.
 pub fn build_microvm(config: &VmConfig, start: Instant) -> Result<Vmm, BuildError> {
@@ -200,7 +179,11 @@ pub fn restore_microvm(
 ) -> Result<Vmm, BuildError> {
     let t = Instant::now();
     let state = snapshot::read_state(&dir.join(snapshot::STATE_FILE))?;
-    state.shape.check(&config_shape(config))?;
+    state
+        .meta
+        .shape
+        .check(&config.shape())
+        .map_err(SnapshotError::from)?;
     log::info!(
         "restore: state file read and checked in {:.2} ms",
         t.elapsed().as_secs_f64() * 1e3
@@ -223,17 +206,14 @@ fn build(config: &VmConfig, start: Instant, origin: Origin) -> Result<Vmm, Build
     let mut host = quirks::resolve(config.quirks);
     if let Origin::Restore { state, .. } = &origin {
         // The guest's command line was fixed at boot: recover the way it expects.
-        if state.emulated_host != host.is_emulated() {
+        let emulated = state.meta.emulated_host;
+        if emulated != host.is_emulated() {
             log::warn!(
                 "the snapshot was taken {} the emulated-host quirks; restoring with them {}",
-                if state.emulated_host {
-                    "with"
-                } else {
-                    "without"
-                },
-                if state.emulated_host { "on" } else { "off" },
+                if emulated { "with" } else { "without" },
+                if emulated { "on" } else { "off" },
             );
-            host = if state.emulated_host {
+            host = if emulated {
                 HostMode::Emulated {
                     why: "the snapshot's guest was booted for an emulated host".into(),
                 }
@@ -287,7 +267,7 @@ fn build(config: &VmConfig, start: Instant, origin: Origin) -> Result<Vmm, Build
         &vm,
         mem,
         &mut event_manager,
-        restoring.map(|s| s.transports.as_slice()),
+        restoring.map(|s| s.devices.as_slice()),
     )?;
 
     let entry = match restoring {
@@ -333,7 +313,7 @@ fn build(config: &VmConfig, start: Instant, origin: Origin) -> Result<Vmm, Build
         },
         config.vcpus,
         config.memory_mib,
-        virtio.transports.len(),
+        virtio.placed.len(),
         start.elapsed().as_secs_f64() * 1e3
     );
 
@@ -352,10 +332,10 @@ fn build(config: &VmConfig, start: Instant, origin: Origin) -> Result<Vmm, Build
         sources: Arc::new(SnapshotSources {
             vm: vm.clone(),
             ram: ram.clone(),
-            transports: virtio.transports,
+            devices: virtio.placed,
             serial: legacy.serial,
             msr_indices,
-            shape: config_shape(config),
+            shape: config.shape(),
             emulated_host: host.is_emulated(),
         }),
     };
@@ -551,152 +531,6 @@ fn legacy_devices(
         pio,
         stages,
         serial,
-    })
-}
-
-type RootSpec = Option<(String, Option<String>, bool)>;
-
-struct VirtioDevices {
-    bus: Bus,
-    announced: Vec<MmioDevice>,
-    root: RootSpec,
-    vsock_reset: Option<EventFd>,
-    transports: Vec<Arc<Mutex<MmioTransport>>>,
-    /// The drive slots' transports, in slot order.
-    slots: Vec<Arc<Mutex<MmioTransport>>>,
-    /// The virtio-fs device's shares, if it has one.
-    shares: Option<Arc<Shares>>,
-}
-
-/// One virtio-mmio window, GSI, irqfd and ioeventfds per device. Disks come first, the
-/// root disk leading so it becomes /dev/vda; then net, vsock and the entropy device (the
-/// order [`config_shape`] lists). When restoring, each transport takes its saved state.
-fn virtio_devices(
-    config: &VmConfig,
-    vm: &Vm,
-    mem: &GuestMemoryMmap,
-    event_manager: &mut EventManager<Subscriber>,
-    saved: Option<&[crate::devices::virtio::mmio::TransportState]>,
-) -> Result<VirtioDevices, BuildError> {
-    let restoring = saved.is_some();
-    let mut drives: Vec<_> = config.drives.iter().collect();
-    drives.sort_by_key(|d| !d.root);
-    let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
-    let mut root = None;
-    for (i, drive) in drives.iter().enumerate() {
-        let block = Block::new(&drive.path, drive.read_only, drive.serial.as_deref())?;
-        log::info!(
-            "drive {}: {} ({} sectors, {})",
-            cmdline::disk_name(i),
-            drive.path.display(),
-            block.sectors(),
-            if drive.read_only {
-                "read-only"
-            } else {
-                "read-write"
-            }
-        );
-        if drive.root {
-            root = Some((cmdline::disk_name(i), drive.fstype.clone(), drive.read_only));
-        }
-        devices.push(Box::new(block));
-    }
-    // Slots follow the fixed drives, so the fixed drives keep their names.
-    let slots = devices.len()..devices.len() + usize::from(config.drive_slots);
-    for _ in slots.clone() {
-        devices.push(Box::new(Block::slot()?));
-    }
-    if !slots.is_empty() {
-        log::info!("{} drive slot(s)", slots.len());
-    }
-    for (index, n) in config.net.iter().enumerate() {
-        let tap_err = |source| BuildError::Tap { index, source };
-        let tap = match (&n.tap, n.tap_fd) {
-            (Some(name), _) => Tap::open(name).map_err(tap_err)?,
-            // SAFETY: the descriptor number came from whoever started us, who handed it
-            // over for this purpose; nothing else in this process owns it.
-            (None, Some(fd)) if fd >= 0 => unsafe { Tap::from_raw_fd(fd) }.map_err(tap_err)?,
-            _ => return Err(tap_err(crate::devices::virtio::net::TapError::NoBackend)),
-        };
-        let offload = tap.supports_offload();
-        let mac = n.mac.as_deref().and_then(crate::config::parse_mac);
-        log::info!(
-            "net {index}: tap {}{}, offload {}",
-            tap.name(),
-            n.mac
-                .as_deref()
-                .map(|m| format!(", mac {m}"))
-                .unwrap_or_default(),
-            if offload { "on" } else { "off" }
-        );
-        devices.push(Box::new(Net::new(tap, mac, offload)));
-    }
-    let mut vsock_reset = None;
-    if let Some(v) = &config.vsock {
-        let vsock = if restoring {
-            Vsock::for_restore(v.guest_cid, &v.uds_path)?
-        } else {
-            Vsock::new(v.guest_cid, &v.uds_path)?
-        };
-        vsock_reset = Some(vsock.reset_trigger()?);
-        log::info!(
-            "vsock: guest CID {}, host socket {}",
-            v.guest_cid,
-            v.uds_path.display()
-        );
-        devices.push(Box::new(vsock));
-    }
-    if config.entropy {
-        devices.push(Box::new(Rng::new()));
-    }
-    let mut shares = None;
-    if let Some(tag) = &config.shared_fs {
-        let s = Arc::new(Shares::new());
-        devices.push(Box::new(Fs::new(tag, s.clone())?));
-        log::info!("virtio-fs: tag {tag}");
-        shares = Some(s);
-    }
-
-    let max = (layout::IOAPIC_PINS - layout::VIRTIO_IRQ_BASE) as usize;
-    if devices.len() > max {
-        return Err(BuildError::TooManyDevices(devices.len()));
-    }
-    let mut bus = Bus::new();
-    let mut announced = Vec::new();
-    let mut transports = Vec::new();
-    for (i, device) in devices.into_iter().enumerate() {
-        let base = layout::VIRTIO_MMIO_START + (i as u64) * layout::VIRTIO_MMIO_SIZE;
-        let irq = layout::VIRTIO_IRQ_BASE + i as u32;
-        let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
-        vm.register_irqfd(&irqfd, irq)?;
-        let mut transport =
-            MmioTransport::new(device, mem.clone(), Arc::new(Interrupt::new(irqfd)))?;
-        if let Some(state) = saved.and_then(|s| s.get(i)) {
-            transport.restore_state(state)?;
-        }
-        for (q, evt) in transport.queue_evts().iter().enumerate() {
-            vm.register_mmio_ioevent(
-                evt,
-                base + crate::devices::virtio::mmio::reg::QUEUE_NOTIFY,
-                q as u32,
-            )?;
-        }
-        let transport = Arc::new(Mutex::new(transport));
-        let as_bus: Arc<Mutex<dyn BusDevice>> = transport.clone();
-        bus.insert(as_bus, base, layout::VIRTIO_MMIO_SIZE)?;
-        event_manager.add_subscriber(transport.clone());
-        transports.push(transport);
-        announced.push(MmioDevice { base, irq });
-    }
-    let slots = transports[slots].to_vec();
-    Ok(VirtioDevices {
-        bus,
-        announced,
-        root,
-        vsock_reset,
-        transports,
-        slots,
-        shares,
     })
 }
 

@@ -1,0 +1,31 @@
+//! What crosses the boundary of a `hull-vmm` process, written down once for both sides:
+//!
+//! - [`config`]: the VM configuration (one serde type the host writes and the VMM reads),
+//!   with the defaults and limits a host needs before starting a VMM;
+//! - [`client`]: the control API client (pause, resume, snapshot, drive slots, shares);
+//! - [`snapshot`]: the state file's framing and the metadata a host reads to judge a
+//!   template;
+//! - [`host`]: how this host's KVM runs guest kernel code.
+//!
+//! The host library (`hull-host`) depends on this crate and never on `hull-vmm`.
+
+pub mod client;
+pub mod config;
+pub mod host;
+pub mod snapshot;
+
+pub use client::{ControlClient, ControlError};
+pub use config::ConfigFile;
+
+/// "outer: inner: innermost" for an error and its sources: the one-line form every
+/// message to an operator or API client takes.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
