@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use hull_shim::config::HostConfig;
+use hull_host::config::HostConfig;
 
 use crate::{paths, state, store};
 
@@ -122,7 +122,7 @@ pub fn check(config: &HostConfig) -> Vec<Finding> {
         format!("/dev/net/tun for sandbox networks ({})", mode_of(tun)),
         "modprobe tun",
     ));
-    let templates = hull_shim::template::TemplateCache::new(&config.template_dir);
+    let templates = hull_host::template::TemplateCache::new(&config.template_dir);
     let vm = config.vm_spec(None);
     let cached = config.templates && matches!(templates.get(&vm), Ok(Some(_)));
     out.push(Finding {
@@ -190,6 +190,6 @@ pub fn prune(config: &HostConfig) -> Pruned {
             p.images.push(name);
         }
     }
-    p.templates = hull_shim::template::TemplateCache::new(&config.template_dir).prune_stale();
+    p.templates = hull_host::template::TemplateCache::new(&config.template_dir).prune_stale();
     p
 }

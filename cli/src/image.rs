@@ -25,7 +25,7 @@ pub enum ImageError {
         source: std::io::Error,
     },
     #[error("building the image")]
-    Build(#[source] hull_shim::task::rootfs::RootfsError),
+    Build(#[source] hull_host::rootfs::RootfsError),
 }
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ImageError {
@@ -70,7 +70,7 @@ fn root_image(store: &Path, name: &str) -> Result<PathBuf, ImageError> {
     let tree = tempdir_in(&dir)?;
     let result = busybox_tree(&tree).and_then(|()| {
         let tmp = dir.join(format!("rootfs.erofs.{}", std::process::id()));
-        hull_shim::task::rootfs::build_image(&tree, &tmp).map_err(ImageError::Build)?;
+        hull_host::rootfs::build_image(&tree, &tmp).map_err(ImageError::Build)?;
         std::fs::rename(&tmp, &image).map_err(io("rename into place", &image))
     });
     let _ = std::fs::remove_dir_all(&tree);

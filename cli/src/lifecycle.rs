@@ -6,13 +6,13 @@
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::time::{Duration, Instant};
 
+use hull_host::pod::ctx;
+use hull_host::stdio::{ProcessIo, StdioPaths};
 use hull_protocol::rpc::agent::{
     ExecProcessRequest, ProcessRequest, ResizePtyRequest, SignalProcessRequest,
 };
 use hull_protocol::rpc::agent_ttrpc::AgentClient;
 use hull_protocol::rpc::Endpoint;
-use hull_shim::task::io::{ProcessIo, StdioPaths};
-use hull_shim::task::pod::ctx;
 
 use crate::state::{self, Record, StateError};
 use crate::{oci, terminal};
@@ -220,7 +220,7 @@ pub fn rm(name: &str, force: bool) -> Result<(), LifecycleError> {
     }
     let run_dir = state::run_dir(name);
     if run_dir.exists() {
-        hull_shim::task::pod::kill_orphaned(&run_dir);
+        hull_host::pod::kill_orphaned(&run_dir);
         let _ = std::fs::remove_dir_all(&run_dir);
     }
     state::remove(name)?;

@@ -245,19 +245,13 @@ struct RunArgs {
 /// docker's status for "the run itself failed".
 const FAILED: i32 = 125;
 
-fn config_path() -> PathBuf {
-    std::env::var_os("HULL_CONFIG")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(hull_shim::config::DEFAULT_PATH))
-}
-
 fn fail(e: &dyn std::error::Error) -> i32 {
     eprintln!("hull: {}", hull_vmm_api::error_chain(e));
     FAILED
 }
 
-fn config() -> Result<hull_shim::config::HostConfig, hull_shim::config::ConfigError> {
-    hull_shim::config::HostConfig::load(&config_path())
+fn config() -> Result<hull_host::config::HostConfig, hull_host::config::ConfigError> {
+    hull_host::config::HostConfig::load(&hull_host::config::HostConfig::path())
 }
 
 fn run_command(a: RunArgs) -> i32 {
@@ -306,7 +300,7 @@ fn done(r: Result<(), lifecycle::LifecycleError>) -> i32 {
 }
 
 fn main() {
-    hull_shim::private::restrict_umask();
+    hull_host::private::restrict_umask();
     signals::block();
     let cli = Cli::parse();
     env_logger::Builder::new()

@@ -10,12 +10,12 @@ use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hull_host::config::{HostConfig, Limits};
+use hull_host::pod::{ctx, EventSink, Pod};
+use hull_host::spec;
+use hull_host::stdio::{ProcessIo, StdioPaths};
+use hull_host::template::TemplateCache;
 use hull_protocol::rpc::agent::{ContainerRequest, CreateContainerRequest, CreateSandboxRequest};
-use hull_shim::config::{HostConfig, Limits};
-use hull_shim::task::io::{ProcessIo, StdioPaths};
-use hull_shim::task::pod::{ctx, EventSink, Pod};
-use hull_shim::task::spec;
-use hull_shim::template::TemplateCache;
 
 use crate::{image, oci, paths, state, terminal};
 
@@ -112,14 +112,14 @@ struct Exits {
 impl EventSink for Exits {
     fn exited(&self, container: &str, exec: &str, status: i32, _at_nanos: i64) {
         if container == self.container && exec.is_empty() {
-            let _ = hull_shim::lock(&self.tx).send(Ok(status));
+            let _ = hull_host::lock(&self.tx).send(Ok(status));
         }
     }
     fn oom(&self, container: &str) {
         log::info!("{container}: out of memory");
     }
     fn vm_gone(&self, why: &str) {
-        let _ = hull_shim::lock(&self.tx).send(Err(why.to_string()));
+        let _ = hull_host::lock(&self.tx).send(Err(why.to_string()));
     }
 }
 
@@ -155,7 +155,7 @@ struct Prepared {
     spec: serde_json::Value,
     plan: spec::GuestPlan,
     root_image: PathBuf,
-    vm: hull_shim::VmSpec,
+    vm: hull_host::VmSpec,
 }
 
 fn prepare(opts: &RunOptions, config: &HostConfig) -> Result<Prepared, RunError> {
@@ -356,7 +356,7 @@ fn execute(
     let run_dir = state::run_dir(&name);
     if run_dir.exists() {
         // A run of this name that crashed: its VM, if any, goes.
-        hull_shim::task::pod::kill_orphaned(&run_dir);
+        hull_host::pod::kill_orphaned(&run_dir);
         let _ = std::fs::remove_dir_all(&run_dir);
     }
     let mut cleanup = Cleanup {
@@ -367,14 +367,14 @@ fn execute(
     };
     // Read-only volume copies live on tmpfs, private to root, and go with the run.
     let images = paths::volumes(&name);
-    hull_shim::private::private_dir(&images).map_err(|e| RunError::Sandbox {
+    hull_host::private::private_dir(&images).map_err(|e| RunError::Sandbox {
         what: "create the container's directory",
         why: format!("{}: {e}", images.display()),
     })?;
     let mut volume_images = Vec::new();
     for (i, v) in plan.volumes.iter().enumerate() {
         let img = images.join(format!("volume-{i}.erofs"));
-        let inner = hull_shim::task::rootfs::build_volume_image(&v.source, &img).map_err(|e| {
+        let inner = hull_host::rootfs::build_volume_image(&v.source, &img).map_err(|e| {
             RunError::Volume(format!(
                 "-v {}: {}",
                 v.source.display(),

@@ -30,7 +30,7 @@ pub enum StoreError {
     #[error("image {0:?} is not imported (hull images lists them)")]
     NotFound(String),
     #[error("building the image")]
-    Build(#[source] hull_shim::task::rootfs::RootfsError),
+    Build(#[source] hull_host::rootfs::RootfsError),
 }
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
@@ -155,7 +155,7 @@ pub fn import(
 
 /// The store's directories: 0700, narrowed if they existed (the host library's one helper).
 fn private_dir(dir: &Path) -> Result<(), StoreError> {
-    hull_shim::private::private_dir(dir).map_err(io("create", dir))
+    hull_host::private::private_dir(dir).map_err(io("create", dir))
 }
 
 fn import_staged(
@@ -179,8 +179,7 @@ fn import_staged(
     private_dir(&dir)?;
     let erofs = dir.join("rootfs.erofs");
     let tmp = dir.join(format!("rootfs.erofs.{}", std::process::id()));
-    let size =
-        hull_shim::task::rootfs::build_image(&image.rootfs, &tmp).map_err(StoreError::Build)?;
+    let size = hull_host::rootfs::build_image(&image.rootfs, &tmp).map_err(StoreError::Build)?;
     restrict(&tmp)?;
     std::fs::rename(&tmp, &erofs).map_err(io("rename into place", &erofs))?;
     let config = dir.join("config.json");

@@ -5,9 +5,9 @@
 //! guest path.
 #![no_main]
 
-use hull_shim::task::pod::{apply_event, EventSink};
-use hull_shim::task::rootfs::{parse_options, HostMount};
-use hull_shim::task::spec;
+use hull_host::pod::{apply_event, EventSink};
+use hull_host::rootfs::{parse_options, HostMount};
+use hull_host::spec;
 use libfuzzer_sys::fuzz_target;
 
 struct Ignore;

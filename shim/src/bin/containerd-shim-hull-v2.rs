@@ -9,19 +9,12 @@ use std::sync::Arc;
 use containerd_shim::{
     self as shim, publisher::RemotePublisher, Config, DeleteResponse, ExitSignal, Flags, StartOpts,
 };
-use hull_shim::config::{HostConfig, DEFAULT_PATH};
+use hull_host::config::HostConfig;
+use hull_host::spec::{self, Role};
 use hull_shim::task::events::EventSender;
-use hull_shim::task::spec::{self, Role};
-use hull_shim::task::{pod, BundleState, TaskService, BUNDLE_STATE};
+use hull_shim::task::{BundleState, TaskService, BUNDLE_STATE};
 
 const RUNTIME_ID: &str = "io.containerd.hull.v2";
-
-/// Where the host configuration is: `$HULL_CONFIG`, else `/etc/hull/config.toml`.
-fn config_path() -> std::path::PathBuf {
-    std::env::var_os("HULL_CONFIG")
-        .map(Into::into)
-        .unwrap_or_else(|| DEFAULT_PATH.into())
-}
 
 struct HullShim {
     namespace: String,
@@ -51,7 +44,7 @@ impl shim::Shim for HullShim {
                 _ => opts.id.clone(),
             })
             .unwrap_or_else(|| opts.id.clone());
-        let config = config_path();
+        let config = HostConfig::path();
         let (_pid, address) = shim::spawn(
             opts,
             &grouping,
@@ -66,12 +59,12 @@ impl shim::Shim for HullShim {
         let bundle = std::env::current_dir().unwrap_or_default();
         if let Ok(text) = std::fs::read(bundle.join(BUNDLE_STATE)) {
             if let Ok(state) = serde_json::from_slice::<BundleState>(&text) {
-                pod::kill_orphaned(&state.run_dir);
-                hull_shim::private::remove_files_and_dirs(&state.images);
+                hull_host::pod::kill_orphaned(&state.run_dir);
+                hull_host::private::remove_files_and_dirs(&state.images);
             }
             let _ = std::fs::remove_file(bundle.join(BUNDLE_STATE));
         }
-        hull_shim::task::rootfs::unmount_all(&bundle.join("rootfs"));
+        hull_host::rootfs::unmount_all(&bundle.join("rootfs"));
         log::info!(
             "delete: cleaned up after the shim of {}/{}",
             self.namespace,
@@ -91,7 +84,7 @@ impl shim::Shim for HullShim {
     }
 
     fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
-        let path = config_path();
+        let path = HostConfig::path();
         let config = HostConfig::load(&path).map_err(|e| {
             // The shim already serves containerd: every Create fails, saying why.
             let e = hull_vmm_api::error_chain(&e);
@@ -107,7 +100,7 @@ impl shim::Shim for HullShim {
 }
 
 fn main() {
-    hull_shim::private::restrict_umask();
+    hull_host::private::restrict_umask();
     // Nothing but the shim's own calls reaps children: the VMM is waited for by its handle,
     // and the crate's reaper would steal its exit status.
     let config = Config {

@@ -13,16 +13,17 @@ use containerd_shim::api;
 use containerd_shim::protos::ttrpc::Code;
 use hull_protocol::rpc::agent::CreateContainerRequest;
 
-use super::io::{self, ProcessIo, StdioPaths};
-use super::pod::{ctx, DriveLease, Pod};
 use super::process::Process;
-use super::spec::{self, Role};
 use super::{
-    agent_err, check_options, container_req, err, pod_err, rootfs, BundleState, Container,
-    TaskService, BUNDLE_STATE,
+    agent_err, check_options, container_req, err, pod_err, BundleState, Container, TaskService,
+    BUNDLE_STATE,
 };
-use crate::lock;
 use containerd_shim::TtrpcResult;
+use hull_host::lock;
+use hull_host::pod::{ctx, DriveLease, Pod};
+use hull_host::rootfs;
+use hull_host::spec::{self, Role};
+use hull_host::stdio::{self as io, ProcessIo, StdioPaths};
 
 /// What a failed Create must undo.
 struct Unwind<'a> {
@@ -147,7 +148,7 @@ impl TaskService {
             vec![&images, &volumes]
         };
         for dir in dirs {
-            crate::private::private_dir(dir)
+            hull_host::private::private_dir(dir)
                 .map_err(|e| err(Code::INTERNAL, format!("create {}: {e}", dir.display())))?;
             undo.dirs.push(dir.clone());
         }
@@ -276,7 +277,7 @@ impl TaskService {
     /// this shim starts, so only the first task of a shim may bring one (a pod's members
     /// share their sandbox's VM and settings).
     fn use_config_file(&self, id: &str, path: &Path) -> TtrpcResult<()> {
-        let config = crate::config::HostConfig::load(path).map_err(|e| {
+        let config = hull_host::config::HostConfig::load(path).map_err(|e| {
             err(
                 Code::INVALID_ARGUMENT,
                 format!(
@@ -295,9 +296,7 @@ impl TaskService {
         }
         drop(t);
         log::info!("container {id}: using the configuration {}", path.display());
-        crate::task::pod::set_call_timeout(std::time::Duration::from_secs(
-            config.agent_timeout_secs,
-        ));
+        hull_host::pod::set_call_timeout(std::time::Duration::from_secs(config.agent_timeout_secs));
         *lock(&self.config) = Arc::new(config);
         self.config_replaced
             .store(true, std::sync::atomic::Ordering::SeqCst);

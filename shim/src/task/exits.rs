@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex};
 use containerd_shim::protos::types::task::Status;
 
 use super::events::{EventSender, TaskEvent};
-use super::pod::EventSink;
 use super::process::{now_nanos, Exit, Process};
 use super::{Container, Table};
-use crate::lock;
+use hull_host::lock;
+use hull_host::pod::EventSink;
 
 /// Exit and OOM reports from a pod's event thread, applied to the task table. What the
 /// guest says is checked against the table: it can only speak of this shim's containers.

@@ -11,11 +11,7 @@
 mod create;
 pub mod events;
 mod exits;
-pub mod io;
-pub mod pod;
 pub mod process;
-pub mod rootfs;
-pub mod spec;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -31,13 +27,14 @@ use containerd_shim::{ExitSignal, TtrpcContext, TtrpcResult};
 use hull_protocol::rpc::agent::*;
 use hull_protocol::rpc::ttrpc as attrpc;
 
-use crate::config::{HostConfig, Limits};
-use crate::lock;
-use crate::template::TemplateCache;
 use events::{EventSender, TaskEvent};
 use exits::{Sink, SinkHandle};
-use io::{ProcessIo, StdioPaths};
-use pod::{ctx, DriveLease, Pod};
+use hull_host::config::{HostConfig, Limits};
+use hull_host::lock;
+use hull_host::pod::{self, ctx, DriveLease, Pod};
+use hull_host::spec;
+use hull_host::stdio::{ProcessIo, StdioPaths};
+use hull_host::template::TemplateCache;
 use process::{now_nanos, Exit, Process};
 
 /// The file in a bundle that tells the shim's `delete` what to clean up after a crash.
@@ -420,7 +417,7 @@ impl TaskService {
 /// A deleted container's images and bundle state.
 fn remove_host_files(c: &Container) {
     let images: Vec<PathBuf> = c.disks.iter().map(|(_, i)| i.clone()).collect();
-    crate::private::remove_files_and_dirs(&images);
+    hull_host::private::remove_files_and_dirs(&images);
     let _ = std::fs::remove_file(Path::new(&c.bundle).join(BUNDLE_STATE));
 }
 

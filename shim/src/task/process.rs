@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use containerd_shim::protos::types::task::Status;
 
-use super::io::{ProcessIo, StdioPaths};
-use crate::lock;
+use hull_host::lock;
+use hull_host::stdio::{ProcessIo, StdioPaths};
 
 /// After a process exits, how long its output may still take to arrive before TaskExit is
 /// sent anyway (a background child holding the pipe open).

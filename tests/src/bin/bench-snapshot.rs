@@ -20,8 +20,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use hull_e2e::{mapping_memory, process_memory, require_artifacts, summary};
-use hull_shim::template::DEFAULT_ROOT;
-use hull_shim::{Sandbox, TemplateCache, VmSpec};
+use hull_host::template::DEFAULT_ROOT;
+use hull_host::{Sandbox, TemplateCache, VmSpec};
 
 #[derive(Debug, Parser)]
 #[command(

@@ -98,7 +98,7 @@ impl Default for HostConfig {
             state_dir: PathBuf::from("/var/lib/hull/shim"),
             debug_console: false,
             log_level: "info".into(),
-            agent_timeout_secs: crate::task::pod::DEFAULT_CALL_TIMEOUT.as_secs(),
+            agent_timeout_secs: crate::pod::DEFAULT_CALL_TIMEOUT.as_secs(),
             images: hull_image::Limits::default(),
         }
     }
@@ -107,6 +107,14 @@ impl Default for HostConfig {
 const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
 
 impl HostConfig {
+    /// Where the host configuration is: `$HULL_CONFIG`, else [`DEFAULT_PATH`]. Both front
+    /// doors read it from here (the shim passes `HULL_CONFIG` on to the shims it spawns).
+    pub fn path() -> PathBuf {
+        std::env::var_os("HULL_CONFIG")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_PATH))
+    }
+
     /// Reads `path`; a missing file at the default path means "all defaults", a missing
     /// file anywhere else is an error (someone named it on purpose).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {

@@ -8,13 +8,13 @@ use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use hull_host::template::DEFAULT_ROOT;
+use hull_host::{Sandbox, StartPath, TemplateCache, VmSpec};
 use hull_protocol::rpc::agent::*;
 use hull_protocol::rpc::agent_ttrpc::AgentClient;
 use hull_protocol::rpc::protobuf::well_known_types::empty::Empty;
 use hull_protocol::rpc::{ttrpc, Endpoint};
 use hull_protocol::stream::{Header, Kind};
-use hull_shim::template::DEFAULT_ROOT;
-use hull_shim::{Sandbox, StartPath, TemplateCache, VmSpec};
 
 /// The image's read-only busybox rootfs (resources/build-image.sh).
 const ROOTFS: &str = "/usr/share/hull/rootfs/busybox";

@@ -1,0 +1,79 @@
+//! hull's host library: everything the two front doors (`containerd-shim-hull-v2` and
+//! the `hull` CLI) share. It starts one `hull-vmm` process per sandbox (restored from a
+//! template when one exists, cold-booted otherwise), reaches the guest agent over hybrid
+//! vsock, and runs containers and processes in the sandbox. Neither front door talks to
+//! the agent or the VMM itself.
+//!
+//! - [`config`]: the host configuration (`/etc/hull/config.toml`);
+//! - [`vmm_process`]: spawning, watching and reaping a `hull-vmm`;
+//! - [`template`]: the cache of snapshots of ready sandboxes, and how it refuses stale or
+//!   corrupt ones;
+//! - [`sandbox`]: start (template or cold boot), post-restore consistency (clock, RNG),
+//!   snapshot, shutdown;
+//! - [`pod`]: a running sandbox VM as its containers use it: drive slots, shared
+//!   directories, the agent's event stream;
+//! - [`spec`], [`rootfs`]: an OCI spec and root filesystem made for the guest;
+//! - [`stdio`]: a process's stdio between host endpoints and the agent's streams;
+//! - [`private`]: files and directories only their owner reads.
+
+pub mod config;
+pub mod pod;
+pub mod private;
+pub mod rootfs;
+pub mod sandbox;
+pub mod spec;
+pub mod stdio;
+pub mod template;
+pub mod vmm_process;
+
+use std::path::PathBuf;
+
+pub use sandbox::{Sandbox, SandboxError, StartPath, StartTimings};
+pub use template::{Template, TemplateCache, TemplateError};
+
+/// What a sandbox VM is made of: the guest kernel and image, and its shape. Everything a
+/// template depends on besides the hull release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmSpec {
+    pub kernel: PathBuf,
+    pub image: PathBuf,
+    pub vcpus: u8,
+    pub memory_mib: u32,
+    /// Empty disks attached while the sandbox runs: one per container root filesystem in
+    /// use at a time (`hull-vmm --drive-slots`).
+    pub drive_slots: u8,
+    /// A virtio-fs device (tag [`SHARED_FS_TAG`]) for read-write volumes: the guest mounts
+    /// it on demand, never in a template (`hull-vmm --shared-fs`).
+    pub shared_fs: bool,
+    /// Keep the guest's console in the run directory (`debug_console`); without it the
+    /// VMM discards it, so a chatty guest costs the host's tmpfs nothing.
+    pub console_log: bool,
+}
+
+/// The virtio-fs tag of a sandbox VM's shared file system.
+pub const SHARED_FS_TAG: &str = "hull";
+
+/// Drive slots of a sandbox unless the configuration says otherwise.
+pub const DEFAULT_DRIVE_SLOTS: u8 = 8;
+
+impl Default for VmSpec {
+    /// The kernel and image `scripts/build.sh` makes, one vCPU, 128 MiB, eight drive slots,
+    /// the shared file system.
+    fn default() -> Self {
+        VmSpec {
+            kernel: PathBuf::from(hull_vmm_api::config::DEFAULT_KERNEL),
+            image: PathBuf::from(hull_vmm_api::config::DEFAULT_ROOT_IMAGE),
+            vcpus: hull_vmm_api::config::DEFAULT_VCPUS,
+            memory_mib: hull_vmm_api::config::DEFAULT_MEMORY_MIB,
+            drive_slots: DEFAULT_DRIVE_SLOTS,
+            shared_fs: true,
+            console_log: false,
+        }
+    }
+}
+
+/// Locks a mutex, taking it over from a thread that panicked while holding it: the state
+/// behind hull's locks stays consistent between statements.
+pub fn lock<T: ?Sized>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
