@@ -6,13 +6,10 @@
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::time::{Duration, Instant};
 
-use hull_host::pod::ctx;
-use hull_host::stdio::{ProcessIo, StdioPaths};
-use hull_protocol::rpc::agent::{
-    ExecProcessRequest, ProcessRequest, ResizePtyRequest, SignalProcessRequest,
-};
-use hull_protocol::rpc::agent_ttrpc::AgentClient;
-use hull_protocol::rpc::Endpoint;
+use hull_host::agent::{Agent, ProcessId};
+use hull_host::guest::Guest;
+use hull_host::pod::DEFAULT_CALL_TIMEOUT;
+use hull_host::stdio::Stdio;
 
 use crate::state::{self, Record, StateError};
 use crate::{oci, terminal};
@@ -29,8 +26,12 @@ pub enum LifecycleError {
     Signal(String),
     #[error("{0:?} ran in the foreground: its output went to the terminal, not a log")]
     NoLog(String),
-    #[error("reaching {name:?}'s sandbox: {why}")]
-    Agent { name: String, why: String },
+    #[error("reaching {0:?}'s sandbox")]
+    Connect(String, #[source] hull_host::guest::ConnectError),
+    #[error(transparent)]
+    Agent(#[from] hull_host::agent::AgentError),
+    #[error(transparent)]
+    Process(#[from] hull_host::guest::ProcessError),
     #[error(transparent)]
     Spec(#[from] oci::SpecError),
     #[error("{0}")]
@@ -69,24 +70,10 @@ fn running(name: &str) -> Result<Record, LifecycleError> {
     Ok(r)
 }
 
-fn endpoint(name: &str) -> Endpoint {
-    Endpoint::HybridVsock(state::run_dir(name).join("vsock.sock"))
-}
-
-fn agent(name: &str) -> Result<AgentClient, LifecycleError> {
-    hull_protocol::rpc::connect(&endpoint(name), Duration::from_secs(10))
-        .map(|c| c.client)
-        .map_err(|e| LifecycleError::Agent {
-            name: name.into(),
-            why: hull_vmm_api::error_chain(&e),
-        })
-}
-
-fn agent_err(name: &str) -> impl Fn(hull_protocol::rpc::ttrpc::Error) -> LifecycleError + '_ {
-    move |e| LifecycleError::Agent {
-        name: name.into(),
-        why: e.to_string(),
-    }
+/// The guest of `name`'s sandbox, reached through its run directory.
+fn guest(name: &str) -> Result<Guest, LifecycleError> {
+    Guest::connect(&state::run_dir(name), DEFAULT_CALL_TIMEOUT)
+        .map_err(|e| LifecycleError::Connect(name.into(), e))
 }
 
 /// `hull ps [-a]`.
@@ -168,12 +155,9 @@ pub fn logs(name: &str, follow: bool, out: &mut impl Write) -> Result<(), Lifecy
 /// `hull kill [-s SIG] NAME`.
 pub fn kill(name: &str, signal: i32) -> Result<(), LifecycleError> {
     running(name)?;
-    let mut req = SignalProcessRequest::new();
-    req.container_id = name.into();
-    req.signal = signal as u32;
-    agent(name)?
-        .signal_process(ctx(), &req)
-        .map_err(agent_err(name))?;
+    guest(name)?
+        .agent
+        .signal(ProcessId::init(name), signal as u32, false)?;
     Ok(())
 }
 
@@ -221,7 +205,6 @@ pub fn rm(name: &str, force: bool) -> Result<(), LifecycleError> {
     let run_dir = state::run_dir(name);
     if run_dir.exists() {
         hull_host::pod::kill_orphaned(&run_dir);
-        let _ = std::fs::remove_dir_all(&run_dir);
     }
     state::remove(name)?;
     Ok(())
@@ -242,100 +225,65 @@ pub fn inspect(name: &str) -> Result<String, LifecycleError> {
 /// `hull exec [-i] [-t] NAME CMD...`: returns the process's exit status.
 pub fn exec(name: &str, process: &oci::Process, interactive: bool) -> Result<i32, LifecycleError> {
     running(name)?;
-    let agent = agent(name)?;
+    let guest = guest(name)?;
     let spec = oci::build(name, process, &[])?;
     let exec_id = format!("exec-{}", std::process::id());
-    let stdio = StdioPaths {
-        stdin: if interactive {
-            "fd://0".into()
-        } else {
-            String::new()
-        },
-        stdout: "fd://1".into(),
-        stderr: if process.terminal {
-            String::new()
-        } else {
-            "fd://2".into()
-        },
-        terminal: process.terminal,
-    };
-    let mut req = ExecProcessRequest::new();
-    req.container_id = name.into();
-    req.exec_id = exec_id.clone();
-    req.oci_process_json = serde_json::to_vec(&spec["process"]).unwrap_or_default();
-    req.stdio = Some(stdio.agent_stdio()).into();
+    let p = ProcessId::exec(name, &exec_id);
+    let stdio = Stdio::inherited(interactive, process.terminal);
     let _raw = (process.terminal && interactive)
         .then(|| terminal::RawMode::enter(0))
         .flatten();
-    agent.exec_process(ctx(), &req).map_err(agent_err(name))?;
+    let json = serde_json::to_vec(&spec["process"]).unwrap_or_default();
+    let (_, mut io) = guest.exec(p, json, &stdio)?;
     if process.terminal {
-        resize(&agent, name, &exec_id);
+        resize(&guest.agent, p);
     }
     forward_signals(
-        agent.clone(),
+        guest.agent.clone(),
         name.to_string(),
-        exec_id.clone(),
+        Some(exec_id.clone()),
         process.terminal,
     );
-    let mut io = ProcessIo::attach(&endpoint(name), name, &exec_id, &stdio).map_err(|e| {
-        LifecycleError::Agent {
-            name: name.into(),
-            why: hull_vmm_api::error_chain(&e),
-        }
-    })?;
-    let mut wait = ProcessRequest::new();
-    wait.container_id = name.into();
-    wait.exec_id = exec_id.clone();
-    // An exec may run for as long as it likes: no deadline on the wait itself.
-    let done = agent
-        .wait_process(
-            hull_protocol::rpc::ttrpc::context::Context::default(),
-            &wait,
-        )
-        .map_err(agent_err(name))?;
+    let status = guest.agent.wait(p)?;
     io.drain(Duration::from_secs(5));
     io.close();
-    let _ = agent.remove_process(ctx(), &wait);
-    Ok(done.exit_status)
+    if let Err(e) = guest.agent.remove_process(p) {
+        log::debug!("{}", hull_vmm_api::error_chain(&e));
+    }
+    Ok(status)
 }
 
-/// Passes this terminal's size to the process's (`exec_id` empty: the container's main
-/// process).
-pub fn resize(agent: &AgentClient, name: &str, exec_id: &str) {
+/// Passes this terminal's size to process `p`'s.
+pub fn resize(agent: &Agent, p: ProcessId<'_>) {
     let Some((rows, columns)) = terminal::size(1).or_else(|| terminal::size(0)) else {
         return;
     };
-    let mut req = ResizePtyRequest::new();
-    req.container_id = name.into();
-    req.exec_id = exec_id.into();
-    req.rows = u32::from(rows);
-    req.columns = u32::from(columns);
-    if let Err(e) = agent.resize_pty(ctx(), &req) {
-        log::debug!("resizing the exec's terminal: {e}");
+    if let Err(e) = agent.resize_pty(p, u32::from(rows), u32::from(columns)) {
+        log::debug!("resizing {p}'s terminal: {e}");
     }
 }
 
 /// SIGINT, SIGTERM and SIGHUP to `hull run` or `hull exec` go to the process (blocked in
 /// every thread and taken here; the process decides what they mean); SIGWINCH resizes its
-/// terminal.
-pub fn forward_signals(agent: AgentClient, name: String, exec_id: String, tty: bool) {
+/// terminal. `exec` is `None` for the container's init.
+pub fn forward_signals(agent: Agent, name: String, exec: Option<String>, tty: bool) {
     let set = crate::signals::forwarded();
     std::thread::spawn(move || loop {
         let Some(sig) = crate::signals::wait(&set) else {
             return;
         };
+        let p = ProcessId {
+            container: &name,
+            exec: exec.as_deref(),
+        };
         if sig == libc::SIGWINCH {
             if tty {
-                resize(&agent, &name, &exec_id);
+                resize(&agent, p);
             }
             continue;
         }
-        let mut req = SignalProcessRequest::new();
-        req.container_id = name.clone();
-        req.exec_id = exec_id.clone();
-        req.signal = sig as u32;
-        if let Err(e) = agent.signal_process(ctx(), &req) {
-            log::debug!("forwarding signal {sig}: {e}");
+        if let Err(e) = agent.signal(p, sig as u32, false) {
+            log::debug!("forwarding signal {sig} to {p}: {e}");
         }
     });
 }

@@ -10,12 +10,14 @@ use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hull_host::agent::{AgentError, ProcessId};
 use hull_host::config::{HostConfig, Limits};
-use hull_host::pod::{ctx, EventSink, Pod};
-use hull_host::spec;
-use hull_host::stdio::{ProcessIo, StdioPaths};
+use hull_host::container::{self, StorageError};
+use hull_host::guest::ProcessError;
+use hull_host::pod::{EventSink, Pod, PodError, PodEvent};
+use hull_host::spec::{self, SandboxFiles};
+use hull_host::stdio::Stdio;
 use hull_host::template::TemplateCache;
-use hull_protocol::rpc::agent::{ContainerRequest, CreateContainerRequest, CreateSandboxRequest};
 
 use crate::{image, oci, paths, state, terminal};
 
@@ -39,6 +41,16 @@ pub enum RunError {
     Volume(String),
     #[error("{what}: {why}")]
     Sandbox { what: &'static str, why: String },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("start the sandbox VM")]
+    Start(#[source] PodError),
+    #[error("watch the sandbox")]
+    Watch(#[source] PodError),
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    #[error(transparent)]
+    Process(#[from] ProcessError),
     #[error("the sandbox VM stopped before the container exited: {0}")]
     VmGone(String),
 }
@@ -110,16 +122,23 @@ struct Exits {
 }
 
 impl EventSink for Exits {
-    fn exited(&self, container: &str, exec: &str, status: i32, _at_nanos: i64) {
-        if container == self.container && exec.is_empty() {
-            let _ = hull_host::lock(&self.tx).send(Ok(status));
+    fn event(&self, event: PodEvent) {
+        let tx = hull_host::lock(&self.tx);
+        match event {
+            PodEvent::Exited {
+                container,
+                exec: None,
+                status,
+                ..
+            } if container == self.container => {
+                let _ = tx.send(Ok(status));
+            }
+            PodEvent::Oom { container } => log::info!("{container}: out of memory"),
+            PodEvent::VmGone { why } => {
+                let _ = tx.send(Err(why));
+            }
+            PodEvent::Exited { .. } => {}
         }
-    }
-    fn oom(&self, container: &str) {
-        log::info!("{container}: out of memory");
-    }
-    fn vm_gone(&self, why: &str) {
-        let _ = hull_host::lock(&self.tx).send(Err(why.to_string()));
     }
 }
 
@@ -357,7 +376,6 @@ fn execute(
     if run_dir.exists() {
         // A run of this name that crashed: its VM, if any, goes.
         hull_host::pod::kill_orphaned(&run_dir);
-        let _ = std::fs::remove_dir_all(&run_dir);
     }
     let mut cleanup = Cleanup {
         pod: None,
@@ -366,104 +384,26 @@ fn execute(
         remove_record: opts.rm,
     };
     // Read-only volume copies live on tmpfs, private to root, and go with the run.
-    let images = paths::volumes(&name);
-    hull_host::private::private_dir(&images).map_err(|e| RunError::Sandbox {
-        what: "create the container's directory",
-        why: format!("{}: {e}", images.display()),
-    })?;
-    let mut volume_images = Vec::new();
-    for (i, v) in plan.volumes.iter().enumerate() {
-        let img = images.join(format!("volume-{i}.erofs"));
-        let inner = hull_host::rootfs::build_volume_image(&v.source, &img).map_err(|e| {
-            RunError::Volume(format!(
-                "-v {}: {}",
-                v.source.display(),
-                hull_vmm_api::error_chain(&e)
-            ))
-        })?;
-        volume_images.push((img, inner));
-    }
-
-    let templates = config
-        .templates
-        .then(|| TemplateCache::new(&config.template_dir));
-    let first = templates
-        .as_ref()
-        .is_some_and(|t| matches!(t.get(&vm), Ok(None)));
-    let progress = crate::progress::step(if first {
-        "making the sandbox template (the first run of this VM shape boots and snapshots it)"
-    } else if templates.is_some() {
-        "starting the sandbox (restoring the template)"
-    } else {
-        "booting the sandbox"
-    });
-    let pod = Arc::new(
-        Pod::start(&name, &vm, &run_dir, templates.as_ref(), None).map_err(|e| {
-            RunError::Sandbox {
-                what: "start the sandbox VM",
-                why: hull_vmm_api::error_chain(&e),
-            }
-        })?,
-    );
+    let volumes = container::build_volume_images(&plan, &paths::volumes(&name))?;
+    let progress = crate::progress::step(start_message(config, &vm));
+    let pod = start_pod(&name, &vm, &run_dir, config)?;
     cleanup.pod = Some(pod.clone());
     let (tx, rx) = channel();
-    pod.watch(Arc::new(Exits {
+    let exits = Exits {
         container: name.clone(),
         tx: Mutex::new(tx),
-    }))
-    .map_err(|e| sandbox_err("watch the sandbox")(hull_vmm_api::error_chain(&e)))?;
-
-    let root = pod
-        .lease_drive(&name, &root_image, true)
-        .map_err(|e| sandbox_err("attach the root filesystem")(hull_vmm_api::error_chain(&e)))?;
-    spec["root"]["path"] = serde_json::Value::String(root.guest_rootfs.clone());
-    for (v, (img, inner)) in plan.volumes.iter().zip(&volume_images) {
-        let lease = pod
-            .lease_drive(&format!("{name} volume"), img, false)
-            .map_err(|e| sandbox_err("attach a volume")(hull_vmm_api::error_chain(&e)))?;
-        let source = match inner {
-            Some(file) => format!("{}/{file}", lease.guest_rootfs),
-            None => lease.guest_rootfs.clone(),
-        };
-        spec::add_volume(&mut spec, v, &source, true);
-    }
-    for v in &plan.shared {
-        let source = pod
-            .share_dir(&v.source)
-            .map_err(|e| sandbox_err("share a volume")(hull_vmm_api::error_chain(&e)))?;
-        spec::add_volume(&mut spec, v, &source, false);
-    }
+    };
+    pod.watch(Arc::new(exits)).map_err(RunError::Watch)?;
+    pod.attach_storage(&name, &mut spec, &plan, &root_image, &volumes)?;
 
     progress.set("creating the container");
-    let mut sandbox = CreateSandboxRequest::new();
-    sandbox.hostname = name.clone();
-    pod.agent
-        .create_sandbox(ctx(), &sandbox)
-        .map_err(|e| sandbox_err("create the sandbox")(e.to_string()))?;
-    let stdio = StdioPaths {
-        stdin: if opts.interactive {
-            "fd://0".into()
-        } else {
-            String::new()
-        },
-        stdout: "fd://1".into(),
-        // A terminal carries both output streams.
-        stderr: if opts.tty {
-            String::new()
-        } else {
-            "fd://2".into()
-        },
-        terminal: opts.tty,
+    let files = SandboxFiles {
+        hostname: Some(name.clone()),
+        ..Default::default()
     };
-    let mut create = CreateContainerRequest::new();
-    create.container_id = name.clone();
-    create.oci_spec_json = serde_json::to_vec(&spec).unwrap_or_default();
-    create.stdio = Some(stdio.agent_stdio()).into();
-    pod.agent
-        .create_container(ctx(), &create)
-        .map_err(|e| sandbox_err("create the container")(e.to_string()))?;
-    let mut io = ProcessIo::attach(&pod.endpoint, &name, "", &stdio)
-        .map_err(|e| sandbox_err("connect the container's stdio")(hull_vmm_api::error_chain(&e)))?;
+    pod.guest.agent.create_sandbox(&files)?;
+    let stdio = Stdio::inherited(opts.interactive, opts.tty);
+    let (_, mut io) = pod.guest.create_container(&name, &spec, &stdio)?;
     drop(progress);
     // The terminal is raw from just before the container starts until this returns (the
     // guard is dropped on every path out, errors included).
@@ -471,16 +411,12 @@ fn execute(
         .then(|| terminal::RawMode::enter(0))
         .flatten();
     if opts.tty {
-        crate::lifecycle::resize(&pod.agent, &name, "");
+        crate::lifecycle::resize(&pod.guest.agent, ProcessId::init(&name));
     }
-    let mut start = ContainerRequest::new();
-    start.container_id = name.clone();
-    pod.agent
-        .start_container(ctx(), &start)
-        .map_err(|e| sandbox_err("start the container")(e.to_string()))?;
+    pod.guest.agent.start_container(&name)?;
     record.status = state::Status::Running;
     state::write(&record)?;
-    crate::lifecycle::forward_signals(pod.agent.clone(), name.clone(), String::new(), opts.tty);
+    crate::lifecycle::forward_signals(pod.guest.agent.clone(), name.clone(), None, opts.tty);
 
     let exit = rx
         .recv()
@@ -499,6 +435,36 @@ fn execute(
     drop(cleanup);
     let status = exit.map_err(RunError::VmGone)?;
     Ok(status)
+}
+
+/// What the progress line says while the sandbox starts.
+fn start_message(config: &HostConfig, vm: &hull_host::VmSpec) -> &'static str {
+    let templates = config
+        .templates
+        .then(|| TemplateCache::new(&config.template_dir));
+    match templates {
+        Some(t) if matches!(t.get(vm), Ok(None)) => {
+            "making the sandbox template (the first run of this VM shape boots and snapshots it)"
+        }
+        Some(_) => "starting the sandbox (restoring the template)",
+        None => "booting the sandbox",
+    }
+}
+
+/// The run's sandbox VM, from the template cache when the configuration keeps one.
+fn start_pod(
+    name: &str,
+    vm: &hull_host::VmSpec,
+    run_dir: &std::path::Path,
+    config: &HostConfig,
+) -> Result<Arc<Pod>, RunError> {
+    let templates = config
+        .templates
+        .then(|| TemplateCache::new(&config.template_dir));
+    let timeout = Duration::from_secs(config.agent_timeout_secs);
+    Pod::start(name, vm, run_dir, templates.as_ref(), None, timeout)
+        .map(Arc::new)
+        .map_err(RunError::Start)
 }
 
 #[cfg(test)]

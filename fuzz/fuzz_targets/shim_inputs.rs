@@ -5,17 +5,25 @@
 //! guest path.
 #![no_main]
 
-use hull_host::pod::{apply_event, EventSink};
+use hull_host::pod::{apply_event, EventSink, PodEvent};
 use hull_host::rootfs::{parse_options, HostMount};
 use hull_host::spec;
 use libfuzzer_sys::fuzz_target;
 
-struct Ignore;
+/// Checks what a frame decodes to: an init's exit never comes as an exec with an empty
+/// id, and a frame never claims the VM is gone (only the host decides that).
+struct Check;
 
-impl EventSink for Ignore {
-    fn exited(&self, _: &str, _: &str, _: i32, _: i64) {}
-    fn oom(&self, _: &str) {}
-    fn vm_gone(&self, _: &str) {}
+impl EventSink for Check {
+    fn event(&self, event: PodEvent) {
+        match event {
+            PodEvent::Exited { exec, .. } => {
+                assert!(exec.as_deref() != Some(""), "an empty exec id leaked through")
+            }
+            PodEvent::Oom { .. } => {}
+            PodEvent::VmGone { .. } => panic!("a guest frame became VmGone"),
+        }
+    }
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -24,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
     };
     match mode % 3 {
         0 => {
-            let _ = apply_event(rest, &Ignore);
+            let _ = apply_event(rest, &Check);
         }
         1 => {
             let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(rest) else {

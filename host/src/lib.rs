@@ -5,6 +5,9 @@
 //! the agent or the VMM itself.
 //!
 //! - [`config`]: the host configuration (`/etc/hull/config.toml`);
+//! - [`agent`]: the guest agent's calls, typed, each bounded by a timeout;
+//! - [`guest`]: a running sandbox's processes: create and exec with their stdio attached;
+//! - [`container`]: a container's storage in the VM (root and volume disks, shares);
 //! - [`vmm_process`]: spawning, watching and reaping a `hull-vmm`;
 //! - [`template`]: the cache of snapshots of ready sandboxes, and how it refuses stale or
 //!   corrupt ones;
@@ -16,7 +19,10 @@
 //! - [`stdio`]: a process's stdio between host endpoints and the agent's streams;
 //! - [`private`]: files and directories only their owner reads.
 
+pub mod agent;
 pub mod config;
+pub mod container;
+pub mod guest;
 pub mod pod;
 pub mod private;
 pub mod rootfs;

@@ -4,59 +4,43 @@
 //! death.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hull_protocol::rpc::agent::{
-    Event, MountDriveRequest, MountSharedFsRequest, UnmountDriveRequest,
-};
-use hull_protocol::rpc::agent_ttrpc::AgentClient;
+use hull_protocol::rpc::agent::Event;
 use hull_protocol::rpc::protobuf::Message;
-use hull_protocol::rpc::{ttrpc, Endpoint};
+use hull_protocol::rpc::Endpoint;
 use hull_protocol::stream::{read_frame, Header, Kind};
 use hull_vmm_api::{ControlClient, ControlError};
 
+use crate::agent::AgentError;
+use crate::guest::Guest;
 use crate::lock;
 use crate::sandbox::{Sandbox, SandboxError};
 use crate::template::TemplateCache;
 use crate::VmSpec;
 
-/// How long any one agent or VMM call may take before the shim gives up on it, unless the
+/// How long any one agent or VMM call may take before the host gives up on it, unless the
 /// configuration says otherwise (`agent_timeout_secs`). Long, because on hosts whose KVM
 /// emulates guest kernel code a container's creation alone can take tens of seconds;
 /// bounded, so a hung guest fails calls instead of hanging them.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// The call timeout in force: one per shim process, set from its configuration.
-static CALL_TIMEOUT_SECS: AtomicU64 = AtomicU64::new(DEFAULT_CALL_TIMEOUT.as_secs());
-
-pub fn set_call_timeout(t: Duration) {
-    CALL_TIMEOUT_SECS.store(t.as_secs().max(1), Ordering::Relaxed);
-}
-
-pub fn call_timeout() -> Duration {
-    Duration::from_secs(CALL_TIMEOUT_SECS.load(Ordering::Relaxed))
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {
     #[error("start the sandbox VM")]
-    Start(#[source] SandboxError),
+    Start(#[source] Box<SandboxError>),
     #[error("create {0}")]
     RunDir(PathBuf, #[source] std::io::Error),
     #[error("all {0} drive slots of the sandbox are in use; raise drive_slots in the hull config")]
     NoFreeSlot(usize),
-    #[error("{call}: {source}")]
-    Call {
-        call: &'static str,
-        #[source]
-        source: ttrpc::Error,
-    },
-    #[error("the VMM's control API: {}", hull_vmm_api::error_chain(.0))]
-    Control(ControlError),
-    #[error("open the agent's event stream: {0}")]
-    Events(String),
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    #[error("the VMM's control API")]
+    Control(#[from] ControlError),
+    #[error("open the agent's event stream")]
+    Events(#[source] std::io::Error),
     #[error("the host directory {path}")]
     ShareSource {
         path: PathBuf,
@@ -65,24 +49,33 @@ pub enum PodError {
     },
 }
 
-pub fn ctx() -> ttrpc::context::Context {
-    ttrpc::context::with_timeout(call_timeout().as_nanos() as i64)
+/// What the agent's event stream and the VMM report, typed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodEvent {
+    /// A process exited (`exec` is `None` for a container's init).
+    Exited {
+        container: String,
+        exec: Option<String>,
+        status: i32,
+        at_nanos: i64,
+    },
+    /// A container's cgroup hit its memory limit and the kernel killed in it.
+    Oom { container: String },
+    /// The VM is gone (crashed, killed): every process still running is lost.
+    VmGone { why: String },
 }
 
-/// What the event thread reports.
+/// Where a pod's events go: called on the pod's event thread, in the order they came.
 pub trait EventSink: Send + Sync {
-    fn exited(&self, container: &str, exec: &str, status: i32, at_nanos: i64);
-    fn oom(&self, container: &str);
-    /// The VM is gone (crashed, killed): every process still running is lost.
-    fn vm_gone(&self, why: &str);
+    fn event(&self, event: PodEvent);
 }
 
 pub struct Pod {
     pub id: String,
     pub run_dir: PathBuf,
-    pub agent: AgentClient,
+    /// The agent and the endpoint of its processes' stdio streams.
+    pub guest: Guest,
     pub control: ControlClient,
-    pub endpoint: Endpoint,
     sandbox: Mutex<Option<Sandbox>>,
     /// Each drive slot's state.
     slots: Mutex<Vec<Slot>>,
@@ -123,18 +116,20 @@ pub struct DriveLease {
 }
 
 impl Pod {
-    /// Starts the VM for pod `id` with its sockets in `run_dir`.
     /// Starts the VM for pod `id` with its sockets in `run_dir`; with `keep_logs`, its
-    /// console and VMM log are moved there when it stops (`debug_console`).
+    /// console and VMM log are moved there when it stops (`debug_console`). Every agent
+    /// call then waits at most `call_timeout`.
     pub fn start(
         id: &str,
         spec: &VmSpec,
         run_dir: &Path,
         templates: Option<&TemplateCache>,
         keep_logs: Option<PathBuf>,
+        call_timeout: Duration,
     ) -> Result<Pod, PodError> {
         crate::private::private_dir(run_dir).map_err(|e| PodError::RunDir(run_dir.into(), e))?;
-        let sandbox = Sandbox::start(spec, run_dir, templates).map_err(PodError::Start)?;
+        let sandbox =
+            Sandbox::start(spec, run_dir, templates).map_err(|e| PodError::Start(Box::new(e)))?;
         log::info!(
             "sandbox {id}: {} (usable {:.0} ms after the VMM started)",
             sandbox.path,
@@ -146,9 +141,11 @@ impl Pod {
         Ok(Pod {
             id: id.to_string(),
             run_dir: run_dir.to_path_buf(),
-            agent: sandbox.agent.clone(),
+            guest: Guest {
+                agent: sandbox.agent.with_timeout(call_timeout),
+                endpoint: Endpoint::HybridVsock(sandbox.paths().vsock.clone()),
+            },
             control: sandbox.control.clone(),
-            endpoint: Endpoint::HybridVsock(sandbox.paths().vsock.clone()),
             sandbox: Mutex::new(Some(sandbox)),
             slots: Mutex::new(vec![Slot::Free; usize::from(spec.drive_slots)]),
             serials: AtomicU32::new(0),
@@ -172,9 +169,7 @@ impl Pod {
             Some(name) => name.clone(),
             None => {
                 let name = format!("s{}", shares.by_source.len());
-                self.control
-                    .add_share(&name, &source)
-                    .map_err(PodError::Control)?;
+                self.control.add_share(&name, &source)?;
                 log::info!("sandbox {}: {} shared as {name}", self.id, source.display());
                 shares.by_source.insert(source, name.clone());
                 name
@@ -183,16 +178,7 @@ impl Pod {
         let dir = match &shares.guest_dir {
             Some(d) => d.clone(),
             None => {
-                let mut req = MountSharedFsRequest::new();
-                req.tag = crate::SHARED_FS_TAG.into();
-                let d = self
-                    .agent
-                    .mount_shared_fs(ctx(), &req)
-                    .map_err(|source| PodError::Call {
-                        call: "MountSharedFs",
-                        source,
-                    })?
-                    .path;
+                let d = self.guest.agent.mount_shared_fs(crate::SHARED_FS_TAG)?;
                 shares.guest_dir = Some(d.clone());
                 d
             }
@@ -203,9 +189,10 @@ impl Pod {
     /// Reads the agent's event stream on a thread of its own until the VM goes away.
     pub fn watch(self: &Arc<Self>, sink: Arc<dyn EventSink>) -> Result<(), PodError> {
         let mut stream = self
+            .guest
             .endpoint
             .open_stream(&Header::new(Kind::Events, "", ""))
-            .map_err(|e| PodError::Events(e.to_string()))?;
+            .map_err(|e| PodError::Events(std::io::Error::other(e)))?;
         let pod = Arc::clone(self);
         std::thread::Builder::new()
             .name("agent-events".into())
@@ -226,12 +213,14 @@ impl Pod {
                     return;
                 }
                 let status = pod.reap();
-                sink.vm_gone(&match status {
-                    Some(s) => format!("{why}: the sandbox VM exited ({s})"),
-                    None => why,
+                sink.event(PodEvent::VmGone {
+                    why: match status {
+                        Some(s) => format!("{why}: the sandbox VM exited ({s})"),
+                        None => why,
+                    },
                 });
             })
-            .map_err(|e| PodError::Events(e.to_string()))?;
+            .map_err(PodError::Events)?;
         Ok(())
     }
 
@@ -297,41 +286,19 @@ impl Pod {
         if let Err(e) = self.control.attach_drive(slot, image, true, &serial) {
             // The VMM may have attached it before the call failed: detach to know.
             self.detach(slot, true);
-            return Err(PodError::Control(e));
+            return Err(e.into());
         }
-        let mut m = MountDriveRequest::new();
-        m.serial = serial;
-        m.fstype = "erofs".into();
-        m.name = name.to_string();
-        m.read_only = true;
-        m.writable_overlay = writable;
-        match self.agent.mount_drive(ctx(), &m) {
-            Ok(r) => Ok(DriveLease {
+        match self.guest.agent.mount_drive(&serial, name, writable) {
+            Ok(guest_rootfs) => Ok(DriveLease {
                 slot,
                 name: name.to_string(),
-                guest_rootfs: r.rootfs,
+                guest_rootfs,
             }),
-            Err(source) => {
-                // Whether the guest mounted it is unknown (a timeout): the slot's buffers
-                // cannot be trusted again.
-                let clean = match &source {
-                    // Refusals before anything was mounted; an INTERNAL error may have
-                    // left a mount behind (its rollback is best effort).
-                    ttrpc::Error::RpcStatus(st) => [
-                        ttrpc::Code::INVALID_ARGUMENT,
-                        ttrpc::Code::NOT_FOUND,
-                        ttrpc::Code::ALREADY_EXISTS,
-                        ttrpc::Code::FAILED_PRECONDITION,
-                    ]
-                    .iter()
-                    .any(|c| *c as i32 == st.code.value()),
-                    _ => false,
-                };
-                self.detach(slot, clean);
-                Err(PodError::Call {
-                    call: "MountDrive",
-                    source,
-                })
+            Err(e) => {
+                // Whether the guest mounted it is unknown (a timeout, an internal error):
+                // the slot's buffers cannot be trusted again.
+                self.detach(slot, e.refused_cleanly());
+                Err(e.into())
             }
         }
     }
@@ -339,14 +306,9 @@ impl Pod {
     /// Unmounts a disk in the guest and empties its slot. A disk the guest would not
     /// unmount is detached all the same (its container is gone) and its slot retired.
     pub fn release_drive(&self, lease: &DriveLease) -> Result<(), PodError> {
-        let mut u = UnmountDriveRequest::new();
-        u.name = lease.name.clone();
-        let unmounted = self.agent.unmount_drive(ctx(), &u);
+        let unmounted = self.guest.agent.unmount_drive(&lease.name);
         self.detach(lease.slot, unmounted.is_ok());
-        unmounted.map(|_| ()).map_err(|source| PodError::Call {
-            call: "UnmountDrive",
-            source,
-        })
+        Ok(unmounted?)
     }
 
     /// Empties `slot` in the VMM; it is free again only when that worked and the guest
@@ -414,14 +376,16 @@ pub fn apply_event(frame: &[u8], sink: &dyn EventSink) -> Result<(), String> {
     let e = Event::parse_from_bytes(frame).map_err(|e| e.to_string())?;
     if e.has_exit() {
         let x = e.exit();
-        sink.exited(
-            &x.container_id,
-            &x.exec_id,
-            x.exit_status,
-            x.exited_at_nanos,
-        );
+        sink.event(PodEvent::Exited {
+            container: x.container_id.clone(),
+            exec: (!x.exec_id.is_empty()).then(|| x.exec_id.clone()),
+            status: x.exit_status,
+            at_nanos: x.exited_at_nanos,
+        });
     } else if e.has_oom() {
-        sink.oom(&e.oom().container_id);
+        sink.event(PodEvent::Oom {
+            container: e.oom().container_id.clone(),
+        });
     }
     Ok(())
 }

@@ -5,11 +5,10 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use hull_protocol::rpc::agent::{PingRequest, ReseedRandomRequest, SetTimeRequest};
-use hull_protocol::rpc::agent_ttrpc::AgentClient;
-use hull_protocol::rpc::{adopt, connect_within, ttrpc, ConnectError, Endpoint};
+use crate::agent::{Agent, AgentError};
+use hull_protocol::rpc::{adopt, connect_within, ConnectError, Endpoint};
 use hull_vmm_api::{ControlClient, ControlError};
 
 use crate::template::{Template, TemplateCache, TemplateError};
@@ -34,18 +33,14 @@ pub enum SandboxError {
     #[error(transparent)]
     Vmm(#[from] VmmProcessError),
     #[error("the agent did not answer within {within:?}: {source}; VMM log: {log}")]
-    Agent {
+    Unreachable {
         within: Duration,
         #[source]
         source: ConnectError,
         log: String,
     },
-    #[error("{call}: {source}")]
-    Call {
-        call: &'static str,
-        #[source]
-        source: ttrpc::Error,
-    },
+    #[error("prepare the guest")]
+    Agent(#[from] AgentError),
     #[error("the VMM's control API")]
     Control(#[from] ControlError),
     #[error(transparent)]
@@ -106,18 +101,10 @@ pub struct StartTimings {
 
 pub struct Sandbox {
     vmm: VmmProcess,
-    pub agent: AgentClient,
+    pub agent: Agent,
     pub control: ControlClient,
     pub path: StartPath,
     pub timings: StartTimings,
-}
-
-fn ctx() -> ttrpc::context::Context {
-    ttrpc::context::with_timeout(CALL_TIMEOUT.as_nanos() as i64)
-}
-
-fn call<T>(name: &'static str, r: ttrpc::Result<T>) -> Result<T, SandboxError> {
-    r.map_err(|source| SandboxError::Call { call: name, source })
 }
 
 impl Sandbox {
@@ -220,7 +207,7 @@ impl Sandbox {
             match adopt(&endpoint, ADOPT_TIMEOUT) {
                 Ok(c) => Some(c),
                 Err(e @ ConnectError::Version { .. }) => {
-                    return Err(SandboxError::Agent {
+                    return Err(SandboxError::Unreachable {
                         within,
                         source: e,
                         log: vmm.log_text(),
@@ -252,7 +239,7 @@ impl Sandbox {
                         if Instant::now() >= deadline
                             || matches!(source, ConnectError::Version { .. })
                         {
-                            return Err(SandboxError::Agent {
+                            return Err(SandboxError::Unreachable {
                                 within,
                                 source,
                                 log: vmm.log_text(),
@@ -265,15 +252,16 @@ impl Sandbox {
         let agent_ready = vmm.started.elapsed();
         let api = vmm.paths.api.clone();
         vmm.wait_for_path(&api, within)?;
-        let control =
-            ControlClient::connect(&api, CALL_TIMEOUT).map_err(|source| SandboxError::Agent {
+        let control = ControlClient::connect(&api, CALL_TIMEOUT).map_err(|source| {
+            SandboxError::Unreachable {
                 within,
                 source,
                 log: vmm.log_text(),
-            })?;
+            }
+        })?;
         let sandbox = Sandbox {
             vmm,
-            agent: conn.client,
+            agent: Agent::new(conn.client, CALL_TIMEOUT),
             control,
             path,
             timings: StartTimings {
@@ -292,16 +280,8 @@ impl Sandbox {
     /// What a guest needs after a restore (and gets after a boot too): the host's time and
     /// fresh entropy, so two sandboxes restored from one template never share RNG output.
     fn make_consistent(&self) -> Result<(), SandboxError> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        let mut t = SetTimeRequest::new();
-        t.seconds = now.as_secs() as i64;
-        t.nanoseconds = now.subsec_nanos();
-        call("SetTime", self.agent.set_time(ctx(), &t))?;
-        let mut r = ReseedRandomRequest::new();
-        r.entropy = host_entropy()?;
-        call("ReseedRandom", self.agent.reseed_random(ctx(), &r))?;
+        self.agent.set_time_now()?;
+        self.agent.reseed_random(host_entropy()?)?;
         Ok(())
     }
 
@@ -318,8 +298,7 @@ impl Sandbox {
     }
 
     pub fn ping(&self) -> Result<(), SandboxError> {
-        call("Ping", self.agent.ping(ctx(), &PingRequest::new()))?;
-        Ok(())
+        Ok(self.agent.ping()?)
     }
 
     pub fn vmm_pid(&self) -> Option<u32> {

@@ -11,8 +11,9 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::net::Shutdown;
+use std::os::fd::RawFd;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -31,43 +32,147 @@ pub enum IoError {
     },
 }
 
-/// containerd's names for a process's stdio; an empty string means "not wired".
+/// Where one of a process's stdio streams is on the host.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StdioPaths {
-    pub stdin: String,
-    pub stdout: String,
-    pub stderr: String,
+pub enum Target {
+    /// Not wired: the process's stream is /dev/null (its output is dropped).
+    #[default]
+    Null,
+    /// A descriptor of this process, shared (the CLI's own 0, 1 and 2).
+    Inherit(RawFd),
+    /// A named pipe whose other end the caller holds (containerd's FIFOs).
+    Fifo(PathBuf),
+    /// A file output is appended to (containerd's `file://` log paths).
+    File(PathBuf),
+}
+
+/// A stdio name containerd may send that hull cannot honour.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{stream} {name:?}: hull writes to FIFOs and file:// paths only (no logging binaries)")]
+pub struct UnsupportedTarget {
+    pub stream: &'static str,
+    pub name: String,
+}
+
+impl Target {
+    /// containerd's name for a stream: empty (not wired), `file:///path`, or a FIFO's
+    /// path. Logging URIs (`binary://`) and this process's descriptors are refused.
+    pub fn from_containerd(stream: &'static str, name: &str) -> Result<Self, UnsupportedTarget> {
+        if name.is_empty() {
+            return Ok(Target::Null);
+        }
+        match name.strip_prefix("file://") {
+            Some(p) => Ok(Target::File(PathBuf::from(p))),
+            None if name.contains("://") => Err(UnsupportedTarget {
+                stream,
+                name: name.to_string(),
+            }),
+            None => Ok(Target::Fifo(PathBuf::from(name))),
+        }
+    }
+
+    /// The name containerd gave (for its State call).
+    pub fn containerd_name(&self) -> String {
+        match self {
+            Target::Null => String::new(),
+            Target::Inherit(fd) => format!("fd://{fd}"),
+            Target::Fifo(p) => p.to_string_lossy().into_owned(),
+            Target::File(p) => format!("file://{}", p.display()),
+        }
+    }
+
+    pub fn is_wired(&self) -> bool {
+        *self != Target::Null
+    }
+
+    /// Opens the target for the relay: an inherited descriptor is duplicated (sharing its
+    /// file offset, so output lands where the caller's own would); a FIFO's open blocks
+    /// until its reader is there (containerd opens it before Create); a file is appended
+    /// to, and made if missing.
+    fn open(&self, write: bool) -> std::io::Result<File> {
+        match self {
+            Target::Null => File::open("/dev/null"),
+            Target::Inherit(fd) => {
+                // SAFETY: dup of a descriptor number has no memory effects; the result is
+                // checked and owned by the File alone.
+                let dup = unsafe { libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 0) };
+                if dup < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // SAFETY: `dup` is a fresh descriptor nothing else owns.
+                Ok(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(dup) })
+            }
+            Target::Fifo(p) | Target::File(p) if write => {
+                OpenOptions::new().append(true).create(true).open(p)
+            }
+            Target::Fifo(p) | Target::File(p) => File::open(p),
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Null => write!(f, "nothing"),
+            Target::Inherit(fd) => write!(f, "descriptor {fd}"),
+            Target::Fifo(p) | Target::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// A process's stdio on the host.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stdio {
+    pub stdin: Target,
+    pub stdout: Target,
+    pub stderr: Target,
+    /// One pty carries all three (the OCI process's `terminal`); stderr is not used.
     pub terminal: bool,
 }
 
-impl StdioPaths {
-    pub fn agent_stdio(&self) -> hull_protocol::rpc::agent::Stdio {
+impl Stdio {
+    /// containerd's names for a process's stdio (see [`Target::from_containerd`]).
+    pub fn from_containerd(
+        stdin: &str,
+        stdout: &str,
+        stderr: &str,
+        terminal: bool,
+    ) -> Result<Self, UnsupportedTarget> {
+        Ok(Stdio {
+            stdin: Target::from_containerd("stdin", stdin)?,
+            stdout: Target::from_containerd("stdout", stdout)?,
+            stderr: Target::from_containerd("stderr", stderr)?,
+            terminal,
+        })
+    }
+
+    /// This process's own stdio, as `hull run` and `hull exec` hand it over: stdin only
+    /// when `interactive`; with a terminal, stdout carries stderr too.
+    pub fn inherited(interactive: bool, terminal: bool) -> Self {
+        Stdio {
+            stdin: if interactive {
+                Target::Inherit(0)
+            } else {
+                Target::Null
+            },
+            stdout: Target::Inherit(1),
+            stderr: if terminal {
+                Target::Null
+            } else {
+                Target::Inherit(2)
+            },
+            terminal,
+        }
+    }
+
+    /// Which streams the agent is to open.
+    pub fn wire(&self) -> hull_protocol::rpc::agent::Stdio {
         let mut s = hull_protocol::rpc::agent::Stdio::new();
         s.terminal = self.terminal;
-        s.stdin = !self.stdin.is_empty();
-        s.stdout = !self.stdout.is_empty();
-        s.stderr = !self.stderr.is_empty() && !self.terminal;
+        s.stdin = self.stdin.is_wired();
+        s.stdout = self.stdout.is_wired();
+        s.stderr = self.stderr.is_wired() && !self.terminal;
         s
-    }
-}
-
-/// The scheme of a descriptor of this process's own (`fd://1`): the CLI hands its stdio
-/// over so. containerd never sends it, and [`is_supported`] refuses it from containerd.
-const FD_SCHEME: &str = "fd://";
-
-/// A URI such as `binary:///path?args` or `file:///path` names a logging target; hull
-/// writes plain files and FIFOs only (and the CLI's own descriptors, `fd://N`).
-fn local_path(name: &str) -> Option<PathBuf> {
-    if name.is_empty() {
-        return None;
-    }
-    if name.starts_with(FD_SCHEME) {
-        return Some(PathBuf::from(name));
-    }
-    match name.strip_prefix("file://") {
-        Some(p) => Some(PathBuf::from(p)),
-        None if name.contains("://") => None,
-        None => Some(PathBuf::from(name)),
     }
 }
 
@@ -88,9 +193,10 @@ impl ProcessIo {
     pub fn attach(
         endpoint: &Endpoint,
         container: &str,
-        exec: &str,
-        paths: &StdioPaths,
+        exec: Option<&str>,
+        stdio: &Stdio,
     ) -> Result<ProcessIo, IoError> {
+        let exec = exec.unwrap_or_default();
         let open = |kind: Kind| {
             endpoint
                 .open_stream(&Header::new(kind, container, exec))
@@ -108,10 +214,11 @@ impl ProcessIo {
         } else {
             format!("{container}/{exec}")
         };
-        if paths.terminal {
+        if stdio.terminal {
             let pty = open(Kind::Pty)?;
             streams.extend(pty.try_clone().ok());
-            if let Some(out) = local_path(&paths.stdout) {
+            if stdio.stdout.is_wired() {
+                let out = stdio.stdout.clone();
                 let reader = pty.try_clone().map_err(|e| IoError::Stream {
                     kind: "pty",
                     source: ConnectError::Io {
@@ -126,7 +233,8 @@ impl ProcessIo {
                     finished.0.clone(),
                 ));
             }
-            if let Some(input) = local_path(&paths.stdin) {
+            if stdio.stdin.is_wired() {
+                let input = stdio.stdin.clone();
                 *crate::lock(&stdin) = pty.try_clone().ok();
                 spawn_input(input, pty, stdin.clone(), label.clone());
             }
@@ -137,14 +245,16 @@ impl ProcessIo {
                 stdin,
             });
         }
-        if let Some(input) = local_path(&paths.stdin) {
+        if stdio.stdin.is_wired() {
+            let input = stdio.stdin.clone();
             let s = open(Kind::Stdin)?;
             streams.extend(s.try_clone().ok());
             *crate::lock(&stdin) = s.try_clone().ok();
             spawn_input(input, s, stdin.clone(), label.clone());
         }
-        for (kind, path) in [(Kind::Stdout, &paths.stdout), (Kind::Stderr, &paths.stderr)] {
-            if let Some(out) = local_path(path) {
+        for (kind, target) in [(Kind::Stdout, &stdio.stdout), (Kind::Stderr, &stdio.stderr)] {
+            if target.is_wired() {
+                let out = target.clone();
                 let s = open(kind)?;
                 streams.extend(s.try_clone().ok());
                 outputs.push(spawn_output(
@@ -202,7 +312,7 @@ impl ProcessIo {
 
 fn spawn_output(
     mut from: UnixStream,
-    to: PathBuf,
+    to: Target,
     label: String,
     done: Sender<()>,
 ) -> JoinHandle<()> {
@@ -212,13 +322,11 @@ fn spawn_output(
     })
 }
 
-fn relay_output(from: &mut UnixStream, to: &Path, label: &str) {
-    // A FIFO's open blocks until containerd has its read end open (it does before Create);
-    // a file:// target is appended to.
-    let mut out = match open_target(to, true) {
+fn relay_output(from: &mut UnixStream, to: &Target, label: &str) {
+    let mut out = match to.open(true) {
         Ok(f) => f,
         Err(e) => {
-            log::warn!("{label}: open {}: {e}; output dropped", to.display());
+            log::warn!("{label}: open {to}: {e}; output dropped");
             drain_stream(from);
             return;
         }
@@ -229,16 +337,16 @@ fn relay_output(from: &mut UnixStream, to: &Path, label: &str) {
 }
 
 fn spawn_input(
-    from: PathBuf,
+    from: Target,
     mut to: UnixStream,
     shared: Arc<Mutex<Option<UnixStream>>>,
     label: String,
 ) {
     std::thread::spawn(move || {
-        let mut input = match open_target(&from, false) {
+        let mut input = match from.open(false) {
             Ok(f) => f,
             Err(e) => {
-                log::warn!("{label} stdin: open {}: {e}", from.display());
+                log::warn!("{label} stdin: open {from}: {e}");
                 let _ = to.shutdown(Shutdown::Write);
                 return;
             }
@@ -275,74 +383,42 @@ fn copy(from: &mut impl Read, to: &mut impl Write) -> std::io::Result<u64> {
     }
 }
 
-/// Whether `path` names something hull can write to (a FIFO or a file, not a logging URI).
-pub fn is_supported(name: &str) -> bool {
-    name.is_empty() || (!name.starts_with(FD_SCHEME) && local_path(name).is_some())
-}
-
-/// Opens a stdio target: `fd://N` is a duplicate of this process's descriptor N (sharing
-/// its file offset, so output lands where the caller's own would), anything else a path.
-fn open_target(path: &Path, write: bool) -> std::io::Result<File> {
-    if let Some(n) = path.to_str().and_then(|p| p.strip_prefix(FD_SCHEME)) {
-        let fd: std::os::fd::RawFd = n.parse().map_err(|_| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("{path:?}: not a descriptor"),
-            )
-        })?;
-        // SAFETY: dup of a descriptor number has no memory effects; the result is checked
-        // and owned by the File alone.
-        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-        if dup < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: `dup` is a fresh descriptor nothing else owns.
-        return Ok(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(dup) });
-    }
-    if write {
-        OpenOptions::new().append(true).create(true).open(path)
-    } else {
-        File::open(path)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn file_uris_are_paths_and_other_uris_are_not_supported() {
+    fn containerd_names_fifos_and_files_and_nothing_else() {
+        let t = |name| Target::from_containerd("stdout", name);
+        assert_eq!(t("/run/x/stdout"), Ok(Target::Fifo("/run/x/stdout".into())));
         assert_eq!(
-            local_path("/run/x/stdout"),
-            Some(PathBuf::from("/run/x/stdout"))
+            t("file:///var/log/c"),
+            Ok(Target::File("/var/log/c".into()))
         );
-        assert_eq!(
-            local_path("file:///var/log/c"),
-            Some(PathBuf::from("/var/log/c"))
-        );
-        assert_eq!(local_path("binary:///usr/bin/logger"), None);
+        assert_eq!(t(""), Ok(Target::Null));
+        let e = t("binary:///usr/bin/logger").unwrap_err();
+        assert!(e.to_string().contains("no logging binaries"), "{e}");
         assert!(
-            !is_supported("fd://1"),
+            t("fd://1").is_err(),
             "containerd may not name the shim's descriptors"
         );
-        assert!(is_supported("/run/x/stdout"));
-        assert_eq!(local_path(""), None);
-        assert!(is_supported(""));
-        assert!(!is_supported("binary:///x"));
+        for name in ["/run/x/stdout", "file:///var/log/c", ""] {
+            assert_eq!(t(name).unwrap().containerd_name(), name);
+        }
     }
 
     #[test]
     fn a_terminal_carries_no_separate_stderr() {
-        let p = StdioPaths {
-            stdin: "/i".into(),
-            stdout: "/o".into(),
-            stderr: "/e".into(),
-            terminal: true,
-        };
-        let s = p.agent_stdio();
+        let s = Stdio::from_containerd("/i", "/o", "/e", true)
+            .unwrap()
+            .wire();
         assert!(s.terminal && s.stdin && s.stdout && !s.stderr);
-        let s = StdioPaths::default().agent_stdio();
+        let s = Stdio::default().wire();
         assert!(!s.stdin && !s.stdout && !s.stderr && !s.terminal);
+        let cli = Stdio::inherited(false, false);
+        assert_eq!(cli.stdin, Target::Null);
+        assert_eq!(cli.stderr, Target::Inherit(2));
+        assert_eq!(Stdio::inherited(true, true).stderr, Target::Null);
     }
 
     #[test]
@@ -352,7 +428,7 @@ mod tests {
         std::fs::write(&out, b"").unwrap();
         let (mut agent_side, shim_side) = UnixStream::pair().unwrap();
         let (tx, rx) = channel();
-        let h = spawn_output(shim_side, out.clone(), "t".into(), tx);
+        let h = spawn_output(shim_side, Target::File(out.clone()), "t".into(), tx);
         agent_side.write_all(b"hello\n").unwrap();
         drop(agent_side);
         rx.recv().unwrap();
@@ -363,7 +439,7 @@ mod tests {
         std::fs::write(&input, b"typed").unwrap();
         let (mut agent_side, shim_side) = UnixStream::pair().unwrap();
         let shared = Arc::new(Mutex::new(shim_side.try_clone().ok()));
-        spawn_input(input, shim_side, shared, "t".into());
+        spawn_input(Target::Fifo(input), shim_side, shared, "t".into());
         let mut got = Vec::new();
         agent_side.read_to_end(&mut got).unwrap();
         assert_eq!(got, b"typed", "EOF arrives after the file's bytes");

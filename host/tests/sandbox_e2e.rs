@@ -8,19 +8,20 @@ use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use hull_host::agent::{Agent, ProcessId};
+use hull_host::spec::SandboxFiles;
+use hull_host::stdio::{Stdio, Target};
 use hull_host::template::DEFAULT_ROOT;
 use hull_host::{Sandbox, StartPath, TemplateCache, VmSpec};
-use hull_protocol::rpc::agent::*;
-use hull_protocol::rpc::agent_ttrpc::AgentClient;
-use hull_protocol::rpc::protobuf::well_known_types::empty::Empty;
-use hull_protocol::rpc::{ttrpc, Endpoint};
+use hull_protocol::rpc::Endpoint;
 use hull_protocol::stream::{Header, Kind};
 
 /// The image's read-only busybox rootfs (resources/build-image.sh).
 const ROOTFS: &str = "/usr/share/hull/rootfs/busybox";
 
-fn ctx() -> ttrpc::context::Context {
-    ttrpc::context::with_timeout(Duration::from_secs(300).as_nanos() as i64)
+/// The sandbox's agent with a generous call timeout (guest syscalls are slow here).
+fn agent(s: &Sandbox) -> Agent {
+    s.agent.with_timeout(Duration::from_secs(300))
 }
 
 /// Whether this host can run the guest tests; says `skipped: ...` when not.
@@ -71,10 +72,12 @@ fn start(run_dir: &Path) -> Sandbox {
 }
 
 fn create_sandbox(s: &Sandbox, hostname: &str) {
-    let mut sb = CreateSandboxRequest::new();
-    sb.hostname = hostname.into();
-    s.agent
-        .create_sandbox(ctx(), &sb)
+    let files = SandboxFiles {
+        hostname: Some(hostname.into()),
+        ..Default::default()
+    };
+    agent(s)
+        .create_sandbox(&files)
         .unwrap_or_else(|e| panic!("CreateSandbox: {e}"));
 }
 
@@ -105,47 +108,42 @@ fn step(what: &str, t: Instant) {
     eprintln!("{what}: {:.1} s", t.elapsed().as_secs_f64());
 }
 
-fn create(agent: &AgentClient, id: &str, args: &[&str], stdout: bool) {
+/// Creates container `id`; with `stdout`, the agent keeps its output for a stream (read
+/// by the test itself, not through a host relay).
+fn create(agent: &Agent, id: &str, args: &[&str], stdout: bool) {
     let t = Instant::now();
-    let mut req = CreateContainerRequest::new();
-    req.container_id = id.into();
-    req.oci_spec_json = spec(args);
-    let mut stdio = Stdio::new();
-    stdio.stdout = stdout;
-    req.stdio = Some(stdio).into();
+    let stdio = Stdio {
+        stdout: if stdout {
+            Target::Inherit(1)
+        } else {
+            Target::Null
+        },
+        ..Default::default()
+    };
     let pid = agent
-        .create_container(ctx(), &req)
-        .unwrap_or_else(|e| panic!("CreateContainer {id}: {e}"))
-        .pid;
+        .create_container(id, spec(args), &stdio)
+        .unwrap_or_else(|e| panic!("CreateContainer {id}: {e}"));
     assert!(pid > 1);
     step(&format!("CreateContainer {id}"), t);
 }
 
-fn container(id: &str) -> ContainerRequest {
-    let mut r = ContainerRequest::new();
-    r.container_id = id.into();
-    r
-}
-
-fn wait(agent: &AgentClient, id: &str) -> i32 {
-    let mut w = ProcessRequest::new();
-    w.container_id = id.into();
+fn wait(agent: &Agent, id: &str) -> i32 {
     agent
-        .wait_process(ctx(), &w)
+        .wait(ProcessId::init(id))
         .unwrap_or_else(|e| panic!("WaitProcess {id}: {e}"))
-        .exit_status
 }
 
 /// Runs `args` in a new container; returns its exit status and standard output.
 fn run(s: &Sandbox, id: &str, args: &[&str]) -> (i32, String) {
-    create(&s.agent, id, args, true);
+    let agent = agent(s);
+    create(&agent, id, args, true);
     let endpoint = Endpoint::HybridVsock(s.paths().vsock.clone());
     let mut out = endpoint
         .open_stream(&Header::new(Kind::Stdout, id, ""))
         .unwrap();
     let t = Instant::now();
-    s.agent.start_container(ctx(), &container(id)).unwrap();
-    let code = wait(&s.agent, id);
+    agent.start_container(id).unwrap();
+    let code = wait(&agent, id);
     let mut text = String::new();
     out.read_to_string(&mut text).unwrap();
     step(&format!("start and wait {id}"), t);
@@ -165,9 +163,8 @@ fn a_restored_sandbox_answers_and_runs_a_container() {
     let m = s.control.metrics().unwrap();
     assert!(!m.paused && m.vcpus == 1 && m.memory_mib == 128, "{m:?}");
     assert!(s.control.pause().unwrap());
-    let short = ttrpc::context::with_timeout(Duration::from_secs(3).as_nanos() as i64);
     assert!(
-        s.agent.ping(short, &PingRequest::new()).is_err(),
+        s.agent.with_timeout(Duration::from_secs(3)).ping().is_err(),
         "a paused guest answered"
     );
     s.resume().unwrap();
@@ -181,10 +178,10 @@ fn a_restored_sandbox_answers_and_runs_a_container() {
     );
     assert_eq!(code, 3);
     assert_eq!(out, "hello from e2e\n");
-    let stats = s.agent.stats_container(ctx(), &container("echo")).unwrap();
+    let stats = agent(&s).stats("echo").unwrap();
     assert!(stats.cpu.usage_usec > 0, "no CPU time accounted: {stats:?}");
-    s.agent.remove_container(ctx(), &container("echo")).unwrap();
-    s.agent.destroy_sandbox(ctx(), &Empty::new()).unwrap();
+    agent(&s).remove_container("echo").unwrap();
+    agent(&s).destroy_sandbox().unwrap();
     let status = s.shutdown().expect("the VMM was already gone");
     assert!(status.success(), "hull-vmm exited {status} after Shutdown");
 }
@@ -222,15 +219,11 @@ fn sandboxes_restored_from_one_template_are_independent() {
         "two sandboxes from one template produced the same random bytes"
     );
     // The container exists only in the sandbox that made it.
-    sandboxes[0]
-        .agent
-        .remove_container(ctx(), &container("rng"))
-        .unwrap();
-    let gone = sandboxes[0].agent.stats_container(ctx(), &container("rng"));
+    agent(&sandboxes[0]).remove_container("rng").unwrap();
+    let gone = agent(&sandboxes[0]).stats("rng");
     assert!(gone.is_err(), "removed container still there");
-    sandboxes[1]
-        .agent
-        .stats_container(ctx(), &container("rng"))
+    agent(&sandboxes[1])
+        .stats("rng")
         .expect("the other sandbox lost its container");
     for s in sandboxes {
         s.kill();
@@ -254,14 +247,11 @@ fn a_snapshot_taken_mid_workload_restores_and_continues() {
     let s = start(&first_run);
     create_sandbox(&s, "counter");
     let counter = "n=0; while [ $n -lt 8 ]; do n=$((n+1)); echo $n > /dev/shm/n; sleep 1; done; exit $((n+34))";
-    create(&s.agent, "count", &["sh", "-c", counter], false);
-    s.agent.start_container(ctx(), &container("count")).unwrap();
+    create(&agent(&s), "count", &["sh", "-c", counter], false);
+    agent(&s).start_container("count").unwrap();
     std::thread::sleep(Duration::from_secs(2));
-    let running = s.agent.list_processes(ctx(), &container("count")).unwrap();
-    assert!(
-        !running.pids.is_empty(),
-        "the loop ended before the snapshot"
-    );
+    let running = agent(&s).list_processes("count").unwrap();
+    assert!(!running.is_empty(), "the loop ended before the snapshot");
     let t = Instant::now();
     s.snapshot(&snap).unwrap();
     step("snapshot mid-workload", t);
@@ -273,7 +263,7 @@ fn a_snapshot_taken_mid_workload_restores_and_continues() {
     step("restore", t);
     let t = Instant::now();
     assert_eq!(
-        wait(&restored.agent, "count"),
+        wait(&agent(&restored), "count"),
         42,
         "the loop did not finish"
     );

@@ -11,19 +11,17 @@ use std::sync::{Arc, Mutex};
 
 use containerd_shim::api;
 use containerd_shim::protos::ttrpc::Code;
-use hull_protocol::rpc::agent::CreateContainerRequest;
-
-use super::process::Process;
-use super::{
-    agent_err, check_options, container_req, err, pod_err, BundleState, Container, TaskService,
-    BUNDLE_STATE,
-};
 use containerd_shim::TtrpcResult;
+use hull_host::container::{self, Disk, StorageError, VolumeImage};
 use hull_host::lock;
-use hull_host::pod::{ctx, DriveLease, Pod};
+use hull_host::pod::Pod;
 use hull_host::rootfs;
-use hull_host::spec::{self, Role};
-use hull_host::stdio::{self as io, ProcessIo, StdioPaths};
+use hull_host::spec::{self, GuestPlan, Role};
+use hull_host::stdio::Stdio;
+
+use super::options::check_options;
+use super::process::Process;
+use super::{err, pod_err, process_err, BundleState, Container, TaskService, BUNDLE_STATE};
 
 /// What a failed Create must undo.
 struct Unwind<'a> {
@@ -33,7 +31,7 @@ struct Unwind<'a> {
     dirs: Vec<PathBuf>,
     bundle_state: Option<PathBuf>,
     pod: Option<(Arc<Pod>, bool)>,
-    leases: Vec<DriveLease>,
+    disks: Vec<Disk>,
     container: Option<&'a str>,
     done: bool,
 }
@@ -45,7 +43,7 @@ impl<'a> Unwind<'a> {
             dirs: Vec::new(),
             bundle_state: None,
             pod: None,
-            leases: Vec::new(),
+            disks: Vec::new(),
             container: None,
             done: false,
         }
@@ -67,18 +65,11 @@ impl Drop for Unwind<'_> {
             // hung guest must not hold the failure up.
             Some((pod, true)) => pod.shutdown(),
             Some((pod, false)) => {
-                if let Some(id) = self.container {
-                    let _ = pod.agent.remove_container(ctx(), &container_req(id));
+                let id = self.container.unwrap_or_default();
+                if self.container.is_some() {
+                    let _ = pod.guest.agent.remove_container(id);
                 }
-                for lease in self.leases.iter().rev() {
-                    if let Err(e) = pod.release_drive(lease) {
-                        log::warn!(
-                            "undoing disk {}: {}",
-                            lease.name,
-                            hull_vmm_api::error_chain(&e)
-                        );
-                    }
-                }
+                pod.release_storage(id, &self.disks);
             }
             None => {}
         }
@@ -95,10 +86,91 @@ fn invalid(id: &str, what: impl std::fmt::Display) -> containerd_shim::protos::t
     err(Code::INVALID_ARGUMENT, format!("container {id}: {what}"))
 }
 
+fn storage_err(id: &str, e: StorageError) -> containerd_shim::protos::ttrpc::Error {
+    match e {
+        StorageError::Volume { .. } => invalid(id, hull_vmm_api::error_chain(&e)),
+        StorageError::Root(p) | StorageError::Attach { source: p, .. } => pod_err(*p),
+        StorageError::Dir(..) => err(Code::INTERNAL, hull_vmm_api::error_chain(&e)),
+    }
+}
+
+/// A Create's request, read and checked: nothing has been made yet.
+struct Checked {
+    spec: serde_json::Value,
+    role: Role,
+    plan: GuestPlan,
+    host_rootfs: PathBuf,
+    stdio: Stdio,
+}
+
 impl TaskService {
     pub(super) fn do_create(&self, req: &api::CreateTaskRequest) -> TtrpcResult<u32> {
         let id = req.id.as_str();
-        match self.check_request(req)? {
+        let Checked {
+            mut spec,
+            role,
+            plan,
+            host_rootfs,
+            stdio,
+        } = self.check_create(req)?;
+        let mut undo = Unwind::new(self);
+        let (root_image, volumes) = self.build_images(req, &host_rootfs, &plan, &mut undo)?;
+        let (pod, owns_pod) = self.pod_for(id, &role, &spec)?;
+        undo.pod = Some((pod.clone(), owns_pod));
+        let bundle = Path::new(&req.bundle);
+        let mut images = vec![root_image.clone()];
+        images.extend(volumes.iter().map(|v| v.image.clone()));
+        let state = BundleState {
+            run_dir: pod.run_dir.clone(),
+            images,
+        };
+        let _ = std::fs::write(
+            bundle.join(BUNDLE_STATE),
+            serde_json::to_vec(&state).unwrap_or_default(),
+        );
+        undo.bundle_state = Some(bundle.join(BUNDLE_STATE));
+        let disks = pod
+            .attach_storage(id, &mut spec, &plan, &root_image, &volumes)
+            .map_err(|e| storage_err(id, e))?;
+        undo.disks = disks.clone();
+        if owns_pod {
+            self.create_sandbox(&pod, &plan.files, &spec)?;
+        }
+        lock(&self.table).creating.insert(id.to_string());
+        undo.container = Some(id);
+        let (pid, io) = pod
+            .guest
+            .create_container(id, &spec, &stdio)
+            .map_err(process_err)?;
+        let init = Arc::new(Process::new(id, None, stdio, None));
+        {
+            let mut s = init.state();
+            s.pid = pid;
+            s.io = Some(io);
+        }
+        let container = Arc::new(Container {
+            bundle: req.bundle.clone(),
+            pod,
+            init,
+            execs: Mutex::new(Default::default()),
+            disks,
+            owns_pod,
+        });
+        self.register(id, container, owns_pod);
+        undo.done = true;
+        self.events.send(super::events::TaskEvent::Create {
+            id: id.to_string(),
+            bundle: req.bundle.clone(),
+            pid,
+        });
+        Ok(pid)
+    }
+
+    /// Everything about a Create that can be refused before anything is made.
+    fn check_create(&self, req: &api::CreateTaskRequest) -> TtrpcResult<Checked> {
+        let id = req.id.as_str();
+        let (config_path, stdio) = self.check_request(req)?;
+        match config_path {
             Some(path) => self.use_config_file(id, &path)?,
             None => {
                 if let Some(e) = &self.config_error {
@@ -114,7 +186,6 @@ impl TaskService {
                 }
             }
         }
-        let config = self.config();
         let bundle = Path::new(&req.bundle);
         let mut spec = read_spec(bundle).map_err(|e| invalid(id, e))?;
         let role = spec::role(&spec);
@@ -126,7 +197,7 @@ impl TaskService {
         // What the guest cannot honour is refused before a VM is touched; the root path is
         // set once the guest has mounted the disk.
         let plan = spec::for_guest(&mut spec, "").map_err(|e| invalid(id, e))?;
-        if let (false, Some(v)) = (config.shared_fs, plan.shared.first()) {
+        if let (false, Some(v)) = (self.config().shared_fs, plan.shared.first()) {
             return Err(invalid(
                 id,
                 format!(
@@ -136,141 +207,56 @@ impl TaskService {
                 ),
             ));
         }
+        Ok(Checked {
+            spec,
+            role,
+            plan,
+            host_rootfs,
+            stdio,
+        })
+    }
 
-        let mut undo = Unwind::new(self);
-        // Per container: its root image on disk (state_dir), its read-only volumes (Secrets,
-        // ConfigMaps, service-account tokens) on tmpfs (run_dir), never on persistent disk.
+    /// The container's root image (on disk, in state_dir) and read-only volume copies (on
+    /// tmpfs, in run_dir: Secrets, ConfigMaps and tokens never reach persistent disk).
+    fn build_images(
+        &self,
+        req: &api::CreateTaskRequest,
+        host_rootfs: &Path,
+        plan: &GuestPlan,
+        undo: &mut Unwind<'_>,
+    ) -> TtrpcResult<(PathBuf, Vec<VolumeImage>)> {
+        let id = req.id.as_str();
+        let config = self.config();
         let images = config.state_dir.join(&self.namespace).join(id);
-        let volumes = super::volumes_dir_for(&config.run_dir, &self.namespace, id);
-        let dirs = if plan.volumes.is_empty() {
-            vec![&images]
-        } else {
-            vec![&images, &volumes]
-        };
-        for dir in dirs {
-            hull_host::private::private_dir(dir)
-                .map_err(|e| err(Code::INTERNAL, format!("create {}: {e}", dir.display())))?;
-            undo.dirs.push(dir.clone());
-        }
+        hull_host::private::private_dir(&images)
+            .map_err(|e| err(Code::INTERNAL, format!("create {}: {e}", images.display())))?;
+        undo.dirs.push(images.clone());
         let root_image = images.join("root.erofs");
-        let mut all_images = vec![root_image.clone()];
-        build_root_image(req, &host_rootfs, &root_image)
+        build_root_image(req, host_rootfs, &root_image)
             .map_err(|e| invalid(id, format!("rootfs: {}", hull_vmm_api::error_chain(&e))))?;
-        let mut volume_images = Vec::new();
-        for (i, v) in plan.volumes.iter().enumerate() {
-            let image = volumes.join(format!("volume-{i}.erofs"));
-            all_images.push(image.clone());
-            let inner = rootfs::build_volume_image(&v.source, &image).map_err(|e| {
-                invalid(
-                    id,
-                    format!(
-                        "volume {}: {}",
-                        v.destination,
-                        hull_vmm_api::error_chain(&e)
-                    ),
-                )
-            })?;
-            volume_images.push((image, inner));
-        }
+        let volumes_dir = super::volumes_dir_for(&config.run_dir, &self.namespace, id);
+        undo.dirs.push(volumes_dir.clone());
+        let volumes =
+            container::build_volume_images(plan, &volumes_dir).map_err(|e| storage_err(id, e))?;
+        Ok((root_image, volumes))
+    }
 
-        let (pod, owns_pod) = self.pod_for(id, &role, &spec)?;
-        undo.pod = Some((pod.clone(), owns_pod));
-        let state = BundleState {
-            run_dir: pod.run_dir.clone(),
-            images: all_images,
-        };
-        let _ = std::fs::write(
-            bundle.join(BUNDLE_STATE),
-            serde_json::to_vec(&state).unwrap_or_default(),
-        );
-        undo.bundle_state = Some(bundle.join(BUNDLE_STATE));
-
-        let read_only_root = spec
-            .pointer("/root/readonly")
-            .and_then(|v| v.as_bool())
-            .unwrap_or(false);
-        let root = pod
-            .lease_drive(id, &root_image, !read_only_root)
-            .map_err(pod_err)?;
-        spec["root"]["path"] = serde_json::Value::String(root.guest_rootfs.clone());
-        let mut disks = vec![(root.clone(), root_image)];
-        undo.leases.push(root);
-        for (i, (v, (image, inner))) in plan.volumes.iter().zip(volume_images).enumerate() {
-            let lease = pod
-                .lease_drive(&format!("{id} volume {i}"), &image, false)
-                .map_err(pod_err)?;
-            let source = match &inner {
-                Some(name) => format!("{}/{name}", lease.guest_rootfs),
-                None => lease.guest_rootfs.clone(),
-            };
-            spec::add_volume(&mut spec, v, &source, true);
-            disks.push((lease.clone(), image));
-            undo.leases.push(lease);
-        }
-        // Read-write volumes are shared live; the share outlives a failed Create (the
-        // pod's volumes are the pod's, and an own VM goes with the undo anyway).
-        for v in &plan.shared {
-            let source = pod.share_dir(&v.source).map_err(pod_err)?;
-            spec::add_volume(&mut spec, v, &source, false);
-        }
-        if owns_pod {
-            self.create_sandbox(&pod, &plan.files, &spec)?;
-        }
-
-        let stdio = StdioPaths {
-            stdin: req.stdin.clone(),
-            stdout: req.stdout.clone(),
-            stderr: req.stderr.clone(),
-            terminal: req.terminal,
-        };
-        lock(&self.table).creating.insert(id.to_string());
-        undo.container = Some(id);
-        let mut create = CreateContainerRequest::new();
-        create.container_id = id.to_string();
-        create.oci_spec_json = serde_json::to_vec(&spec).unwrap_or_default();
-        create.stdio = Some(stdio.agent_stdio()).into();
-        let pid = pod
-            .agent
-            .create_container(ctx(), &create)
-            .map_err(|e| agent_err("CreateContainer", e))?
-            .pid;
-        let io = ProcessIo::attach(&pod.endpoint, id, "", &stdio)
-            .map_err(|e| err(Code::INTERNAL, hull_vmm_api::error_chain(&e)))?;
-        let init = Arc::new(Process::new(id, "", stdio, None));
-        {
-            let mut s = init.state();
-            s.pid = pid;
-            s.io = Some(io);
-        }
-        let container = Arc::new(Container {
-            bundle: req.bundle.clone(),
-            pod: pod.clone(),
-            init,
-            execs: Mutex::new(Default::default()),
-            disks,
-            owns_pod,
-        });
+    /// Puts a created container into the table; an init that died before it was there
+    /// has its exit waiting for Start.
+    fn register(&self, id: &str, container: Arc<Container>, owns_pod: bool) {
         let early = {
             let mut t = lock(&self.table);
             if owns_pod {
-                t.pod = Some(pod);
+                t.pod = Some(container.pod.clone());
             }
             t.containers.insert(id.to_string(), container.clone());
             t.creating.remove(id);
             // Under the table lock, as the event thread stores them: none slips between.
             self.sink.take_early(id)
         };
-        undo.done = true;
-        // An init that died before it was in the table: its exit waits for Start.
         if let Some(exit) = early {
             container.init.offer_exit(exit, false);
         }
-        self.events.send(super::events::TaskEvent::Create {
-            id: id.to_string(),
-            bundle: req.bundle.clone(),
-            pid,
-        });
-        Ok(pid)
     }
 
     /// Loads the configuration file a task's runtime options name. It applies to the VM
@@ -296,7 +282,6 @@ impl TaskService {
         }
         drop(t);
         log::info!("container {id}: using the configuration {}", path.display());
-        hull_host::pod::set_call_timeout(std::time::Duration::from_secs(config.agent_timeout_secs));
         *lock(&self.config) = Arc::new(config);
         self.config_replaced
             .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -304,8 +289,8 @@ impl TaskService {
     }
 
     /// Everything about the request itself that can be refused; returns the configuration
-    /// file its runtime options name, if any.
-    fn check_request(&self, req: &api::CreateTaskRequest) -> TtrpcResult<Option<PathBuf>> {
+    /// file its runtime options name, if any, and the process's stdio.
+    fn check_request(&self, req: &api::CreateTaskRequest) -> TtrpcResult<(Option<PathBuf>, Stdio)> {
         let id = req.id.as_str();
         hull_protocol::stream::validate_id("id", id)
             .map_err(|e| err(Code::INVALID_ARGUMENT, e.to_string()))?;
@@ -325,19 +310,9 @@ impl TaskService {
             Some(o) => check_options(o)?,
             None => None,
         };
-        for (name, path) in [
-            ("stdin", &req.stdin),
-            ("stdout", &req.stdout),
-            ("stderr", &req.stderr),
-        ] {
-            if !io::is_supported(path) {
-                return Err(err(
-                    Code::INVALID_ARGUMENT,
-                    format!("{name} {path:?}: hull writes to FIFOs and file:// paths only (no logging binaries)"),
-                ));
-            }
-        }
-        Ok(config_path)
+        let stdio = Stdio::from_containerd(&req.stdin, &req.stdout, &req.stderr, req.terminal)
+            .map_err(|e| err(Code::INVALID_ARGUMENT, e.to_string()))?;
+        Ok((config_path, stdio))
     }
 
     /// The VM this container runs in: a new one for a standalone task or a pod sandbox

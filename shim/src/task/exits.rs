@@ -11,7 +11,7 @@ use super::events::{EventSender, TaskEvent};
 use super::process::{now_nanos, Exit, Process};
 use super::{Container, Table};
 use hull_host::lock;
-use hull_host::pod::EventSink;
+use hull_host::pod::{EventSink, PodEvent};
 
 /// Exit and OOM reports from a pod's event thread, applied to the task table. What the
 /// guest says is checked against the table: it can only speak of this shim's containers.
@@ -43,7 +43,7 @@ impl Sink {
         if let Some((pid, exit)) = p.finish() {
             self.events.send(TaskEvent::Exit {
                 id: p.container.clone(),
-                exec_id: p.exec.clone(),
+                exec_id: p.exec.clone().unwrap_or_default(),
                 pid,
                 status: exit.status,
                 exited_at_nanos: exit.at_nanos,
@@ -113,19 +113,34 @@ impl Sink {
 pub(super) struct SinkHandle(pub(super) Arc<Sink>);
 
 impl EventSink for SinkHandle {
-    fn exited(&self, container: &str, exec: &str, status: i32, at_nanos: i64) {
+    fn event(&self, event: PodEvent) {
+        match event {
+            PodEvent::Exited {
+                container,
+                exec,
+                status,
+                at_nanos,
+            } => self.exited(&container, exec.as_deref(), status, at_nanos),
+            PodEvent::Oom { container } => self.oom(&container),
+            PodEvent::VmGone { why } => self.vm_gone(&why),
+        }
+    }
+}
+
+impl SinkHandle {
+    fn exited(&self, container: &str, exec: Option<&str>, status: i32, at_nanos: i64) {
         let exit = Exit {
             status: status.max(0) as u32,
             at_nanos,
         };
         let process = {
             let t = lock(&self.0.table);
-            match t.containers.get(container) {
-                Some(c) if exec.is_empty() => Some(c.init.clone()),
-                Some(c) => lock(&c.execs).get(exec).cloned(),
-                None => {
+            match (t.containers.get(container), exec) {
+                (Some(c), None) => Some(c.init.clone()),
+                (Some(c), Some(exec)) => lock(&c.execs).get(exec).cloned(),
+                (None, _) => {
                     // Lock order: table, then early exits (Create takes them the same way).
-                    if exec.is_empty() && t.creating.contains(container) {
+                    if exec.is_none() && t.creating.contains(container) {
                         let mut early = lock(&self.0.early);
                         if early.len() < MAX_EARLY_EXITS {
                             early.entry(container.to_string()).or_insert(exit);
@@ -141,7 +156,10 @@ impl EventSink for SinkHandle {
                     self.0.finish_soon(p);
                 }
             }
-            None => log::debug!("exit of unknown process {container}/{exec} ignored"),
+            None => log::debug!(
+                "exit of unknown process {container}/{} ignored",
+                exec.unwrap_or_default()
+            ),
         }
     }
 

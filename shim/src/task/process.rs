@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use containerd_shim::protos::types::task::Status;
 
+use hull_host::agent::ProcessId;
 use hull_host::lock;
-use hull_host::stdio::{ProcessIo, StdioPaths};
+use hull_host::stdio::{ProcessIo, Stdio};
 
 /// After a process exits, how long its output may still take to arrive before TaskExit is
 /// sent anyway (a background child holding the pipe open).
@@ -43,9 +44,9 @@ pub struct ProcessState {
 
 pub struct Process {
     pub container: String,
-    /// Empty for the container's init process.
-    pub exec: String,
-    pub stdio: StdioPaths,
+    /// `None` for the container's init process.
+    pub exec: Option<String>,
+    pub stdio: Stdio,
     /// An exec's OCI process (JSON), kept until Start.
     pub exec_spec: Option<Vec<u8>>,
     state: Mutex<ProcessState>,
@@ -53,10 +54,15 @@ pub struct Process {
 }
 
 impl Process {
-    pub fn new(container: &str, exec: &str, stdio: StdioPaths, exec_spec: Option<Vec<u8>>) -> Self {
+    pub fn new(
+        container: &str,
+        exec: Option<&str>,
+        stdio: Stdio,
+        exec_spec: Option<Vec<u8>>,
+    ) -> Self {
         Process {
             container: container.to_string(),
-            exec: exec.to_string(),
+            exec: exec.map(String::from),
             stdio,
             exec_spec,
             state: Mutex::new(ProcessState {
@@ -70,6 +76,14 @@ impl Process {
                 reporting: false,
             }),
             exited: Condvar::new(),
+        }
+    }
+
+    /// Its name in the guest.
+    pub fn id(&self) -> ProcessId<'_> {
+        ProcessId {
+            container: &self.container,
+            exec: self.exec.as_deref(),
         }
     }
 
@@ -202,7 +216,7 @@ mod tests {
 
     #[test]
     fn the_first_exit_is_recorded_once_and_wakes_waiters() {
-        let p = Arc::new(Process::new("c", "", StdioPaths::default(), None));
+        let p = Arc::new(Process::new("c", None, Stdio::default(), None));
         assert!(!p.mark_started());
         let waiter = {
             let p = p.clone();
@@ -221,7 +235,7 @@ mod tests {
 
     #[test]
     fn an_exit_before_start_waits_for_it() {
-        let p = Process::new("c", "e", StdioPaths::default(), None);
+        let p = Process::new("c", Some("e"), Stdio::default(), None);
         assert!(!p.offer_exit(FIRST, false), "not reported before Start");
         assert!(p.state().exit.is_none());
         assert!(
@@ -237,7 +251,7 @@ mod tests {
 
     #[test]
     fn a_forced_exit_waits_for_a_start_under_way() {
-        let p = Process::new("c", "", StdioPaths::default(), None);
+        let p = Process::new("c", None, Stdio::default(), None);
         assert!(p.begin_start());
         assert!(!p.begin_start(), "one start at a time");
         assert!(
@@ -250,7 +264,7 @@ mod tests {
 
     #[test]
     fn a_dead_vm_reports_a_process_that_never_started() {
-        let p = Process::new("c", "", StdioPaths::default(), None);
+        let p = Process::new("c", None, Stdio::default(), None);
         assert!(p.offer_exit(LATER, true));
         assert_eq!(p.finish(), Some((0, LATER)));
         assert!(!p.mark_started());
