@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
-    #[error("mount {fstype} on {target}: {source}")]
+    #[error("mount {fstype} on {target}")]
     Mount {
         fstype: &'static str,
         target: &'static str,

@@ -87,7 +87,7 @@ fn make_dirs(config: &Config) -> std::io::Result<()> {
 
 fn pid1() -> ExitCode {
     if let Err(e) = init::mount_pseudo_filesystems() {
-        power::fail(&e.to_string());
+        power::fail(&hull_protocol::error_chain(&e));
     }
     init::attach_console();
     let timer = stage::BootTimer::open();
@@ -95,7 +95,8 @@ fn pid1() -> ExitCode {
 
     let options = init::BootOptions::from_cmdline(&init::read_cmdline());
     // Before any thread exists, so every thread inherits the mask.
-    let signals = init::block_signals().unwrap_or_else(|e| power::fail(&e.to_string()));
+    let signals =
+        init::block_signals().unwrap_or_else(|e| power::fail(&hull_protocol::error_chain(&e)));
     let reaper = Arc::new(Reaper::default());
     let config = guest_config();
     // Without a vsock device (a bare boot test) there is nothing to serve; PID 1 goes on.

@@ -75,8 +75,7 @@ pub struct Reaper {
 
 impl Reaper {
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A poisoned lock only means a callback panicked; the table itself stays consistent.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        hull_protocol::lock(&self.state)
     }
 
     /// Reaps every child that has exited. Called by the signal loop on SIGCHLD.

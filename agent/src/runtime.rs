@@ -98,52 +98,11 @@ pub fn run(
     stdio: [OwnedFd; 3],
     log: &Path,
 ) -> Result<u32, RuntimeError> {
-    let mut args: Vec<std::ffi::OsString> = vec![HELPER_ARG.into()];
-    let push = |args: &mut Vec<std::ffi::OsString>, p: &Path| args.push(p.as_os_str().to_owned());
-    match op {
-        Op::Create {
-            bundle,
-            console_socket,
-        } => {
-            args.push("create".into());
-            push(&mut args, root);
-            args.push(id.into());
-            push(&mut args, bundle);
-            if let Some(s) = console_socket {
-                push(&mut args, s);
-            }
-        }
-        Op::Exec {
-            process_json,
-            console_socket,
-        } => {
-            args.push("exec".into());
-            push(&mut args, root);
-            args.push(id.into());
-            push(&mut args, process_json);
-            if let Some(s) = console_socket {
-                push(&mut args, s);
-            }
-        }
-        Op::Start | Op::Delete => {
-            args.push(
-                if matches!(op, Op::Start) {
-                    "start"
-                } else {
-                    "delete"
-                }
-                .into(),
-            );
-            push(&mut args, root);
-            args.push(id.into());
-        }
-    }
-
     let (result_read, result_write) = crate::service::stdio::pipe().map_err(RuntimeError::Spawn)?;
     let result_write_fd = result_write.as_raw_fd();
     let [stdin, stdout, stderr] = stdio;
     let mut cmd = Command::new("/proc/self/exe");
-    cmd.args(&args)
+    cmd.args(helper_args(root, id, op))
         .stdin(Stdio::from(stdin))
         .stdout(Stdio::from(stdout))
         .stderr(Stdio::from(stderr))
@@ -181,11 +140,42 @@ pub fn run(
             return Err(RuntimeError::TimedOut);
         }
     };
-    // The result line was written before the helper exited. Read without blocking: the
-    // container's processes may still hold the pipe's write end.
-    set_nonblocking(&result_read);
+    read_result(result_read, &exit, log)
+}
+
+/// The helper's command line for `op` on container `id`.
+fn helper_args(root: &Path, id: &str, op: &Op) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = vec![HELPER_ARG.into()];
+    let (verb, path, console) = match op {
+        Op::Create {
+            bundle,
+            console_socket,
+        } => ("create", Some(bundle), console_socket.as_ref()),
+        Op::Exec {
+            process_json,
+            console_socket,
+        } => ("exec", Some(process_json), console_socket.as_ref()),
+        Op::Start => ("start", None, None),
+        Op::Delete => ("delete", None, None),
+    };
+    args.push(verb.into());
+    args.push(root.as_os_str().to_owned());
+    args.push(id.into());
+    args.extend(path.map(|p| p.as_os_str().to_owned()));
+    args.extend(console.map(|p| p.as_os_str().to_owned()));
+    args
+}
+
+/// The helper's result line: `ok <pid>` or `err <message>`. It was written before the
+/// helper exited; it is read without blocking, as the container's processes may still
+/// hold the pipe's write end.
+fn read_result(
+    mut file: std::fs::File,
+    exit: &crate::reaper::Exit,
+    log: &Path,
+) -> Result<u32, RuntimeError> {
+    set_nonblocking(&file);
     let mut text = Vec::new();
-    let mut file = result_read;
     let _ = file.read_to_end(&mut text);
     let text = String::from_utf8_lossy(&text);
     let line = text.lines().next().unwrap_or("");

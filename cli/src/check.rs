@@ -48,6 +48,14 @@ fn mode_of(path: &Path) -> String {
 }
 
 pub fn check(config: &HostConfig) -> Vec<Finding> {
+    let mut out = kvm_findings();
+    out.extend(tool_findings(config));
+    out.push(template_finding(config));
+    out
+}
+
+/// Root, /dev/kvm, and how this host's KVM runs guest kernel code.
+fn kvm_findings() -> Vec<Finding> {
     let mut out = Vec::new();
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
@@ -86,6 +94,12 @@ pub fn check(config: &HostConfig) -> Vec<Finding> {
             fix: None,
         });
     }
+    out
+}
+
+/// The guest kernel and image, and the host tools and devices sandboxes use.
+fn tool_findings(config: &HostConfig) -> Vec<Finding> {
+    let mut out = Vec::new();
     for (what, path) in [
         ("guest kernel", &config.kernel),
         ("guest image", &config.image),
@@ -122,10 +136,15 @@ pub fn check(config: &HostConfig) -> Vec<Finding> {
         format!("/dev/net/tun for sandbox networks ({})", mode_of(tun)),
         "modprobe tun",
     ));
+    out
+}
+
+/// Whether the default sandbox's template is cached.
+fn template_finding(config: &HostConfig) -> Finding {
     let templates = hull_host::template::TemplateCache::new(&config.template_dir);
     let vm = config.vm_spec(None);
     let cached = config.templates && matches!(templates.get(&vm), Ok(Some(_)));
-    out.push(Finding {
+    Finding {
         ok: true,
         needed: false,
         what: if !config.templates {
@@ -142,8 +161,7 @@ pub fn check(config: &HostConfig) -> Vec<Finding> {
             )
         },
         fix: None,
-    });
-    out
+    }
 }
 
 /// Prints the findings; returns whether everything needed is there.

@@ -17,20 +17,15 @@ pub enum ImageError {
     Store(#[from] crate::store::StoreError),
     #[error("{BUSYBOX_BINARY} is missing: apt-get install busybox-static")]
     NoBusybox,
-    #[error("{what} {path}")]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] hull_host::PathError),
     #[error("building the image")]
     Build(#[source] hull_host::rootfs::RootfsError),
 }
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ImageError {
-    let path = path.to_path_buf();
-    move |source| ImageError::Io { what, path, source }
+    let at = hull_host::PathError::at(what, path);
+    move |source| ImageError::Io(at(source))
 }
 
 /// The erofs image of `name` and how the image says to run it.

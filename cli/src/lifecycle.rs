@@ -233,7 +233,7 @@ pub fn exec(name: &str, process: &oci::Process, interactive: bool) -> Result<i32
     let _raw = (process.terminal && interactive)
         .then(|| terminal::RawMode::enter(0))
         .flatten();
-    let json = serde_json::to_vec(&spec["process"]).unwrap_or_default();
+    let json = serde_json::to_vec(spec.process()).unwrap_or_default();
     let (_, mut io) = guest.exec(p, json, &stdio)?;
     if process.terminal {
         resize(&guest.agent, p);

@@ -311,21 +311,14 @@ fn main() {
         })
         .format_target(false)
         .init();
-    let code = match cli.command {
+    std::process::exit(dispatch(cli.command));
+}
+
+/// Runs one command; returns the process's exit status.
+fn dispatch(command: Command) -> i32 {
+    match command {
         Command::Run(a) => run_command(a),
-        Command::Exec(a) => {
-            let p = oci::Process {
-                args: a.command,
-                env: a.env,
-                cwd: a.workdir,
-                user: a.user,
-                terminal: a.tty,
-            };
-            match lifecycle::exec(&a.name, &p, a.interactive) {
-                Ok(status) => status,
-                Err(e) => fail(&e),
-            }
-        }
+        Command::Exec(a) => exec_command(a),
         Command::Ps { all } => {
             print!("{}", lifecycle::ps(all));
             0
@@ -356,47 +349,54 @@ fn main() {
             Err(e) => fail(&e),
         },
         Command::Image(c) => image_command(c),
-        Command::Check => match config() {
-            Ok(c) => {
-                if check::print(&check::check(&c)) {
-                    0
-                } else {
-                    1
-                }
-            }
-            Err(e) => fail(&e),
-        },
-        Command::System(SystemCommand::Prune) => match config() {
-            Ok(c) => {
-                let p = check::prune(&c);
-                println!(
-                    "removed {} stopped container(s){}, {} image(s){}, {} stale template(s)",
-                    p.containers.len(),
-                    if p.containers.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" ({})", p.containers.join(", "))
-                    },
-                    p.images.len(),
-                    if p.images.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" ({})", p.images.join(", "))
-                    },
-                    p.templates
-                );
-                0
-            }
-            Err(e) => fail(&e),
-        },
+        Command::Check => with_config(|c| i32::from(!check::print(&check::check(c)))),
+        Command::System(SystemCommand::Prune) => with_config(prune_command),
         Command::Images => images(),
-        Command::Supervise { name } => match config() {
-            Ok(c) => match run::supervise(&name, &c) {
-                Ok(status) => status,
-                Err(e) => fail(&e),
-            },
+        Command::Supervise { name } => with_config(|c| match run::supervise(&name, c) {
+            Ok(status) => status,
             Err(e) => fail(&e),
-        },
+        }),
+    }
+}
+
+/// `f` with the host configuration, or the reason there is none.
+fn with_config(f: impl FnOnce(&hull_host::config::HostConfig) -> i32) -> i32 {
+    match config() {
+        Ok(c) => f(&c),
+        Err(e) => fail(&e),
+    }
+}
+
+fn exec_command(a: ExecArgs) -> i32 {
+    let p = oci::Process {
+        args: a.command,
+        env: a.env,
+        cwd: a.workdir,
+        user: a.user,
+        terminal: a.tty,
     };
-    std::process::exit(code);
+    match lifecycle::exec(&a.name, &p, a.interactive) {
+        Ok(status) => status,
+        Err(e) => fail(&e),
+    }
+}
+
+fn prune_command(c: &hull_host::config::HostConfig) -> i32 {
+    let p = check::prune(c);
+    let named = |names: &[String]| {
+        if names.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", names.join(", "))
+        }
+    };
+    println!(
+        "removed {} stopped container(s){}, {} image(s){}, {} stale template(s)",
+        p.containers.len(),
+        named(&p.containers),
+        p.images.len(),
+        named(&p.images),
+        p.templates
+    );
+    0
 }

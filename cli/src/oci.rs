@@ -2,9 +2,14 @@
 //! capabilities and masked paths `ctr run` gives a container) with the command line's
 //! process, environment, working directory, user, terminal and volumes.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use serde_json::{json, Value};
+use hull_host::spec::Spec;
+use oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
+    Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder,
+    SpecBuilder, UserBuilder,
+};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SpecError {
@@ -16,6 +21,14 @@ pub enum SpecError {
     User(String),
     #[error("-v {spec:?}: {why}; use HOST:CONTAINER[:ro|:rw] with absolute paths")]
     Volume { spec: String, why: String },
+    #[error("the container's spec: {0}")]
+    Build(String),
+}
+
+impl From<oci_spec::OciSpecError> for SpecError {
+    fn from(e: oci_spec::OciSpecError) -> Self {
+        SpecError::Build(e.to_string())
+    }
 }
 
 /// What the command line asks of the container's process.
@@ -85,24 +98,29 @@ fn user(u: &str) -> Result<(u32, u32), SpecError> {
 }
 
 /// The spec for container `hostname` running `p` with `volumes`.
-pub fn build(hostname: &str, p: &Process, volumes: &[VolumeSpec]) -> Result<Value, SpecError> {
-    let mut env = Vec::new();
-    if !p.env.iter().any(|e| e.starts_with("PATH=")) {
-        env.push(DEFAULT_PATH.to_string());
+pub fn build(hostname: &str, p: &Process, volumes: &[VolumeSpec]) -> Result<Spec, SpecError> {
+    let mut mounts = default_mounts()?;
+    for v in volumes {
+        let mode = if v.read_only { "ro" } else { "rw" };
+        mounts.push(mount(&v.container, "bind", &v.host, &["rbind", mode])?);
     }
-    if p.terminal {
-        env.push("TERM=xterm".into());
-    }
-    for e in &p.env {
-        match e.split_once('=') {
-            Some((k, _)) if !k.is_empty() => {
-                // A later value replaces an earlier one of the same name.
-                env.retain(|x| x.split_once('=').map(|(xk, _)| xk) != Some(k));
-                env.push(e.clone());
-            }
-            _ => return Err(SpecError::Env(e.clone())),
-        }
-    }
+    let root = RootBuilder::default()
+        .path("rootfs")
+        .readonly(false)
+        .build()?;
+    Ok(SpecBuilder::default()
+        .version("1.0.2")
+        .root(root)
+        .hostname(hostname)
+        .process(process(p)?)
+        .mounts(mounts)
+        .linux(linux()?)
+        .build()?)
+}
+
+/// The process: the command line over containerd's defaults (capabilities, one rlimit,
+/// no new privileges).
+fn process(p: &Process) -> Result<oci_spec::runtime::Process, SpecError> {
     let cwd = p.cwd.clone().unwrap_or_else(|| "/".into());
     if !cwd.starts_with('/') {
         return Err(SpecError::Workdir(cwd));
@@ -116,69 +134,165 @@ pub fn build(hostname: &str, p: &Process, volumes: &[VolumeSpec]) -> Result<Valu
     } else {
         p.args.clone()
     };
-    let caps = json!([
-        "CAP_CHOWN",
-        "CAP_DAC_OVERRIDE",
-        "CAP_FSETID",
-        "CAP_FOWNER",
-        "CAP_MKNOD",
-        "CAP_NET_RAW",
-        "CAP_SETGID",
-        "CAP_SETUID",
-        "CAP_SETFCAP",
-        "CAP_SETPCAP",
-        "CAP_NET_BIND_SERVICE",
-        "CAP_SYS_CHROOT",
-        "CAP_KILL",
-        "CAP_AUDIT_WRITE"
-    ]);
-    let mut mounts = vec![
-        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
-        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
-        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
-        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
-    ];
-    for v in volumes {
-        let mode = if v.read_only { "ro" } else { "rw" };
-        mounts.push(json!({
-            "destination": v.container, "type": "bind", "source": v.host,
-            "options": ["rbind", mode]
-        }));
+    let caps: oci_spec::runtime::Capabilities = DEFAULT_CAPABILITIES.iter().copied().collect();
+    let capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(caps.clone())
+        .effective(caps.clone())
+        .permitted(caps)
+        .build()?;
+    let nofile = PosixRlimitBuilder::default()
+        .typ(PosixRlimitType::RlimitNofile)
+        .hard(1024u64)
+        .soft(1024u64)
+        .build()?;
+    Ok(ProcessBuilder::default()
+        .terminal(p.terminal)
+        .args(args)
+        .env(environment(p)?)
+        .cwd(cwd)
+        .user(UserBuilder::default().uid(uid).gid(gid).build()?)
+        .capabilities(capabilities)
+        .rlimits(vec![nofile])
+        .no_new_privileges(true)
+        .build()?)
+}
+
+/// The image's PATH unless given, TERM for a terminal, then `-e`s (a later one replaces
+/// an earlier one of the same name).
+fn environment(p: &Process) -> Result<Vec<String>, SpecError> {
+    let mut env = Vec::new();
+    if !p.env.iter().any(|e| e.starts_with("PATH=")) {
+        env.push(DEFAULT_PATH.to_string());
     }
-    Ok(json!({
-        "ociVersion": "1.0.2",
-        "root": {"path": "rootfs", "readonly": false},
-        "hostname": hostname,
-        "process": {
-            "terminal": p.terminal,
-            "args": args,
-            "env": env,
-            "cwd": cwd,
-            "user": {"uid": uid, "gid": gid},
-            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
-            "noNewPrivileges": true
-        },
-        "mounts": mounts,
-        "linux": {
-            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
-            "maskedPaths": [
-                "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware",
-                "/proc/scsi"
-            ],
-            "readonlyPaths": [
-                "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"
-            ]
+    if p.terminal {
+        env.push("TERM=xterm".into());
+    }
+    for e in &p.env {
+        match e.split_once('=') {
+            Some((k, _)) if !k.is_empty() => {
+                env.retain(|x| x.split_once('=').map(|(xk, _)| xk) != Some(k));
+                env.push(e.clone());
+            }
+            _ => return Err(SpecError::Env(e.clone())),
         }
-    }))
+    }
+    Ok(env)
+}
+
+/// containerd's default capability set.
+const DEFAULT_CAPABILITIES: &[Capability] = &[
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fsetid,
+    Capability::Fowner,
+    Capability::Mknod,
+    Capability::NetRaw,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setfcap,
+    Capability::Setpcap,
+    Capability::NetBindService,
+    Capability::SysChroot,
+    Capability::Kill,
+    Capability::AuditWrite,
+];
+
+fn mount(destination: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount, SpecError> {
+    Ok(MountBuilder::default()
+        .destination(PathBuf::from(destination))
+        .typ(typ)
+        .source(PathBuf::from(source))
+        .options(options.iter().map(|o| o.to_string()).collect::<Vec<_>>())
+        .build()?)
+}
+
+/// containerd's default mounts: /proc, /dev and its pts, shm and mqueue, read-only /sys.
+fn default_mounts() -> Result<Vec<Mount>, SpecError> {
+    [
+        ("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"][..]),
+        (
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        ),
+        (
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
+        ),
+        (
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        ),
+        (
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        ),
+        (
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", "ro"],
+        ),
+    ]
+    .iter()
+    .map(|(d, t, s, o)| mount(d, t, s, o))
+    .collect()
+}
+
+/// The namespaces and masked and read-only paths containerd gives a container.
+fn linux() -> Result<oci_spec::runtime::Linux, SpecError> {
+    let namespaces = [
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Mount,
+    ]
+    .into_iter()
+    .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
+    .collect::<Result<Vec<_>, _>>()?;
+    let strings = |l: &[&str]| l.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+    Ok(LinuxBuilder::default()
+        .namespaces(namespaces)
+        .masked_paths(strings(&[
+            "/proc/acpi",
+            "/proc/asound",
+            "/proc/kcore",
+            "/proc/keys",
+            "/proc/latency_stats",
+            "/proc/timer_list",
+            "/proc/timer_stats",
+            "/proc/sched_debug",
+            "/sys/firmware",
+            "/proc/scsi",
+        ]))
+        .readonly_paths(strings(&[
+            "/proc/bus",
+            "/proc/fs",
+            "/proc/irq",
+            "/proc/sys",
+            "/proc/sysrq-trigger",
+        ]))
+        .build()?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn volumes_parse_or_say_what_is_wrong() {
@@ -214,13 +328,14 @@ mod tests {
             user: Some("1000:100".into()),
             terminal: false,
         };
-        let s = build("box", &p, &[]).unwrap();
+        let s = serde_json::to_value(build("box", &p, &[]).unwrap()).unwrap();
         assert_eq!(s["process"]["args"], json!(["id"]));
         assert_eq!(s["process"]["env"], json!(["A=1", "PATH=/bin"]));
         assert_eq!(s["process"]["cwd"], "/tmp");
         assert_eq!(s["process"]["user"], json!({"uid": 1000, "gid": 100}));
         assert_eq!(s["hostname"], "box");
-        let default = build("box", &Process::default(), &[]).unwrap();
+        let default =
+            serde_json::to_value(build("box", &Process::default(), &[]).unwrap()).unwrap();
         assert_eq!(default["process"]["args"], json!(["sh"]));
         assert_eq!(default["process"]["user"], json!({"uid": 0, "gid": 0}));
     }

@@ -41,6 +41,12 @@ pub enum RunError {
     Volume(String),
     #[error("{what}: {why}")]
     Sandbox { what: &'static str, why: String },
+    #[error("{what}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error("start the sandbox VM")]
@@ -164,14 +170,19 @@ impl Drop for Cleanup {
     }
 }
 
-fn sandbox_err(what: &'static str) -> impl Fn(String) -> RunError {
-    move |why| RunError::Sandbox { what, why }
+fn io_err<E: std::error::Error + Send + Sync + 'static>(
+    what: &'static str,
+) -> impl Fn(E) -> RunError {
+    move |e| RunError::Io {
+        what,
+        source: Box::new(e),
+    }
 }
 
 /// A run checked and ready: nothing has been started or written yet.
 struct Prepared {
     name: String,
-    spec: serde_json::Value,
+    spec: hull_host::spec::Spec,
     plan: spec::GuestPlan,
     root_image: PathBuf,
     vm: hull_host::VmSpec,
@@ -271,14 +282,13 @@ pub fn run_detached(opts: &RunOptions, config: &HostConfig) -> Result<String, Ru
     let mut saved = opts.clone();
     saved.name = Some(name.clone());
     std::fs::write(&options, serde_json::to_vec(&saved).unwrap_or_default())
-        .map_err(|e| fail(sandbox_err("save the run's options")(e.to_string())))?;
+        .map_err(|e| fail(io_err("save the run's options")(e)))?;
     let log = std::fs::File::create(state::log_file(&name))
-        .map_err(|e| fail(sandbox_err("create the container's log")(e.to_string())))?;
+        .map_err(|e| fail(io_err("create the container's log")(e)))?;
     let err_log = log
         .try_clone()
-        .map_err(|e| fail(sandbox_err("create the container's log")(e.to_string())))?;
-    let exe = std::env::current_exe()
-        .map_err(|e| fail(sandbox_err("find the hull binary")(e.to_string())))?;
+        .map_err(|e| fail(io_err("create the container's log")(e)))?;
+    let exe = std::env::current_exe().map_err(|e| fail(io_err("find the hull binary")(e)))?;
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("__supervise")
         .arg(&name)
@@ -296,7 +306,7 @@ pub fn run_detached(opts: &RunOptions, config: &HostConfig) -> Result<String, Ru
     unsafe { std::os::unix::process::CommandExt::pre_exec(&mut cmd, new_session) };
     let mut child = cmd
         .spawn()
-        .map_err(|e| fail(sandbox_err("start the supervisor")(e.to_string())))?;
+        .map_err(|e| fail(io_err("start the supervisor")(e)))?;
     // The supervisor takes the record over; wait until the container runs or the run
     // failed (bounded by the agent's own call deadlines, generously).
     let deadline = std::time::Instant::now() + Duration::from_secs(600);
@@ -342,9 +352,9 @@ pub fn run_detached(opts: &RunOptions, config: &HostConfig) -> Result<String, Ru
 /// foreground path does, its stdio being the log.
 pub fn supervise(name: &str, config: &HostConfig) -> Result<i32, RunError> {
     let bytes = std::fs::read(state::dir(name).join("run.json"))
-        .map_err(|e| sandbox_err("read the run's options")(e.to_string()))?;
-    let opts: RunOptions = serde_json::from_slice(&bytes)
-        .map_err(|e| sandbox_err("read the run's options")(e.to_string()))?;
+        .map_err(io_err("read the run's options"))?;
+    let opts: RunOptions =
+        serde_json::from_slice(&bytes).map_err(io_err("read the run's options"))?;
     let mut record = state::read(name)?;
     record.owner_pid = std::process::id();
     record.status = state::Status::Created;
@@ -504,7 +514,7 @@ mod tests {
         };
         let p = with_image_defaults(&given, &image);
         assert_eq!(p.args, ["/app", "--help"]);
-        let s = oci::build("x", &p, &[]).unwrap();
+        let s = serde_json::to_value(oci::build("x", &p, &[]).unwrap()).unwrap();
         let env = s["process"]["env"].as_array().unwrap();
         assert!(env.iter().any(|e| e == "A=cli") && !env.iter().any(|e| e == "A=image"));
         assert_eq!(p.cwd.as_deref(), Some("/tmp"));

@@ -16,13 +16,8 @@ pub enum StateError {
     NameInUse(String),
     #[error("no container named {0:?} (hull ps -a lists them)")]
     NotFound(String),
-    #[error("{what} {path}")]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] hull_host::PathError),
     #[error("{path} is not a container record ({why}); remove it with hull rm -f")]
     Corrupt { path: PathBuf, why: String },
 }
@@ -79,10 +74,12 @@ pub fn log_file(name: &str) -> PathBuf {
 /// Claims `record.name` and writes its first record.
 pub fn claim(record: &Record) -> Result<(), StateError> {
     let d = dir(&record.name);
-    std::fs::create_dir_all(paths::containers()).map_err(|source| StateError::Io {
-        what: "create",
-        path: paths::containers(),
-        source,
+    std::fs::create_dir_all(paths::containers()).map_err(|source| {
+        StateError::Io(hull_host::PathError {
+            op: "create",
+            path: paths::containers(),
+            source,
+        })
     })?;
     match std::fs::create_dir(&d) {
         Ok(()) => {}
@@ -90,11 +87,11 @@ pub fn claim(record: &Record) -> Result<(), StateError> {
             return Err(StateError::NameInUse(record.name.clone()))
         }
         Err(source) => {
-            return Err(StateError::Io {
-                what: "create",
+            return Err(StateError::Io(hull_host::PathError {
+                op: "create",
                 path: d,
                 source,
-            })
+            }))
         }
     }
     write(record)
@@ -106,10 +103,12 @@ pub fn write(record: &Record) -> Result<(), StateError> {
     let bytes = serde_json::to_vec_pretty(record).unwrap_or_default();
     std::fs::write(&tmp, bytes)
         .and_then(|()| std::fs::rename(&tmp, &path))
-        .map_err(|source| StateError::Io {
-            what: "write",
-            path,
-            source,
+        .map_err(|source| {
+            StateError::Io(hull_host::PathError {
+                op: "write",
+                path,
+                source,
+            })
         })
 }
 
@@ -122,11 +121,11 @@ pub fn read(name: &str) -> Result<Record, StateError> {
             return Err(StateError::NotFound(name.into()))
         }
         Err(source) => {
-            return Err(StateError::Io {
-                what: "read",
+            return Err(StateError::Io(hull_host::PathError {
+                op: "read",
                 path,
                 source,
-            })
+            }))
         }
     };
     let mut r: Record = serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
@@ -155,10 +154,12 @@ pub fn list() -> Vec<Result<Record, StateError>> {
 
 pub fn remove(name: &str) -> Result<(), StateError> {
     let d = dir(name);
-    std::fs::remove_dir_all(&d).map_err(|source| StateError::Io {
-        what: "remove",
-        path: d,
-        source,
+    std::fs::remove_dir_all(&d).map_err(|source| {
+        StateError::Io(hull_host::PathError {
+            op: "remove",
+            path: d,
+            source,
+        })
     })
 }
 

@@ -18,13 +18,8 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{what} {path}")]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] hull_host::PathError),
     #[error("importing {0}")]
     Unpack(PathBuf, #[source] Box<hull_image::ArchiveError>),
     #[error("image {0:?} is not imported (hull images lists them)")]
@@ -34,8 +29,8 @@ pub enum StoreError {
 }
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
-    let path = path.to_path_buf();
-    move |source| StoreError::Io { what, path, source }
+    let at = hull_host::PathError::at(what, path);
+    move |source| StoreError::Io(at(source))
 }
 
 pub use hull_image::RunConfig;

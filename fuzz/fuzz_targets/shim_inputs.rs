@@ -1,8 +1,8 @@
 //! Fuzzes what the shim takes from outside: event-stream frames from the guest agent (an
 //! untrusted guest may send any bytes), the OCI spec containerd hands over (written from a
 //! tenant's pod spec), and containerd's rootfs mount options. The first byte picks the
-//! input; none may panic, and a rewritten spec must stay a JSON object whose root is the
-//! guest path.
+//! input; none may panic, and a rewritten spec must keep the guest root, lose the host's
+//! hooks, and encode to what the agent decodes.
 #![no_main]
 
 use hull_host::pod::{apply_event, EventSink, PodEvent};
@@ -35,19 +35,24 @@ fuzz_target!(|data: &[u8]| {
             let _ = apply_event(rest, &Check);
         }
         1 => {
-            let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(rest) else {
+            let Ok(mut spec) = serde_json::from_slice::<spec::Spec>(rest) else {
                 return;
             };
-            let _ = spec::role(&value);
-            if let Ok(plan) = spec::for_guest(&mut value, "/run/hull/shared/c/rootfs") {
-                assert_eq!(value["root"]["path"], "/run/hull/shared/c/rootfs");
+            let _ = spec::role(&spec);
+            if let Ok(plan) = spec::for_guest(&mut spec, "/run/hull/shared/c/rootfs") {
+                let root = spec.root().as_ref().map(|r| r.path().clone());
+                assert_eq!(root, Some("/run/hull/shared/c/rootfs".into()));
+                assert!(spec.hooks().is_none(), "host hooks reach the guest");
                 for v in &plan.volumes {
-                    spec::add_volume(&mut value, v, "/run/hull/shared/c-v0/rootfs", true);
+                    spec::add_volume(&mut spec, v, "/run/hull/shared/c-v0/rootfs", true);
                 }
                 for v in &plan.shared {
                     assert!(v.source.is_dir(), "only directories are shared");
-                    spec::add_volume(&mut value, v, "/run/hull/fs/s0", false);
+                    spec::add_volume(&mut spec, v, "/run/hull/fs/s0", false);
                 }
+                let text = serde_json::to_vec(&spec).expect("a rewritten spec encodes");
+                let _: spec::Spec =
+                    serde_json::from_slice(&text).expect("what the guest is sent decodes");
             }
         }
         _ => {

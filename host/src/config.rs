@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use hull_vmm_api::config::MIN_MEMORY_MIB;
+
 use crate::VmSpec;
 
 pub const DEFAULT_PATH: &str = "/etc/hull/config.toml";
@@ -42,7 +44,7 @@ pub struct Overhead {
 impl Default for Overhead {
     fn default() -> Self {
         Overhead {
-            memory_mib: 64,
+            memory_mib: MIN_MEMORY_MIB,
             vcpus: 0,
         }
     }
@@ -150,7 +152,7 @@ impl HostConfig {
         if self.vcpus == 0 {
             return Err(invalid("vcpus", "0".into(), "a VM needs at least one vCPU"));
         }
-        if self.memory_mib < 64 {
+        if self.memory_mib < MIN_MEMORY_MIB {
             return Err(invalid(
                 "memory_mib",
                 self.memory_mib.to_string(),
@@ -221,7 +223,10 @@ impl HostConfig {
                     .unwrap_or(self.vcpus);
                 let memory = l
                     .memory_mib
-                    .map(|m| m.saturating_add(self.overhead.memory_mib).max(64))
+                    .map(|m| {
+                        m.saturating_add(self.overhead.memory_mib)
+                            .max(MIN_MEMORY_MIB)
+                    })
                     .unwrap_or(self.memory_mib);
                 (vcpus, memory)
             }
@@ -254,13 +259,13 @@ const SANDBOX_MEMORY: &str = "io.kubernetes.cri.sandbox-memory";
 impl Limits {
     /// A pod's limits from its sandbox's CRI annotations, else a task's own from its OCI
     /// spec's `linux.resources` (CPU quota/period, memory limit).
-    pub fn from_spec(spec: &serde_json::Value) -> Option<Limits> {
+    pub fn from_spec(spec: &oci_spec::runtime::Spec) -> Option<Limits> {
         Self::from_annotations(spec).or_else(|| Self::from_resources(spec))
     }
 
-    fn from_annotations(spec: &serde_json::Value) -> Option<Limits> {
-        let a = spec.get("annotations")?;
-        let num = |k: &str| -> Option<i64> { a.get(k)?.as_str()?.trim().parse().ok() };
+    fn from_annotations(spec: &oci_spec::runtime::Spec) -> Option<Limits> {
+        let a = spec.annotations().as_ref()?;
+        let num = |k: &str| -> Option<i64> { a.get(k)?.trim().parse().ok() };
         let memory_mib = num(SANDBOX_MEMORY)
             .filter(|&b| b > 0)
             .map(|b| (b as u64).div_ceil(1 << 20).min(u64::from(u32::MAX)) as u32);
@@ -268,15 +273,19 @@ impl Limits {
         (memory_mib.is_some() || vcpus.is_some()).then_some(Limits { vcpus, memory_mib })
     }
 
-    fn from_resources(spec: &serde_json::Value) -> Option<Limits> {
-        let r = spec.pointer("/linux/resources")?;
+    fn from_resources(spec: &oci_spec::runtime::Spec) -> Option<Limits> {
+        let r = spec.linux().as_ref()?.resources().as_ref()?;
         let memory_mib = r
-            .pointer("/memory/limit")
-            .and_then(|v| v.as_i64())
+            .memory()
+            .as_ref()
+            .and_then(|m| m.limit())
             .filter(|&b| b > 0)
             .map(|b| (b as u64).div_ceil(1 << 20).min(u64::from(u32::MAX)) as u32);
-        let quota = r.pointer("/cpu/quota").and_then(|v| v.as_i64());
-        let period = r.pointer("/cpu/period").and_then(|v| v.as_i64());
+        let cpu = r.cpu().as_ref();
+        let quota = cpu.and_then(|c| c.quota());
+        let period = cpu
+            .and_then(|c| c.period())
+            .map(|p| i64::try_from(p).unwrap_or(i64::MAX));
         let vcpus = vcpus_of(quota, period);
         (memory_mib.is_some() || vcpus.is_some()).then_some(Limits { vcpus, memory_mib })
     }
@@ -341,10 +350,15 @@ mod tests {
     #[test]
     fn vm_size_is_the_limits_plus_the_overhead() {
         let c = HostConfig::default();
-        let spec = serde_json::json!({"linux": {"resources": {
-            "memory": {"limit": 256 << 20},
-            "cpu": {"quota": 150000, "period": 100000}
-        }}});
+        let typed = |v: serde_json::Value| -> oci_spec::runtime::Spec {
+            serde_json::from_value(v).unwrap()
+        };
+        let spec = typed(
+            serde_json::json!({"ociVersion": "1.0.2", "linux": {"resources": {
+                "memory": {"limit": 256 << 20},
+                "cpu": {"quota": 150000, "period": 100000}
+            }}}),
+        );
         let limits = Limits::from_spec(&spec).unwrap();
         assert_eq!(limits.memory_mib, Some(256));
         assert_eq!(limits.vcpus, Some(2));
@@ -352,11 +366,14 @@ mod tests {
         assert_eq!(vm.memory_mib, 256 + c.overhead.memory_mib);
         assert!(vm.vcpus >= 1);
         assert_eq!(c.vm_spec(None).memory_mib, c.memory_mib);
-        assert!(Limits::from_spec(&serde_json::json!({"linux": {}})).is_none());
+        assert!(Limits::from_spec(&typed(
+            serde_json::json!({"ociVersion": "1.0.2", "linux": {}})
+        ))
+        .is_none());
         // A pod's sandbox: the CRI's sums win; a zero quota means no CPU limit.
-        let pod = serde_json::json!({"annotations": {
+        let pod = typed(serde_json::json!({"ociVersion": "1.0.2", "annotations": {
             SANDBOX_MEMORY: "536870912", SANDBOX_CPU_QUOTA: "0", SANDBOX_CPU_PERIOD: "100000"
-        }});
+        }}));
         assert_eq!(
             Limits::from_spec(&pod),
             Some(Limits {

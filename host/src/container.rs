@@ -10,11 +10,9 @@
 
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
-
 use crate::pod::{DriveLease, Pod, PodError};
 use crate::rootfs::{self, RootfsError};
-use crate::spec::{self, GuestPlan};
+use crate::spec::{self, GuestPlan, Spec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -82,40 +80,50 @@ impl Pod {
     pub fn attach_storage(
         &self,
         id: &str,
-        spec: &mut Value,
+        spec: &mut Spec,
         plan: &GuestPlan,
         root_image: &Path,
         volumes: &[VolumeImage],
     ) -> Result<Vec<Disk>, StorageError> {
         let mut disks = Vec::new();
-        let attached = self.attach_disks(id, spec, plan, root_image, volumes, &mut disks);
+        let attached = self
+            .attach_root(id, spec, root_image, &mut disks)
+            .and_then(|()| self.attach_volumes(id, spec, plan, volumes, &mut disks))
+            .and_then(|()| self.share_volumes(spec, plan));
         if attached.is_err() {
             self.release_storage(id, &disks);
         }
         attached.map(|()| disks)
     }
 
-    fn attach_disks(
+    /// The root image, under a writable overlay unless the spec says `root.readonly`.
+    fn attach_root(
         &self,
         id: &str,
-        spec: &mut Value,
-        plan: &GuestPlan,
+        spec: &mut Spec,
         root_image: &Path,
-        volumes: &[VolumeImage],
         disks: &mut Vec<Disk>,
     ) -> Result<(), StorageError> {
-        let read_only_root = spec
-            .pointer("/root/readonly")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
         let root = self
-            .lease_drive(id, root_image, !read_only_root)
+            .lease_drive(id, root_image, !spec::read_only_root(spec))
             .map_err(|e| StorageError::Root(Box::new(e)))?;
-        spec["root"]["path"] = Value::String(root.guest_rootfs.clone());
+        spec::set_root_path(spec, &root.guest_rootfs);
         disks.push(Disk {
             lease: root,
             image: root_image.to_path_buf(),
         });
+        Ok(())
+    }
+
+    /// The read-only volumes' images, each mounted where its bind mount says.
+    fn attach_volumes(
+        &self,
+        id: &str,
+        spec: &mut Spec,
+        plan: &GuestPlan,
+        volumes: &[VolumeImage],
+        disks: &mut Vec<Disk>,
+    ) -> Result<(), StorageError> {
         for (i, (v, copy)) in plan.volumes.iter().zip(volumes).enumerate() {
             let lease = self
                 .lease_drive(&format!("{id} volume {i}"), &copy.image, false)
@@ -133,8 +141,12 @@ impl Pod {
                 image: copy.image.clone(),
             });
         }
-        // Read-write volumes are shared live; a share stays for the VM's life (a pod's
-        // volumes are the pod's, and containers binding one directory see one share).
+        Ok(())
+    }
+
+    /// Read-write volumes are shared live; a share stays for the VM's life (a pod's
+    /// volumes are the pod's, and containers binding one directory see one share).
+    fn share_volumes(&self, spec: &mut Spec, plan: &GuestPlan) -> Result<(), StorageError> {
         for v in &plan.shared {
             let source = self
                 .share_dir(&v.source)

@@ -52,7 +52,7 @@ impl Guest {
     pub fn create_container(
         &self,
         id: &str,
-        spec: &serde_json::Value,
+        spec: &crate::spec::Spec,
         stdio: &Stdio,
     ) -> Result<(u32, ProcessIo), ProcessError> {
         let json = serde_json::to_vec(spec).unwrap_or_default();

@@ -78,8 +78,22 @@ impl Default for VmSpec {
     }
 }
 
-/// Locks a mutex, taking it over from a thread that panicked while holding it: the state
-/// behind hull's locks stays consistent between statements.
-pub fn lock<T: ?Sized>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+/// A file-system call that failed: what was done, to which path, and the OS's reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {}", .path.display())]
+pub struct PathError {
+    pub op: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
 }
+
+impl PathError {
+    /// The error for `op` on `path`, to give `map_err`.
+    pub fn at(op: &'static str, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.to_path_buf();
+        move |source| PathError { op, path, source }
+    }
+}
+
+pub use hull_protocol::lock;

@@ -14,6 +14,8 @@
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+
+use crate::PathError;
 use std::process::Command;
 use std::time::Instant;
 
@@ -33,13 +35,8 @@ pub enum RootfsError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{op} {path}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::PathError),
     #[error("the bundle has no rootfs: containerd passed no mounts and {0} is empty")]
     Empty(PathBuf),
     #[error("mkfs.erofs failed ({status}): {stderr}; is erofs-utils installed?")]
@@ -100,11 +97,7 @@ fn cstring(s: &[u8]) -> CString {
 
 /// Mounts containerd's rootfs mounts on `target`, in order.
 pub fn mount_all(mounts: &[HostMount], target: &Path) -> Result<(), RootfsError> {
-    std::fs::create_dir_all(target).map_err(|source| RootfsError::Io {
-        op: "create",
-        path: target.to_path_buf(),
-        source,
-    })?;
+    std::fs::create_dir_all(target).map_err(PathError::at("create", target))?;
     for (index, m) in mounts.iter().enumerate() {
         let (flags, data) = parse_options(index, m)?;
         let src = cstring(m.source.as_bytes());
@@ -154,11 +147,7 @@ pub fn unmount_all(target: &Path) {
 /// and xattrs kept, so the guest sees the image's own users); returns its size in bytes.
 pub fn build_image(dir: &Path, image: &Path) -> Result<u64, RootfsError> {
     let empty = std::fs::read_dir(dir)
-        .map_err(|source| RootfsError::Io {
-            op: "read",
-            path: dir.to_path_buf(),
-            source,
-        })?
+        .map_err(PathError::at("read", dir))?
         .next()
         .is_none();
     if empty {
@@ -172,11 +161,7 @@ pub fn build_image(dir: &Path, image: &Path) -> Result<u64, RootfsError> {
         .arg(&tmp)
         .arg(dir)
         .output()
-        .map_err(|source| RootfsError::Io {
-            op: "run mkfs.erofs for",
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        .map_err(PathError::at("run mkfs.erofs for", dir))?;
     if !out.status.success() {
         let _ = std::fs::remove_file(&tmp);
         return Err(RootfsError::Mkfs {
@@ -184,11 +169,7 @@ pub fn build_image(dir: &Path, image: &Path) -> Result<u64, RootfsError> {
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         });
     }
-    std::fs::rename(&tmp, image).map_err(|source| RootfsError::Io {
-        op: "rename into place",
-        path: image.to_path_buf(),
-        source,
-    })?;
+    std::fs::rename(&tmp, image).map_err(PathError::at("rename into place", image))?;
     let len = std::fs::metadata(image).map(|m| m.len()).unwrap_or(0);
     log::info!(
         "rootfs image {} ({} KiB) built in {:.1} ms",
@@ -210,10 +191,7 @@ pub fn build_volume_image(source: &Path, image: &Path) -> Result<Option<String>,
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "file".into());
     let stage = image.with_extension("d");
-    let io = |op, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| RootfsError::Io { op, path, source }
-    };
+    let io = PathError::at;
     std::fs::create_dir_all(&stage)
         .and_then(|()| {
             // The image's root: traversable in the guest whatever hull's umask (077).
@@ -221,7 +199,8 @@ pub fn build_volume_image(source: &Path, image: &Path) -> Result<Option<String>,
             std::fs::set_permissions(&stage, std::fs::Permissions::from_mode(0o755))
         })
         .map_err(io("create", &stage))?;
-    let copied = std::fs::copy(source, stage.join(&name)).map_err(io("copy", source));
+    let copied = std::fs::copy(source, stage.join(&name))
+        .map_err(|e| RootfsError::from(io("copy", source)(e)));
     let built = copied.and_then(|_| build_image(&stage, image));
     let _ = std::fs::remove_dir_all(&stage);
     built.map(|_| Some(name))

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::agent::{Agent, AgentError};
-use hull_protocol::rpc::{adopt, connect_within, ConnectError, Endpoint};
+use hull_protocol::rpc::{adopt, connect_within, AgentConnection, ConnectError, Endpoint};
 use hull_vmm_api::{ControlClient, ControlError};
 
 use crate::template::{Template, TemplateCache, TemplateError};
@@ -32,7 +32,7 @@ const ENTROPY_BYTES: usize = 64;
 pub enum SandboxError {
     #[error(transparent)]
     Vmm(#[from] VmmProcessError),
-    #[error("the agent did not answer within {within:?}: {source}; VMM log: {log}")]
+    #[error("the agent did not answer within {within:?} (VMM log: {log})")]
     Unreachable {
         within: Duration,
         #[source]
@@ -45,13 +45,8 @@ pub enum SandboxError {
     Control(#[from] ControlError),
     #[error(transparent)]
     Template(#[from] TemplateError),
-    #[error("{op} {path}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::PathError),
 }
 
 /// How a sandbox came to be.
@@ -199,67 +194,30 @@ impl Sandbox {
         vmm.wait_for_path(&vsock, within)?;
         let vmm_ready = vmm.started.elapsed();
         let endpoint = Endpoint::HybridVsock(vsock);
-        let deadline = Instant::now() + within;
+        let unreachable = |vmm: &VmmProcess, source| SandboxError::Unreachable {
+            within,
+            source,
+            log: vmm.log_text(),
+        };
         // A restored VMM may hold the snapshot's idle agent connection: taking it over
         // skips the guest's setup of a new one (its threads), most of a restore's time on
         // a host whose KVM emulates guest kernel code.
         let adopted = if restored {
-            match adopt(&endpoint, ADOPT_TIMEOUT) {
-                Ok(c) => Some(c),
-                Err(e @ ConnectError::Version { .. }) => {
-                    return Err(SandboxError::Unreachable {
-                        within,
-                        source: e,
-                        log: vmm.log_text(),
-                    })
-                }
-                Err(e) => {
-                    log::debug!("no kept agent connection to adopt ({e}); connecting anew");
-                    None
-                }
-            }
+            adopt_kept(&endpoint).map_err(|e| unreachable(&vmm, e))?
         } else {
             None
         };
-        let was_adopted = adopted.is_some();
-        let conn = if let Some(c) = adopted {
-            c
-        } else {
-            loop {
-                // Short attempts, so a VMM that dies is noticed between them.
-                let left = deadline.saturating_duration_since(Instant::now());
-                match connect_within(
-                    &endpoint,
-                    left.min(Duration::from_secs(5)),
-                    Duration::from_millis(20),
-                ) {
-                    Ok(c) => break c,
-                    Err(source) => {
-                        vmm.check_alive("its agent answered")?;
-                        if Instant::now() >= deadline
-                            || matches!(source, ConnectError::Version { .. })
-                        {
-                            return Err(SandboxError::Unreachable {
-                                within,
-                                source,
-                                log: vmm.log_text(),
-                            });
-                        }
-                    }
-                }
-            }
+        let adopted_one = adopted.is_some();
+        let conn = match adopted {
+            Some(c) => c,
+            None => connect_agent(&mut vmm, &endpoint, within)?,
         };
         let agent_ready = vmm.started.elapsed();
         let api = vmm.paths.api.clone();
         vmm.wait_for_path(&api, within)?;
-        let control = ControlClient::connect(&api, CALL_TIMEOUT).map_err(|source| {
-            SandboxError::Unreachable {
-                within,
-                source,
-                log: vmm.log_text(),
-            }
-        })?;
-        let sandbox = Sandbox {
+        let control =
+            ControlClient::connect(&api, CALL_TIMEOUT).map_err(|e| unreachable(&vmm, e))?;
+        let mut sandbox = Sandbox {
             vmm,
             agent: Agent::new(conn.client, CALL_TIMEOUT),
             control,
@@ -268,10 +226,9 @@ impl Sandbox {
                 vmm_ready,
                 agent_ready,
                 ready: Duration::ZERO,
-                adopted: was_adopted,
+                adopted: adopted_one,
             },
         };
-        let mut sandbox = sandbox;
         sandbox.make_consistent()?;
         sandbox.timings.ready = sandbox.vmm.started.elapsed();
         Ok(sandbox)
@@ -326,17 +283,55 @@ impl Sandbox {
     }
 }
 
+/// The agent connection a restored snapshot kept, if there is one; an agent of another
+/// protocol version is an error (no new connection would do better).
+fn adopt_kept(endpoint: &Endpoint) -> Result<Option<AgentConnection>, ConnectError> {
+    match adopt(endpoint, ADOPT_TIMEOUT) {
+        Ok(c) => Ok(Some(c)),
+        Err(e @ ConnectError::Version { .. }) => Err(e),
+        Err(e) => {
+            log::debug!("no kept agent connection to adopt ({e}); connecting anew");
+            Ok(None)
+        }
+    }
+}
+
+/// A new agent connection, tried in short attempts until `within` has passed, so a VMM
+/// that dies is noticed between them.
+fn connect_agent(
+    vmm: &mut VmmProcess,
+    endpoint: &Endpoint,
+    within: Duration,
+) -> Result<AgentConnection, SandboxError> {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let attempt = left.min(Duration::from_secs(5));
+        match connect_within(endpoint, attempt, Duration::from_millis(20)) {
+            Ok(c) => return Ok(c),
+            Err(source) => {
+                vmm.check_alive("its agent answered")?;
+                if Instant::now() >= deadline || matches!(source, ConnectError::Version { .. }) {
+                    return Err(SandboxError::Unreachable {
+                        within,
+                        source,
+                        log: vmm.log_text(),
+                    });
+                }
+            }
+        }
+    }
+}
+
 /// A cold boot to agent-ready, then a snapshot into `dir`: the template build. Returns the
 /// boot's duration in milliseconds.
-fn make_template(spec: &VmSpec, dir: &Path) -> Result<u64, String> {
+fn make_template(spec: &VmSpec, dir: &Path) -> Result<u64, SandboxError> {
     let run = dir.join("run");
-    crate::private::private_dir(&run).map_err(|e| format!("create {}: {e}", run.display()))?;
-    let sandbox = Sandbox::cold_boot(spec, &run).map_err(|e| hull_vmm_api::error_chain(&e))?;
+    crate::private::private_dir(&run).map_err(crate::PathError::at("create", &run))?;
+    let sandbox = Sandbox::cold_boot(spec, &run)?;
     let boot_ms = sandbox.timings.agent_ready.as_millis() as u64;
     log::info!("template: agent ready {boot_ms} ms after the VMM started; snapshotting");
-    sandbox
-        .snapshot(dir)
-        .map_err(|e| hull_vmm_api::error_chain(&e))?;
+    sandbox.snapshot(dir)?;
     let status = sandbox.shutdown();
     log::debug!("template VMM ended: {status:?}");
     let _ = std::fs::remove_dir_all(&run);
@@ -348,11 +343,7 @@ fn host_entropy() -> Result<Vec<u8>, SandboxError> {
     let path = Path::new("/dev/urandom");
     std::fs::File::open(path)
         .and_then(|mut f| f.read_exact(&mut buf))
-        .map_err(|source| SandboxError::Io {
-            op: "read",
-            path: path.to_path_buf(),
-            source,
-        })?;
+        .map_err(crate::PathError::at("read", path))?;
     Ok(buf)
 }
 

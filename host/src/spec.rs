@@ -1,14 +1,22 @@
 //! containerd's OCI spec, made for the guest: the root is the disk the agent mounted, and
 //! what names the host (bind mounts of host files, hooks that are host programs, host
 //! security labels) is either carried into the guest another way or refused by name. The
-//! agent then adapts namespaces and cgroups (agent/src/service/container.rs).
+//! agent then adapts namespaces and cgroups (agent/src/service/container.rs). Specs are
+//! `oci-spec`'s types on both sides of the VM boundary.
 
-use serde_json::Value;
+use std::path::{Path, PathBuf};
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub use oci_spec::runtime::Spec;
+use oci_spec::runtime::{Mount, Root};
+
+#[derive(Debug, thiserror::Error)]
 pub enum SpecError {
-    #[error("config.json: {0}")]
-    Json(String),
+    #[error("{}: not an OCI runtime spec", .path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: oci_spec::OciSpecError,
+    },
     #[error("mounts[{index}]: a read-write bind mount of the host file {source_path} at {destination}: hull shares directories read-write, not single files (bind the file read-only, which copies it in, or bind its directory)")]
     HostFileBind {
         index: usize,
@@ -22,6 +30,14 @@ pub enum SpecError {
         destination: String,
         reason: String,
     },
+}
+
+/// Reads a bundle's `config.json`.
+pub fn read(path: &Path) -> Result<Spec, SpecError> {
+    Spec::load(path).map_err(|source| SpecError::Parse {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Largest `/etc/hosts`, `/etc/resolv.conf` or `/etc/hostname` source read into the guest.
@@ -102,11 +118,12 @@ pub enum Role {
     PodContainer { sandbox: String },
 }
 
-pub fn role(spec: &Value) -> Role {
-    let a = |k: &str| spec.pointer(&format!("/annotations/{}", k.replace('/', "~1")));
-    match a(CONTAINER_TYPE).and_then(Value::as_str) {
+pub fn role(spec: &Spec) -> Role {
+    let annotations = spec.annotations().as_ref();
+    let a = |k: &str| annotations.and_then(|a| a.get(k)).map(String::as_str);
+    match a(CONTAINER_TYPE) {
         Some("sandbox") => Role::PodSandbox,
-        Some("container") => match a(SANDBOX_ID).and_then(Value::as_str) {
+        Some("container") => match a(SANDBOX_ID) {
             Some(id) if !id.is_empty() => Role::PodContainer {
                 sandbox: id.to_string(),
             },
@@ -116,175 +133,186 @@ pub fn role(spec: &Value) -> Role {
     }
 }
 
-fn is_bind(m: &Value) -> bool {
-    m.get("type").and_then(Value::as_str) == Some("bind")
-        || m.get("options").and_then(Value::as_array).is_some_and(|o| {
-            o.iter()
-                .any(|x| matches!(x.as_str(), Some("bind" | "rbind")))
-        })
+fn is_bind(m: &Mount) -> bool {
+    m.typ().as_deref() == Some("bind")
+        || options_of(m)
+            .iter()
+            .any(|o| matches!(o.as_str(), "bind" | "rbind"))
 }
 
-fn options_of(m: &Value) -> Vec<String> {
-    m.get("options")
-        .and_then(Value::as_array)
-        .map(|o| {
-            o.iter()
-                .filter_map(|x| x.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
+fn options_of(m: &Mount) -> Vec<String> {
+    m.options().clone().unwrap_or_default()
+}
+
+/// Whether the container's root is read-only (`root.readonly`).
+pub fn read_only_root(spec: &Spec) -> bool {
+    spec.root()
+        .as_ref()
+        .and_then(Root::readonly)
+        .unwrap_or(false)
+}
+
+/// Points the spec's root at `path` (where the guest mounted the container's disk).
+pub fn set_root_path(spec: &mut Spec, path: &str) {
+    // A spec without a root gets one that is writable (oci-spec's default is read-only).
+    let mut root = spec.root().clone().unwrap_or_else(|| {
+        let mut r = Root::default();
+        r.set_readonly(None);
+        r
+    });
+    root.set_path(PathBuf::from(path));
+    spec.set_root(Some(root));
 }
 
 /// Rewrites `spec` in place for a container whose root the guest mounted at
 /// `guest_rootfs`; returns the sandbox files and the volumes found among its bind mounts
 /// (which leave the spec: [`add_volume`] puts each back with its guest path).
-pub fn for_guest(spec: &mut Value, guest_rootfs: &str) -> Result<GuestPlan, SpecError> {
-    let obj = spec
-        .as_object_mut()
-        .ok_or_else(|| SpecError::Json("not a JSON object".into()))?;
-    let root = obj
-        .entry("root")
-        .or_insert_with(|| Value::Object(Default::default()))
-        .as_object_mut()
-        .ok_or_else(|| SpecError::Json("root is not an object".into()))?;
-    root.insert("path".into(), Value::String(guest_rootfs.to_string()));
-    if obj.get("mounts").is_some_and(|m| !m.is_array()) {
-        return Err(SpecError::Json("mounts is not an array".into()));
-    }
-
-    let mut files = SandboxFiles::default();
-    let mut volumes = Vec::new();
-    let mut shared = Vec::new();
-    if let Some(mounts) = obj.get_mut("mounts").and_then(Value::as_array_mut) {
-        let mut kept = Vec::with_capacity(mounts.len());
-        for (index, m) in mounts.drain(..).enumerate() {
-            if !is_bind(&m) {
-                kept.push(m);
-                continue;
-            }
-            let destination = m
-                .get("destination")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            let source = m
-                .get("source")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            let read = || {
-                read_sandbox_file(&source).map_err(|reason| SpecError::BadSource {
-                    index,
-                    source_path: source.clone(),
-                    destination: destination.clone(),
-                    reason,
-                })
-            };
-            match destination.as_str() {
-                "/etc/hosts" => files.hosts = read()?,
-                "/etc/resolv.conf" => files.resolv_conf = read()?,
-                "/etc/hostname" => files.hostname = read()?.map(|h| h.trim().to_string()),
-                // kubelet's termination message file: the guest's own (read back by
-                // nobody yet; a container that writes one still runs).
-                "/dev/termination-log" => {
-                    log::info!("the termination-log bind stays in the guest");
-                }
-                // The pod's shared memory: a tmpfs of the guest's.
-                "/dev/shm" => kept.push(serde_json::json!({
-                    "destination": "/dev/shm",
-                    "type": "tmpfs",
-                    "source": "shm",
-                    "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]
-                })),
-                _ => {
-                    let options = options_of(&m);
-                    let read_only = options.iter().rev().find(|o| *o == "ro" || *o == "rw");
-                    let read_only = read_only.map(String::as_str) == Some("ro");
-                    let bad = |reason: &str| SpecError::BadSource {
-                        index,
-                        source_path: source.clone(),
-                        destination: destination.clone(),
-                        reason: reason.into(),
-                    };
-                    let meta = std::fs::metadata(&source)
-                        .map_err(|e| bad(&format!("cannot be read ({e})")))?;
-                    if !meta.is_dir() && !meta.is_file() {
-                        return Err(bad("is neither a directory nor a regular file"));
-                    }
-                    if !read_only && !meta.is_dir() {
-                        return Err(SpecError::HostFileBind {
-                            index,
-                            source_path: source,
-                            destination,
-                        });
-                    }
-                    let list = if read_only { &mut volumes } else { &mut shared };
-                    list.push(Volume {
-                        source: source.clone().into(),
-                        destination,
-                        options: options
-                            .into_iter()
-                            .filter(|o| !matches!(o.as_str(), "bind" | "rbind" | "ro" | "rw"))
-                            .collect(),
-                    });
-                }
-            }
+pub fn for_guest(spec: &mut Spec, guest_rootfs: &str) -> Result<GuestPlan, SpecError> {
+    set_root_path(spec, guest_rootfs);
+    let mut plan = GuestPlan::default();
+    let mounts = spec.mounts().clone().unwrap_or_default();
+    let mut kept = Vec::with_capacity(mounts.len());
+    for (index, m) in mounts.into_iter().enumerate() {
+        if is_bind(&m) {
+            take_bind(index, m, &mut plan, &mut kept)?;
+        } else {
+            kept.push(m);
         }
-        *mounts = kept;
+    }
+    if spec.mounts().is_some() {
+        spec.set_mounts(Some(kept));
     }
     // Host programs and host security labels mean nothing in the guest.
-    if obj.remove("hooks").is_some() {
+    if spec.hooks().is_some() {
         log::warn!("config.json: hooks run host programs; the guest cannot run them, dropped");
+        spec.set_hooks(None);
     }
-    if let Some(p) = obj.get_mut("process").and_then(Value::as_object_mut) {
-        p.remove("apparmorProfile");
-        p.remove("selinuxLabel");
+    if let Some(p) = spec.process_mut() {
+        p.set_apparmor_profile(None);
+        p.set_selinux_label(None);
     }
-    if let Some(l) = obj.get_mut("linux").and_then(Value::as_object_mut) {
-        l.remove("mountLabel");
+    if let Some(l) = spec.linux_mut() {
+        l.set_mount_label(None);
     }
-    Ok(GuestPlan {
-        files,
-        volumes,
-        shared,
-    })
+    Ok(plan)
+}
+
+/// Where bind mount `index` goes: a CRI sandbox file into `plan.files`, `/dev/shm` a guest
+/// tmpfs, a read-only bind a volume copied in, a read-write one of a directory a share.
+fn take_bind(
+    index: usize,
+    m: Mount,
+    plan: &mut GuestPlan,
+    kept: &mut Vec<Mount>,
+) -> Result<(), SpecError> {
+    let destination = m.destination().to_string_lossy().into_owned();
+    let source = m
+        .source()
+        .as_ref()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let bad = |reason: String| SpecError::BadSource {
+        index,
+        source_path: source.clone(),
+        destination: destination.clone(),
+        reason,
+    };
+    let files = &mut plan.files;
+    match destination.as_str() {
+        "/etc/hosts" => files.hosts = read_sandbox_file(&source).map_err(bad)?,
+        "/etc/resolv.conf" => files.resolv_conf = read_sandbox_file(&source).map_err(bad)?,
+        "/etc/hostname" => {
+            let name = read_sandbox_file(&source).map_err(bad)?;
+            files.hostname = name.map(|h| h.trim().to_string());
+        }
+        // kubelet's termination message file: the guest's own (read back by nobody yet; a
+        // container that writes one still runs).
+        "/dev/termination-log" => log::info!("the termination-log bind stays in the guest"),
+        // The pod's shared memory: a tmpfs of the guest's.
+        "/dev/shm" => kept.push(shm_tmpfs()),
+        _ => {
+            let options = options_of(&m);
+            let mode = options.iter().rev().find(|o| *o == "ro" || *o == "rw");
+            let read_only = mode.map(String::as_str) == Some("ro");
+            let meta =
+                std::fs::metadata(&source).map_err(|e| bad(format!("cannot be read ({e})")))?;
+            if !meta.is_dir() && !meta.is_file() {
+                return Err(bad("is neither a directory nor a regular file".into()));
+            }
+            if !read_only && !meta.is_dir() {
+                return Err(SpecError::HostFileBind {
+                    index,
+                    source_path: source,
+                    destination,
+                });
+            }
+            let list = if read_only {
+                &mut plan.volumes
+            } else {
+                &mut plan.shared
+            };
+            list.push(Volume {
+                source: source.into(),
+                destination,
+                options: options
+                    .into_iter()
+                    .filter(|o| !matches!(o.as_str(), "bind" | "rbind" | "ro" | "rw"))
+                    .collect(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn mount(destination: &str, typ: &str, source: &str, options: &[&str]) -> Mount {
+    let mut m = Mount::default();
+    m.set_destination(PathBuf::from(destination));
+    m.set_typ(Some(typ.to_string()));
+    m.set_source(Some(PathBuf::from(source)));
+    m.set_options(Some(options.iter().map(|o| o.to_string()).collect()));
+    m
+}
+
+/// The guest's own `/dev/shm`, in place of the host's.
+fn shm_tmpfs() -> Mount {
+    let options = ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"];
+    mount("/dev/shm", "tmpfs", "shm", &options)
 }
 
 /// Adds a bind mount of `guest_source` (where the agent mounted the volume's disk, or the
 /// share in the guest's virtio-fs mount) at the volume's destination.
-pub fn add_volume(spec: &mut Value, volume: &Volume, guest_source: &str, read_only: bool) {
+pub fn add_volume(spec: &mut Spec, volume: &Volume, guest_source: &str, read_only: bool) {
     let mode = if read_only { "ro" } else { "rw" };
-    let mut options = vec!["rbind".to_string(), mode.to_string()];
-    options.extend(volume.options.iter().cloned());
-    let mount = serde_json::json!({
-        "destination": volume.destination,
-        "type": "bind",
-        "source": guest_source,
-        "options": options,
-    });
-    if let Some(obj) = spec.as_object_mut() {
-        match obj.get_mut("mounts").and_then(Value::as_array_mut) {
-            Some(m) => m.push(mount),
-            None => {
-                obj.insert("mounts".into(), Value::Array(vec![mount]));
-            }
-        }
-    }
+    let mut options = vec!["rbind", mode];
+    options.extend(volume.options.iter().map(String::as_str));
+    let m = mount(&volume.destination, "bind", guest_source, &options);
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    mounts.push(m);
+    spec.set_mounts(Some(mounts));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
-    fn spec(mounts: Value) -> Value {
-        serde_json::json!({
+    fn spec(mounts: Value) -> Spec {
+        typed(serde_json::json!({
             "ociVersion": "1.0.2",
             "root": {"path": "rootfs", "readonly": false},
-            "process": {"args": ["sh"], "cwd": "/", "apparmorProfile": "docker-default"},
+            "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}, "apparmorProfile": "docker-default"},
             "hooks": {"prestart": [{"path": "/usr/bin/thing"}]},
             "mounts": mounts,
             "linux": {"mountLabel": "x"}
-        })
+        }))
+    }
+
+    fn typed(v: Value) -> Spec {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn json(s: &Spec) -> Value {
+        serde_json::to_value(s).unwrap()
     }
 
     #[test]
@@ -294,6 +322,7 @@ mod tests {
         let files = for_guest(&mut s, "/run/hull/shared/c1/rootfs")
             .unwrap()
             .files;
+        let s = json(&s);
         assert_eq!(s["root"]["path"], "/run/hull/shared/c1/rootfs");
         assert_eq!(s["root"]["readonly"], false);
         assert!(s.get("hooks").is_none());
@@ -318,6 +347,7 @@ mod tests {
         let files = for_guest(&mut s, "/r").unwrap().files;
         assert_eq!(files.hosts.as_deref(), Some("127.0.0.1 localhost\n"));
         assert_eq!(files.hostname.as_deref(), Some("pod-1"));
+        let s = json(&s);
         let mounts = s["mounts"].as_array().unwrap();
         assert_eq!(mounts.len(), 1);
         assert_eq!(mounts[0]["type"], "tmpfs");
@@ -366,6 +396,7 @@ mod tests {
             }]
         );
         add_volume(&mut s, &plan.shared[0], "/run/hull/fs/v0", false);
+        let s = json(&s);
         let m = &s["mounts"][1];
         assert_eq!(m["source"], "/run/hull/fs/v0");
         assert_eq!(m["options"], serde_json::json!(["rbind", "rw", "nodev"]));
@@ -375,13 +406,13 @@ mod tests {
             {"destination": "/f", "type": "bind", "source": file.to_str().unwrap(), "options": ["rbind", "rw"]}
         ]));
         let e = for_guest(&mut s, "/r").unwrap_err();
-        assert_eq!(
-            e,
-            SpecError::HostFileBind {
-                index: 1,
-                source_path: file.to_str().unwrap().into(),
-                destination: "/f".into()
-            }
+        assert!(
+            matches!(
+                &e,
+                SpecError::HostFileBind { index: 1, source_path, destination }
+                    if source_path == file.to_str().unwrap() && destination == "/f"
+            ),
+            "{e}"
         );
     }
 
@@ -401,13 +432,14 @@ mod tests {
                 options: vec!["nosuid".into()]
             }]
         );
-        assert!(s["mounts"].as_array().unwrap().is_empty());
+        assert!(json(&s)["mounts"].as_array().unwrap().is_empty());
         add_volume(
             &mut s,
             &plan.volumes[0],
             "/run/hull/shared/c1-v0/rootfs",
             true,
         );
+        let s = json(&s);
         let m = &s["mounts"][0];
         assert_eq!(m["source"], "/run/hull/shared/c1-v0/rootfs");
         assert_eq!(m["destination"], "/data");
@@ -421,26 +453,42 @@ mod tests {
     }
 
     #[test]
-    fn malformed_specs_are_errors_not_panics() {
+    fn malformed_specs_are_errors_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
         for bad in [
-            serde_json::json!("a string"),
-            serde_json::json!({"root": "x"}),
-            serde_json::json!({"mounts": {"a": 1}}),
+            "\"a string\"",
+            "{\"ociVersion\": \"1.0.2\", \"root\": \"x\"}",
+            "{\"ociVersion\": \"1.0.2\", \"mounts\": {\"a\": 1}}",
+            "{\"ociVersion\": \"1.0.2\", \"mounts\": [7]}",
         ] {
-            let mut s = bad;
-            assert!(matches!(for_guest(&mut s, "/r"), Err(SpecError::Json(_))));
+            std::fs::write(&path, bad).unwrap();
+            let e = read(&path).unwrap_err();
+            assert!(e.to_string().contains("config.json"), "{bad}: {e}");
         }
-        let mut s = serde_json::json!({"mounts": [7, {"type": "bind"}]});
+        let mut s = typed(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "mounts": [{"destination": "/x", "type": "bind"}]
+        }));
         assert!(
             for_guest(&mut s, "/r").is_err(),
             "a bind with no source is refused"
+        );
+        let mut bare = typed(serde_json::json!({"ociVersion": "1.0.2"}));
+        for_guest(&mut bare, "/r").unwrap();
+        assert!(
+            !read_only_root(&bare),
+            "a spec without a root gets a writable one"
         );
     }
 
     #[test]
     fn roles_follow_the_cri_annotations() {
-        let with = |a: Value| serde_json::json!({"annotations": a});
-        assert_eq!(role(&serde_json::json!({})), Role::Standalone);
+        let with = |a: Value| typed(serde_json::json!({"ociVersion": "1", "annotations": a}));
+        assert_eq!(
+            role(&typed(serde_json::json!({"ociVersion": "1"}))),
+            Role::Standalone
+        );
         assert_eq!(
             role(&with(serde_json::json!({CONTAINER_TYPE: "sandbox"}))),
             Role::PodSandbox

@@ -205,20 +205,21 @@ impl ProcessIo {
                     source,
                 })
         };
-        let mut outputs = Vec::new();
-        let mut streams = Vec::new();
-        let finished = channel();
-        let stdin = Arc::new(Mutex::new(None));
         let label = if exec.is_empty() {
             container.to_string()
         } else {
             format!("{container}/{exec}")
         };
+        let mut io = ProcessIo {
+            outputs: Vec::new(),
+            finished: channel(),
+            streams: Vec::new(),
+            stdin: Arc::new(Mutex::new(None)),
+        };
         if stdio.terminal {
+            // One pty stream both ways: a duplicate of it is the output side.
             let pty = open(Kind::Pty)?;
-            streams.extend(pty.try_clone().ok());
             if stdio.stdout.is_wired() {
-                let out = stdio.stdout.clone();
                 let reader = pty.try_clone().map_err(|e| IoError::Stream {
                     kind: "pty",
                     source: ConnectError::Io {
@@ -226,51 +227,38 @@ impl ProcessIo {
                         source: e,
                     },
                 })?;
-                outputs.push(spawn_output(
-                    reader,
-                    out,
-                    format!("{label} pty"),
-                    finished.0.clone(),
-                ));
+                io.add_output(reader, &stdio.stdout, format!("{label} pty"));
             }
-            if stdio.stdin.is_wired() {
-                let input = stdio.stdin.clone();
-                *crate::lock(&stdin) = pty.try_clone().ok();
-                spawn_input(input, pty, stdin.clone(), label.clone());
-            }
-            return Ok(ProcessIo {
-                outputs,
-                finished,
-                streams,
-                stdin,
-            });
+            io.add_input(&stdio.stdin, pty, &label);
+            return Ok(io);
         }
         if stdio.stdin.is_wired() {
-            let input = stdio.stdin.clone();
-            let s = open(Kind::Stdin)?;
-            streams.extend(s.try_clone().ok());
-            *crate::lock(&stdin) = s.try_clone().ok();
-            spawn_input(input, s, stdin.clone(), label.clone());
+            io.add_input(&stdio.stdin, open(Kind::Stdin)?, &label);
         }
         for (kind, target) in [(Kind::Stdout, &stdio.stdout), (Kind::Stderr, &stdio.stderr)] {
             if target.is_wired() {
-                let out = target.clone();
-                let s = open(kind)?;
-                streams.extend(s.try_clone().ok());
-                outputs.push(spawn_output(
-                    s,
-                    out,
-                    format!("{label} {}", kind.name()),
-                    finished.0.clone(),
-                ));
+                io.add_output(open(kind)?, target, format!("{label} {}", kind.name()));
             }
         }
-        Ok(ProcessIo {
-            outputs,
-            finished,
-            streams,
-            stdin,
-        })
+        Ok(io)
+    }
+
+    /// Copies what the agent sends on `from` to `to` (ended by [`ProcessIo::close`]).
+    fn add_output(&mut self, from: UnixStream, to: &Target, label: String) {
+        self.streams.extend(from.try_clone().ok());
+        let done = self.finished.0.clone();
+        self.outputs
+            .push(spawn_output(from, to.clone(), label, done));
+    }
+
+    /// Copies `from` to the agent's stream `to` when stdin is wired; keeps the stream for
+    /// [`ProcessIo::close`] either way.
+    fn add_input(&mut self, from: &Target, to: UnixStream, label: &str) {
+        self.streams.extend(to.try_clone().ok());
+        if from.is_wired() {
+            *crate::lock(&self.stdin) = to.try_clone().ok();
+            spawn_input(from.clone(), to, self.stdin.clone(), label.to_string());
+        }
     }
 
     /// Ends every relay of the process: its streams are shut down both ways.

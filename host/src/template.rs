@@ -37,20 +37,15 @@ const LOCK_FILE: &str = "lock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
-    #[error("{op} {path}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("building the template: {0}")]
-    Build(String),
+    #[error(transparent)]
+    Io(#[from] crate::PathError),
+    #[error("building the template")]
+    Build(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> TemplateError {
-    let path = path.to_path_buf();
-    move |source| TemplateError::Io { op, path, source }
+    let at = crate::PathError::at(op, path);
+    move |source| TemplateError::Io(at(source))
 }
 
 /// Identity of a file on disk: a rebuilt kernel or image changes it.
@@ -156,10 +151,10 @@ impl TemplateCache {
 
     /// The template for `spec`, made with `build` (a cold boot and a snapshot written into
     /// the directory it is given) when the cache has no valid one.
-    pub fn get_or_build(
+    pub fn get_or_build<E: std::error::Error + Send + Sync + 'static>(
         &self,
         spec: &VmSpec,
-        build: impl FnOnce(&Path) -> Result<u64, String>,
+        build: impl FnOnce(&Path) -> Result<u64, E>,
     ) -> Result<Template, TemplateError> {
         let key = TemplateKey::for_spec(spec)?;
         let dir = self.dir_for(&key);
@@ -190,7 +185,7 @@ impl TemplateCache {
             Ok(ms) => ms,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&tmp);
-                return Err(TemplateError::Build(e));
+                return Err(TemplateError::Build(Box::new(e)));
             }
         };
         let finish = || -> Result<TemplateMeta, TemplateError> {
@@ -486,7 +481,7 @@ mod tests {
         }
     }
 
-    fn fake_build(spec: &VmSpec) -> impl FnOnce(&Path) -> Result<u64, String> + '_ {
+    fn fake_build(spec: &VmSpec) -> impl FnOnce(&Path) -> Result<u64, std::io::Error> + '_ {
         move |dir: &Path| {
             // What the VMM writes: the metadata, then machine state (here a stand-in).
             let state = (
@@ -533,7 +528,9 @@ mod tests {
         assert_eq!(t.meta.boot_ms, 1234);
         let again = f
             .cache
-            .get_or_build(&f.spec, |_| panic!("rebuilt a valid template"))
+            .get_or_build(&f.spec, |_| -> Result<u64, std::io::Error> {
+                panic!("rebuilt a valid template")
+            })
             .unwrap();
         assert!(!again.built);
         assert_eq!(again.dir, t.dir);
@@ -622,9 +619,12 @@ mod tests {
         let f = fixture();
         let e = f
             .cache
-            .get_or_build(&f.spec, |_| Err("the guest never answered".into()))
+            .get_or_build(&f.spec, |_| {
+                Err(std::io::Error::other("the guest never answered"))
+            })
             .unwrap_err();
-        assert!(e.to_string().contains("the guest never answered"), "{e}");
+        let chain = hull_vmm_api::error_chain(&e);
+        assert!(chain.contains("the guest never answered"), "{chain}");
         assert!(f.cache.get(&f.spec).unwrap().is_none());
         let left: Vec<_> = std::fs::read_dir(f.cache.root())
             .unwrap()

@@ -17,15 +17,4 @@ pub mod snapshot;
 pub use client::{ControlClient, ControlError};
 pub use config::ConfigFile;
 
-/// "outer: inner: innermost" for an error and its sources: the one-line form every
-/// message to an operator or API client takes.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+pub use hull_protocol::error_chain;

@@ -25,7 +25,7 @@ use crate::error_chain;
 pub enum ApiError {
     #[error("{0}")]
     Path(String),
-    #[error("binding {path}: {source}")]
+    #[error("binding {}", .path.display())]
     Bind {
         path: PathBuf,
         #[source]

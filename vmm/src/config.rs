@@ -124,7 +124,6 @@ impl VmConfig {
     pub fn validate(file: ConfigFile, host_cpus: u32) -> Result<Self, ConfigError> {
         let kernel = file.kernel.unwrap_or_else(|| PathBuf::from(DEFAULT_KERNEL));
         let kernel_format = inspect_kernel(&kernel)?;
-
         if let Some(initrd) = &file.initrd {
             if !initrd.exists() {
                 return Err(ConfigError::InitrdMissing {
@@ -132,90 +131,17 @@ impl VmConfig {
                 });
             }
         }
-
-        let vcpus = file.vcpus.unwrap_or(u32::from(DEFAULT_VCPUS));
-        if vcpus == 0 {
-            return Err(ConfigError::NoVcpus);
-        }
-        if vcpus > host_cpus || vcpus > u32::from(u8::MAX) {
-            return Err(ConfigError::TooManyVcpus {
-                requested: vcpus,
-                host: host_cpus.min(u32::from(u8::MAX)),
-            });
-        }
-
+        let vcpus = check_vcpus(file.vcpus.unwrap_or(u32::from(DEFAULT_VCPUS)), host_cpus)?;
         let memory_mib = file.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB);
-        if memory_mib > MAX_MEMORY_MIB {
-            return Err(ConfigError::MemoryTooLarge {
-                mib: memory_mib,
-                max: MAX_MEMORY_MIB,
-            });
-        }
-        let kernel_end = match kernel_format {
-            KernelFormat::Elf { end } => end,
-            // A bzImage is loaded at 1 MiB and decompresses itself; its size on disk is a
-            // lower bound of what it needs.
-            KernelFormat::BzImage => {
-                crate::arch::x86_64::layout::HIMEM_START + file_len(&kernel)? * 4
-            }
-        };
-        let end_mib = kernel_end.div_ceil(1 << 20);
-        let min_mib = end_mib + MEMORY_MARGIN_MIB;
-        if u64::from(memory_mib) < min_mib {
-            return Err(ConfigError::MemoryTooSmall {
-                mib: memory_mib,
-                kernel,
-                end_mib,
-                min_mib,
-            });
-        }
-
-        let mut drives = file.drive;
-        // Without a root disk or an initrd the guest has nothing to boot: give it hull's
-        // image, so extra `--drive`s do not silently take the root's place.
-        if file.initrd.is_none() && !drives.iter().any(|d| d.root) {
-            drives.insert(
-                0,
-                DriveConfig {
-                    id: None,
-                    path: PathBuf::from(DEFAULT_ROOT_IMAGE),
-                    read_only: true,
-                    root: true,
-                    fstype: Some("erofs".into()),
-                    serial: None,
-                    format: DriveFormat::Raw,
-                },
-            );
-        }
-        let mut root = None;
-        for (index, d) in drives.iter().enumerate() {
-            if !d.path.exists() {
-                return Err(ConfigError::ImageMissing {
-                    index,
-                    path: d.path.clone(),
-                });
-            }
-            if d.root {
-                if let Some(first) = root {
-                    return Err(ConfigError::TwoRoots { index, first });
-                }
-                root = Some(index);
-            }
-        }
-
+        check_memory(memory_mib, &kernel, kernel_format)?;
+        let drives = check_drives(file.drive, file.initrd.is_none())?;
         let console = file.console.unwrap_or(ConsoleOutput::Stdout);
         if let ConsoleOutput::File(path) = &console {
-            let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
-            if let Some(dir) = dir {
-                if !dir.is_dir() {
-                    return Err(ConfigError::ConsoleDir {
-                        path: path.clone(),
-                        dir: dir.to_path_buf(),
-                    });
-                }
-            }
+            check_parent(path).map_err(|dir| ConfigError::ConsoleDir {
+                path: path.clone(),
+                dir,
+            })?;
         }
-
         if let Some(v) = &file.vsock {
             validate_vsock(v)?;
         }
@@ -225,34 +151,18 @@ impl VmConfig {
         if let Some(path) = &file.api_socket {
             validate_api_socket(path)?;
         }
-        let drive_slots = file.drive_slots.unwrap_or(0);
-        let devices = drives.len() as u32
-            + file.net.len() as u32
-            + u32::from(file.vsock.is_some())
-            + u32::from(file.entropy.unwrap_or(true))
-            + u32::from(file.shared_fs.is_some())
-            + drive_slots;
         if let Some(tag) = &file.shared_fs {
-            if tag.is_empty()
-                || tag.len() > crate::devices::virtio::fs::TAG_LEN
-                || tag.contains('\0')
-            {
+            let fits = (1..=crate::devices::virtio::fs::TAG_LEN).contains(&tag.len());
+            if !fits || tag.contains('\0') {
                 return Err(ConfigError::SharedFsTag(tag.clone()));
             }
         }
-        if devices > MAX_VIRTIO_DEVICES {
-            return Err(ConfigError::TooManyDevices {
-                devices,
-                drive_slots,
-            });
-        }
-
         let config = VmConfig {
             kernel,
             kernel_format,
             initrd: file.initrd,
             cmdline_extra: file.cmdline_extra.unwrap_or_default(),
-            vcpus: vcpus as u8,
+            vcpus,
             memory_mib,
             console,
             console_max_bytes: file.console_max_bytes.unwrap_or(DEFAULT_CONSOLE_MAX_BYTES),
@@ -262,11 +172,24 @@ impl VmConfig {
             entropy: file.entropy.unwrap_or(true),
             net: file.net,
             api_socket: file.api_socket,
-            drive_slots: drive_slots as u8,
+            drive_slots: check_drive_slots(file.drive_slots.unwrap_or(0))?,
             shared_fs: file.shared_fs,
         };
+        config.check_device_count()?;
         config.check_device_ids()?;
         Ok(config)
+    }
+
+    /// Every device needs an interrupt pin of its own.
+    fn check_device_count(&self) -> Result<(), ConfigError> {
+        let devices = self.virtio_plan().len() as u32;
+        if devices > MAX_VIRTIO_DEVICES {
+            return Err(ConfigError::TooManyDevices {
+                devices,
+                drive_slots: u32::from(self.drive_slots),
+            });
+        }
+        Ok(())
     }
 
     pub fn memory_bytes(&self) -> u64 {
@@ -363,6 +286,98 @@ pub enum VirtioPlan<'a> {
     Fs(&'a str),
 }
 
+fn check_vcpus(vcpus: u32, host_cpus: u32) -> Result<u8, ConfigError> {
+    if vcpus == 0 {
+        return Err(ConfigError::NoVcpus);
+    }
+    if vcpus > host_cpus || vcpus > u32::from(u8::MAX) {
+        return Err(ConfigError::TooManyVcpus {
+            requested: vcpus,
+            host: host_cpus.min(u32::from(u8::MAX)),
+        });
+    }
+    Ok(vcpus as u8)
+}
+
+/// Room for the kernel and [`MEMORY_MARGIN_MIB`] past its end, below [`MAX_MEMORY_MIB`].
+fn check_memory(mib: u32, kernel: &Path, format: KernelFormat) -> Result<(), ConfigError> {
+    if mib > MAX_MEMORY_MIB {
+        return Err(ConfigError::MemoryTooLarge {
+            mib,
+            max: MAX_MEMORY_MIB,
+        });
+    }
+    let kernel_end = match format {
+        KernelFormat::Elf { end } => end,
+        // A bzImage is loaded at 1 MiB and decompresses itself; its size on disk is a
+        // lower bound of what it needs.
+        KernelFormat::BzImage => crate::arch::x86_64::layout::HIMEM_START + file_len(kernel)? * 4,
+    };
+    let end_mib = kernel_end.div_ceil(1 << 20);
+    let min_mib = end_mib + MEMORY_MARGIN_MIB;
+    if u64::from(mib) < min_mib {
+        return Err(ConfigError::MemoryTooSmall {
+            mib,
+            kernel: kernel.to_path_buf(),
+            end_mib,
+            min_mib,
+        });
+    }
+    Ok(())
+}
+
+/// The drives, hull's image leading as the root when nothing else can be booted (no root
+/// disk and no initrd), so extra `--drive`s never silently take the root's place. Each
+/// image must exist, and at most one drive is the root.
+fn check_drives(
+    mut drives: Vec<DriveConfig>,
+    no_initrd: bool,
+) -> Result<Vec<DriveConfig>, ConfigError> {
+    if no_initrd && !drives.iter().any(|d| d.root) {
+        let image = DriveConfig {
+            id: None,
+            path: PathBuf::from(DEFAULT_ROOT_IMAGE),
+            read_only: true,
+            root: true,
+            fstype: Some("erofs".into()),
+            serial: None,
+            format: DriveFormat::Raw,
+        };
+        drives.insert(0, image);
+    }
+    let mut root = None;
+    for (index, d) in drives.iter().enumerate() {
+        if !d.path.exists() {
+            return Err(ConfigError::ImageMissing {
+                index,
+                path: d.path.clone(),
+            });
+        }
+        if d.root {
+            if let Some(first) = root {
+                return Err(ConfigError::TwoRoots { index, first });
+            }
+            root = Some(index);
+        }
+    }
+    Ok(drives)
+}
+
+fn check_drive_slots(slots: u32) -> Result<u8, ConfigError> {
+    u8::try_from(slots).map_err(|_| ConfigError::TooManyDevices {
+        devices: slots,
+        drive_slots: slots,
+    })
+}
+
+/// The directory `path` would be made in, when it does not exist (`Err`).
+fn check_parent(path: &Path) -> Result<(), PathBuf> {
+    match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(dir) if !dir.is_dir() => Err(dir.to_path_buf()),
+        _ => Ok(()),
+    }
+}
+
 fn validate_net(index: usize, n: &NetConfig) -> Result<(), ConfigError> {
     match (&n.tap, n.tap_fd) {
         (Some(name), None) => {
@@ -395,16 +410,10 @@ fn validate_api_socket(path: &Path) -> Result<(), ConfigError> {
     if path.as_os_str().len() > 107 {
         return Err(ConfigError::ApiSocketTooLong(path.to_path_buf()));
     }
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
-    if let Some(dir) = dir {
-        if !dir.is_dir() {
-            return Err(ConfigError::ApiSocketDir {
-                path: path.to_path_buf(),
-                dir: dir.to_path_buf(),
-            });
-        }
-    }
-    Ok(())
+    check_parent(path).map_err(|dir| ConfigError::ApiSocketDir {
+        path: path.to_path_buf(),
+        dir,
+    })
 }
 
 fn validate_vsock(v: &VsockConfig) -> Result<(), ConfigError> {
@@ -414,16 +423,10 @@ fn validate_vsock(v: &VsockConfig) -> Result<(), ConfigError> {
     if v.uds_path.as_os_str().len() > MAX_VSOCK_PATH {
         return Err(ConfigError::VsockPathTooLong(v.uds_path.clone()));
     }
-    let dir = v.uds_path.parent().filter(|p| !p.as_os_str().is_empty());
-    if let Some(dir) = dir {
-        if !dir.is_dir() {
-            return Err(ConfigError::VsockDir {
-                path: v.uds_path.clone(),
-                dir: dir.to_path_buf(),
-            });
-        }
-    }
-    Ok(())
+    check_parent(&v.uds_path).map_err(|dir| ConfigError::VsockDir {
+        path: v.uds_path.clone(),
+        dir,
+    })
 }
 
 fn file_len(path: &Path) -> Result<u64, ConfigError> {

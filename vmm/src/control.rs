@@ -327,7 +327,9 @@ fn blocker(
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError {
     let path = path.to_path_buf();
-    move |source| SnapshotError::Io { op, path, source }
+    move |source| {
+        SnapshotError::File(hull_vmm_api::snapshot::SnapshotError::Io { op, path, source })
+    }
 }
 
 /// Creates `dir` (and its parents) for the owner only.

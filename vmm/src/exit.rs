@@ -86,7 +86,7 @@ impl ExitEvent {
 
     /// Records `reason` unless another one was recorded first, and wakes the event loop.
     pub fn signal(&self, reason: ExitReason) {
-        let mut slot = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = hull_protocol::lock(&self.reason);
         if slot.is_none() {
             log::info!("VM exit: {reason}");
             *slot = Some(reason);
@@ -98,17 +98,11 @@ impl ExitEvent {
     }
 
     pub fn is_set(&self) -> bool {
-        self.reason
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some()
+        hull_protocol::lock(&self.reason).is_some()
     }
 
     pub fn reason(&self) -> Option<ExitReason> {
-        self.reason
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        hull_protocol::lock(&self.reason).clone()
     }
 
     pub fn fd(&self) -> &EventFd {

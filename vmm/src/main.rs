@@ -254,7 +254,10 @@ fn main() -> ExitCode {
         Some(path) => match hull_vmm::api::ApiServer::start(path, vmm.control()) {
             Ok(server) => Some(server),
             Err(e) => {
-                eprintln!("hull-vmm: cannot serve the control API: {e}");
+                eprintln!(
+                    "hull-vmm: cannot serve the control API: {}",
+                    error_chain(&e)
+                );
                 return ExitCode::from(1);
             }
         },

@@ -24,13 +24,6 @@ use crate::vstate::vm::VmState;
 pub enum SnapshotError {
     #[error(transparent)]
     File(#[from] hull_vmm_api::snapshot::SnapshotError),
-    #[error("{op} {path}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("{path} is corrupt ({why}); take a new snapshot")]
     Inconsistent { path: PathBuf, why: String },
     #[error("pause the VM before taking a snapshot")]

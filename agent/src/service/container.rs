@@ -57,9 +57,7 @@ impl Process {
     }
 }
 
-pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+pub use hull_protocol::lock;
 
 pub struct Container {
     pub id: String,

@@ -35,7 +35,7 @@ impl Events {
         let Ok(bytes) = event.write_to_bytes() else {
             return;
         };
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut inner = hull_protocol::lock(&self.inner);
         inner
             .subscribers
             .retain(|tx| match tx.try_send(bytes.clone()) {
@@ -57,7 +57,7 @@ impl Events {
         }
         let (tx, rx) = sync_channel::<Vec<u8>>(QUEUE);
         {
-            let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            let mut inner = hull_protocol::lock(&self.inner);
             for old in inner.backlog.drain(..) {
                 let _ = tx.try_send(old);
             }

@@ -7,8 +7,10 @@
 
 mod cgroup;
 pub mod container;
+mod create;
 mod events;
 mod network;
+mod rpc;
 mod sandbox;
 pub mod stdio;
 pub mod storage;
@@ -22,15 +24,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use hull_protocol::rpc::agent::*;
-use hull_protocol::rpc::agent_ttrpc;
-use hull_protocol::rpc::ttrpc::{self, Code, TtrpcContext};
+use hull_protocol::rpc::ttrpc::{self, Code};
 use hull_protocol::stream::{validate_id, Header, Kind};
-use protobuf::well_known_types::empty::Empty;
 
 use crate::reaper::Reaper;
 use crate::runtime::{self, Op};
-use cgroup::Cgroup;
-use container::{lock, Container, Process, Rewrite};
+use container::{lock, Container, Process};
 use events::Events;
 use sandbox::Sandbox;
 pub use stdio::Connection;
@@ -248,137 +247,6 @@ impl Service {
             )));
         }
         Ok(())
-    }
-
-    fn create_container(&self, req: &CreateContainerRequest) -> Result<u32> {
-        let id = req.container_id.as_str();
-        validate_id("container_id", id)
-            .map_err(|e| AgentError::invalid("container_id", e.to_string()))?;
-        let mut spec = validate::parse_spec(&req.oci_spec_json)?;
-        let rootfs = validate::check_spec(&spec, &self.config.rootfs_areas)?;
-        let stdio = req.stdio.clone().unwrap_or_default();
-        let terminal = spec
-            .process()
-            .as_ref()
-            .and_then(|p| p.terminal())
-            .unwrap_or(false);
-        container::check_terminal(&stdio, terminal, "process")?;
-
-        let _busy = self.mark_busy(id)?;
-        if lock(&self.containers).contains_key(id) {
-            return Err(AgentError::AlreadyExists(format!("container {id:?}")));
-        }
-        let (cgroup_path, shared_pid_ns, files, holder_wanted) = {
-            let sb = lock(&self.sandbox);
-            let sb = sb.as_ref().ok_or_else(|| {
-                AgentError::FailedPrecondition(
-                    "CreateSandbox must come before the first container".into(),
-                )
-            })?;
-            let shared = match &sb.pid_namespace_holder {
-                Some((holder, pid)) if sb.shared_pid_namespace => {
-                    let init = lock(&self.containers).get(holder).map(|c| c.init.clone());
-                    match init {
-                        Some(p) if p.exit().is_none() => Some(PathBuf::from(format!("/proc/{pid}/ns/pid"))),
-                        _ => {
-                            return Err(AgentError::FailedPrecondition(format!(
-                                "the sandbox's shared PID namespace is gone: its first container {holder:?} has exited"
-                            )))
-                        }
-                    }
-                }
-                _ => None,
-            };
-            (
-                sb.cgroup.join(id),
-                shared,
-                sb.files.clone(),
-                sb.shared_pid_namespace && sb.pid_namespace_holder.is_none(),
-            )
-        };
-        container::rewrite_spec(
-            &mut spec,
-            &Rewrite {
-                rootfs: &rootfs,
-                cgroup_path: &cgroup_path,
-                shared_pid_ns,
-                files,
-            },
-        )?;
-
-        let start_in_agent = spec
-            .hooks()
-            .as_ref()
-            .is_none_or(|h| h.poststart().as_ref().is_none_or(|p| p.is_empty()));
-        let bundle = self.bundle_dir(id);
-        let _ = std::fs::remove_dir_all(&bundle);
-        std::fs::create_dir_all(&bundle)
-            .map_err(|e| AgentError::Internal(format!("{}: {e}", bundle.display())))?;
-        let cleanup = |this: &Self| {
-            let _ = this.helper(id, &Op::Delete, None, &bundle);
-            let _ = std::fs::remove_dir_all(&bundle);
-        };
-        let result = (|| {
-            let json = serde_json::to_vec_pretty(&spec)
-                .map_err(|e| AgentError::Internal(e.to_string()))?;
-            std::fs::write(bundle.join("config.json"), json)
-                .map_err(|e| AgentError::Internal(format!("writing config.json: {e}")))?;
-            let prepared = container::prepare_stdio(&stdio, &bundle, "init")?;
-            let mut io = prepared.io;
-            let op = Op::Create {
-                bundle: bundle.clone(),
-                console_socket: prepared.console.as_ref().map(|c| c.path().to_owned()),
-            };
-            let pid = self
-                .helper(id, &op, Some(prepared.child), &bundle)
-                .map_err(|e| {
-                    AgentError::FailedPrecondition(format!("creating container {id:?}: {e}"))
-                })?;
-            if let Some(console) = prepared.console {
-                console
-                    .receive(&mut io)
-                    .map_err(|e| AgentError::Internal(format!("container {id:?}: {e}")))?;
-            }
-            Ok((pid, io))
-        })();
-        let (pid, io) = match result {
-            Ok(v) => v,
-            Err(e) => {
-                cleanup(self);
-                return Err(e);
-            }
-        };
-
-        let init = Process::new(pid, io);
-        let container = Arc::new(Container {
-            id: id.to_owned(),
-            bundle,
-            cgroup: Cgroup::new(&cgroup_path),
-            init: init.clone(),
-            execs: Mutex::new(HashMap::new()),
-            start_in_agent,
-        });
-        let events = self.events.clone();
-        let cid = id.to_owned();
-        self.reaper.on_exit(pid as libc::pid_t, move |exit| {
-            init.set_exit(exit);
-            events.publish(&container::exit_event(&cid, "", &exit));
-        });
-        let events = self.events.clone();
-        let cid = id.to_owned();
-        if let Err(e) = container
-            .cgroup
-            .watch_oom(move || events.publish(&container::oom_event(&cid)))
-        {
-            eprintln!("hull-agent: container {id}: {e}; OOM kills will not be reported");
-        }
-        lock(&self.containers).insert(id.to_owned(), container);
-        if holder_wanted {
-            if let Some(sb) = lock(&self.sandbox).as_mut() {
-                sb.pid_namespace_holder = Some((id.to_owned(), pid));
-            }
-        }
-        Ok(pid)
     }
 
     fn start_container(&self, id: &str) -> Result<()> {
@@ -632,177 +500,5 @@ fn remove_cgroup_dirs(path: &Path) {
         for e in entries.flatten() {
             let _ = std::fs::remove_dir(e.path().join(rel));
         }
-    }
-}
-
-impl agent_ttrpc::Agent for Service {
-    fn ping(&self, _: &TtrpcContext, _: PingRequest) -> ttrpc::Result<PingResponse> {
-        self.call("Ping", || Ok(Service::ping(self)))
-    }
-    fn create_sandbox(&self, _: &TtrpcContext, req: CreateSandboxRequest) -> ttrpc::Result<Empty> {
-        self.call("CreateSandbox", || {
-            Service::create_sandbox(self, &req).map(|_| Empty::new())
-        })
-    }
-    fn destroy_sandbox(&self, _: &TtrpcContext, _: Empty) -> ttrpc::Result<Empty> {
-        self.call("DestroySandbox", || {
-            Service::destroy_sandbox(self).map(|_| Empty::new())
-        })
-    }
-    fn set_time(&self, _: &TtrpcContext, req: SetTimeRequest) -> ttrpc::Result<Empty> {
-        self.call("SetTime", || {
-            if !self.config.in_guest {
-                return Err(AgentError::FailedPrecondition(
-                    "SetTime changes the machine's clock; this agent is served on a host, not in a guest".into(),
-                ));
-            }
-            sandbox::set_time(req.seconds, req.nanoseconds).map(|_| Empty::new())
-        })
-    }
-    fn reseed_random(&self, _: &TtrpcContext, req: ReseedRandomRequest) -> ttrpc::Result<Empty> {
-        self.call("ReseedRandom", || {
-            sandbox::reseed(&req.entropy).map(|_| Empty::new())
-        })
-    }
-    fn configure_network(
-        &self,
-        _: &TtrpcContext,
-        req: ConfigureNetworkRequest,
-    ) -> ttrpc::Result<Empty> {
-        self.call("ConfigureNetwork", || {
-            network::configure(&req).map(|_| Empty::new())
-        })
-    }
-    fn create_container(
-        &self,
-        _: &TtrpcContext,
-        req: CreateContainerRequest,
-    ) -> ttrpc::Result<CreateContainerResponse> {
-        self.call("CreateContainer", || {
-            let mut r = CreateContainerResponse::new();
-            r.pid = Service::create_container(self, &req)?;
-            Ok(r)
-        })
-    }
-    fn start_container(&self, _: &TtrpcContext, req: ContainerRequest) -> ttrpc::Result<Empty> {
-        self.call("StartContainer", || {
-            self.start_container(&req.container_id)
-                .map(|_| Empty::new())
-        })
-    }
-    fn exec_process(
-        &self,
-        _: &TtrpcContext,
-        req: ExecProcessRequest,
-    ) -> ttrpc::Result<ExecProcessResponse> {
-        self.call("ExecProcess", || {
-            let mut r = ExecProcessResponse::new();
-            r.pid = Service::exec_process(self, &req)?;
-            Ok(r)
-        })
-    }
-    fn signal_process(&self, _: &TtrpcContext, req: SignalProcessRequest) -> ttrpc::Result<Empty> {
-        self.call("SignalProcess", || {
-            Service::signal_process(self, &req).map(|_| Empty::new())
-        })
-    }
-    fn wait_process(
-        &self,
-        _: &TtrpcContext,
-        req: ProcessRequest,
-    ) -> ttrpc::Result<WaitProcessResponse> {
-        self.call("WaitProcess", || Service::wait_process(self, &req))
-    }
-    fn resize_pty(&self, _: &TtrpcContext, req: ResizePtyRequest) -> ttrpc::Result<Empty> {
-        self.call("ResizePty", || {
-            Service::resize_pty(self, &req).map(|_| Empty::new())
-        })
-    }
-    fn pause_container(&self, _: &TtrpcContext, req: ContainerRequest) -> ttrpc::Result<Empty> {
-        self.call("PauseContainer", || {
-            self.freeze(&req.container_id, true).map(|_| Empty::new())
-        })
-    }
-    fn resume_container(&self, _: &TtrpcContext, req: ContainerRequest) -> ttrpc::Result<Empty> {
-        self.call("ResumeContainer", || {
-            self.freeze(&req.container_id, false).map(|_| Empty::new())
-        })
-    }
-    fn update_container(
-        &self,
-        _: &TtrpcContext,
-        req: UpdateContainerRequest,
-    ) -> ttrpc::Result<Empty> {
-        self.call("UpdateContainer", || {
-            Service::update_container(self, &req).map(|_| Empty::new())
-        })
-    }
-    fn stats_container(
-        &self,
-        _: &TtrpcContext,
-        req: ContainerRequest,
-    ) -> ttrpc::Result<StatsContainerResponse> {
-        self.call("StatsContainer", || self.stats(&req.container_id))
-    }
-    fn list_processes(
-        &self,
-        _: &TtrpcContext,
-        req: ContainerRequest,
-    ) -> ttrpc::Result<ListProcessesResponse> {
-        self.call("ListProcesses", || {
-            Service::list_processes(self, &req.container_id)
-        })
-    }
-    fn remove_container(&self, _: &TtrpcContext, req: ContainerRequest) -> ttrpc::Result<Empty> {
-        self.call("RemoveContainer", || {
-            Service::remove_container(self, &req.container_id).map(|_| Empty::new())
-        })
-    }
-    fn remove_process(&self, _: &TtrpcContext, req: ProcessRequest) -> ttrpc::Result<Empty> {
-        self.call("RemoveProcess", || {
-            Service::remove_process(self, &req).map(|_| Empty::new())
-        })
-    }
-    fn mount_drive(
-        &self,
-        _: &TtrpcContext,
-        req: MountDriveRequest,
-    ) -> ttrpc::Result<MountDriveResponse> {
-        self.call("MountDrive", || {
-            let area = self.config.rootfs_areas.first().ok_or_else(|| {
-                AgentError::FailedPrecondition("this agent has no rootfs area".into())
-            })?;
-            let request = storage::MountRequest {
-                serial: &req.serial,
-                fstype: &req.fstype,
-                name: &req.name,
-                read_only: req.read_only,
-                writable_overlay: req.writable_overlay,
-            };
-            let path = self
-                .storage
-                .mount(area, Path::new("/sys/block"), &request)?;
-            let mut r = MountDriveResponse::new();
-            r.rootfs = path.to_string_lossy().into_owned();
-            Ok(r)
-        })
-    }
-    fn mount_shared_fs(
-        &self,
-        _: &TtrpcContext,
-        req: MountSharedFsRequest,
-    ) -> ttrpc::Result<MountSharedFsResponse> {
-        self.call("MountSharedFs", || {
-            let dir = self.config.state_dir.join("fs");
-            let path = self.storage.mount_shared_fs(&dir, &req.tag)?;
-            let mut r = MountSharedFsResponse::new();
-            r.path = path.to_string_lossy().into_owned();
-            Ok(r)
-        })
-    }
-    fn unmount_drive(&self, _: &TtrpcContext, req: UnmountDriveRequest) -> ttrpc::Result<Empty> {
-        self.call("UnmountDrive", || {
-            self.storage.unmount(&req.name).map(|_| Empty::new())
-        })
     }
 }

@@ -71,111 +71,114 @@ fn plan(req: &ConfigureNetworkRequest) -> Result<(Vec<Planned>, Vec<PlannedRoute
             format!("more than {MAX_ITEMS}"),
         ));
     }
-    let mut ifaces = Vec::new();
-    for (
-        i,
-        Interface {
-            name,
-            mac,
-            addresses,
-            mtu,
-            ..
-        },
-    ) in req.interfaces.iter().enumerate()
-    {
-        if name.is_empty() && mac.is_empty() {
-            return Err(Invalid::new(
-                format!("interfaces[{i}]"),
-                "names neither a name nor a MAC",
-            ));
-        }
-        if name.len() >= libc::IFNAMSIZ {
-            return Err(Invalid::new(
-                format!("interfaces[{i}].name"),
-                "longer than 15 bytes",
-            ));
-        }
-        if !mac.is_empty() && !is_mac(mac) {
-            return Err(Invalid::new(
-                format!("interfaces[{i}].mac"),
-                format!("{mac:?} is not like 02:00:00:00:00:01"),
-            ));
-        }
-        if *mtu != 0 && !(68..=65535).contains(mtu) {
-            return Err(Invalid::new(
-                format!("interfaces[{i}].mtu"),
-                format!("{mtu} is outside 68..=65535"),
-            ));
-        }
-        if addresses.len() > MAX_ITEMS {
-            return Err(Invalid::new(
-                format!("interfaces[{i}].addresses"),
-                format!("more than {MAX_ITEMS}"),
-            ));
-        }
-        let addresses = addresses
-            .iter()
-            .enumerate()
-            .map(|(j, a)| parse_cidr(&format!("interfaces[{i}].addresses[{j}]"), a))
-            .collect::<Result<_, _>>()?;
-        ifaces.push(Planned {
-            name: name.clone(),
-            mac: mac.to_ascii_lowercase(),
-            addresses,
-            mtu: *mtu,
-        });
-    }
-    let mut routes = Vec::new();
-    for (
-        i,
-        Route {
-            destination,
-            gateway,
-            device,
-            ..
-        },
-    ) in req.routes.iter().enumerate()
-    {
-        let destination = if destination == "default" {
-            None
-        } else {
-            Some(parse_cidr(
-                &format!("routes[{i}].destination"),
-                destination,
-            )?)
-        };
-        let gateway = if gateway.is_empty() {
-            None
-        } else {
-            Some(gateway.parse::<IpAddr>().map_err(|_| {
-                Invalid::new(
-                    format!("routes[{i}].gateway"),
-                    format!("{gateway:?} is not an IP address"),
-                )
-            })?)
-        };
-        if gateway.is_none() && device.is_empty() {
-            return Err(Invalid::new(
-                format!("routes[{i}]"),
-                "needs a gateway or a device",
-            ));
-        }
-        let v4 = |a: IpAddr| a.is_ipv4();
-        if let (Some(d), Some(g)) = (destination, gateway) {
-            if v4(d.addr) != v4(g) {
-                return Err(Invalid::new(
-                    format!("routes[{i}].gateway"),
-                    "is not of the destination's address family",
-                ));
-            }
-        }
-        routes.push(PlannedRoute {
-            destination,
-            gateway,
-            device: device.clone(),
-        });
-    }
+    let ifaces = req
+        .interfaces
+        .iter()
+        .enumerate()
+        .map(|(i, iface)| plan_interface(i, iface))
+        .collect::<Result<_, _>>()?;
+    let routes = req
+        .routes
+        .iter()
+        .enumerate()
+        .map(|(i, route)| plan_route(i, route))
+        .collect::<Result<_, _>>()?;
     Ok((ifaces, routes))
+}
+
+/// `interfaces[i]`, checked.
+fn plan_interface(i: usize, iface: &Interface) -> Result<Planned, Invalid> {
+    let Interface {
+        name,
+        mac,
+        addresses,
+        mtu,
+        ..
+    } = iface;
+    let field = |f: &str| format!("interfaces[{i}]{f}");
+    if name.is_empty() && mac.is_empty() {
+        return Err(Invalid::new(field(""), "names neither a name nor a MAC"));
+    }
+    if name.len() >= libc::IFNAMSIZ {
+        return Err(Invalid::new(field(".name"), "longer than 15 bytes"));
+    }
+    if !mac.is_empty() && !is_mac(mac) {
+        return Err(Invalid::new(
+            field(".mac"),
+            format!("{mac:?} is not like 02:00:00:00:00:01"),
+        ));
+    }
+    if *mtu != 0 && !(68..=65535).contains(mtu) {
+        return Err(Invalid::new(
+            field(".mtu"),
+            format!("{mtu} is outside 68..=65535"),
+        ));
+    }
+    if addresses.len() > MAX_ITEMS {
+        return Err(Invalid::new(
+            field(".addresses"),
+            format!("more than {MAX_ITEMS}"),
+        ));
+    }
+    let addresses = addresses
+        .iter()
+        .enumerate()
+        .map(|(j, a)| parse_cidr(&field(&format!(".addresses[{j}]")), a))
+        .collect::<Result<_, _>>()?;
+    Ok(Planned {
+        name: name.clone(),
+        mac: mac.to_ascii_lowercase(),
+        addresses,
+        mtu: *mtu,
+    })
+}
+
+/// `routes[i]`, checked: a destination (or `default`), a gateway of its family, or a
+/// device.
+fn plan_route(i: usize, route: &Route) -> Result<PlannedRoute, Invalid> {
+    let Route {
+        destination,
+        gateway,
+        device,
+        ..
+    } = route;
+    let destination = if destination == "default" {
+        None
+    } else {
+        Some(parse_cidr(
+            &format!("routes[{i}].destination"),
+            destination,
+        )?)
+    };
+    let gateway = if gateway.is_empty() {
+        None
+    } else {
+        Some(gateway.parse::<IpAddr>().map_err(|_| {
+            Invalid::new(
+                format!("routes[{i}].gateway"),
+                format!("{gateway:?} is not an IP address"),
+            )
+        })?)
+    };
+    if gateway.is_none() && device.is_empty() {
+        return Err(Invalid::new(
+            format!("routes[{i}]"),
+            "needs a gateway or a device",
+        ));
+    }
+    if let (Some(d), Some(g)) = (destination, gateway) {
+        if d.addr.is_ipv4() != g.is_ipv4() {
+            return Err(Invalid::new(
+                format!("routes[{i}].gateway"),
+                "is not of the destination's address family",
+            ));
+        }
+    }
+    Ok(PlannedRoute {
+        destination,
+        gateway,
+        device: device.clone(),
+    })
 }
 
 fn is_mac(s: &str) -> bool {
@@ -330,100 +333,112 @@ impl Netlink {
 /// is an error (EEXIST), so a repeated request says so instead of silently passing.
 pub fn configure(req: &ConfigureNetworkRequest) -> Result<(), AgentError> {
     let (ifaces, routes) = plan(req)?;
-    let fail = |what: String| {
-        move |e: std::io::Error| AgentError::FailedPrecondition(format!("{what}: {e}"))
-    };
     let mut nl = Netlink::open().map_err(fail("opening an rtnetlink socket".into()))?;
     for iface in &ifaces {
-        // By name when there is one (and then given the MAC if it has another: a guest
-        // restored from a template keeps the template's MAC until told); else by MAC.
-        let name = if iface.name.is_empty() {
-            name_by_mac(&iface.mac).ok_or_else(|| {
-                AgentError::NotFound(format!("network interface with MAC {}", iface.mac))
-            })?
-        } else {
-            iface.name.clone()
-        };
-        let index = index_of(&name)?;
-        let has_mac = current_mac(&name).is_some_and(|m| m.eq_ignore_ascii_case(&iface.mac));
-        if !iface.mac.is_empty() && !has_mac {
-            // Most drivers (virtio-net without VIRTIO_NET_F_CTRL_MAC_ADDR) change the
-            // address only while the link is down.
-            let mut down = LinkMessage::default();
-            down.header.index = index;
-            down.header.change_mask |= LinkFlags::Up;
-            nl.request(RouteNetlinkMessage::SetLink(down), 0)
-                .map_err(fail(format!("taking {name} down to change its MAC")))?;
-            let mut addr = LinkMessage::default();
-            addr.header.index = index;
-            addr.attributes
-                .push(LinkAttribute::Address(mac_bytes(&iface.mac).to_vec()));
-            nl.request(RouteNetlinkMessage::SetLink(addr), 0)
-                .map_err(fail(format!("setting the MAC of {name} to {}", iface.mac)))?;
-        }
-        let mut link = LinkMessage::default();
-        link.header.index = index;
-        link.header.flags |= LinkFlags::Up;
-        link.header.change_mask |= LinkFlags::Up;
-        if iface.mtu != 0 {
-            link.attributes.push(LinkAttribute::Mtu(iface.mtu));
-        }
-        nl.request(RouteNetlinkMessage::SetLink(link), 0)
-            .map_err(fail(format!("bringing {name} up")))?;
-        for a in &iface.addresses {
-            let mut msg = AddressMessage::default();
-            msg.header.index = index;
-            msg.header.prefix_len = a.prefix;
-            msg.header.family = family(a.addr);
-            msg.attributes.push(AddressAttribute::Local(a.addr));
-            msg.attributes.push(AddressAttribute::Address(a.addr));
-            nl.request(
-                RouteNetlinkMessage::NewAddress(msg),
-                NLM_F_CREATE | NLM_F_EXCL,
-            )
-            .map_err(fail(format!("adding {}/{} to {name}", a.addr, a.prefix)))?;
-        }
+        configure_interface(&mut nl, iface)?;
     }
     for r in &routes {
-        let mut msg = RouteMessage::default();
-        msg.header.table = RouteHeader::RT_TABLE_MAIN;
-        msg.header.protocol = RouteProtocol::Static;
-        msg.header.kind = RouteType::Unicast;
-        msg.header.scope = if r.gateway.is_some() {
-            RouteScope::Universe
-        } else {
-            RouteScope::Link
-        };
-        let fam = r
-            .destination
-            .map(|d| d.addr)
-            .or(r.gateway)
-            .map(family)
-            .unwrap_or(AddressFamily::Inet);
-        msg.header.address_family = fam;
-        if let Some(d) = r.destination {
-            msg.header.destination_prefix_length = d.prefix;
-            msg.attributes
-                .push(RouteAttribute::Destination(RouteAddress::from(d.addr)));
-        }
-        if let Some(g) = r.gateway {
-            msg.attributes
-                .push(RouteAttribute::Gateway(RouteAddress::from(g)));
-        }
-        if !r.device.is_empty() {
-            msg.attributes
-                .push(RouteAttribute::Oif(index_of(&r.device)?));
-        }
-        let what = match r.destination {
-            Some(d) => format!("{}/{}", d.addr, d.prefix),
-            None => "default".to_owned(),
-        };
+        add_route(&mut nl, r)?;
+    }
+    Ok(())
+}
+
+fn fail(what: String) -> impl FnOnce(std::io::Error) -> AgentError {
+    move |e| AgentError::FailedPrecondition(format!("{what}: {e}"))
+}
+
+/// Finds the interface (by name when there is one, else by MAC), gives it its MAC (a
+/// guest restored from a template keeps the template's until told), brings it up with its
+/// MTU and adds its addresses.
+fn configure_interface(nl: &mut Netlink, iface: &Planned) -> Result<(), AgentError> {
+    let name = if iface.name.is_empty() {
+        name_by_mac(&iface.mac).ok_or_else(|| {
+            AgentError::NotFound(format!("network interface with MAC {}", iface.mac))
+        })?
+    } else {
+        iface.name.clone()
+    };
+    let index = index_of(&name)?;
+    let has_mac = current_mac(&name).is_some_and(|m| m.eq_ignore_ascii_case(&iface.mac));
+    if !iface.mac.is_empty() && !has_mac {
+        // Most drivers (virtio-net without VIRTIO_NET_F_CTRL_MAC_ADDR) change the
+        // address only while the link is down.
+        let mut down = LinkMessage::default();
+        down.header.index = index;
+        down.header.change_mask |= LinkFlags::Up;
+        nl.request(RouteNetlinkMessage::SetLink(down), 0)
+            .map_err(fail(format!("taking {name} down to change its MAC")))?;
+        let mut addr = LinkMessage::default();
+        addr.header.index = index;
+        addr.attributes
+            .push(LinkAttribute::Address(mac_bytes(&iface.mac).to_vec()));
+        nl.request(RouteNetlinkMessage::SetLink(addr), 0)
+            .map_err(fail(format!("setting the MAC of {name} to {}", iface.mac)))?;
+    }
+    let mut link = LinkMessage::default();
+    link.header.index = index;
+    link.header.flags |= LinkFlags::Up;
+    link.header.change_mask |= LinkFlags::Up;
+    if iface.mtu != 0 {
+        link.attributes.push(LinkAttribute::Mtu(iface.mtu));
+    }
+    nl.request(RouteNetlinkMessage::SetLink(link), 0)
+        .map_err(fail(format!("bringing {name} up")))?;
+    for a in &iface.addresses {
+        let mut msg = AddressMessage::default();
+        msg.header.index = index;
+        msg.header.prefix_len = a.prefix;
+        msg.header.family = family(a.addr);
+        msg.attributes.push(AddressAttribute::Local(a.addr));
+        msg.attributes.push(AddressAttribute::Address(a.addr));
         nl.request(
-            RouteNetlinkMessage::NewRoute(msg),
+            RouteNetlinkMessage::NewAddress(msg),
             NLM_F_CREATE | NLM_F_EXCL,
         )
-        .map_err(fail(format!("adding the route to {what}")))?;
+        .map_err(fail(format!("adding {}/{} to {name}", a.addr, a.prefix)))?;
     }
+    Ok(())
+}
+
+fn add_route(nl: &mut Netlink, r: &PlannedRoute) -> Result<(), AgentError> {
+    let mut msg = RouteMessage::default();
+    msg.header.table = RouteHeader::RT_TABLE_MAIN;
+    msg.header.protocol = RouteProtocol::Static;
+    msg.header.kind = RouteType::Unicast;
+    msg.header.scope = if r.gateway.is_some() {
+        RouteScope::Universe
+    } else {
+        RouteScope::Link
+    };
+    let fam = r
+        .destination
+        .map(|d| d.addr)
+        .or(r.gateway)
+        .map(family)
+        .unwrap_or(AddressFamily::Inet);
+    msg.header.address_family = fam;
+    if let Some(d) = r.destination {
+        msg.header.destination_prefix_length = d.prefix;
+        msg.attributes
+            .push(RouteAttribute::Destination(RouteAddress::from(d.addr)));
+    }
+    if let Some(g) = r.gateway {
+        msg.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::from(g)));
+    }
+    if !r.device.is_empty() {
+        msg.attributes
+            .push(RouteAttribute::Oif(index_of(&r.device)?));
+    }
+    let what = match r.destination {
+        Some(d) => format!("{}/{}", d.addr, d.prefix),
+        None => "default".to_owned(),
+    };
+    nl.request(
+        RouteNetlinkMessage::NewRoute(msg),
+        NLM_F_CREATE | NLM_F_EXCL,
+    )
+    .map_err(fail(format!("adding the route to {what}")))?;
     Ok(())
 }
 

@@ -36,9 +36,8 @@ impl shim::Shim for HullShim {
     /// One shim per pod: a container of a pod joins the shim its sandbox started (the
     /// socket address is derived from the pod's id), a standalone task gets its own.
     fn start_shim(&mut self, opts: StartOpts) -> Result<String, shim::Error> {
-        let grouping = std::fs::read("config.json")
+        let grouping = spec::read(std::path::Path::new("config.json"))
             .ok()
-            .and_then(|t| serde_json::from_slice::<serde_json::Value>(&t).ok())
             .map(|s| match spec::role(&s) {
                 Role::PodContainer { sandbox } => sandbox,
                 _ => opts.id.clone(),

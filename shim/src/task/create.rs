@@ -16,7 +16,7 @@ use hull_host::container::{self, Disk, StorageError, VolumeImage};
 use hull_host::lock;
 use hull_host::pod::Pod;
 use hull_host::rootfs;
-use hull_host::spec::{self, GuestPlan, Role};
+use hull_host::spec::{self, GuestPlan, Role, Spec};
 use hull_host::stdio::Stdio;
 
 use super::options::check_options;
@@ -96,7 +96,7 @@ fn storage_err(id: &str, e: StorageError) -> containerd_shim::protos::ttrpc::Err
 
 /// A Create's request, read and checked: nothing has been made yet.
 struct Checked {
-    spec: serde_json::Value,
+    spec: Spec,
     role: Role,
     plan: GuestPlan,
     host_rootfs: PathBuf,
@@ -187,11 +187,12 @@ impl TaskService {
             }
         }
         let bundle = Path::new(&req.bundle);
-        let mut spec = read_spec(bundle).map_err(|e| invalid(id, e))?;
+        let mut spec = spec::read(&bundle.join("config.json"))
+            .map_err(|e| invalid(id, hull_vmm_api::error_chain(&e)))?;
         let role = spec::role(&spec);
         // With no mounts (`ctr run --rootfs DIR`) the spec's root.path is the tree itself.
-        let host_rootfs = match spec.pointer("/root/path").and_then(|p| p.as_str()) {
-            Some(p) if req.rootfs.is_empty() => bundle.join(p),
+        let host_rootfs = match spec.root() {
+            Some(root) if req.rootfs.is_empty() => bundle.join(root.path()),
             _ => bundle.join("rootfs"),
         };
         // What the guest cannot honour is refused before a VM is touched; the root path is
@@ -317,12 +318,7 @@ impl TaskService {
 
     /// The VM this container runs in: a new one for a standalone task or a pod sandbox
     /// (`true`: this container owns it), the pod's for a pod member.
-    fn pod_for(
-        &self,
-        id: &str,
-        role: &Role,
-        spec: &serde_json::Value,
-    ) -> TtrpcResult<(Arc<Pod>, bool)> {
+    fn pod_for(&self, id: &str, role: &Role, spec: &Spec) -> TtrpcResult<(Arc<Pod>, bool)> {
         match role {
             Role::Standalone | Role::PodSandbox => {
                 if lock(&self.table).pod.is_some() {
@@ -348,12 +344,6 @@ impl TaskService {
                 }),
         }
     }
-}
-
-fn read_spec(bundle: &Path) -> Result<serde_json::Value, String> {
-    let path = bundle.join("config.json");
-    let text = std::fs::read(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
-    serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// containerd's rootfs mounts at `host_rootfs`, copied into `image`, unmounted again.

@@ -172,7 +172,7 @@ impl TaskService {
         lock(&self.config).clone()
     }
 
-    fn start_pod(&self, pod_id: &str, spec: &serde_json::Value) -> TtrpcResult<Arc<Pod>> {
+    fn start_pod(&self, pod_id: &str, spec: &spec::Spec) -> TtrpcResult<Arc<Pod>> {
         let config = self.config();
         let vm = config.vm_spec(Limits::from_spec(spec));
         let templates = config
@@ -211,14 +211,10 @@ impl TaskService {
         &self,
         pod: &Pod,
         files: &spec::SandboxFiles,
-        spec: &serde_json::Value,
+        spec: &spec::Spec,
     ) -> TtrpcResult<()> {
         let mut files = files.clone();
-        files.hostname = files.hostname.or_else(|| {
-            spec.get("hostname")
-                .and_then(|h| h.as_str())
-                .map(String::from)
-        });
+        files.hostname = files.hostname.or_else(|| spec.hostname().clone());
         pod.guest.agent.create_sandbox(&files).map_err(agent_err)
     }
 

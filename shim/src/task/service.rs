@@ -127,37 +127,11 @@ impl containerd_shim::Task for TaskService {
     }
 
     fn pause(&self, _: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
-        let c = self.container(&req.id)?;
-        c.pod
-            .guest
-            .agent
-            .pause_container(&req.id)
-            .map_err(agent_err)?;
-        {
-            let mut s = c.init.state();
-            if s.status == Status::RUNNING {
-                s.status = Status::PAUSED;
-            }
-        }
-        self.events.send(TaskEvent::Paused { id: req.id.clone() });
-        Ok(api::Empty::new())
+        self.set_paused(&req.id, true)
     }
 
     fn resume(&self, _: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
-        let c = self.container(&req.id)?;
-        c.pod
-            .guest
-            .agent
-            .resume_container(&req.id)
-            .map_err(agent_err)?;
-        {
-            let mut s = c.init.state();
-            if s.status == Status::PAUSED {
-                s.status = Status::RUNNING;
-            }
-        }
-        self.events.send(TaskEvent::Resumed { id: req.id.clone() });
-        Ok(api::Empty::new())
+        self.set_paused(&req.id, false)
     }
 
     fn checkpoint(
@@ -305,6 +279,34 @@ impl containerd_shim::Task for TaskService {
         // The last events (TaskDelete) reach containerd before the process ends.
         self.events.flush(std::time::Duration::from_secs(5));
         self.exit.signal();
+        Ok(api::Empty::new())
+    }
+}
+
+impl TaskService {
+    /// Freezes or thaws a container's cgroup in the guest; TaskPaused / TaskResumed.
+    fn set_paused(&self, id: &str, paused: bool) -> TtrpcResult<api::Empty> {
+        let c = self.container(id)?;
+        let agent = &c.pod.guest.agent;
+        let (from, to) = if paused {
+            agent.pause_container(id).map_err(agent_err)?;
+            (Status::RUNNING, Status::PAUSED)
+        } else {
+            agent.resume_container(id).map_err(agent_err)?;
+            (Status::PAUSED, Status::RUNNING)
+        };
+        {
+            let mut s = c.init.state();
+            if s.status == from {
+                s.status = to;
+            }
+        }
+        let id = id.to_string();
+        self.events.send(if paused {
+            TaskEvent::Paused { id }
+        } else {
+            TaskEvent::Resumed { id }
+        });
         Ok(api::Empty::new())
     }
 }

@@ -4,9 +4,6 @@
 //! written to it, devices before the command line that announces them, boot structures
 //! last. Free functions per step keep each one testable and the sequence readable.
 
-use std::fs::File;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -14,21 +11,16 @@ use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use kvm_ioctls::Kvm;
-use linux_loader::loader::{bzimage::BzImage, elf::Elf, KernelLoader};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
 
 use crate::arch::x86_64::{boot, layout, mptable, regs};
-use crate::cmdline::{self, CmdlineSpec};
-use crate::config::{ConsoleOutput, KernelFormat, VmConfig};
+use crate::cmdline;
+use crate::config::VmConfig;
 use crate::control::SnapshotSources;
 pub use crate::control::{SnapshotInfo, VmmControl, VmmMetrics};
-use crate::devices::boot_timer::{BootTimer, StageLog};
-use crate::devices::i8042::I8042;
-use crate::devices::serial::SerialDevice;
-use crate::devices::{Bus, BusDevice};
+use crate::devices::boot_timer::StageLog;
 use crate::exit::{ExitEvent, ExitReason};
 use crate::quirks::{self, HostMode};
 use crate::signals;
@@ -38,12 +30,12 @@ use crate::vstate::pause::PauseGate;
 use crate::vstate::vcpu::{Recoveries, Vcpu, VcpuContext};
 use crate::vstate::vm::{open_kvm, Vm};
 
+mod boot_image;
+mod legacy;
 mod virtio;
+use legacy::legacy_devices;
+use virtio::virtio_devices;
 pub(crate) use virtio::PlacedDevice;
-use virtio::{virtio_devices, VirtioDevices};
-
-/// Offset of the 64-bit entry point in a bzImage's protected-mode code.
-const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -163,6 +155,16 @@ enum Origin {
     },
 }
 
+impl Origin {
+    /// The snapshot's state when restoring.
+    fn state(&self) -> Option<&SnapshotState> {
+        match self {
+            Origin::Restore { state, .. } => Some(state),
+            Origin::Boot => None,
+        }
+    }
+}
+
 /// Creates the VM described by `config`, starts its vCPUs and returns it running.
 /// `start` is the VMM's start time, against which guest boot stages are reported.
 pub fn build_microvm(config: &VmConfig, start: Instant) -> Result<Vmm, BuildError> {
@@ -203,78 +205,30 @@ pub fn restore_microvm(
 }
 
 fn build(config: &VmConfig, start: Instant, origin: Origin) -> Result<Vmm, BuildError> {
-    let mut host = quirks::resolve(config.quirks);
-    if let Origin::Restore { state, .. } = &origin {
-        // The guest's command line was fixed at boot: recover the way it expects.
-        let emulated = state.meta.emulated_host;
-        if emulated != host.is_emulated() {
-            log::warn!(
-                "the snapshot was taken {} the emulated-host quirks; restoring with them {}",
-                if emulated { "with" } else { "without" },
-                if emulated { "on" } else { "off" },
-            );
-            host = if emulated {
-                HostMode::Emulated {
-                    why: "the snapshot's guest was booted for an emulated host".into(),
-                }
-            } else {
-                HostMode::Hardware
-            };
-        }
-    }
-    if let HostMode::Emulated { why } = &host {
-        log::info!("host KVM emulates guest kernel mode ({why}); applying quirks");
-    }
+    let host = host_mode(config, &origin);
     signals::install_kick_handler()?;
     signals::install_dump_handler()?;
     let term_evt = signals::install_termination_handlers()?;
-
-    let kvm = open_kvm()?;
-    let msr_indices = kvm
-        .get_msr_index_list()
-        .map_err(BuildError::MsrList)?
-        .as_slice()
-        .to_vec();
-    let vm = Vm::new(&kvm)?;
-    let ram = match &origin {
-        Origin::Boot => create_guest_memory(config.memory_bytes())?,
-        Origin::Restore { dir, .. } => {
-            let t = Instant::now();
-            let ram = map_snapshot_memory(&dir.join(snapshot::MEMORY_FILE), config.memory_bytes())?;
-            log::info!(
-                "restore: guest memory mapped in {:.2} ms",
-                t.elapsed().as_secs_f64() * 1e3
-            );
-            ram
-        }
-    };
-    vm.register_memory(&ram.memory)?;
-    let mem = &ram.memory;
-    let restoring = match &origin {
-        Origin::Restore { state, .. } => Some(&**state),
-        Origin::Boot => None,
-    };
-    if let Some(state) = restoring {
-        vm.restore_state(&state.vm)?;
-    }
+    let machine = Machine::create(config, &origin)?;
+    let restoring = origin.state();
+    let mem = &machine.ram.memory;
 
     let exit = ExitEvent::new().map_err(BuildError::EventFd)?;
     let mut event_manager = EventManager::<Subscriber>::new().map_err(BuildError::EventManager)?;
-
-    let legacy = legacy_devices(config, &vm, mem, &exit, start, restoring.map(|s| &s.serial))?;
-    let virtio = virtio_devices(
+    let legacy = legacy_devices(
         config,
-        &vm,
+        &machine.vm,
         mem,
-        &mut event_manager,
-        restoring.map(|s| s.devices.as_slice()),
+        &exit,
+        start,
+        restoring.map(|s| &s.serial),
     )?;
-
+    let saved_devices = restoring.map(|s| s.devices.as_slice());
+    let virtio = virtio_devices(config, &machine.vm, mem, &mut event_manager, saved_devices)?;
     let entry = match restoring {
-        None => Some(write_boot_image(config, mem, &host, &virtio)?),
+        None => Some(boot_image::write_boot_image(config, mem, &host, &virtio)?),
         Some(_) => None,
     };
-
     event_manager.add_subscriber(Arc::new(Mutex::new(ExitWatcher {
         exit: exit.clone(),
         term: term_evt.try_clone().map_err(BuildError::EventFd)?,
@@ -289,36 +243,22 @@ fn build(config: &VmConfig, start: Instant, origin: Origin) -> Result<Vmm, Build
         emulated_host: host.is_emulated(),
         pause: pause.clone(),
     };
-    let mut vcpus = Vec::new();
-    for index in 0..config.vcpus {
-        let vcpu = Vcpu::new(&vm, index, ctx.clone())?;
-        match (restoring, entry) {
-            (Some(state), _) => vcpu.restore_state(&state.vcpus[usize::from(index)])?,
-            (None, Some(entry)) => vcpu.configure_boot(&kvm, entry, config.vcpus)?,
-            (None, None) => unreachable!("a boot always has an entry point"),
-        }
-        vcpus.push(vcpu);
-    }
-    let handles = vcpus
-        .into_iter()
-        .map(Vcpu::spawn)
-        .collect::<Result<Vec<_>, _>>()?;
-    signals::block_dump_signal_here();
+    let handles = start_vcpus(config, &machine, ctx, restoring, entry)?;
     log::info!(
         "{} {} vCPU(s), {} MiB, {} virtio device(s), {:.1} ms after VMM start",
-        if restoring.is_some() {
-            "restored"
-        } else {
-            "started"
-        },
+        ["started", "restored"][usize::from(restoring.is_some())],
         config.vcpus,
         config.memory_mib,
         virtio.placed.len(),
         start.elapsed().as_secs_f64() * 1e3
     );
-
-    let vm = Arc::new(vm);
-    let ram = Arc::new(ram);
+    let Machine {
+        kvm,
+        msr_indices,
+        vm,
+        ram,
+    } = machine;
+    let (vm, ram) = (Arc::new(vm), Arc::new(ram));
     let control = VmmControl {
         exit: exit.clone(),
         pause,
@@ -353,185 +293,102 @@ fn build(config: &VmConfig, start: Instant, origin: Origin) -> Result<Vmm, Build
     })
 }
 
-/// Loads the kernel and initrd and writes the command line and boot structures; returns
-/// the kernel's entry point.
-fn write_boot_image(
-    config: &VmConfig,
-    mem: &GuestMemoryMmap,
-    host: &HostMode,
-    virtio: &VirtioDevices,
-) -> Result<u64, BuildError> {
-    let (entry, setup_header, kernel_end) = load_kernel(config, mem)?;
-    let initrd = load_initrd(config, mem, kernel_end)?;
-    let cmdline = cmdline::build(&CmdlineSpec {
-        quirks: host.is_emulated().then_some(quirks::EMULATED_HOST_CMDLINE),
-        devices: &virtio.announced,
-        root: virtio.root.clone(),
-        extra: &config.cmdline_extra,
-    })?;
-    log::debug!("kernel command line: {cmdline:?}");
-    linux_loader::loader::load_cmdline(mem, GuestAddress(layout::CMDLINE_START), &cmdline)
-        .map_err(BuildError::WriteCmdline)?;
-    let cmdline_size = cmdline
-        .as_cstring()
-        .map(|c| c.as_bytes_with_nul().len() as u32)
-        .map_err(|e| BuildError::Cmdline(cmdline::CmdlineError::Invalid(e)))?;
-
-    let params = boot::build_boot_params(&boot::BootSetup {
-        mem_size: config.memory_bytes(),
-        cmdline_size,
-        initrd,
-        setup_header,
-    })?;
-    boot::write_boot_params(mem, &params)?;
-    mptable::setup_mptable(mem, config.vcpus)?;
-    regs::write_boot_tables(mem)?;
-    Ok(entry)
+/// How this host runs guest kernel code. A restore recovers the way the snapshot's guest
+/// expects: its command line was fixed at boot.
+fn host_mode(config: &VmConfig, origin: &Origin) -> HostMode {
+    let mut host = quirks::resolve(config.quirks);
+    if let Some(state) = origin.state() {
+        let emulated = state.meta.emulated_host;
+        if emulated != host.is_emulated() {
+            log::warn!(
+                "the snapshot was taken {} the emulated-host quirks; restoring with them {}",
+                if emulated { "with" } else { "without" },
+                if emulated { "on" } else { "off" },
+            );
+            host = if emulated {
+                HostMode::Emulated {
+                    why: "the snapshot's guest was booted for an emulated host".into(),
+                }
+            } else {
+                HostMode::Hardware
+            };
+        }
+    }
+    if let HostMode::Emulated { why } = &host {
+        log::info!("host KVM emulates guest kernel mode ({why}); applying quirks");
+    }
+    host
 }
 
-fn load_kernel(
-    config: &VmConfig,
-    mem: &GuestMemoryMmap,
-) -> Result<
-    (
-        u64,
-        Option<linux_loader::loader::bootparam::setup_header>,
-        u64,
-    ),
-    BuildError,
-> {
-    let mut file = File::open(&config.kernel).map_err(|source| BuildError::Open {
-        what: "kernel",
-        path: config.kernel.clone(),
-        source,
-    })?;
-    let load_err = |source| BuildError::LoadKernel {
-        path: config.kernel.clone(),
-        source,
-    };
-    let himem = Some(GuestAddress(layout::HIMEM_START));
-    match config.kernel_format {
-        KernelFormat::Elf { .. } => {
-            let r = Elf::load(mem, None, &mut file, himem).map_err(load_err)?;
-            Ok((r.kernel_load.0, None, r.kernel_end))
+/// KVM, the VM and its RAM: fresh for a boot, the snapshot's (memory mapped copy-on-write,
+/// clock and irqchip set) for a restore.
+struct Machine {
+    kvm: Kvm,
+    msr_indices: Vec<u32>,
+    vm: Vm,
+    ram: GuestRam,
+}
+
+impl Machine {
+    fn create(config: &VmConfig, origin: &Origin) -> Result<Machine, BuildError> {
+        let kvm = open_kvm()?;
+        let msr_indices = kvm
+            .get_msr_index_list()
+            .map_err(BuildError::MsrList)?
+            .as_slice()
+            .to_vec();
+        let vm = Vm::new(&kvm)?;
+        let ram = match origin {
+            Origin::Boot => create_guest_memory(config.memory_bytes())?,
+            Origin::Restore { dir, .. } => {
+                let t = Instant::now();
+                let memory = dir.join(snapshot::MEMORY_FILE);
+                let ram = map_snapshot_memory(&memory, config.memory_bytes())?;
+                log::info!(
+                    "restore: guest memory mapped in {:.2} ms",
+                    t.elapsed().as_secs_f64() * 1e3
+                );
+                ram
+            }
+        };
+        vm.register_memory(&ram.memory)?;
+        if let Some(state) = origin.state() {
+            vm.restore_state(&state.vm)?;
         }
-        KernelFormat::BzImage => {
-            let r = BzImage::load(mem, None, &mut file, himem).map_err(load_err)?;
-            Ok((
-                r.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET,
-                r.setup_header,
-                r.kernel_end,
-            ))
-        }
+        Ok(Machine {
+            kvm,
+            msr_indices,
+            vm,
+            ram,
+        })
     }
 }
 
-/// Places the initrd at the top of low RAM (below the MMIO gap), page aligned, as far from
-/// the kernel as possible.
-fn load_initrd(
+/// Creates every vCPU, each with its boot registers or its saved state, and starts its
+/// thread.
+fn start_vcpus(
     config: &VmConfig,
-    mem: &GuestMemoryMmap,
-    kernel_end: u64,
-) -> Result<Option<(u64, u64)>, BuildError> {
-    let Some(path) = &config.initrd else {
-        return Ok(None);
-    };
-    let mut file = File::open(path).map_err(|source| BuildError::Open {
-        what: "initrd",
-        path: path.clone(),
-        source,
-    })?;
-    let size = file
-        .metadata()
-        .map_err(|source| BuildError::Open {
-            what: "initrd",
-            path: path.clone(),
-            source,
-        })?
-        .len();
-    let low_end = config.memory_bytes().min(layout::MMIO_GAP_START);
-    let addr = low_end
-        .checked_sub(size)
-        .map(|a| a & !0xfff)
-        .filter(|a| *a >= kernel_end)
-        .ok_or(BuildError::InitrdTooLarge {
-            path: path.clone(),
-            size,
-        })?;
-    mem.read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
-        .map_err(|source| BuildError::LoadInitrd {
-            path: path.clone(),
-            source,
-        })?;
-    Ok(Some((addr, size)))
-}
-
-fn console_writer(config: &VmConfig) -> Result<Box<dyn Write + Send>, BuildError> {
-    Ok(match &config.console {
-        ConsoleOutput::Stdout => Box::new(std::io::stdout()),
-        ConsoleOutput::None => Box::new(std::io::sink()),
-        ConsoleOutput::File(path) => {
-            let file = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(path)
-                .map_err(|source| BuildError::Open {
-                    what: "console file",
-                    path: path.clone(),
-                    source,
-                })?;
-            Box::new(crate::devices::serial::CappedConsole::new(
-                file,
-                config.console_max_bytes,
-            ))
+    machine: &Machine,
+    ctx: VcpuContext,
+    restoring: Option<&SnapshotState>,
+    entry: Option<u64>,
+) -> Result<Vec<JoinHandle<Recoveries>>, BuildError> {
+    let mut vcpus = Vec::new();
+    for index in 0..config.vcpus {
+        let vcpu = Vcpu::new(&machine.vm, index, ctx.clone())?;
+        match (restoring, entry) {
+            (Some(state), _) => vcpu.restore_state(&state.vcpus[usize::from(index)])?,
+            (None, Some(entry)) => vcpu.configure_boot(&machine.kvm, entry, config.vcpus)?,
+            (None, None) => unreachable!("a boot always has an entry point"),
         }
-    })
-}
-
-struct LegacyDevices {
-    pio: Bus,
-    stages: StageLog,
-    serial: Arc<Mutex<SerialDevice>>,
-}
-
-/// Serial, i8042 and boot timer on the port-I/O bus; the UART in a snapshot's state when
-/// restoring.
-fn legacy_devices(
-    config: &VmConfig,
-    vm: &Vm,
-    mem: &GuestMemoryMmap,
-    exit: &ExitEvent,
-    start: Instant,
-    serial_state: Option<&crate::devices::serial::SerialSnapshot>,
-) -> Result<LegacyDevices, BuildError> {
-    let mut pio = Bus::new();
-    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
-    vm.register_irqfd(&serial_irq, layout::SERIAL_IRQ)?;
-    let serial = Arc::new(Mutex::new(match serial_state {
-        Some(state) => SerialDevice::from_snapshot(serial_irq, console_writer(config)?, state),
-        None => SerialDevice::new(serial_irq, console_writer(config)?),
-    }));
-    let as_bus: Arc<Mutex<dyn BusDevice>> = serial.clone();
-    pio.insert(as_bus, u64::from(layout::SERIAL_PORT), 8)?;
-    pio.insert(
-        Arc::new(Mutex::new(I8042::new(mem.clone(), exit.clone()))),
-        u64::from(layout::I8042_PORT),
-        5,
-    )?;
-    let timer = BootTimer::new(start, exit.clone());
-    let stages = timer.stages();
-    pio.insert(
-        Arc::new(Mutex::new(timer)),
-        u64::from(hull_protocol::boot::BOOT_TIMER_PORT),
-        1,
-    )?;
-    Ok(LegacyDevices {
-        pio,
-        stages,
-        serial,
-    })
+        vcpus.push(vcpu);
+    }
+    let handles = vcpus
+        .into_iter()
+        .map(Vcpu::spawn)
+        .collect::<Result<Vec<_>, _>>()?;
+    signals::block_dump_signal_here();
+    Ok(handles)
 }
 
 /// Wakes the event loop when the VM ends or a termination signal arrives.

@@ -329,6 +329,19 @@ mod tests {
         Ok((devices, vm))
     }
 
+    /// What a snapshot keeps of `devices`.
+    fn saved(devices: &VirtioDevices) -> Vec<DeviceSnapshot> {
+        devices
+            .placed
+            .iter()
+            .map(|d| DeviceSnapshot {
+                id: d.id.clone(),
+                mmio_slot: d.mmio_slot,
+                transport: lock(&d.transport).save_state(),
+            })
+            .collect()
+    }
+
     fn slot_of(devices: &VirtioDevices, name: &str) -> u32 {
         devices
             .placed
@@ -361,15 +374,7 @@ mod tests {
             serial: "held".into(),
         };
         devices.slots[1].1.attach(&held).unwrap();
-        let saved: Vec<DeviceSnapshot> = devices
-            .placed
-            .iter()
-            .map(|d| DeviceSnapshot {
-                id: d.id.clone(),
-                mmio_slot: d.mmio_slot,
-                transport: lock(&d.transport).save_state(),
-            })
-            .collect();
+        let saved = saved(&devices);
 
         let reordered = config(dir.path(), vec![b, a, root]);
         let plan: Vec<String> = reordered
@@ -400,15 +405,7 @@ mod tests {
         let root = drive(dir.path(), None, true);
         let booted = config(dir.path(), vec![root.clone()]);
         let (devices, _vm) = build(&booted, None).unwrap();
-        let saved: Vec<DeviceSnapshot> = devices
-            .placed
-            .iter()
-            .map(|d| DeviceSnapshot {
-                id: d.id.clone(),
-                mmio_slot: d.mmio_slot,
-                transport: lock(&d.transport).save_state(),
-            })
-            .collect();
+        let saved = saved(&devices);
         let more = config(
             dir.path(),
             vec![root, drive(dir.path(), Some("extra"), false)],

@@ -94,11 +94,9 @@ impl Bus {
     }
 }
 
-/// Devices never leave their state inconsistent across a panic (the VMM aborts on panic),
-/// so a poisoned lock is still usable.
-pub fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+/// Devices keep their state consistent between statements, so a lock a panicking thread
+/// held is still usable.
+pub use hull_protocol::lock;
 
 #[cfg(test)]
 mod tests {

@@ -71,7 +71,7 @@ impl<T> PauseGate<T> {
     }
 
     fn lock(&self) -> MutexGuard<'_, State<T>> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        hull_protocol::lock(&self.state)
     }
 
     /// Called by vCPU `index`'s thread before each `KVM_RUN`: waits while the gate is

@@ -10,12 +10,12 @@ use kvm_bindings::{
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use super::emulation::{self, Recovery};
 use super::pause::PauseGate;
 use super::vm::Vm;
 use crate::arch::x86_64::{cpuid, interrupts, msr, regs};
 use crate::devices::{i8042, Bus};
 use crate::exit::{ExitEvent, ExitReason};
-use crate::quirks::{self, Recovery};
 
 /// Longest x86 instruction.
 const MAX_INSN_LEN: usize = 15;
@@ -334,7 +334,7 @@ impl Vcpu {
         let linear = sregs.cs.base.wrapping_add(regs.rip);
         let cpl = sregs.cs.selector & 3;
         let bytes = self.instruction_bytes(linear);
-        match quirks::on_emulation_failure(&bytes, self.ctx.emulated_host) {
+        match emulation::on_emulation_failure(&bytes, self.ctx.emulated_host) {
             Recovery::InjectBreakpoint => {
                 regs.rip = regs.rip.wrapping_add(1);
                 self.fd

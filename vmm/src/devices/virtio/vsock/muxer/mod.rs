@@ -12,20 +12,22 @@
 //! progress (no guest credit, no RX buffers) is not polled and the VMM sleeps.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::io::{ErrorKind, Read};
+use std::io::ErrorKind;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::timerfd::TimerFd;
 
-use super::connection::{Connection, SavedConnection, BUF_ALLOC};
-use super::handshake::{self, HandshakeError, Request};
+use super::connection::{Connection, BUF_ALLOC};
 use super::packet::{op, Header, HOST_CID, TYPE_STREAM};
+
+mod clients;
+mod persist;
+pub use persist::MuxerState;
 
 /// Connections per VM; requests beyond it are refused.
 pub const MAX_CONNECTIONS: usize = 1024;
@@ -57,15 +59,6 @@ pub enum MuxerError {
 }
 
 type ConnKey = (u32, u32); // (host port, guest port)
-
-/// The connection table as a snapshot keeps it: idle host-initiated connections a new host
-/// client may adopt, and the keys of every other connection, which a restore resets.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct MuxerState {
-    pub kept: Vec<SavedConnection>,
-    pub reset: Vec<(u32, u32)>,
-    pub local_port_last: u32,
-}
 
 struct PendingHandshake {
     stream: UnixStream,
@@ -185,53 +178,6 @@ impl Muxer {
         self.staged_at.is_none()
     }
 
-    /// The connection table for a snapshot (see [`MuxerState`]).
-    pub fn save(&self) -> MuxerState {
-        let mut state = MuxerState {
-            local_port_last: self.local_port_last,
-            ..Default::default()
-        };
-        for (&(host, guest), c) in &self.conns {
-            match c.save(host, guest) {
-                Some(kept) => state.kept.push(kept),
-                None if !c.is_finished() => state.reset.push((host, guest)),
-                None => {}
-            }
-        }
-        // RSTs still waiting for RX buffers: the restored guest must get them too.
-        state.reset.extend(self.orphan_rsts.iter().copied());
-        state.kept.sort_by_key(|k| (k.host_port, k.guest_port));
-        state.reset.sort_unstable();
-        state.reset.dedup();
-        state
-    }
-
-    /// Takes a snapshot's connection table into a fresh muxer: kept connections wait for
-    /// `ADOPT`, every other one gets an RST (the guest still holds it; no host client
-    /// will). Returns how many were kept.
-    pub fn restore(&mut self, state: &MuxerState) -> usize {
-        let now = Instant::now();
-        self.local_port_last = state.local_port_last;
-        let mut kept = 0;
-        for saved in state.kept.iter().take(MAX_CONNECTIONS) {
-            let Ok((placeholder, _)) = UnixStream::pair() else {
-                self.orphan_rst((saved.host_port, saved.guest_port));
-                continue;
-            };
-            let key = (saved.host_port, saved.guest_port);
-            self.conns
-                .insert(key, Connection::parked(saved, placeholder, now));
-            kept += 1;
-        }
-        for &key in state.reset.iter().take(MAX_ORPHAN_RSTS) {
-            self.orphan_rst(key);
-        }
-        if kept > 0 {
-            self.arm_timer();
-        }
-        kept
-    }
-
     /// The descriptor the event loop watches for the whole backend.
     pub fn epoll_fd(&self) -> RawFd {
         self.epoll.as_raw_fd()
@@ -271,162 +217,6 @@ impl Muxer {
                     .ctl(ControlOperation::Delete, fd, EpollEvent::default());
             }
         }
-    }
-
-    fn accept_clients(&mut self) {
-        loop {
-            let stream = match self.listener.accept() {
-                Ok((s, _)) => s,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    crate::guest_warn!("vsock: accept on {}: {e}", self.uds_path.display());
-                    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
-                        // Out of descriptors: the listener would stay readable and spin
-                        // the loop. Stop watching it; the sweep tries again later.
-                        let fd = self.listener.as_raw_fd();
-                        let _ = self
-                            .epoll
-                            .ctl(ControlOperation::Delete, fd, EpollEvent::default());
-                        self.listener_paused = true;
-                        self.arm_timer();
-                    }
-                    return;
-                }
-            };
-            if self.handshakes.len() >= MAX_HANDSHAKES {
-                crate::guest_warn!(
-                    "vsock: {MAX_HANDSHAKES} clients are mid-handshake; refusing another"
-                );
-                continue;
-            }
-            if stream.set_nonblocking(true).is_err() {
-                continue;
-            }
-            let fd = stream.as_raw_fd();
-            // Edge-triggered: the line is only peeked at until complete, so a level-
-            // triggered registration would report a partial line over and over.
-            let events = EventSet::IN | EventSet::READ_HANG_UP | EventSet::EDGE_TRIGGERED;
-            if self
-                .epoll
-                .ctl(
-                    ControlOperation::Add,
-                    fd,
-                    EpollEvent::new(events, fd as u64),
-                )
-                .is_err()
-            {
-                continue;
-            }
-            self.arm_timer();
-            self.handshakes.insert(
-                fd,
-                PendingHandshake {
-                    stream,
-                    deadline: Instant::now() + HANDSHAKE_TIMEOUT,
-                },
-            );
-        }
-    }
-
-    /// Reads a client's CONNECT line. It peeks first and consumes exactly the line, so
-    /// bytes the client sends after it stay in the socket for the guest.
-    fn continue_handshake(&mut self, fd: RawFd, events: EventSet) {
-        let Some(h) = self.handshakes.get(&fd) else {
-            return;
-        };
-        let mut buf = [0u8; handshake::MAX_LINE];
-        // SAFETY: `buf` is a live, writable buffer of the given length; MSG_PEEK leaves
-        // the data queued.
-        let n = unsafe {
-            libc::recv(
-                fd,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
-        };
-        let result = match n {
-            n if n < 0 => {
-                let e = std::io::Error::last_os_error();
-                if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) {
-                    return;
-                }
-                Err(HandshakeError::Eof)
-            }
-            0 => Err(HandshakeError::Eof),
-            n => handshake::parse(&buf[..n as usize]),
-        };
-        let hung_up =
-            events.intersects(EventSet::READ_HANG_UP | EventSet::HANG_UP | EventSet::ERROR);
-        let (request, len) = match result {
-            Ok(None) if hung_up => {
-                crate::guest_warn!("vsock: dropping host client: {}", HandshakeError::Eof);
-                self.drop_handshake(fd);
-                return;
-            }
-            Ok(None) => return,
-            Ok(Some(done)) => done,
-            Err(e) => {
-                crate::guest_warn!("vsock: dropping host client: {e}");
-                self.drop_handshake(fd);
-                return;
-            }
-        };
-        let mut line = vec![0u8; len];
-        if (&h.stream).read_exact(&mut line).is_err() {
-            self.drop_handshake(fd);
-            return;
-        }
-        let Some(PendingHandshake { stream, .. }) = self.drop_handshake(fd) else {
-            return;
-        };
-        let port = match request {
-            Request::Adopt(port) => return self.adopt(stream, port),
-            Request::Connect(port) => port,
-        };
-        if self.conns.len() >= MAX_CONNECTIONS {
-            crate::guest_warn!(
-                "vsock: {MAX_CONNECTIONS} connections open; refusing CONNECT {port}"
-            );
-            return;
-        }
-        let Some(local_port) = self.allocate_local_port(port) else {
-            crate::guest_warn!("vsock: no free host port for CONNECT {port}");
-            return;
-        };
-        log::debug!("vsock: host connects to guest port {port} from {local_port}");
-        let key = (local_port, port);
-        self.conns
-            .insert(key, Connection::host_initiated(stream, Instant::now()));
-        self.sync(key);
-    }
-
-    /// `ADOPT <port>`: hands the client a parked connection to guest `port` (the oldest
-    /// host port first), or closes it when there is none.
-    fn adopt(&mut self, stream: UnixStream, port: u32) {
-        let key = self
-            .conns
-            .iter()
-            .filter(|(k, c)| k.1 == port && c.is_parked())
-            .map(|(k, _)| *k)
-            .min();
-        let Some(key) = key else {
-            log::debug!("vsock: ADOPT {port}: no kept connection to that port; closing");
-            return;
-        };
-        log::info!("vsock: host client adopted the kept connection to guest port {port}");
-        if let Some(c) = self.conns.get_mut(&key) {
-            c.adopt(stream, key.0);
-        }
-        self.sync(key);
-    }
-
-    fn drop_handshake(&mut self, fd: RawFd) -> Option<PendingHandshake> {
-        let _ = self
-            .epoll
-            .ctl(ControlOperation::Delete, fd, EpollEvent::default());
-        self.handshakes.remove(&fd)
     }
 
     fn allocate_local_port(&mut self, peer_port: u32) -> Option<u32> {
