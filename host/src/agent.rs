@@ -119,10 +119,6 @@ impl Agent {
         }
     }
 
-    pub fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
     fn ctx(&self) -> ttrpc::context::Context {
         ttrpc::context::with_timeout(self.timeout.as_nanos() as i64)
     }

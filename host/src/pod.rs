@@ -40,7 +40,9 @@ pub enum PodError {
     #[error("the VMM's control API")]
     Control(#[from] ControlError),
     #[error("open the agent's event stream")]
-    Events(#[source] std::io::Error),
+    Events(#[source] hull_protocol::rpc::ConnectError),
+    #[error("start the thread that reads the agent's events")]
+    EventThread(#[source] std::io::Error),
     #[error("the host directory {path}")]
     ShareSource {
         path: PathBuf,
@@ -192,7 +194,7 @@ impl Pod {
             .guest
             .endpoint
             .open_stream(&Header::new(Kind::Events, "", ""))
-            .map_err(|e| PodError::Events(std::io::Error::other(e)))?;
+            .map_err(PodError::Events)?;
         let pod = Arc::clone(self);
         std::thread::Builder::new()
             .name("agent-events".into())
@@ -220,7 +222,7 @@ impl Pod {
                     },
                 });
             })
-            .map_err(PodError::Events)?;
+            .map_err(PodError::EventThread)?;
         Ok(())
     }
 

@@ -21,14 +21,6 @@ pub struct ControlError {
     pub source: ttrpc::Error,
 }
 
-impl ControlError {
-    /// The VMM answered with a refusal (its status code), rather than not at all: the call
-    /// certainly had no effect.
-    pub fn refused(&self) -> bool {
-        matches!(self.source, ttrpc::Error::RpcStatus(_))
-    }
-}
-
 /// A connection to one VMM's control socket.
 #[derive(Clone)]
 pub struct ControlClient {

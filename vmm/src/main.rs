@@ -84,8 +84,8 @@ struct Args {
     #[arg(long)]
     shared_fs: Option<String>,
     /// Restore the snapshot in this directory instead of booting. The configuration must
-    /// describe the same VM shape (vCPUs, memory, devices in order); host resources (vsock
-    /// socket, taps, disks, console, control socket) may differ.
+    /// describe the same VM shape (vCPUs, memory, the same devices by id, in any order);
+    /// host resources (vsock socket, taps, disks, console, control socket) may differ.
     #[arg(long)]
     restore: Option<PathBuf>,
 }

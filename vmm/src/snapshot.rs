@@ -7,7 +7,7 @@
 //! `vstate::memory`), with holes for zero pages.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -24,8 +24,6 @@ use crate::vstate::vm::VmState;
 pub enum SnapshotError {
     #[error(transparent)]
     File(#[from] hull_vmm_api::snapshot::SnapshotError),
-    #[error("{path} is corrupt ({why}); take a new snapshot")]
-    Inconsistent { path: PathBuf, why: String },
     #[error("pause the VM before taking a snapshot")]
     NotPaused,
     #[error("vCPU {0} stopped before its state was saved")]
@@ -85,9 +83,11 @@ pub fn decode_state(path: &Path, bytes: &[u8]) -> Result<SnapshotState, Snapshot
 
 /// The CRC says the bytes are what was written, not that a writer was sane.
 fn check_consistent(path: &Path, state: &SnapshotState) -> Result<(), SnapshotError> {
-    let corrupt = |why: String| SnapshotError::Inconsistent {
-        path: path.to_path_buf(),
-        why,
+    let corrupt = |why: String| {
+        SnapshotError::File(hull_vmm_api::snapshot::SnapshotError::Corrupt {
+            path: path.to_path_buf(),
+            why,
+        })
     };
     let shape = &state.meta.shape;
     if state.vcpus.len() != usize::from(shape.vcpus) {
