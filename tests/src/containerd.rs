@@ -367,3 +367,44 @@ impl Drop for Containerd {
         }
     }
 }
+
+/// Whether a containerd test must skip here; says `skipped: <why>` when so.
+pub fn skip() -> bool {
+    if let Some(why) = unavailable() {
+        eprintln!("skipped: {why}");
+        return true;
+    }
+    false
+}
+
+/// How long a test waits for everything a task made to be gone.
+pub const CLEAN: Duration = Duration::from_secs(30);
+
+/// `ctr run --runtime hull ... EXTRA busybox ID CMD...`.
+pub fn run_args<'a>(id: &'a str, extra: &[&'a str], cmd: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec!["run", "--runtime", RUNTIME];
+    a.extend_from_slice(extra);
+    a.push(BUSYBOX);
+    a.push(id);
+    a.extend_from_slice(cmd);
+    a
+}
+
+/// Deletes a stopped task and its container.
+pub fn delete(c: &Containerd, id: &str) {
+    c.ctr_ok(&["task", "delete", id]);
+    c.ctr_ok(&["container", "rm", id]);
+}
+
+/// The annotation that makes a task a pod's sandbox (its VM is the pod's).
+pub const POD: &[&str] = &["--annotation", "io.kubernetes.cri.container-type=sandbox"];
+
+/// The annotations that make a task a container of pod `sandbox` (it joins that VM).
+pub fn pod_member(sandbox: &str) -> Vec<String> {
+    vec![
+        "--annotation".into(),
+        "io.kubernetes.cri.container-type=container".into(),
+        "--annotation".into(),
+        format!("io.kubernetes.cri.sandbox-id={sandbox}"),
+    ]
+}
