@@ -17,7 +17,6 @@ use hull_host::guest::ProcessError;
 use hull_host::pod::{EventSink, Pod, PodError, PodEvent};
 use hull_host::spec::{self, SandboxFiles};
 use hull_host::stdio::Stdio;
-use hull_host::template::TemplateCache;
 
 use crate::{image, oci, paths, state, terminal};
 
@@ -449,10 +448,7 @@ fn execute(
 
 /// What the progress line says while the sandbox starts.
 fn start_message(config: &HostConfig, vm: &hull_host::VmSpec) -> &'static str {
-    let templates = config
-        .templates
-        .then(|| TemplateCache::new(&config.template_dir));
-    match templates {
+    match config.template_cache() {
         Some(t) if matches!(t.get(vm), Ok(None)) => {
             "making the sandbox template (the first run of this VM shape boots and snapshots it)"
         }
@@ -468,13 +464,17 @@ fn start_pod(
     run_dir: &std::path::Path,
     config: &HostConfig,
 ) -> Result<Arc<Pod>, RunError> {
-    let templates = config
-        .templates
-        .then(|| TemplateCache::new(&config.template_dir));
-    let timeout = Duration::from_secs(config.agent_timeout_secs);
-    Pod::start(name, vm, run_dir, templates.as_ref(), None, timeout)
-        .map(Arc::new)
-        .map_err(RunError::Start)
+    let templates = config.template_cache();
+    Pod::start(
+        name,
+        vm,
+        run_dir,
+        templates.as_ref(),
+        None,
+        config.call_timeout(),
+    )
+    .map(Arc::new)
+    .map_err(RunError::Start)
 }
 
 #[cfg(test)]

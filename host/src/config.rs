@@ -109,6 +109,17 @@ impl Default for HostConfig {
 const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
 
 impl HostConfig {
+    /// The template cache sandboxes start from, unless `templates = false`.
+    pub fn template_cache(&self) -> Option<crate::template::TemplateCache> {
+        self.templates
+            .then(|| crate::template::TemplateCache::new(&self.template_dir))
+    }
+
+    /// How long one agent or VMM call may take (`agent_timeout_secs`).
+    pub fn call_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.agent_timeout_secs)
+    }
+
     /// Where the host configuration is: `$HULL_CONFIG`, else [`DEFAULT_PATH`]. Both front
     /// doors read it from here (the shim passes `HULL_CONFIG` on to the shims it spawns).
     pub fn path() -> PathBuf {

@@ -33,7 +33,6 @@ use hull_host::guest::ProcessError;
 use hull_host::lock;
 use hull_host::pod::{Pod, PodError};
 use hull_host::spec;
-use hull_host::template::TemplateCache;
 use process::{now_nanos, Exit, Process};
 
 /// The file in a bundle that tells the shim's `delete` what to clean up after a crash.
@@ -175,9 +174,7 @@ impl TaskService {
     fn start_pod(&self, pod_id: &str, spec: &spec::Spec) -> TtrpcResult<Arc<Pod>> {
         let config = self.config();
         let vm = config.vm_spec(Limits::from_spec(spec));
-        let templates = config
-            .templates
-            .then(|| TemplateCache::new(&config.template_dir));
+        let templates = config.template_cache();
         let run_dir = run_dir_for(&config.run_dir, &self.namespace, pod_id);
         let keep_logs = config.debug_console.then(|| {
             config
@@ -186,7 +183,7 @@ impl TaskService {
                 .join(&self.namespace)
                 .join(pod_id)
         });
-        let timeout = std::time::Duration::from_secs(config.agent_timeout_secs);
+        let timeout = config.call_timeout();
         let pod = Pod::start(
             pod_id,
             &vm,
