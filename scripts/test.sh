@@ -13,4 +13,9 @@ cargo clippy --quiet --workspace --all-targets -- -D warnings
 # stable so an API change cannot leave its targets broken until someone fuzzes.
 echo "test: fuzz targets compile" >&2
 cargo check --quiet --manifest-path fuzz/Cargo.toml --bins
+# The end-to-end tests start the debug binaries of other packages (the shim, the VMM, the
+# agent, the CLI); cargo builds a package's binaries for its own tests only, so build them
+# all here or a clean checkout runs the containerd tests without a shim.
+echo "test: debug binaries" >&2
+cargo build --quiet --workspace --bins
 cargo nextest run --workspace --no-fail-fast "$@"

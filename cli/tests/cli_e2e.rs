@@ -281,6 +281,20 @@ fn wait_screen(session: &str, want: &str, within: Duration) -> String {
     }
 }
 
+/// Whether the shell's prompt is the last line on `screen`, below the line that typed
+/// `command`.
+fn prompt_after(screen: &str, command: &str) -> bool {
+    let lines: Vec<&str> = screen.lines().map(str::trim_end).collect();
+    let Some(typed) = lines.iter().rposition(|l| l.contains(command)) else {
+        return false;
+    };
+    lines[typed + 1..]
+        .iter()
+        .rev()
+        .find(|l| !l.is_empty())
+        .is_some_and(|l| l.ends_with('#'))
+}
+
 #[test]
 fn an_interactive_terminal_types_resizes_interrupts_and_is_restored() {
     if skip() {
@@ -314,7 +328,9 @@ fn an_interactive_terminal_types_resizes_interrupts_and_is_restored() {
         "-c",
         &script,
     ]);
-    wait_screen(&session, "#", Duration::from_secs(90));
+    // The first run after an image build may cold-boot the template and create the
+    // container under load: on an emulated-guest host that alone can take minutes.
+    wait_screen(&session, "#", Duration::from_secs(480));
     tmux(&[
         "send-keys",
         "-t",
@@ -328,10 +344,26 @@ fn an_interactive_terminal_types_resizes_interrupts_and_is_restored() {
     std::thread::sleep(Duration::from_secs(2));
     tmux(&["send-keys", "-t", &session, "clear; stty size", "Enter"]);
     wait_screen(&session, "50 120", Duration::from_secs(60));
-    // Ctrl-C reaches the container's foreground process, not hull.
+    // Ctrl-C reaches the container's foreground process, not hull. The guest may take
+    // seconds to start `sleep`; an interrupt that lands before it goes to the shell (and
+    // flushes typed-ahead input), so interrupt until the prompt is back. Only an interrupt
+    // that reaches `sleep` brings the prompt back before its 1000 s are up.
     tmux(&["send-keys", "-t", &session, "sleep 1000", "Enter"]);
-    std::thread::sleep(Duration::from_secs(2));
-    tmux(&["send-keys", "-t", &session, "C-c"]);
+    wait_screen(&session, "sleep 1000", Duration::from_secs(60));
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        std::thread::sleep(Duration::from_secs(3));
+        tmux(&["send-keys", "-t", &session, "C-c"]);
+        std::thread::sleep(Duration::from_secs(2));
+        let screen = tmux(&["capture-pane", "-p", "-t", &session]);
+        if prompt_after(&screen, "sleep 1000") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Ctrl-C did not end `sleep 1000`; screen:\n{screen}"
+        );
+    }
     tmux(&["send-keys", "-t", &session, "echo after-$((1+1))", "Enter"]);
     wait_screen(&session, "after-2", Duration::from_secs(60));
     tmux(&["send-keys", "-t", &session, "exit 3", "Enter"]);

@@ -59,7 +59,7 @@ pub fn bin_dir() -> PathBuf {
         .map(Path::to_path_buf)
         .unwrap_or_else(|| {
             panic!(
-                "containerd-shim-hull-v2 is not built next to {} (cargo build -p hull-shim)",
+                "containerd-shim-hull-v2 is not built next to {} (cargo build --workspace --bins, or set HULL_BIN_DIR)",
                 exe.display()
             )
         })
