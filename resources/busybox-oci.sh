@@ -3,24 +3,35 @@
 # registry: one uncompressed layer (/bin/busybox and its applets, /etc/passwd and group),
 # an image config, a manifest and an index naming it `latest`. Import it with
 #   ctr images import --base-name hull.local/busybox busybox-oci.tar   (→ hull.local/busybox:latest)
-# Usage: resources/busybox-oci.sh OUT.tar
+# With --scratch, the layer holds /bin/busybox alone, as a `FROM scratch` image (Kubernetes'
+# pause, distroless) has no /proc, /sys, /dev, /etc or /tmp to mount on.
+# Usage: resources/busybox-oci.sh [--scratch] OUT.tar
 set -euo pipefail
 
-out="${1:?usage: resources/busybox-oci.sh OUT.tar}"
+scratch=
+if [ "${1:-}" = --scratch ]; then scratch=1; shift; fi
+out="${1:?usage: resources/busybox-oci.sh [--scratch] OUT.tar}"
 busybox=/bin/busybox
 [ -x "$busybox" ] || { echo "resources/busybox-oci.sh: $busybox not found; apt-get install busybox-static" >&2; exit 1; }
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 root="$work/root"
-mkdir -p "$root"/{bin,etc,tmp,root,proc,sys,dev,run}
-chmod 1777 "$root/tmp"
-install -m 0755 "$busybox" "$root/bin/busybox"
-for applet in $("$busybox" --list); do
-    [ "$applet" = busybox ] || ln -s busybox "$root/bin/$applet"
-done
-printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' > "$root/etc/passwd"
-printf 'root:x:0:\nnogroup:x:65534:\n' > "$root/etc/group"
+if [ -n "$scratch" ]; then
+    mkdir -p "$root/bin"
+    install -m 0755 "$busybox" "$root/bin/busybox"
+    cmd='"/bin/busybox","sh"'
+else
+    mkdir -p "$root"/{bin,etc,tmp,root,proc,sys,dev,run}
+    chmod 1777 "$root/tmp"
+    install -m 0755 "$busybox" "$root/bin/busybox"
+    for applet in $("$busybox" --list); do
+        [ "$applet" = busybox ] || ln -s busybox "$root/bin/$applet"
+    done
+    printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' > "$root/etc/passwd"
+    printf 'root:x:0:\nnogroup:x:65534:\n' > "$root/etc/group"
+    cmd='"sh"'
+fi
 
 blobs="$work/layout/blobs/sha256"
 mkdir -p "$blobs"
@@ -32,7 +43,7 @@ layer_size="$(stat -c %s "$work/layer.tar")"
 mv "$work/layer.tar" "$blobs/$layer_digest"
 
 cat > "$work/config.json" <<EOF
-{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":["sh"],"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["sha256:$layer_digest"]},"history":[{"created":"2000-01-01T00:00:00Z","created_by":"resources/busybox-oci.sh"}]}
+{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":[$cmd],"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["sha256:$layer_digest"]},"history":[{"created":"2000-01-01T00:00:00Z","created_by":"resources/busybox-oci.sh"}]}
 EOF
 config_digest="$(sha256sum "$work/config.json" | cut -d' ' -f1)"
 config_size="$(stat -c %s "$work/config.json")"

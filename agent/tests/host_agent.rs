@@ -650,41 +650,56 @@ fn a_pod_shares_hostname_files_and_pid_namespace() {
     sb.hostname = "pod-1".into();
     sb.hosts = "127.0.0.1 localhost\n10.0.0.2 pod-1".into();
     sb.resolv_conf = "nameserver 10.0.0.10".into();
-    sb.shared_pid_namespace = true;
     let agent = Agent::start_with(&sb);
     // A second sandbox in the same agent is refused.
     let (code, _) = status(agent.client.create_sandbox(ctx(), &sb).unwrap_err());
     assert_eq!(code, Code::ALREADY_EXISTS);
-    // What kubelet sends: the pod's namespaces as host paths.
-    let pod_namespaces = |s: &mut serde_json::Value| {
-        s["linux"]["namespaces"] = json!([
-            {"type": "pid", "path": "/proc/4242/ns/pid"},
-            {"type": "network", "path": "/var/run/netns/cni-1234"},
-            {"type": "ipc", "path": "/proc/4242/ns/ipc"},
-            {"type": "uts", "path": "/proc/4242/ns/uts"},
-            {"type": "mount"}
-        ]);
-    };
-    agent
+    // What containerd's CRI sends: the pause container gets new namespaces (and the
+    // netns CNI made on the host); each container names the pause's by /proc path, with
+    // the pid the runtime reported for it.
+    let pause = agent
         .create(
             "pause",
             &["sh", "-c", "exec sleep 1000"],
             Stdio::new(),
             |s| {
-                pod_namespaces(s);
-                s["linux"]["namespaces"][0] = json!({"type": "pid"});
+                s["linux"]["namespaces"] = json!([
+                    {"type": "pid"},
+                    {"type": "network", "path": "/var/run/netns/cni-1234"},
+                    {"type": "ipc"},
+                    {"type": "uts"},
+                    {"type": "mount"}
+                ]);
+                // A pod-level sysctl, which CRI sets on the sandbox: IPC-namespaced, so the
+                // pod's containers see it by joining the pause's IPC namespace.
+                s["linux"]["sysctl"] = json!({"kernel.shm_rmid_forced": "1"});
+                s["hostname"] = json!("pod-1");
             },
         )
         .unwrap();
     agent.start_container("pause");
+    let pod_namespaces = |s: &mut serde_json::Value| {
+        s["linux"]["namespaces"] = json!([
+            {"type": "pid", "path": format!("/proc/{pause}/ns/pid")},
+            {"type": "network", "path": format!("/proc/{pause}/ns/net")},
+            {"type": "ipc", "path": format!("/proc/{pause}/ns/ipc")},
+            {"type": "uts", "path": format!("/proc/{pause}/ns/uts")},
+            {"type": "mount"}
+        ]);
+    };
     let (exit, out, err) = agent.run(
         "app",
         &[
             "sh",
             "-c",
-            "hostname; cat /etc/hosts /etc/resolv.conf; cat /proc/1/cmdline | tr '\\0' ' '",
+            "hostname; cat /etc/hosts /etc/resolv.conf; cat /proc/1/cmdline | tr '\\0' ' '; \
+             echo; echo shm_rmid_forced=$(cat /proc/sys/kernel/shm_rmid_forced)",
         ],
         pod_namespaces,
+    );
+    assert!(
+        out.contains("shm_rmid_forced=1"),
+        "the pod's sysctl reaches its containers: {out}"
     );
     assert_eq!(exit, 0, "{err}");
     assert!(out.starts_with("pod-1\n"), "{out}");

@@ -226,7 +226,7 @@ pub fn inspect(name: &str) -> Result<String, LifecycleError> {
 pub fn exec(name: &str, process: &oci::Process, interactive: bool) -> Result<i32, LifecycleError> {
     running(name)?;
     let guest = guest(name)?;
-    let spec = oci::build(name, process, &[])?;
+    let spec = oci::build(name, process, &[], false)?;
     let exec_id = format!("exec-{}", std::process::id());
     let p = ProcessId::exec(name, &exec_id);
     let stdio = Stdio::inherited(interactive, process.terminal);

@@ -229,6 +229,9 @@ struct RunArgs {
     /// directories shared live; repeatable.
     #[arg(short = 'v', long = "volume")]
     volumes: Vec<String>,
+    /// Mount the container's root read-only (writes go to volumes or fail).
+    #[arg(long)]
+    read_only: bool,
     /// Working directory in the container.
     #[arg(short = 'w', long)]
     workdir: Option<String>,
@@ -264,6 +267,7 @@ fn run_command(a: RunArgs) -> i32 {
         cpus: a.cpus,
         memory: a.memory,
         volumes: a.volumes,
+        read_only: a.read_only,
         process: oci::Process {
             args: a.command,
             env: a.env,

@@ -97,8 +97,14 @@ fn user(u: &str) -> Result<(u32, u32), SpecError> {
     Ok((uid, gid))
 }
 
-/// The spec for container `hostname` running `p` with `volumes`.
-pub fn build(hostname: &str, p: &Process, volumes: &[VolumeSpec]) -> Result<Spec, SpecError> {
+/// The spec for container `hostname` running `p` with `volumes`, its root read-only when
+/// `read_only_root` (docker's `--read-only`).
+pub fn build(
+    hostname: &str,
+    p: &Process,
+    volumes: &[VolumeSpec],
+    read_only_root: bool,
+) -> Result<Spec, SpecError> {
     let mut mounts = default_mounts()?;
     for v in volumes {
         let mode = if v.read_only { "ro" } else { "rw" };
@@ -106,7 +112,7 @@ pub fn build(hostname: &str, p: &Process, volumes: &[VolumeSpec]) -> Result<Spec
     }
     let root = RootBuilder::default()
         .path("rootfs")
-        .readonly(false)
+        .readonly(read_only_root)
         .build()?;
     Ok(SpecBuilder::default()
         .version("1.0.2")
@@ -328,14 +334,14 @@ mod tests {
             user: Some("1000:100".into()),
             terminal: false,
         };
-        let s = serde_json::to_value(build("box", &p, &[]).unwrap()).unwrap();
+        let s = serde_json::to_value(build("box", &p, &[], false).unwrap()).unwrap();
         assert_eq!(s["process"]["args"], json!(["id"]));
         assert_eq!(s["process"]["env"], json!(["A=1", "PATH=/bin"]));
         assert_eq!(s["process"]["cwd"], "/tmp");
         assert_eq!(s["process"]["user"], json!({"uid": 1000, "gid": 100}));
         assert_eq!(s["hostname"], "box");
         let default =
-            serde_json::to_value(build("box", &Process::default(), &[]).unwrap()).unwrap();
+            serde_json::to_value(build("box", &Process::default(), &[], false).unwrap()).unwrap();
         assert_eq!(default["process"]["args"], json!(["sh"]));
         assert_eq!(default["process"]["user"], json!({"uid": 0, "gid": 0}));
     }
@@ -345,7 +351,7 @@ mod tests {
         let with = |f: fn(&mut Process)| {
             let mut p = Process::default();
             f(&mut p);
-            build("b", &p, &[]).unwrap_err()
+            build("b", &p, &[], false).unwrap_err()
         };
         assert_eq!(
             with(|p| p.env = vec!["NOEQUALS".into()]),

@@ -71,6 +71,9 @@ pub struct RunOptions {
     pub cpus: Option<u32>,
     pub memory: Option<String>,
     pub volumes: Vec<String>,
+    /// The container's root is read-only (docker's `--read-only`).
+    #[serde(default)]
+    pub read_only: bool,
     pub process: oci::Process,
     pub image: String,
 }
@@ -206,7 +209,7 @@ fn prepare(opts: &RunOptions, config: &HostConfig) -> Result<Prepared, RunError>
         .collect::<Result<_, _>>()?;
     let (root_image, image_config) = image::resolve(&paths::images(), &opts.image)?;
     let process = with_image_defaults(&opts.process, &image_config);
-    let mut spec = oci::build(&name, &process, &volumes)?;
+    let mut spec = oci::build(&name, &process, &volumes, opts.read_only)?;
     let plan = spec::for_guest(&mut spec, "").map_err(|e| RunError::Volume(e.to_string()))?;
     if !config.shared_fs && !plan.shared.is_empty() {
         return Err(RunError::Volume(
@@ -514,7 +517,7 @@ mod tests {
         };
         let p = with_image_defaults(&given, &image);
         assert_eq!(p.args, ["/app", "--help"]);
-        let s = serde_json::to_value(oci::build("x", &p, &[]).unwrap()).unwrap();
+        let s = serde_json::to_value(oci::build("x", &p, &[], false).unwrap()).unwrap();
         let env = s["process"]["env"].as_array().unwrap();
         assert!(env.iter().any(|e| e == "A=cli") && !env.iter().any(|e| e == "A=image"));
         assert_eq!(p.cwd.as_deref(), Some("/tmp"));

@@ -517,6 +517,42 @@ fn imported_oci_and_docker_save_images_run_with_their_layers_and_config() {
     );
     assert!(ok(&r, &["run", "--rm", "bb:oci", "cat", "/etc/group"]).contains("root:x:0:"));
 
+    // A `FROM scratch` image, with no mount points for /proc, /sys or /dev, runs with a
+    // read-only root that stays read-only.
+    let scratch = r.0.path().join("scratch-oci.tar");
+    let made = Command::new(script)
+        .args(["--scratch", scratch.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    ok(
+        &r,
+        &[
+            "image",
+            "import",
+            "--name",
+            "bare",
+            scratch.to_str().unwrap(),
+        ],
+    );
+    let out = r.hull(&[
+        "run",
+        "--rm",
+        "--read-only",
+        "bare",
+        "/bin/busybox",
+        "sh",
+        "-c",
+        "/bin/busybox head -c 8 /proc/1/cmdline; echo; /bin/busybox touch /written",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "/bin/bus\n", "/proc is mounted");
+    assert!(
+        text(&out.stderr).contains("Read-only file system"),
+        "{}",
+        text(&out.stderr)
+    );
+
     // A docker save archive: the busybox layer, then one that adds a file and whites out
     // /etc/group; the config gives the command and working directory.
     let layout = r.0.path().join("layout");

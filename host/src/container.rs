@@ -96,7 +96,12 @@ impl Pod {
         attached.map(|()| disks)
     }
 
-    /// The root image, under a writable overlay unless the spec says `root.readonly`.
+    /// The root image, always under a writable overlay: the runtime creates the mount
+    /// points an image lacks (scratch and distroless images have no `/proc`, `/sys` or
+    /// `/dev`, Kubernetes' pause image has only `/pause`) as runc does in its writable
+    /// root, then remounts the root read-only where the spec says `root.readonly`. The
+    /// overlay's upper layer is a guest tmpfs: nothing is written unless the container
+    /// writes.
     fn attach_root(
         &self,
         id: &str,
@@ -105,7 +110,7 @@ impl Pod {
         disks: &mut Vec<Disk>,
     ) -> Result<(), StorageError> {
         let root = self
-            .lease_drive(id, root_image, !spec::read_only_root(spec))
+            .lease_drive(id, root_image, true)
             .map_err(|e| StorageError::Root(Box::new(e)))?;
         spec::set_root_path(spec, &root.guest_rootfs);
         disks.push(Disk {

@@ -30,6 +30,11 @@ pub enum SpecError {
         destination: String,
         reason: String,
     },
+    #[error("linux.namespaces has no {kind} namespace: the pod shares the node's ({setting}: true in its spec), but a hull pod is a VM of its own and cannot; run it with a runc RuntimeClass, or without {setting}")]
+    NodeNamespace {
+        kind: &'static str,
+        setting: &'static str,
+    },
 }
 
 /// Reads a bundle's `config.json`.
@@ -144,14 +149,6 @@ fn options_of(m: &Mount) -> Vec<String> {
     m.options().clone().unwrap_or_default()
 }
 
-/// Whether the container's root is read-only (`root.readonly`).
-pub fn read_only_root(spec: &Spec) -> bool {
-    spec.root()
-        .as_ref()
-        .and_then(Root::readonly)
-        .unwrap_or(false)
-}
-
 /// Points the spec's root at `path` (where the guest mounted the container's disk).
 pub fn set_root_path(spec: &mut Spec, path: &str) {
     // A spec without a root gets one that is writable (oci-spec's default is read-only).
@@ -168,6 +165,9 @@ pub fn set_root_path(spec: &mut Spec, path: &str) {
 /// `guest_rootfs`; returns the sandbox files and the volumes found among its bind mounts
 /// (which leave the spec: [`add_volume`] puts each back with its guest path).
 pub fn for_guest(spec: &mut Spec, guest_rootfs: &str) -> Result<GuestPlan, SpecError> {
+    if role(spec) != Role::Standalone {
+        check_pod_namespaces(spec)?;
+    }
     set_root_path(spec, guest_rootfs);
     let mut plan = GuestPlan::default();
     let mounts = spec.mounts().clone().unwrap_or_default();
@@ -195,6 +195,32 @@ pub fn for_guest(spec: &mut Spec, guest_rootfs: &str) -> Result<GuestPlan, SpecE
         l.set_mount_label(None);
     }
     Ok(plan)
+}
+
+/// Refuses a CRI container that shares one of the node's namespaces (hostNetwork, hostPID,
+/// hostIPC): kubelet then leaves that namespace out of the spec, and in a VM the container
+/// would silently get the guest's instead (the guest's root PID namespace holds the agent).
+/// A standalone task without one shares the VM's, which is the VM's to give.
+fn check_pod_namespaces(spec: &Spec) -> Result<(), SpecError> {
+    use oci_spec::runtime::LinuxNamespaceType as Kind;
+    let namespaces = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().clone())
+        .unwrap_or_default();
+    for (kind, name, setting) in [
+        (Kind::Network, "network", "hostNetwork"),
+        (Kind::Pid, "pid", "hostPID"),
+        (Kind::Ipc, "ipc", "hostIPC"),
+    ] {
+        if !namespaces.iter().any(|n| n.typ() == kind) {
+            return Err(SpecError::NodeNamespace {
+                kind: name,
+                setting,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Where bind mount `index` goes: a CRI sandbox file into `plan.files`, `/dev/shm` a guest
@@ -476,8 +502,9 @@ mod tests {
         );
         let mut bare = typed(serde_json::json!({"ociVersion": "1.0.2"}));
         for_guest(&mut bare, "/r").unwrap();
-        assert!(
-            !read_only_root(&bare),
+        assert_eq!(
+            bare.root().as_ref().and_then(Root::readonly),
+            None,
             "a spec without a root gets a writable one"
         );
     }
@@ -501,5 +528,51 @@ mod tests {
                 sandbox: "p1".into()
             }
         );
+    }
+
+    #[test]
+    fn a_pod_sharing_a_node_namespace_is_refused_by_its_setting() {
+        let pod = |namespaces: Value| {
+            typed(serde_json::json!({
+                "ociVersion": "1.0.2",
+                "annotations": {CONTAINER_TYPE: "sandbox"},
+                "linux": {"namespaces": namespaces}
+            }))
+        };
+        let all = serde_json::json!([
+            {"type": "pid"}, {"type": "network", "path": "/var/run/netns/cni-1"},
+            {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}
+        ]);
+        for_guest(&mut pod(all.clone()), "/r").unwrap();
+        for (drop, setting) in [
+            ("network", "hostNetwork"),
+            ("pid", "hostPID"),
+            ("ipc", "hostIPC"),
+        ] {
+            let mut without = all.clone();
+            without
+                .as_array_mut()
+                .unwrap()
+                .retain(|n| n["type"] != drop);
+            let e = for_guest(&mut pod(without.clone()), "/r")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(setting) && e.contains(&format!("no {drop} namespace")),
+                "{e}"
+            );
+            // A container of that pod the same; a task of its own shares the VM's.
+            let mut member = pod(without.clone());
+            member.set_annotations(Some(
+                [
+                    (CONTAINER_TYPE.to_string(), "container".to_string()),
+                    (SANDBOX_ID.to_string(), "p".to_string()),
+                ]
+                .into(),
+            ));
+            assert!(for_guest(&mut member, "/r").is_err());
+            member.set_annotations(None);
+            for_guest(&mut member, "/r").unwrap();
+        }
     }
 }

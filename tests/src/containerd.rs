@@ -145,10 +145,17 @@ impl Containerd {
     }
 
     fn import_busybox(&mut self) {
-        let tar = self.dir.path().join("busybox.tar");
+        self.import_image("hull.local/busybox", &[]);
+    }
+
+    /// Builds an image with `resources/busybox-oci.sh ARGS` and imports it as
+    /// `BASE_NAME:latest`.
+    pub fn import_image(&self, base_name: &str, args: &[&str]) {
+        let tar = self.dir.path().join("image.tar");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../resources/busybox-oci.sh");
         let out = Command::new("bash")
             .arg(&script)
+            .args(args)
             .arg(&tar)
             .output()
             .expect("run busybox-oci.sh");
@@ -161,9 +168,10 @@ impl Containerd {
             "images",
             "import",
             "--base-name",
-            "hull.local/busybox",
+            base_name,
             tar.to_str().unwrap(),
         ]);
+        let _ = std::fs::remove_file(&tar);
     }
 
     pub fn ctr_command(&self, args: &[&str]) -> Command {

@@ -1,6 +1,7 @@
 //! Tasks through containerd: `ctr run` output, exit codes and stdin; detached tasks with
 //! exec, pids, metrics, pause, resume, signals and memory updates; terminal sessions; a
-//! configuration file named in the runtime options.
+//! configuration file named in the runtime options; a `FROM scratch` image with a
+//! read-only root.
 //!
 //! The path: containerd → containerd-shim-hull-v2 → hull-vmm → hull-agent, through `ctr`, with
 //! Debian's containerd 1.6 started privately by each test (tests/src/containerd.rs) and the
@@ -407,5 +408,51 @@ fn runtime_options_name_another_config_file() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("shared_fs = false"), "{err}");
     let _ = c.ctr(&["container", "rm", "noshare"]);
+    c.assert_clean(CLEAN);
+}
+
+#[test]
+fn a_scratch_image_runs_with_a_read_only_root() {
+    if skip() {
+        return;
+    }
+    // A `FROM scratch` image (Kubernetes' pause, distroless) has none of the mount points
+    // a container needs (/proc, /sys, /dev); with a read-only root nothing may be written
+    // to the image either, yet the container must run and its root stay read-only.
+    let c = Containerd::start("");
+    c.import_image("hull.local/scratch", &["--scratch"]);
+    let out = c.ctr(&[
+        "run",
+        "--runtime",
+        RUNTIME,
+        "--rm",
+        "--read-only",
+        "hull.local/scratch:latest",
+        "scratch1",
+        "/bin/busybox",
+        "sh",
+        "-c",
+        "/bin/busybox ls / | /bin/busybox tr '\\n' ' '; echo; \
+         /bin/busybox head -c 8 /proc/1/cmdline; echo; /bin/busybox touch /written",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout}{stderr}\n{}",
+        c.log_tail(30)
+    );
+    for dir in ["bin", "dev", "proc", "sys"] {
+        assert!(
+            stdout.split_whitespace().any(|w| w == dir),
+            "/{dir} in the container's root: {stdout}"
+        );
+    }
+    assert!(stdout.contains("/bin/bus"), "/proc is mounted: {stdout}");
+    assert!(
+        stdout.contains("Read-only file system") || stderr.contains("Read-only file system"),
+        "the root stays read-only: {stdout}{stderr}"
+    );
     c.assert_clean(CLEAN);
 }

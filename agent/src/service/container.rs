@@ -108,19 +108,78 @@ pub fn oom_event(container_id: &str) -> Event {
 pub struct Rewrite<'a> {
     pub rootfs: &'a Path,
     pub cgroup_path: &'a Path,
-    /// `/proc/<pid>/ns/pid` of the sandbox's shared PID namespace, if it has one yet.
-    pub shared_pid_ns: Option<PathBuf>,
+    /// The pod's running containers: init pid (as the host was told it) to container id.
+    /// A namespace path `/proc/<pid>/ns/<kind>` naming one of them joins its namespace.
+    pub members: HashMap<u32, String>,
     /// Sandbox files to bind into the container: (destination, source).
     pub files: Vec<(&'static str, PathBuf)>,
 }
 
+/// What a namespace path in a host-made spec means in the guest.
+#[derive(Debug, PartialEq)]
+enum NamespacePath {
+    /// `/proc/<pid>/ns/<kind>` of a running container of this pod: the same path names
+    /// that container's namespace in the guest, since the pids the host knows are the
+    /// guest's.
+    Member,
+    /// Any other network namespace: the one the host attached the VM to (a CRI pod's
+    /// netns). In the guest that is the VM's own network.
+    VmNetwork,
+}
+
+/// The name a namespace kind has under `/proc/<pid>/ns/`.
+fn proc_ns_name(kind: LinuxNamespaceType) -> &'static str {
+    match kind {
+        LinuxNamespaceType::Pid => "pid",
+        LinuxNamespaceType::Network => "net",
+        LinuxNamespaceType::Ipc => "ipc",
+        LinuxNamespaceType::Uts => "uts",
+        LinuxNamespaceType::Mount => "mnt",
+        LinuxNamespaceType::User => "user",
+        LinuxNamespaceType::Cgroup => "cgroup",
+        LinuxNamespaceType::Time => "time",
+    }
+}
+
+/// Resolves the namespace path at `linux.namespaces[index]`, or says why the guest
+/// cannot honour it.
+fn resolve_namespace_path(
+    index: usize,
+    kind: LinuxNamespaceType,
+    path: &Path,
+    members: &HashMap<u32, String>,
+) -> Result<NamespacePath, AgentError> {
+    let name = proc_ns_name(kind);
+    let member = path
+        .to_str()
+        .and_then(|p| p.strip_prefix("/proc/"))
+        .and_then(|p| p.strip_suffix(&format!("/ns/{name}")))
+        .and_then(|pid| pid.parse::<u32>().ok())
+        .filter(|pid| members.contains_key(pid));
+    if member.is_some() {
+        return Ok(NamespacePath::Member);
+    }
+    if kind == LinuxNamespaceType::Network {
+        return Ok(NamespacePath::VmNetwork);
+    }
+    Err(AgentError::invalid(
+        format!("linux.namespaces[{index}].path"),
+        format!(
+            "{} is not the {name} namespace of a running container of this pod (/proc/<its pid>/ns/{name}); \
+             a VM cannot join a host {kind:?} namespace",
+            path.display()
+        ),
+    ))
+}
+
 /// Adapts a host-made spec to the guest: the canonical rootfs, the agent's cgroup layout,
-/// namespace paths (which name host namespaces) replaced, sandbox files bound in.
+/// namespace paths resolved (a pod member's namespaces are joined, the pod's network is the
+/// VM's), sandbox files bound in.
 pub fn rewrite_spec(spec: &mut Spec, rw: &Rewrite<'_>) -> Result<(), AgentError> {
     if let Some(root) = spec.root_mut() {
         root.set_path(rw.rootfs.to_owned());
     }
-    let mut shares_guest_uts = false;
+    let mut joins_uts = false;
     let linux = spec.linux_mut().get_or_insert_with(Default::default);
     linux.set_cgroups_path(Some(rw.cgroup_path.to_owned()));
     if let Some(namespaces) = linux.namespaces_mut() {
@@ -130,38 +189,18 @@ pub fn rewrite_spec(spec: &mut Spec, rw: &Rewrite<'_>) -> Result<(), AgentError>
                 kept.push(ns);
                 continue;
             };
-            match ns.typ() {
-                // A pod shares the VM's network, UTS and IPC namespaces: the guest's own.
-                LinuxNamespaceType::Uts => shares_guest_uts = true,
-                LinuxNamespaceType::Network | LinuxNamespaceType::Ipc => {}
-                LinuxNamespaceType::Pid => match &rw.shared_pid_ns {
-                    Some(shared) => {
-                        let mut ns = ns;
-                        ns.set_path(Some(shared.clone()));
-                        kept.push(ns);
-                    }
-                    None => {
-                        return Err(AgentError::invalid(
-                            format!("linux.namespaces[{i}].path"),
-                            format!(
-                                "{} names a host PID namespace; create the sandbox with shared_pid_namespace to share one",
-                                path.display()
-                            ),
-                        ))
-                    }
-                },
-                other => {
-                    return Err(AgentError::invalid(
-                        format!("linux.namespaces[{i}].path"),
-                        format!("{} names a host {other:?} namespace, which the guest cannot join", path.display()),
-                    ))
+            match resolve_namespace_path(i, ns.typ(), &path, &rw.members)? {
+                NamespacePath::Member => {
+                    joins_uts |= ns.typ() == LinuxNamespaceType::Uts;
+                    kept.push(ns);
                 }
+                NamespacePath::VmNetwork => {}
             }
         }
         *namespaces = kept;
     }
-    if shares_guest_uts {
-        // The sandbox's hostname applies; setting one needs a UTS namespace of its own.
+    if joins_uts {
+        // The joined namespace has the pod's hostname already; setting one is its owner's.
         spec.set_hostname(None);
         spec.set_domainname(None);
     }
@@ -244,37 +283,52 @@ mod tests {
         serde_json::from_str(json).unwrap()
     }
 
-    #[test]
-    fn host_namespace_paths_are_replaced() {
-        let mut s = spec(
-            r#"{"ociVersion":"1.0.2","root":{"path":"/x"},
-                "mounts":[{"destination":"/etc/hosts","type":"bind","source":"/var/lib/kubelet/pods/p/etc-hosts"}],
-                "linux":{"namespaces":[
-                {"type":"network","path":"/var/run/netns/cni-1"},{"type":"ipc","path":"/proc/9/ns/ipc"},
-                {"type":"mount"},{"type":"pid","path":"/proc/9/ns/pid"}]}}"#,
-        );
-        let rw = Rewrite {
-            rootfs: Path::new("/run/hull/shared/c1"),
-            cgroup_path: Path::new("/hull/c1"),
-            shared_pid_ns: Some("/proc/42/ns/pid".into()),
-            files: vec![("/etc/hosts", "/run/hull/sandbox/hosts".into())],
-        };
-        rewrite_spec(&mut s, &rw).unwrap();
-        let linux = s.linux().as_ref().unwrap();
-        let ns: Vec<_> = linux
+    fn namespaces(s: &Spec) -> Vec<(LinuxNamespaceType, Option<PathBuf>)> {
+        s.linux()
+            .as_ref()
+            .unwrap()
             .namespaces()
             .as_ref()
             .unwrap()
             .iter()
             .map(|n| (n.typ(), n.path().clone()))
-            .collect();
+            .collect()
+    }
+
+    fn pod_of(pid: u32) -> Rewrite<'static> {
+        Rewrite {
+            rootfs: Path::new("/run/hull/shared/c1"),
+            cgroup_path: Path::new("/hull/c1"),
+            members: HashMap::from([(pid, "pause".to_owned())]),
+            files: vec![("/etc/hosts", "/run/hull/sandbox/hosts".into())],
+        }
+    }
+
+    #[test]
+    fn a_cri_container_joins_its_pause_containers_namespaces() {
+        // What containerd's CRI sends for a container of a pod with pod-level PID
+        // sharing: the pause container's namespaces by /proc path.
+        let mut s = spec(
+            r#"{"ociVersion":"1.0.2","root":{"path":"/x"},"hostname":"pod-1",
+                "mounts":[{"destination":"/etc/hosts","type":"bind","source":"/var/lib/kubelet/pods/p/etc-hosts"}],
+                "linux":{"namespaces":[
+                {"type":"network","path":"/proc/9/ns/net"},{"type":"ipc","path":"/proc/9/ns/ipc"},
+                {"type":"uts","path":"/proc/9/ns/uts"},{"type":"mount"},
+                {"type":"pid","path":"/proc/9/ns/pid"}]}}"#,
+        );
+        rewrite_spec(&mut s, &pod_of(9)).unwrap();
         assert_eq!(
-            ns,
+            namespaces(&s),
             vec![
+                (LinuxNamespaceType::Network, Some("/proc/9/ns/net".into())),
+                (LinuxNamespaceType::Ipc, Some("/proc/9/ns/ipc".into())),
+                (LinuxNamespaceType::Uts, Some("/proc/9/ns/uts".into())),
                 (LinuxNamespaceType::Mount, None),
-                (LinuxNamespaceType::Pid, Some("/proc/42/ns/pid".into()))
+                (LinuxNamespaceType::Pid, Some("/proc/9/ns/pid".into())),
             ]
         );
+        assert_eq!(s.hostname(), &None, "the joined UTS namespace has its name");
+        let linux = s.linux().as_ref().unwrap();
         assert_eq!(linux.cgroups_path().as_deref(), Some(Path::new("/hull/c1")));
         assert_eq!(
             s.root().as_ref().unwrap().path(),
@@ -285,23 +339,75 @@ mod tests {
             m.source().as_deref(),
             Some(Path::new("/run/hull/sandbox/hosts"))
         );
+    }
 
+    #[test]
+    fn the_pods_host_network_namespace_is_the_vms_network() {
+        // The pause container's spec names the netns CNI set up on the host.
         let mut s = spec(
-            r#"{"ociVersion":"1.0.2","linux":{"namespaces":[{"type":"pid","path":"/proc/9/ns/pid"}]}}"#,
+            r#"{"ociVersion":"1.0.2","hostname":"pod-1","linux":{"namespaces":[
+                {"type":"network","path":"/var/run/netns/cni-1"},{"type":"ipc"},{"type":"uts"},
+                {"type":"mount"},{"type":"pid"}]}}"#,
         );
-        let rw = Rewrite {
-            shared_pid_ns: None,
-            files: vec![],
-            ..rw
-        };
-        let err = rewrite_spec(&mut s, &rw).unwrap_err().to_string();
-        assert!(
-            err.contains("linux.namespaces[0].path") && err.contains("shared_pid_namespace"),
-            "{err}"
+        rewrite_spec(&mut s, &pod_of(9)).unwrap();
+        assert_eq!(
+            namespaces(&s),
+            vec![
+                (LinuxNamespaceType::Ipc, None),
+                (LinuxNamespaceType::Uts, None),
+                (LinuxNamespaceType::Mount, None),
+                (LinuxNamespaceType::Pid, None),
+            ]
         );
-        let mut s = spec(
-            r#"{"ociVersion":"1.0.2","linux":{"namespaces":[{"type":"user","path":"/proc/9/ns/user"}]}}"#,
-        );
-        assert!(rewrite_spec(&mut s, &rw).is_err());
+        assert_eq!(s.hostname().as_deref(), Some("pod-1"));
+    }
+
+    #[test]
+    fn a_namespace_path_outside_the_pod_is_refused_by_name() {
+        for (json, says) in [
+            // Not a container of this pod (or one that has exited).
+            (
+                r#"{"type":"pid","path":"/proc/10/ns/pid"}"#,
+                "/proc/10/ns/pid is not the pid namespace",
+            ),
+            (
+                r#"{"type":"pid","path":"/proc/1/ns/pid"}"#,
+                "a VM cannot join a host Pid namespace",
+            ),
+            (
+                r#"{"type":"ipc","path":"/run/ipcns/x"}"#,
+                "not the ipc namespace",
+            ),
+            (
+                r#"{"type":"uts","path":"/proc/10/ns/uts"}"#,
+                "not the uts namespace",
+            ),
+            // A member's namespace, but of another kind than the entry says.
+            (
+                r#"{"type":"pid","path":"/proc/9/ns/ipc"}"#,
+                "not the pid namespace",
+            ),
+            (
+                r#"{"type":"pid","path":"/proc/9/ns/pid/../../10/ns/pid"}"#,
+                "not the pid namespace",
+            ),
+            (
+                r#"{"type":"user","path":"/proc/1/ns/user"}"#,
+                "host User namespace",
+            ),
+            (
+                r#"{"type":"mount","path":"/proc/1/ns/mnt"}"#,
+                "host Mount namespace",
+            ),
+        ] {
+            let mut s = spec(&format!(
+                r#"{{"ociVersion":"1.0.2","linux":{{"namespaces":[{{"type":"mount"}},{json}]}}}}"#
+            ));
+            let err = rewrite_spec(&mut s, &pod_of(9)).unwrap_err().to_string();
+            assert!(
+                err.contains("linux.namespaces[1].path") && err.contains(says),
+                "{json}: {err}"
+            );
+        }
     }
 }

@@ -1,5 +1,5 @@
-//! CreateContainer: the spec checked and rewritten for the sandbox (its cgroup, the PID
-//! namespace the pod shares, the sandbox files), the bundle written, the container created
+//! CreateContainer: the spec checked and rewritten for the sandbox (its cgroup, the
+//! namespaces of the pod's containers it joins, the sandbox files), the bundle written, the container created
 //! by the runtime helper, and its exit and OOM kills reported as events.
 
 use std::collections::HashMap;
@@ -17,9 +17,8 @@ use crate::runtime::Op;
 /// Where a new container goes in the sandbox ([`Service::place_in_sandbox`]).
 struct Placement {
     cgroup_path: PathBuf,
-    shared_pid_ns: Option<PathBuf>,
+    members: HashMap<u32, String>,
     files: Vec<(&'static str, PathBuf)>,
-    holds_pid_namespace: bool,
 }
 
 impl Service {
@@ -47,7 +46,7 @@ impl Service {
             &Rewrite {
                 rootfs: &rootfs,
                 cgroup_path: &place.cgroup_path,
-                shared_pid_ns: place.shared_pid_ns,
+                members: place.members,
                 files: place.files,
             },
         )?;
@@ -77,17 +76,11 @@ impl Service {
         });
         self.watch_container(&container, pid);
         lock(&self.containers).insert(id.to_owned(), container);
-        if place.holds_pid_namespace {
-            if let Some(sb) = lock(&self.sandbox).as_mut() {
-                sb.pid_namespace_holder = Some((id.to_owned(), pid));
-            }
-        }
         Ok(pid)
     }
 
-    /// Where container `id` goes in the sandbox: its cgroup, the PID namespace it shares
-    /// (when the pod shares one, that of its first container, which must still run), the
-    /// sandbox files, and whether it is the first (whose PID namespace the rest join).
+    /// Where container `id` goes in the sandbox: its cgroup, the pod's running
+    /// containers (whose namespaces its spec may name), the sandbox files.
     fn place_in_sandbox(&self, id: &str) -> Result<Placement> {
         let sb = lock(&self.sandbox);
         let sb = sb.as_ref().ok_or_else(|| {
@@ -95,27 +88,15 @@ impl Service {
                 "CreateSandbox must come before the first container".into(),
             )
         })?;
-        let shared_pid_ns = match &sb.pid_namespace_holder {
-            Some((holder, pid)) if sb.shared_pid_namespace => {
-                let init = lock(&self.containers).get(holder).map(|c| c.init.clone());
-                match init {
-                    Some(p) if p.exit().is_none() => {
-                        Some(PathBuf::from(format!("/proc/{pid}/ns/pid")))
-                    }
-                    _ => {
-                        return Err(AgentError::FailedPrecondition(format!(
-                            "the sandbox's shared PID namespace is gone: its first container {holder:?} has exited"
-                        )))
-                    }
-                }
-            }
-            _ => None,
-        };
+        let members = lock(&self.containers)
+            .values()
+            .filter(|c| c.init.exit().is_none())
+            .map(|c| (c.init.pid, c.id.clone()))
+            .collect();
         Ok(Placement {
             cgroup_path: sb.cgroup.join(id),
-            shared_pid_ns,
+            members,
             files: sb.files.clone(),
-            holds_pid_namespace: sb.shared_pid_namespace && sb.pid_namespace_holder.is_none(),
         })
     }
 

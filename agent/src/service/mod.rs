@@ -217,8 +217,6 @@ impl Service {
         }
         *slot = Some(Sandbox {
             cgroup: self.config.cgroup_parent.join(cgroup_name),
-            shared_pid_namespace: req.shared_pid_namespace,
-            pid_namespace_holder: None,
             files,
         });
         Ok(())
@@ -436,15 +434,6 @@ impl Service {
             .map_err(|e| AgentError::Internal(format!("removing container {id:?}: {e}")))?;
         let _ = std::fs::remove_dir_all(&c.bundle);
         lock(&self.containers).remove(id);
-        if let Some(sb) = lock(&self.sandbox).as_mut() {
-            if sb
-                .pid_namespace_holder
-                .as_ref()
-                .is_some_and(|(h, _)| h == id)
-            {
-                sb.pid_namespace_holder = None;
-            }
-        }
         Ok(())
     }
 

@@ -14,9 +14,6 @@ pub const MAX_ENTROPY: usize = 4096;
 pub struct Sandbox {
     /// The sandbox cgroup below the agent's cgroup parent (`hull`).
     pub cgroup: PathBuf,
-    pub shared_pid_namespace: bool,
-    /// The container whose PID namespace the others join, once one exists.
-    pub pid_namespace_holder: Option<(String, u32)>,
     /// Files bound into every container: (destination, source).
     pub files: Vec<(&'static str, PathBuf)>,
 }
