@@ -4,13 +4,18 @@
 # an image config, a manifest and an index naming it `latest`. Import it with
 #   ctr images import --base-name hull.local/busybox busybox-oci.tar   (→ hull.local/busybox:latest)
 # With --scratch, the layer holds /bin/busybox alone, as a `FROM scratch` image (Kubernetes'
-# pause, distroless) has no /proc, /sys, /dev, /etc or /tmp to mount on.
-# Usage: resources/busybox-oci.sh [--scratch] OUT.tar
+# pause, distroless) has no /proc, /sys, /dev, /etc or /tmp to mount on; --pause is that
+# image with a command that sleeps until killed, a pod sandbox image for CRI tests.
+# Usage: resources/busybox-oci.sh [--scratch|--pause] OUT.tar
 set -euo pipefail
 
 scratch=
-if [ "${1:-}" = --scratch ]; then scratch=1; shift; fi
-out="${1:?usage: resources/busybox-oci.sh [--scratch] OUT.tar}"
+cmd='"sh"'
+case "${1:-}" in
+    --scratch) scratch=1; cmd='"/bin/busybox","sh"'; shift ;;
+    --pause) scratch=1; cmd='"/bin/busybox","sleep","1000000000"'; shift ;;
+esac
+out="${1:?usage: resources/busybox-oci.sh [--scratch|--pause] OUT.tar}"
 busybox=/bin/busybox
 [ -x "$busybox" ] || { echo "resources/busybox-oci.sh: $busybox not found; apt-get install busybox-static" >&2; exit 1; }
 
@@ -20,7 +25,6 @@ root="$work/root"
 if [ -n "$scratch" ]; then
     mkdir -p "$root/bin"
     install -m 0755 "$busybox" "$root/bin/busybox"
-    cmd='"/bin/busybox","sh"'
 else
     mkdir -p "$root"/{bin,etc,tmp,root,proc,sys,dev,run}
     chmod 1777 "$root/tmp"
@@ -30,7 +34,6 @@ else
     done
     printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' > "$root/etc/passwd"
     printf 'root:x:0:\nnogroup:x:65534:\n' > "$root/etc/group"
-    cmd='"sh"'
 fi
 
 blobs="$work/layout/blobs/sha256"

@@ -15,6 +15,8 @@ packages=(
     libseccomp-dev pkg-config                                  # agent: seccomp (linked statically)
     busybox-static runc strace                                 # agent tests' rootfs; benchmark peer, syscall counts
     containerd tmux                                            # shim tests: containerd 1.6 + ctr; ctr run -t through a terminal
+    containernetworking-plugins iproute2                       # CRI tests: CNI bridge, host-local, loopback, portmap
+    protobuf-compiler                                          # CRI tests: the k8s-cri client's gRPC bindings
     "$kernel_pkg"                                              # guest kernel source
 )
 

@@ -1,7 +1,12 @@
 //! A private containerd for tests and benchmarks: Debian's containerd 1.6 with its own
-//! root, state directory and socket (CRI off), the hull shim on its PATH, a hull host
-//! configuration of its own, and the offline busybox image imported. Stopped, and checked
-//! for what it left behind, by the test.
+//! root, state directory and socket, the hull shim on its PATH, a hull host configuration
+//! of its own, and the offline busybox image imported. Stopped, and checked for what it
+//! left behind, by the test.
+//!
+//! Two kinds: [`Containerd::start`] has the CRI plugin off and is driven with `ctr`;
+//! [`Containerd::start_cri`] has it on, in a network namespace of its own with CNI
+//! (bridge, host-local, loopback, portmap) and the images in the CRI's `k8s.io` namespace,
+//! and is driven through [`crate::cri`].
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -12,6 +17,11 @@ use std::time::{Duration, Instant};
 pub const BUSYBOX: &str = "hull.local/busybox:latest";
 pub const RUNTIME: &str = "io.containerd.hull.v2";
 pub const NAMESPACE: &str = "hull-test";
+/// The containerd namespace of the CRI's images and containers.
+pub const CRI_NAMESPACE: &str = "k8s.io";
+/// The pod sandbox image the CRI harness imports: `FROM scratch` with only busybox, as
+/// Kubernetes' pause image has only `/pause`.
+pub const PAUSE: &str = "hull.local/pause:latest";
 
 /// Why this host cannot run the containerd tests, if it cannot.
 pub fn unavailable() -> Option<String> {
@@ -71,13 +81,74 @@ pub struct Containerd {
     /// The shim's run and state directories (hull config `run_dir`, `state_dir`).
     pub run_dir: PathBuf,
     pub state_dir: PathBuf,
+    /// The containerd namespace `ctr` acts in.
+    pub namespace: &'static str,
     child: Option<Child>,
+}
+
+/// containerd's configuration: its own directories and socket, with or without the CRI.
+fn containerd_config(d: &Path, socket: &Path, cri: bool) -> String {
+    let mut c = format!(
+        "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n[grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"\"\n",
+        root = d.join("root").display(),
+        state = d.join("ctd-state").display(),
+        sock = socket.display()
+    );
+    if !cri {
+        c.insert_str(0, "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n");
+        return c;
+    }
+    c.push_str(&format!(
+        r#"[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{PAUSE}"
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  disable_apparmor = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{net}"
+"#,
+        net = d.join("net.d").display()
+    ));
+    // The hull runtime exactly as the project ships it.
+    c.push_str(include_str!("../../resources/containerd-hull.toml"));
+    c
+}
+
+/// The CNI network of the CRI harness: a bridge in containerd's network namespace,
+/// addresses from host-local (its state in the test's directory), port mappings.
+fn cni_config(d: &Path) -> String {
+    format!(
+        r#"{{"cniVersion": "0.4.0", "name": "hull-test", "plugins": [
+  {{"type": "bridge", "bridge": "hull0", "isGateway": true, "ipMasq": false,
+    "ipam": {{"type": "host-local", "dataDir": "{ipam}",
+              "ranges": [[{{"subnet": "10.88.0.0/24"}}]], "routes": [{{"dst": "0.0.0.0/0"}}]}}}},
+  {{"type": "portmap", "capabilities": {{"portMappings": true}}}}
+]}}
+"#,
+        ipam = d.join("ipam").display()
+    )
 }
 
 impl Containerd {
     /// Starts containerd with `hull_config` (TOML) appended to the test's own directories,
     /// waits for its socket and imports the busybox image.
     pub fn start(hull_config: &str) -> Containerd {
+        Self::start_with(hull_config, false)
+    }
+
+    /// Starts containerd with the CRI plugin on, in a network namespace of its own (its
+    /// CNI bridge and every pod's network stay there), the busybox and pause images in
+    /// the CRI's namespace.
+    pub fn start_cri(hull_config: &str) -> Containerd {
+        Self::start_with(hull_config, true)
+    }
+
+    fn start_with(hull_config: &str, cri: bool) -> Containerd {
         let dir = tempfile::Builder::new()
             .prefix("hull-ctd-")
             .tempdir_in("/tmp")
@@ -86,16 +157,11 @@ impl Containerd {
         let socket = d.join("containerd.sock");
         let run_dir = d.join("run");
         let state_dir = d.join("state");
-        std::fs::write(
-            d.join("config.toml"),
-            format!(
-                "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"\"\n",
-                root = d.join("root").display(),
-                state = d.join("ctd-state").display(),
-                sock = socket.display()
-            ),
-        )
-        .unwrap();
+        std::fs::write(d.join("config.toml"), containerd_config(d, &socket, cri)).unwrap();
+        if cri {
+            std::fs::create_dir_all(d.join("net.d")).unwrap();
+            std::fs::write(d.join("net.d/10-hull-test.conflist"), cni_config(d)).unwrap();
+        }
         std::fs::write(
             d.join("hull.toml"),
             format!(
@@ -123,14 +189,30 @@ impl Containerd {
             .stderr(log);
         // Its own process group: a test that dies takes containerd with it, not the shims.
         cmd.process_group(0);
+        if cri {
+            // SAFETY: unshare(2) in the forked child before exec; it touches no memory
+            // the parent shares.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::unshare(libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let child = cmd.spawn().expect("start containerd");
         let mut c = Containerd {
             dir,
             socket,
             run_dir,
             state_dir,
+            namespace: if cri { CRI_NAMESPACE } else { NAMESPACE },
             child: Some(child),
         };
+        if cri {
+            c.in_netns(&["ip", "link", "set", "lo", "up"]);
+        }
         let deadline = Instant::now() + Duration::from_secs(30);
         while c.ctr(&["version"]).status.code() != Some(0) {
             assert!(
@@ -139,6 +221,9 @@ impl Containerd {
                 c.log()
             );
             std::thread::sleep(Duration::from_millis(100));
+        }
+        if cri {
+            c.import_image("hull.local/pause", &["--pause"]);
         }
         c.import_busybox();
         c
@@ -179,10 +264,30 @@ impl Containerd {
         cmd.arg("--address")
             .arg(&self.socket)
             .arg("--namespace")
-            .arg(NAMESPACE)
+            .arg(self.namespace)
             .args(args)
             .stdin(Stdio::null());
         cmd
+    }
+
+    /// containerd's pid (its network namespace is the CRI pods' world).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or_default()
+    }
+
+    /// Runs `args` in containerd's network namespace, asserting success; returns stdout.
+    pub fn in_netns(&self, args: &[&str]) -> String {
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/proc/{}/ns/net", self.pid()))
+            .args(args)
+            .output()
+            .expect("run nsenter");
+        assert!(
+            out.status.success(),
+            "{args:?} in containerd's netns: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     pub fn ctr(&self, args: &[&str]) -> Output {

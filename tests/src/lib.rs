@@ -2,6 +2,7 @@
 //! order statistics.
 
 pub mod containerd;
+pub mod cri;
 
 use std::collections::HashMap;
 

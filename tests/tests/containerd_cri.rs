@@ -1,0 +1,118 @@
+//! Kubernetes pods on hull through containerd's CRI plugin, driven as kubelet drives it
+//! (tests/src/cri.rs): the `hull` runtime handler from resources/containerd-hull.toml, CNI
+//! (bridge, host-local) in a network namespace of the test's own, a pause image built
+//! `FROM scratch`.
+
+use std::time::Duration;
+
+use hull_e2e::containerd::{skip, Containerd, BUSYBOX, CLEAN, PAUSE};
+use hull_e2e::cri::{ContainerState, Cri, NamespaceMode, Pod, PodSandboxState};
+
+const HANDLER: &str = "hull";
+
+#[test]
+fn a_hull_pod_runs_its_containers_in_the_pods_namespaces() {
+    if skip() {
+        return;
+    }
+    let c = Containerd::start_cri("");
+    let cri = Cri::connect(&c.socket);
+    assert!(
+        cri.image_status(PAUSE).unwrap().image.is_some(),
+        "the pause image is in the CRI's namespace"
+    );
+    // shareProcessNamespace: true, and a pod-level sysctl (set on the sandbox, IPC
+    // namespaced): the containers join the pause container's PID and IPC namespaces.
+    let mut pod = Pod::new("web-1", c.dir.path());
+    pod.pid = NamespaceMode::Pod;
+    pod.sysctls
+        .insert("kernel.shm_rmid_forced".into(), "1".into());
+    let pod_config = pod.config();
+    let id = cri
+        .run_pod(&pod_config, HANDLER)
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", c.log_tail(40)));
+    assert_eq!(
+        cri.pod_status(&id).unwrap().state,
+        PodSandboxState::SandboxReady as i32
+    );
+    assert_eq!(c.vmm_pids().len(), 1, "the pod is one VM");
+
+    let app = pod.container(
+        "app",
+        BUSYBOX,
+        &[
+            "sh",
+            "-c",
+            "echo started; hostname; cat /proc/sys/kernel/shm_rmid_forced; \
+             head -c 12 /proc/1/cmdline; echo; cat /etc/resolv.conf; exec sleep 1000",
+        ],
+    );
+    let app = cri
+        .create_container(&id, &app, &pod_config)
+        .unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", c.log_tail(40)));
+    cri.start_container(&app).unwrap();
+    let log = pod.wait_log("app", "ndots:5", Duration::from_secs(120));
+    // CRI's log format: TIMESTAMP STREAM TAG LINE.
+    let lines: Vec<&str> = log
+        .lines()
+        .map(|l| l.splitn(4, ' ').nth(3).unwrap_or_default())
+        .collect();
+    assert!(
+        log.lines().all(|l| l.split(' ').nth(1) == Some("stdout")),
+        "{log}"
+    );
+    assert_eq!(&lines[..4], ["started", "web-1", "1", "/bin/busybox"], "{log}");
+    assert!(lines.contains(&"nameserver 10.88.0.53"), "{log}");
+    assert_eq!(
+        cri.container_status(&app).unwrap().state,
+        ContainerState::ContainerRunning as i32
+    );
+
+    let r = cri
+        .exec_sync(&app, &["sh", "-c", "echo exec-out; echo exec-err >&2; exit 3"], 60)
+        .unwrap();
+    assert_eq!(
+        (r.exit_code, r.stdout.as_slice(), r.stderr.as_slice()),
+        (3, &b"exec-out\n"[..], &b"exec-err\n"[..])
+    );
+
+    // A container that exits on its own reports its code.
+    let done = pod.container("done", BUSYBOX, &["sh", "-c", "exit 7"]);
+    let done = cri.create_container(&id, &done, &pod_config).unwrap();
+    cri.start_container(&done).unwrap();
+    let s = cri.wait_container(&done, ContainerState::ContainerExited, Duration::from_secs(120));
+    assert_eq!((s.exit_code, s.reason.as_str()), (7, "Error"), "{s:?}");
+    assert!(s.finished_at >= s.started_at && s.started_at > 0, "{s:?}");
+    cri.remove_container(&done).unwrap();
+
+    cri.stop_container(&app, 10).unwrap();
+    let s = cri.container_status(&app).unwrap();
+    assert_eq!(s.state, ContainerState::ContainerExited as i32, "{s:?}");
+    cri.remove_container(&app).unwrap();
+    cri.stop_pod(&id).unwrap();
+    cri.remove_pod(&id).unwrap();
+    assert!(cri.list_pods().unwrap().is_empty());
+    c.assert_clean(CLEAN);
+}
+
+#[test]
+fn a_pod_sharing_a_node_namespace_is_refused_by_its_setting() {
+    if skip() {
+        return;
+    }
+    let c = Containerd::start_cri("");
+    let cri = Cri::connect(&c.socket);
+    let mut pod = Pod::new("host-net", c.dir.path());
+    pod.network = NamespaceMode::Node;
+    let e = cri.run_pod(&pod.config(), HANDLER).unwrap_err();
+    assert!(
+        e.message().contains("hostNetwork") && e.message().contains("runc RuntimeClass"),
+        "{e}"
+    );
+    let mut pod = Pod::new("host-pid", c.dir.path());
+    pod.pid = NamespaceMode::Node;
+    let e = cri.run_pod(&pod.config(), HANDLER).unwrap_err();
+    assert!(e.message().contains("hostPID"), "{e}");
+    assert!(cri.list_pods().unwrap().is_empty(), "{:?}", cri.list_pods());
+    c.assert_clean(CLEAN);
+}
