@@ -83,7 +83,20 @@ pub struct Containerd {
     pub state_dir: PathBuf,
     /// The containerd namespace `ctr` acts in.
     pub namespace: &'static str,
+    /// The network namespaces pinned under /run/netns before this containerd started
+    /// (the CRI pins each pod's there; the CRI tests run one at a time).
+    netns_before: Vec<String>,
     child: Option<Child>,
+}
+
+/// The names under /run/netns.
+fn pinned_netns() -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
 }
 
 /// containerd's configuration: its own directories and socket, with or without the CRI.
@@ -208,6 +221,7 @@ impl Containerd {
             run_dir,
             state_dir,
             namespace: if cri { CRI_NAMESPACE } else { NAMESPACE },
+            netns_before: if cri { pinned_netns() } else { Vec::new() },
             child: Some(child),
         };
         if cri {
@@ -409,6 +423,32 @@ impl Containerd {
                 }
             }
         }
+        if self.namespace == CRI_NAMESPACE {
+            left.extend(self.cri_leftovers());
+        }
+        left
+    }
+
+    /// What the CRI's pods left: pinned network namespaces, and veths on the CNI bridge
+    /// in containerd's network namespace.
+    fn cri_leftovers(&self) -> Vec<String> {
+        let mut left: Vec<String> = pinned_netns()
+            .into_iter()
+            .filter(|n| n.starts_with("cni-") && !self.netns_before.contains(n))
+            .map(|n| format!("network namespace /run/netns/{n}"))
+            .collect();
+        let links = Command::new("nsenter")
+            .arg(format!("--net=/proc/{}/ns/net", self.pid()))
+            .args(["ip", "-o", "link", "show", "type", "veth"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        left.extend(
+            links
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| format!("veth {l}")),
+        );
         left
     }
 

@@ -36,6 +36,12 @@ fn a_hull_pod_runs_its_containers_in_the_pods_namespaces() {
         PodSandboxState::SandboxReady as i32
     );
     assert_eq!(c.vmm_pids().len(), 1, "the pod is one VM");
+    // CNI gave the pod a network namespace and a veth on the bridge: what the final
+    // check must find gone.
+    let live = c.leftovers();
+    for what in ["network namespace /run/netns/cni-", "veth "] {
+        assert!(live.iter().any(|l| l.starts_with(what)), "{what}: {live:#?}");
+    }
 
     let app = pod.container(
         "app",
