@@ -1,7 +1,7 @@
 //! Fuzzes the agent's checks of a host-sent OCI spec: arbitrary bytes as `oci_spec_json`,
 //! then (when they parse) the rootfs, mount-target, resource and process checks and the
 //! guest rewrite. None may panic; a spec that passes the checks has its rootfs inside the
-//! area.
+//! area, and a rewritten spec names no namespace but a pod member's.
 #![no_main]
 
 use std::path::{Path, PathBuf};
@@ -32,14 +32,32 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Ok(rootfs) = check_spec(&spec, std::slice::from_ref(area)) {
         assert!(rootfs.starts_with(area.canonicalize().unwrap()));
-        let _ = rewrite_spec(
+        let rewritten = rewrite_spec(
             &mut spec,
             &Rewrite {
                 rootfs: &rootfs,
                 cgroup_path: Path::new("/hull/c"),
-                shared_pid_ns: Some("/proc/1/ns/pid".into()),
+                members: [(7, "pause".to_string())].into(),
                 files: vec![("/etc/hosts", area.join("hosts"))],
             },
         );
+        // The damage this looks for: a namespace path other than a pod member's surviving
+        // the rewrite, so the runtime would join whatever it names.
+        if rewritten.is_ok() {
+            let namespaces = spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.namespaces().clone())
+                .unwrap_or_default();
+            for ns in namespaces {
+                if let Some(path) = ns.path() {
+                    let path = path.to_string_lossy();
+                    assert!(
+                        path.starts_with("/proc/7/ns/") && !path.contains(".."),
+                        "{path} survived the rewrite"
+                    );
+                }
+            }
+        }
     }
 });

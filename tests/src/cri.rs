@@ -66,7 +66,11 @@ impl Cri {
     }
 
     /// RunPodSandbox with `handler`; returns the pod sandbox id.
-    pub fn run_pod(&self, config: &PodSandboxConfig, handler: &str) -> Result<String, tonic::Status> {
+    pub fn run_pod(
+        &self,
+        config: &PodSandboxConfig,
+        handler: &str,
+    ) -> Result<String, tonic::Status> {
         let mut c = self.runtime.clone();
         self.call(c.run_pod_sandbox(RunPodSandboxRequest {
             config: Some(config.clone()),
@@ -157,7 +161,12 @@ impl Cri {
     }
 
     /// Waits until container `id` is in `state`; returns its status.
-    pub fn wait_container(&self, id: &str, state: ContainerState, within: Duration) -> ContainerStatus {
+    pub fn wait_container(
+        &self,
+        id: &str,
+        state: ContainerState,
+        within: Duration,
+    ) -> ContainerStatus {
         let deadline = Instant::now() + within;
         loop {
             let s = self.container_status(id).expect("ContainerStatus");
@@ -172,7 +181,12 @@ impl Cri {
         }
     }
 
-    pub fn exec_sync(&self, id: &str, cmd: &[&str], timeout_s: i64) -> Result<ExecSyncResponse, tonic::Status> {
+    pub fn exec_sync(
+        &self,
+        id: &str,
+        cmd: &[&str],
+        timeout_s: i64,
+    ) -> Result<ExecSyncResponse, tonic::Status> {
         let mut c = self.runtime.clone();
         self.call(c.exec_sync(ExecSyncRequest {
             container_id: id.into(),

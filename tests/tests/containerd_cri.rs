@@ -40,7 +40,10 @@ fn a_hull_pod_runs_its_containers_in_the_pods_namespaces() {
     // check must find gone.
     let live = c.leftovers();
     for what in ["network namespace /run/netns/cni-", "veth "] {
-        assert!(live.iter().any(|l| l.starts_with(what)), "{what}: {live:#?}");
+        assert!(
+            live.iter().any(|l| l.starts_with(what)),
+            "{what}: {live:#?}"
+        );
     }
 
     let app = pod.container(
@@ -67,7 +70,11 @@ fn a_hull_pod_runs_its_containers_in_the_pods_namespaces() {
         log.lines().all(|l| l.split(' ').nth(1) == Some("stdout")),
         "{log}"
     );
-    assert_eq!(&lines[..4], ["started", "web-1", "1", "/bin/busybox"], "{log}");
+    assert_eq!(
+        &lines[..4],
+        ["started", "web-1", "1", "/bin/busybox"],
+        "{log}"
+    );
     assert!(lines.contains(&"nameserver 10.88.0.53"), "{log}");
     assert_eq!(
         cri.container_status(&app).unwrap().state,
@@ -75,7 +82,11 @@ fn a_hull_pod_runs_its_containers_in_the_pods_namespaces() {
     );
 
     let r = cri
-        .exec_sync(&app, &["sh", "-c", "echo exec-out; echo exec-err >&2; exit 3"], 60)
+        .exec_sync(
+            &app,
+            &["sh", "-c", "echo exec-out; echo exec-err >&2; exit 3"],
+            60,
+        )
         .unwrap();
     assert_eq!(
         (r.exit_code, r.stdout.as_slice(), r.stderr.as_slice()),
@@ -86,7 +97,11 @@ fn a_hull_pod_runs_its_containers_in_the_pods_namespaces() {
     let done = pod.container("done", BUSYBOX, &["sh", "-c", "exit 7"]);
     let done = cri.create_container(&id, &done, &pod_config).unwrap();
     cri.start_container(&done).unwrap();
-    let s = cri.wait_container(&done, ContainerState::ContainerExited, Duration::from_secs(120));
+    let s = cri.wait_container(
+        &done,
+        ContainerState::ContainerExited,
+        Duration::from_secs(120),
+    );
     assert_eq!((s.exit_code, s.reason.as_str()), (7, "Error"), "{s:?}");
     assert!(s.finished_at >= s.started_at && s.started_at > 0, "{s:?}");
     cri.remove_container(&done).unwrap();
