@@ -89,6 +89,15 @@ pub struct Containerd {
     child: Option<Child>,
 }
 
+/// Moves the calling process into a new network namespace (containerd's, before exec).
+fn new_network_namespace() -> std::io::Result<()> {
+    // SAFETY: unshare(2) with a flag constant; it touches no memory of ours.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The names under /run/netns.
 fn pinned_netns() -> Vec<String> {
     std::fs::read_dir("/run/netns")
@@ -203,15 +212,10 @@ impl Containerd {
         // Its own process group: a test that dies takes containerd with it, not the shims.
         cmd.process_group(0);
         if cri {
-            // SAFETY: unshare(2) in the forked child before exec; it touches no memory
-            // the parent shares.
+            // SAFETY: the closure runs in the forked child before exec and only calls
+            // unshare(2), which allocates nothing and takes no lock.
             unsafe {
-                cmd.pre_exec(|| {
-                    if libc::unshare(libc::CLONE_NEWNET) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
+                cmd.pre_exec(new_network_namespace);
             }
         }
         let child = cmd.spawn().expect("start containerd");
