@@ -4,7 +4,12 @@
 # "skipped: <reason>" where those are missing.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-"$repo/scripts/build.sh" >/dev/null
+# What the tests need built outside cargo: packages, the guest kernel and the guest image
+# (with the agent), cached under /var/cache/hull. The tests run the debug host binaries
+# (built below), so the release build of scripts/build.sh is not repeated here.
+"$repo/scripts/deps.sh"
+"$repo/kernel-config/build.sh" >/dev/null
+"$repo/resources/build-image.sh" >/dev/null
 cd "$repo"
 echo "test: rustfmt and clippy" >&2
 cargo fmt --all --check
