@@ -240,16 +240,21 @@ impl Pod {
             linux: Some(LinuxPodSandboxConfig {
                 sysctls: self.sysctls.clone(),
                 security_context: Some(LinuxSandboxSecurityContext {
-                    namespace_options: Some(NamespaceOption {
-                        network: self.network as i32,
-                        pid: self.pid as i32,
-                        ipc: NamespaceMode::Pod as i32,
-                        ..Default::default()
-                    }),
+                    namespace_options: Some(self.namespaces()),
                     ..Default::default()
                 }),
                 ..Default::default()
             }),
+            ..Default::default()
+        }
+    }
+
+    /// The namespace modes kubelet sends for the pod and, the same, each container.
+    fn namespaces(&self) -> NamespaceOption {
+        NamespaceOption {
+            network: self.network as i32,
+            pid: self.pid as i32,
+            ipc: NamespaceMode::Pod as i32,
             ..Default::default()
         }
     }
@@ -269,12 +274,7 @@ impl Pod {
             log_path: format!("{name}.log"),
             linux: Some(LinuxContainerConfig {
                 security_context: Some(LinuxContainerSecurityContext {
-                    namespace_options: Some(NamespaceOption {
-                        network: self.network as i32,
-                        pid: self.pid as i32,
-                        ipc: NamespaceMode::Pod as i32,
-                        ..Default::default()
-                    }),
+                    namespace_options: Some(self.namespaces()),
                     ..Default::default()
                 }),
                 ..Default::default()
