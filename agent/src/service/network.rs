@@ -1,23 +1,21 @@
 //! ConfigureNetwork: interfaces up with addresses and MTU, then routes, over rtnetlink.
 //!
 //! Messages are built with `netlink-packet-route` (the rust-netlink crates libcontainer
-//! already uses) and sent on a blocking `netlink-sys` socket, one request and its ACK at a
+//! already uses) and sent on `hull-net`'s blocking socket, one request and its ACK at a
 //! time, so a kernel refusal comes back as the errno of the request that caused it.
 
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd};
 
+use hull_net::netlink::Netlink;
 use hull_protocol::rpc::agent::{ConfigureNetworkRequest, Interface, Route};
-use netlink_packet_core::{
-    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST,
-};
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
 use super::validate::Invalid;
 use super::AgentError;
@@ -278,54 +276,6 @@ fn index_of(name: &str) -> Result<u32, AgentError> {
         return Err(AgentError::NotFound(format!("network interface {name:?}")));
     }
     Ok(index)
-}
-
-struct Netlink {
-    socket: Socket,
-    seq: u32,
-}
-
-impl Netlink {
-    fn open() -> std::io::Result<Self> {
-        let mut socket = Socket::new(NETLINK_ROUTE)?;
-        socket.bind_auto()?;
-        socket.connect(&SocketAddr::new(0, 0))?;
-        Ok(Netlink { socket, seq: 0 })
-    }
-
-    /// Sends one request and waits for its ACK; the kernel's errno becomes the error.
-    fn request(&mut self, msg: RouteNetlinkMessage, flags: u16) -> std::io::Result<()> {
-        let mut req = NetlinkMessage::from(msg);
-        self.seq += 1;
-        req.header.flags = flags | NLM_F_REQUEST | NLM_F_ACK;
-        req.header.sequence_number = self.seq;
-        req.finalize();
-        let mut buf = vec![0u8; req.header.length as usize];
-        req.serialize(&mut buf);
-        self.socket.send(&buf, 0)?;
-        let mut rx = vec![0u8; 8192];
-        loop {
-            let n = self.socket.recv(&mut &mut rx[..], 0)?;
-            let mut at = 0;
-            while at < n {
-                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rx[at..n])
-                    .map_err(|e| std::io::Error::other(format!("netlink reply: {e}")))?;
-                let len = msg.header.length as usize;
-                if msg.header.sequence_number == self.seq {
-                    if let NetlinkPayload::Error(e) = msg.payload {
-                        return match e.code {
-                            None => Ok(()),
-                            Some(code) => Err(std::io::Error::from_raw_os_error(-code.get())),
-                        };
-                    }
-                }
-                if len == 0 {
-                    break;
-                }
-                at += len;
-            }
-        }
-    }
 }
 
 /// Applies `req`: each interface found (by MAC first, else by name), given its MTU, brought
