@@ -24,6 +24,7 @@ pub mod config;
 pub mod container;
 pub mod guest;
 pub mod pod;
+pub mod podnet;
 pub mod private;
 pub mod rootfs;
 pub mod sandbox;
