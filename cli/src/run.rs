@@ -475,6 +475,7 @@ fn start_pod(
         templates.as_ref(),
         None,
         config.call_timeout(),
+        None,
     )
     .map(Arc::new)
     .map_err(RunError::Start)

@@ -176,6 +176,23 @@ impl Agent {
         .map(drop)
     }
 
+    /// Configures the guest's network interfaces (found by name, given their MAC,
+    /// addresses and MTU) and then its routes.
+    pub fn configure_network(
+        &self,
+        interfaces: Vec<Interface>,
+        routes: Vec<Route>,
+    ) -> Result<(), AgentError> {
+        let mut req = ConfigureNetworkRequest::new();
+        req.interfaces = interfaces;
+        req.routes = routes;
+        self.call(
+            "ConfigureNetwork",
+            self.client.configure_network(self.ctx(), &req),
+        )
+        .map(drop)
+    }
+
     /// Ends the pod-wide setup (the last container is gone).
     pub fn destroy_sandbox(&self) -> Result<(), AgentError> {
         use hull_protocol::rpc::protobuf::well_known_types::empty::Empty;

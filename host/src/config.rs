@@ -250,6 +250,7 @@ impl HostConfig {
             drive_slots: self.drive_slots,
             shared_fs: self.shared_fs,
             console_log: self.debug_console,
+            nics: 0,
         }
     }
 }

@@ -55,6 +55,9 @@ pub struct VmSpec {
     /// Keep the guest's console in the run directory (`debug_console`); without it the
     /// VMM discards it, so a chatty guest costs the host's tmpfs nothing.
     pub console_log: bool,
+    /// virtio-net devices (`net0`, `net1`, ...): one per interface CNI gave the pod. Each
+    /// is backed by a tap the host hands the VMM as a descriptor ([`vmm_process::Nic`]).
+    pub nics: u8,
 }
 
 /// The virtio-fs tag of a sandbox VM's shared file system.
@@ -75,6 +78,7 @@ impl Default for VmSpec {
             drive_slots: DEFAULT_DRIVE_SLOTS,
             shared_fs: true,
             console_log: false,
+            nics: 0,
         }
     }
 }

@@ -17,6 +17,7 @@ use hull_vmm_api::{ControlClient, ControlError};
 use crate::agent::AgentError;
 use crate::guest::Guest;
 use crate::lock;
+use crate::podnet::PodNetwork;
 use crate::sandbox::{Sandbox, SandboxError};
 use crate::template::TemplateCache;
 use crate::VmSpec;
@@ -31,6 +32,8 @@ pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(180);
 pub enum PodError {
     #[error("start the sandbox VM")]
     Start(#[source] Box<SandboxError>),
+    #[error("configure the guest's network as CNI set up the pod's")]
+    Network(#[source] AgentError),
     #[error("create {0}")]
     RunDir(PathBuf, #[source] std::io::Error),
     #[error("all {0} drive slots of the sandbox are in use; raise drive_slots in the hull config")]
@@ -90,6 +93,8 @@ pub struct Pod {
     /// are fixed for its life, so shares stay until the VM goes; containers of the pod
     /// that bind the same directory (an `emptyDir`) see one share.
     shares: Mutex<SharedFs>,
+    /// The pod's CNI interfaces joined to the VM's taps, released when the VM goes.
+    network: Mutex<Option<PodNetwork>>,
 }
 
 #[derive(Default)]
@@ -121,6 +126,8 @@ impl Pod {
     /// Starts the VM for pod `id` with its sockets in `run_dir`; with `keep_logs`, its
     /// console and VMM log are moved there when it stops (`debug_console`). Every agent
     /// call then waits at most `call_timeout`.
+    /// `network`: the pod's CNI interfaces joined to taps ([`PodNetwork::connect`]); the VM
+    /// gets a network device for each and the guest their addresses and routes.
     pub fn start(
         id: &str,
         spec: &VmSpec,
@@ -128,10 +135,37 @@ impl Pod {
         templates: Option<&TemplateCache>,
         keep_logs: Option<PathBuf>,
         call_timeout: Duration,
+        network: Option<PodNetwork>,
     ) -> Result<Pod, PodError> {
         crate::private::private_dir(run_dir).map_err(|e| PodError::RunDir(run_dir.into(), e))?;
-        let sandbox =
-            Sandbox::start(spec, run_dir, templates).map_err(|e| PodError::Start(Box::new(e)))?;
+        let mut spec = spec.clone();
+        let nics = network.as_ref().map(PodNetwork::nics).unwrap_or_default();
+        spec.nics = nics.len() as u8;
+        let started = Sandbox::start_with_nics(&spec, run_dir, templates, &nics)
+            .map_err(|e| PodError::Start(Box::new(e)))
+            .and_then(|s| match &network {
+                Some(net) if !net.joined.is_empty() => {
+                    let (interfaces, routes) = net.for_guest();
+                    match s.agent.configure_network(interfaces, routes) {
+                        Ok(()) => Ok(s),
+                        Err(e) => {
+                            s.shutdown();
+                            Err(PodError::Network(e))
+                        }
+                    }
+                }
+                _ => Ok(s),
+            });
+        drop(nics);
+        let sandbox = match started {
+            Ok(s) => s,
+            Err(e) => {
+                if let Some(net) = network {
+                    net.disconnect();
+                }
+                return Err(e);
+            }
+        };
         log::info!(
             "sandbox {id}: {} (usable {:.0} ms after the VMM started)",
             sandbox.path,
@@ -154,6 +188,7 @@ impl Pod {
             stopping: AtomicBool::new(false),
             keep_logs,
             shares: Mutex::new(SharedFs::default()),
+            network: Mutex::new(network),
         })
     }
 
@@ -337,6 +372,9 @@ impl Pod {
         if let Some(s) = sandbox {
             let status = s.shutdown();
             log::info!("sandbox {}: VM stopped ({status:?})", self.id);
+        }
+        if let Some(net) = lock(&self.network).take() {
+            net.disconnect();
         }
         if let Some(dir) = &self.keep_logs {
             self.keep_logs_in(dir);

@@ -10,7 +10,7 @@
 //! [`MAX_ROUTES`] routes, as the agent's ConfigureNetwork also enforces.
 
 use std::net::IpAddr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use hull_net::netlink::Netlink;
@@ -92,6 +92,48 @@ impl PodNetwork {
 
     pub fn interfaces(&self) -> Vec<Interface> {
         self.joined.iter().map(|j| j.interface.clone()).collect()
+    }
+
+    /// The backends of the VM's network devices: each tap with its interface's MAC.
+    pub fn nics(&self) -> Vec<crate::vmm_process::Nic<'_>> {
+        self.joined
+            .iter()
+            .map(|j| crate::vmm_process::Nic {
+                tap: j.tap.as_fd(),
+                mac: Some(&j.interface.mac),
+            })
+            .collect()
+    }
+
+    /// The interfaces and routes as the guest configures them: the VM's network device
+    /// `i` is the guest's `eth<i>` whatever CNI called the interface it stands for.
+    pub fn for_guest(&self) -> (Vec<Interface>, Vec<Route>) {
+        let guest_name = |cni: &str| {
+            self.joined
+                .iter()
+                .position(|j| j.interface.name == cni)
+                .map(|i| format!("eth{i}"))
+        };
+        let interfaces = self
+            .joined
+            .iter()
+            .enumerate()
+            .map(|(i, j)| {
+                let mut iface = j.interface.clone();
+                iface.name = format!("eth{i}");
+                iface
+            })
+            .collect();
+        let routes = self
+            .routes
+            .iter()
+            .filter_map(|r| {
+                let mut r = r.clone();
+                r.device = guest_name(&r.device)?;
+                Some(r)
+            })
+            .collect();
+        (interfaces, routes)
     }
 
     /// Removes the redirects from the pod's interfaces. The taps go when the last

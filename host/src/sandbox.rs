@@ -4,6 +4,7 @@
 //! uses it.
 
 use std::io::Read;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,7 @@ use hull_protocol::rpc::{adopt, connect_within, AgentConnection, ConnectError, E
 use hull_vmm_api::{ControlClient, ControlError};
 
 use crate::template::{Template, TemplateCache, TemplateError};
-use crate::vmm_process::{VmmPaths, VmmProcess, VmmProcessError};
+use crate::vmm_process::{Nic, VmmPaths, VmmProcess, VmmProcessError};
 use crate::VmSpec;
 
 /// A cold boot on a host whose KVM emulates guest kernel code takes about a minute;
@@ -47,6 +48,8 @@ pub enum SandboxError {
     Template(#[from] TemplateError),
     #[error(transparent)]
     Io(#[from] crate::PathError),
+    #[error("creating scratch taps for a template's network devices")]
+    ScratchNetwork(#[source] std::io::Error),
 }
 
 /// How a sandbox came to be.
@@ -112,8 +115,19 @@ impl Sandbox {
         run_dir: &Path,
         templates: Option<&TemplateCache>,
     ) -> Result<Sandbox, SandboxError> {
+        Self::start_with_nics(spec, run_dir, templates, &[])
+    }
+
+    /// [`Sandbox::start`] with network devices backed by `nics` (`spec.nics` of them). A
+    /// template is made with scratch taps of its own; the restore takes these.
+    pub fn start_with_nics(
+        spec: &VmSpec,
+        run_dir: &Path,
+        templates: Option<&TemplateCache>,
+        nics: &[Nic<'_>],
+    ) -> Result<Sandbox, SandboxError> {
         let Some(cache) = templates else {
-            let s = Self::cold_boot(spec, run_dir)?;
+            let s = Self::boot(spec, run_dir, nics)?;
             log::info!("sandbox started by a cold boot (no template cache)");
             return Ok(s);
         };
@@ -121,10 +135,10 @@ impl Sandbox {
             Ok(t) => t,
             Err(e) => {
                 log::warn!("no template ({e}); cold boot instead");
-                return Self::cold_boot(spec, run_dir);
+                return Self::boot(spec, run_dir, nics);
             }
         };
-        match Self::restore_template(spec, run_dir, &template) {
+        match Self::restore_template(spec, run_dir, &template, nics) {
             Ok(s) => {
                 log::info!(
                     "sandbox {} in {:.1} ms",
@@ -146,14 +160,18 @@ impl Sandbox {
                     }
                 }
                 clear_run_dir(run_dir);
-                Self::cold_boot(spec, run_dir)
+                Self::boot(spec, run_dir, nics)
             }
         }
     }
 
     pub fn cold_boot(spec: &VmSpec, run_dir: &Path) -> Result<Sandbox, SandboxError> {
+        Self::boot(spec, run_dir, &[])
+    }
+
+    fn boot(spec: &VmSpec, run_dir: &Path, nics: &[Nic<'_>]) -> Result<Sandbox, SandboxError> {
         let paths = VmmPaths::in_dir(run_dir);
-        let vmm = VmmProcess::spawn(spec, paths, None)?;
+        let vmm = VmmProcess::spawn(spec, paths, None, nics)?;
         Self::connect(vmm, StartPath::ColdBoot, BOOT_TIMEOUT, false)
     }
 
@@ -161,8 +179,9 @@ impl Sandbox {
         spec: &VmSpec,
         run_dir: &Path,
         template: &Template,
+        nics: &[Nic<'_>],
     ) -> Result<Sandbox, SandboxError> {
-        let mut s = Self::restore(spec, run_dir, &template.dir)?;
+        let mut s = Self::restore_with_nics(spec, run_dir, &template.dir, nics)?;
         s.path = StartPath::Template {
             dir: template.dir.clone(),
             built: template.built,
@@ -176,8 +195,17 @@ impl Sandbox {
         run_dir: &Path,
         snapshot_dir: &Path,
     ) -> Result<Sandbox, SandboxError> {
+        Self::restore_with_nics(spec, run_dir, snapshot_dir, &[])
+    }
+
+    fn restore_with_nics(
+        spec: &VmSpec,
+        run_dir: &Path,
+        snapshot_dir: &Path,
+        nics: &[Nic<'_>],
+    ) -> Result<Sandbox, SandboxError> {
         let paths = VmmPaths::in_dir(run_dir);
-        let vmm = VmmProcess::spawn(spec, paths, Some(snapshot_dir))?;
+        let vmm = VmmProcess::spawn(spec, paths, Some(snapshot_dir), nics)?;
         let path = StartPath::Snapshot {
             dir: snapshot_dir.to_path_buf(),
         };
@@ -328,7 +356,17 @@ fn connect_agent(
 fn make_template(spec: &VmSpec, dir: &Path) -> Result<u64, SandboxError> {
     let run = dir.join("run");
     crate::private::private_dir(&run).map_err(crate::PathError::at("create", &run))?;
-    let sandbox = Sandbox::cold_boot(spec, &run)?;
+    // The template's network devices need backends while it boots: taps in a network
+    // namespace of their own, gone with their descriptors. A restore takes the pod's.
+    let taps = scratch_taps(spec.nics)?;
+    let nics: Vec<Nic<'_>> = taps
+        .iter()
+        .map(|t| Nic {
+            tap: t.as_fd(),
+            mac: None,
+        })
+        .collect();
+    let sandbox = Sandbox::boot(spec, &run, &nics)?;
     let boot_ms = sandbox.timings.agent_ready.as_millis() as u64;
     log::info!("template: agent ready {boot_ms} ms after the VMM started; snapshotting");
     sandbox.snapshot(dir)?;
@@ -336,6 +374,20 @@ fn make_template(spec: &VmSpec, dir: &Path) -> Result<u64, SandboxError> {
     log::debug!("template VMM ended: {status:?}");
     let _ = std::fs::remove_dir_all(&run);
     Ok(boot_ms)
+}
+
+/// `n` taps in a new network namespace that nothing else uses.
+fn scratch_taps(n: u8) -> Result<Vec<std::os::fd::OwnedFd>, SandboxError> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    hull_net::netns::run_in_new(move || {
+        (0..n)
+            .map(|i| hull_net::tap::create(&format!("tap{i}_hull")))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .map_err(SandboxError::ScratchNetwork)?
+    .map_err(|e| SandboxError::ScratchNetwork(std::io::Error::other(e)))
 }
 
 fn host_entropy() -> Result<Vec<u8>, SandboxError> {

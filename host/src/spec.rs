@@ -149,6 +149,20 @@ fn options_of(m: &Mount) -> Vec<String> {
     m.options().clone().unwrap_or_default()
 }
 
+/// The network namespace the spec names by path (a CRI pod's, where CNI made its
+/// interfaces): the one whose interfaces the VM is joined to.
+pub fn network_namespace(spec: &Spec) -> Option<PathBuf> {
+    use oci_spec::runtime::LinuxNamespaceType;
+    spec.linux()
+        .as_ref()?
+        .namespaces()
+        .as_ref()?
+        .iter()
+        .find(|n| n.typ() == LinuxNamespaceType::Network)?
+        .path()
+        .clone()
+}
+
 /// Points the spec's root at `path` (where the guest mounted the container's disk).
 pub fn set_root_path(spec: &mut Spec, path: &str) {
     // A spec without a root gets one that is writable (oci-spec's default is read-only).

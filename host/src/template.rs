@@ -86,6 +86,9 @@ pub struct TemplateKey {
     /// matches a VM that has one.
     #[serde(default)]
     pub shared_fs: bool,
+    /// Network devices; templates made before pods had networks have none.
+    #[serde(default)]
+    pub nics: u8,
 }
 
 impl TemplateKey {
@@ -99,6 +102,7 @@ impl TemplateKey {
             memory_mib: spec.memory_mib,
             drive_slots: spec.drive_slots,
             shared_fs: spec.shared_fs,
+            nics: spec.nics,
         })
     }
 
@@ -472,6 +476,7 @@ mod tests {
             drive_slots: 0,
             shared_fs: false,
             console_log: false,
+            nics: 0,
         };
         let cache = TemplateCache::new(dir.path().join("templates"));
         Fixture {

@@ -4,11 +4,15 @@
 //! that takes its VMM down takes nothing else with it, and `kill -9` of one sandbox is
 //! exactly that sandbox. The process is killed and reaped when the handle drops.
 
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hull_vmm_api::config::{ConfigFile, ConsoleOutput, DriveConfig, DriveFormat, VsockConfig};
+use hull_vmm_api::config::{
+    ConfigFile, ConsoleOutput, DriveConfig, DriveFormat, NetConfig, VsockConfig,
+};
 
 use crate::VmSpec;
 
@@ -82,6 +86,39 @@ impl VmmPaths {
     }
 }
 
+/// One network device's backend: an open tap queue the VMM inherits, and the MAC its
+/// device reports to the guest.
+#[derive(Debug, Clone, Copy)]
+pub struct Nic<'a> {
+    pub tap: BorrowedFd<'a>,
+    pub mac: Option<&'a str>,
+}
+
+/// The descriptor number tap `i` has in the VMM: above every descriptor being passed, so
+/// moving one into place never overwrites another still to be moved.
+fn child_fd(nics: &[Nic<'_>], i: usize) -> RawFd {
+    let above = nics
+        .iter()
+        .map(|n| n.tap.as_raw_fd())
+        .max()
+        .unwrap_or(2)
+        .max(2);
+    above + 1 + i as RawFd
+}
+
+/// Duplicates each `(from, to)` descriptor onto `to`. Each target is above every source
+/// (`child_fd`), and dup2's copies are not close-on-exec, so the VMM inherits exactly
+/// these.
+fn move_fds(moves: &[(RawFd, RawFd)]) -> std::io::Result<()> {
+    for &(from, to) in moves {
+        // SAFETY: dup2(2) of descriptors this process holds; the result is checked.
+        if unsafe { libc::dup2(from, to) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 pub struct VmmProcess {
     child: Option<Child>,
     pub paths: VmmPaths,
@@ -90,17 +127,20 @@ pub struct VmmProcess {
 
 impl VmmProcess {
     /// Starts `hull-vmm` for `spec`: a cold boot, or a restore of the snapshot in `restore`.
+    /// `nics` back the VM's network devices, one each (`spec.nics` of them).
     pub fn spawn(
         spec: &VmSpec,
         paths: VmmPaths,
         restore: Option<&Path>,
+        nics: &[Nic<'_>],
     ) -> Result<Self, VmmProcessError> {
+        debug_assert_eq!(nics.len(), usize::from(spec.nics));
         let bin = find_vmm()?;
         let log = std::fs::File::create(&paths.log).map_err(|source| VmmProcessError::Spawn {
             path: paths.log.clone(),
             source,
         })?;
-        serde_json::to_vec_pretty(&vm_config(spec, &paths))
+        serde_json::to_vec_pretty(&vm_config(spec, &paths, nics))
             .map_err(std::io::Error::other)
             .and_then(|json| std::fs::write(&paths.config, json))
             .map_err(|source| VmmProcessError::Config {
@@ -109,6 +149,18 @@ impl VmmProcess {
             })?;
         let mut cmd = Command::new(&bin);
         cmd.arg("--config").arg(&paths.config);
+        if !nics.is_empty() {
+            let moves: Vec<(RawFd, RawFd)> = nics
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.tap.as_raw_fd(), child_fd(nics, i)))
+                .collect();
+            // SAFETY: the closure runs in the forked child before exec and only calls
+            // dup2(2) (`move_fds`), which allocates nothing and takes no lock.
+            unsafe {
+                cmd.pre_exec(move || move_fds(&moves));
+            }
+        }
         if let Some(dir) = restore {
             cmd.arg("--restore").arg(dir);
         }
@@ -210,7 +262,7 @@ impl Drop for VmmProcess {
 
 /// The VM `hull-vmm` is asked for: `spec`'s shape, the guest image as a read-only erofs
 /// root, and the sockets and console in `paths`.
-pub fn vm_config(spec: &VmSpec, paths: &VmmPaths) -> ConfigFile {
+pub fn vm_config(spec: &VmSpec, paths: &VmmPaths, nics: &[Nic<'_>]) -> ConfigFile {
     ConfigFile {
         kernel: Some(spec.kernel.clone()),
         vcpus: Some(u32::from(spec.vcpus)),
@@ -236,6 +288,16 @@ pub fn vm_config(spec: &VmSpec, paths: &VmmPaths) -> ConfigFile {
         api_socket: Some(paths.api.clone()),
         drive_slots: Some(u32::from(spec.drive_slots)),
         shared_fs: spec.shared_fs.then(|| crate::SHARED_FS_TAG.to_string()),
+        net: nics
+            .iter()
+            .enumerate()
+            .map(|(i, n)| NetConfig {
+                id: Some(format!("net{i}")),
+                tap: None,
+                tap_fd: Some(child_fd(nics, i)),
+                mac: n.mac.map(str::to_string),
+            })
+            .collect(),
         ..Default::default()
     }
 }
@@ -258,7 +320,7 @@ mod tests {
             ..VmSpec::default()
         };
         let paths = VmmPaths::in_dir(Path::new("/run/hull/x"));
-        let config = vm_config(&spec, &paths);
+        let config = vm_config(&spec, &paths, &[]);
         let json = serde_json::to_string(&config).unwrap();
         let back: ConfigFile = serde_json::from_str(&json).unwrap();
         assert_eq!(back, config);

@@ -308,6 +308,24 @@ impl Containerd {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// An HTTP/1.0 GET of `path` from `addr` (IP:PORT), made from containerd's network
+    /// namespace (the node's side of the CRI pods' bridge); the whole response.
+    pub fn http_get_in_netns(&self, addr: &str, path: &str) -> std::io::Result<String> {
+        use std::io::{Read, Write};
+        let addr: std::net::SocketAddr = addr.parse().map_err(std::io::Error::other)?;
+        let request = format!("GET {path} HTTP/1.0\r\n\r\n");
+        let netns = PathBuf::from(format!("/proc/{}/ns/net", self.pid()));
+        hull_net::netns::run_in(&netns, move || {
+            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(request.as_bytes())?;
+            let mut response = String::new();
+            s.read_to_string(&mut response)?;
+            Ok(response)
+        })
+        .map_err(std::io::Error::other)?
+    }
+
     pub fn ctr(&self, args: &[&str]) -> Output {
         self.ctr_command(args).output().expect("run ctr")
     }

@@ -1,7 +1,8 @@
 //! Kubernetes pods on hull through containerd's CRI plugin, driven as kubelet drives it
 //! (tests/src/cri.rs): the `hull` runtime handler from resources/containerd-hull.toml, CNI
 //! (bridge, host-local) in a network namespace of the test's own, a pause image built
-//! `FROM scratch`.
+//! `FROM scratch`. Each pod's VM is joined to the interface CNI gave the pod, so pods
+//! reach each other, and the node reaches them, by pod IP.
 
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use hull_e2e::cri::{ContainerState, Cri, NamespaceMode, Pod, PodSandboxState};
 const HANDLER: &str = "hull";
 
 #[test]
-fn a_hull_pod_runs_its_containers_in_the_pods_namespaces() {
+fn hull_pods_run_in_their_namespaces_and_reach_each_other_by_pod_ip() {
     if skip() {
         return;
     }
@@ -53,7 +54,8 @@ fn a_hull_pod_runs_its_containers_in_the_pods_namespaces() {
             "sh",
             "-c",
             "echo started; hostname; cat /proc/sys/kernel/shm_rmid_forced; \
-             head -c 12 /proc/1/cmdline; echo; cat /etc/resolv.conf; exec sleep 1000",
+             head -c 12 /proc/1/cmdline; echo; cat /etc/resolv.conf; \
+             mkdir -p /www && echo hello-from-web-1 > /www/index.html && exec httpd -f -p 8080 -h /www",
         ],
     );
     let app = cri
@@ -92,6 +94,68 @@ fn a_hull_pod_runs_its_containers_in_the_pods_namespaces() {
         (r.exit_code, r.stdout.as_slice(), r.stderr.as_slice()),
         (3, &b"exec-out\n"[..], &b"exec-err\n"[..])
     );
+
+    // The pod's IP, from CNI, is the guest's: the node reaches a server in the pod.
+    let ip = cri
+        .pod_status(&id)
+        .unwrap()
+        .network
+        .map(|n| n.ip)
+        .unwrap_or_default();
+    assert!(ip.starts_with("10.88.0."), "the pod's IP: {ip:?}");
+    let url = format!("http://{ip}:8080/");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let page = loop {
+        match c.http_get_in_netns(&format!("{ip}:8080"), "/") {
+            Ok(page) => break page,
+            Err(e) => assert!(
+                std::time::Instant::now() < deadline,
+                "the node cannot reach {url}: {e}\n{}",
+                c.log_tail(30)
+            ),
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    assert!(page.ends_with("\r\n\r\nhello-from-web-1\n"), "{page}");
+
+    // A second hull pod on the same bridge reaches it by pod IP, from its own VM. (No
+    // `wget -T`: Debian's busybox-static wget crashes with it.)
+    let client = Pod::new("client-1", c.dir.path());
+    let client_config = client.config();
+    let client_id = cri.run_pod(&client_config, HANDLER).unwrap();
+    let probe = client.container("probe", BUSYBOX, &["sleep", "1000"]);
+    let probe = cri
+        .create_container(&client_id, &probe, &client_config)
+        .unwrap();
+    cri.start_container(&probe).unwrap();
+    let r = cri
+        .exec_sync(
+            &probe,
+            &[
+                "sh",
+                "-c",
+                &format!("ip -o -4 addr show eth0; wget -q -O - {url}"),
+            ],
+            120,
+        )
+        .unwrap();
+    let out = String::from_utf8_lossy(&r.stdout);
+    let client_ip = cri.pod_status(&client_id).unwrap().network.unwrap().ip;
+    assert_eq!(
+        r.exit_code,
+        0,
+        "{out}{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert!(
+        out.contains(&format!("inet {client_ip}/")) && out.ends_with("hello-from-web-1\n"),
+        "{out}"
+    );
+    assert_eq!(c.vmm_pids().len(), 2, "two pods, two VMs");
+    cri.stop_container(&probe, 10).unwrap();
+    cri.remove_container(&probe).unwrap();
+    cri.stop_pod(&client_id).unwrap();
+    cri.remove_pod(&client_id).unwrap();
 
     // A container that exits on its own reports its code.
     let done = pod.container("done", BUSYBOX, &["sh", "-c", "exit 7"]);

@@ -32,6 +32,7 @@ use hull_host::container::Disk;
 use hull_host::guest::ProcessError;
 use hull_host::lock;
 use hull_host::pod::{Pod, PodError};
+use hull_host::podnet::PodNetwork;
 use hull_host::spec;
 use process::{now_nanos, Exit, Process};
 
@@ -184,6 +185,18 @@ impl TaskService {
                 .join(pod_id)
         });
         let timeout = config.call_timeout();
+        let network = match spec::network_namespace(spec) {
+            Some(netns) => Some(PodNetwork::connect(&netns).map_err(|e| {
+                err(
+                    Code::FAILED_PRECONDITION,
+                    format!(
+                        "joining the VM to the pod's network: {}",
+                        hull_vmm_api::error_chain(&e)
+                    ),
+                )
+            })?),
+            None => None,
+        };
         let pod = Pod::start(
             pod_id,
             &vm,
@@ -191,6 +204,7 @@ impl TaskService {
             templates.as_ref(),
             keep_logs,
             timeout,
+            network,
         )
         .map_err(|e| {
             let _ = std::fs::remove_dir_all(&run_dir);
