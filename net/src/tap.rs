@@ -3,13 +3,17 @@
 //! (`IFF_NO_PI`). The tap lives while a descriptor to it is open (it is not persistent), in
 //! the network namespace of the thread that creates it.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
-// From <linux/if_tun.h>: TUNSETIFF is _IOW('T', 202, int).
+// From <linux/if_tun.h>: TUNSETIFF is _IOW('T', 202, int), TUNGETIFF _IOR('T', 210, int).
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
+
+/// The flags a VMM's tap has: Ethernet frames, no packet information, a virtio-net header.
+pub const VNET_TAP: libc::c_short = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TapError {
@@ -52,7 +56,7 @@ pub fn create(name: &str) -> Result<OwnedFd, TapError> {
     let tun = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut req = IfReq {
         name: [0; libc::IFNAMSIZ],
-        flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
+        flags: VNET_TAP,
         _pad: [0; 22],
     };
     for (dst, src) in req.name.iter_mut().zip(name.bytes()) {
@@ -67,6 +71,27 @@ pub fn create(name: &str) -> Result<OwnedFd, TapError> {
         });
     }
     Ok(tun)
+}
+
+/// The interface name and flags of the tap whose queue `fd` is (TUNGETIFF); an error for a
+/// descriptor that is not an attached tun/tap queue.
+pub fn describe(fd: BorrowedFd<'_>) -> std::io::Result<(String, libc::c_short)> {
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        flags: 0,
+        _pad: [0; 22],
+    };
+    // SAFETY: TUNGETIFF fills an ifreq, which `req` is, and `req` outlives the call.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), TUNGETIFF, &mut req) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let name = req
+        .name
+        .iter()
+        .take_while(|c| **c != 0)
+        .map(|c| *c as u8 as char)
+        .collect();
+    Ok((name, req.flags))
 }
 
 #[cfg(test)]

@@ -5,20 +5,16 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// Bytes of `virtio_net_hdr_v1` (with `num_buffers`), the only header size VERSION_1
 /// drivers use.
 pub const VNET_HDR_LEN: usize = 12;
 
-// ioctl numbers from <linux/if_tun.h>: _IOW('T', n, int) and friends.
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
+// ioctl numbers from <linux/if_tun.h>: _IOW('T', n, int). Creating and describing a tap
+// is hull-net's (the host creates the taps it hands us the same way).
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
-const IFF_TAP: libc::c_short = 0x0002;
-const IFF_NO_PI: libc::c_short = 0x1000;
-const IFF_VNET_HDR: libc::c_short = 0x4000;
 
 /// Offload flags for TUNSETOFFLOAD: which partial checksums and segments the tap may hand
 /// us (and so the guest).
@@ -60,23 +56,6 @@ pub enum TapError {
     },
 }
 
-#[repr(C)]
-struct IfReq {
-    name: [libc::c_char; libc::IFNAMSIZ],
-    flags: libc::c_short,
-    _pad: [u8; 22],
-}
-
-impl IfReq {
-    fn zeroed() -> Self {
-        IfReq {
-            name: [0; libc::IFNAMSIZ],
-            flags: 0,
-            _pad: [0; 22],
-        }
-    }
-}
-
 #[derive(Debug)]
 pub struct Tap {
     file: File,
@@ -86,31 +65,13 @@ pub struct Tap {
 impl Tap {
     /// Opens (creating if needed) the tap interface `name`.
     pub fn open(name: &str) -> Result<Self, TapError> {
-        if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('\0') {
-            return Err(TapError::BadName(name.into()));
-        }
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open("/dev/net/tun")
-            .map_err(TapError::OpenTun)?;
-        let mut req = IfReq::zeroed();
-        for (dst, src) in req.name.iter_mut().zip(name.bytes()) {
-            *dst = src as libc::c_char;
-        }
-        req.flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
-        // SAFETY: TUNSETIFF reads an ifreq, which `req` is (name + flags + padding to the
-        // kernel's size); the descriptor is the tun control device we just opened.
-        let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req) };
-        if rc < 0 {
-            return Err(TapError::SetIff {
-                name: name.into(),
-                source: std::io::Error::last_os_error(),
-            });
-        }
+        let fd = hull_net::tap::create(name).map_err(|e| match e {
+            hull_net::tap::TapError::BadName(n) => TapError::BadName(n),
+            hull_net::tap::TapError::OpenTun(source) => TapError::OpenTun(source),
+            hull_net::tap::TapError::Create { name, source } => TapError::SetIff { name, source },
+        })?;
         let tap = Tap {
-            file,
+            file: File::from(fd),
             name: name.into(),
         };
         tap.set_vnet_hdr_size()?;
@@ -121,17 +82,9 @@ impl Tap {
     /// opened with IFF_TAP, IFF_NO_PI and IFF_VNET_HDR.
     pub fn from_fd(fd: OwnedFd) -> Result<Self, TapError> {
         let raw = fd.as_raw_fd();
-        let mut req = IfReq::zeroed();
-        // SAFETY: TUNGETIFF fills an ifreq, which `req` is; `raw` is a descriptor we own.
-        let rc = unsafe { libc::ioctl(raw, TUNGETIFF, &mut req) };
-        if rc < 0 {
-            return Err(TapError::NotATap {
-                fd: raw,
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        let want = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
-        if req.flags & want != want {
+        let (name, flags) = hull_net::tap::describe(fd.as_fd())
+            .map_err(|source| TapError::NotATap { fd: raw, source })?;
+        if flags & hull_net::tap::VNET_TAP != hull_net::tap::VNET_TAP {
             return Err(TapError::WrongFlags { fd: raw });
         }
         // SAFETY: F_GETFL on a descriptor we own; no memory is involved.
@@ -144,12 +97,6 @@ impl Tap {
                 source: std::io::Error::last_os_error(),
             });
         }
-        let name: String = req
-            .name
-            .iter()
-            .take_while(|c| **c != 0)
-            .map(|c| *c as u8 as char)
-            .collect();
         let tap = Tap {
             file: File::from(fd),
             name,
@@ -234,5 +181,3 @@ impl Write for &Tap {
         Ok(())
     }
 }
-
-use std::os::unix::fs::OpenOptionsExt;
