@@ -531,6 +531,15 @@ impl Drop for Containerd {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // The pods' network namespaces a failed CRI test left pinned (containerd's CRI
+        // removes them with the pods it removes).
+        if self.namespace == CRI_NAMESPACE {
+            for n in pinned_netns() {
+                if n.starts_with("cni-") && !self.netns_before.contains(&n) {
+                    let _ = Command::new("ip").args(["netns", "del", &n]).status();
+                }
+            }
+        }
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let mark = self.dir.path().to_string_lossy().into_owned();
         for l in mounts.lines() {
