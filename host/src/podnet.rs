@@ -167,15 +167,7 @@ impl PodNetwork {
 
 /// In the pod's namespace: every Ethernet interface joined to a tap, and the routes.
 fn join_all(ns: &str) -> Result<(Vec<Joined>, Vec<Route>), PodNetError> {
-    let nl_err = |what: &str| {
-        let what = what.to_string();
-        let netns = ns.to_string();
-        move |source| PodNetError::Netlink {
-            netns,
-            what,
-            source,
-        }
-    };
+    let nl_err = |what: &str| netlink_err(ns, what.to_string());
     let mut nl = Netlink::open().map_err(nl_err("opening an rtnetlink socket"))?;
     let links: Vec<LinkMessage> = nl
         .dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))
@@ -236,6 +228,16 @@ fn join_all(ns: &str) -> Result<(Vec<Joined>, Vec<Route>), PodNetError> {
     Ok((joined, routes))
 }
 
+/// An rtnetlink failure in namespace `ns` while doing `what`.
+fn netlink_err(ns: &str, what: String) -> impl FnOnce(std::io::Error) -> PodNetError {
+    let netns = ns.to_string();
+    move |source| PodNetError::Netlink {
+        netns,
+        what,
+        source,
+    }
+}
+
 fn name_of(l: &LinkMessage) -> String {
     l.attributes
         .iter()
@@ -288,14 +290,7 @@ fn join(
         netns: ns.to_string(),
         source,
     })?;
-    let failed = |what: String| {
-        let netns = ns.to_string();
-        move |source| PodNetError::Netlink {
-            netns,
-            what,
-            source,
-        }
-    };
+    let failed = |what: String| netlink_err(ns, what);
     let tap_index = index_of(nl, &tap_name).map_err(failed(format!("finding {tap_name}")))?;
     let mut up = LinkMessage::default();
     up.header.index = tap_index;
