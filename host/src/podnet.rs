@@ -25,6 +25,8 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 pub const MAX_INTERFACES: usize = 4;
 /// Most routes passed to the guest.
 pub const MAX_ROUTES: usize = 64;
+/// Most addresses of one interface (the agent's ConfigureNetwork takes no more).
+pub const MAX_ADDRESSES: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PodNetError {
@@ -45,6 +47,28 @@ pub enum PodNetError {
     },
     #[error("the pod's network namespace {netns} has {count} interfaces; a hull pod takes at most {MAX_INTERFACES}")]
     TooManyInterfaces { netns: String, count: usize },
+    #[error("the pod's network namespace {netns}: {interface} has more than {MAX_ADDRESSES} addresses; a hull pod takes at most {MAX_ADDRESSES}")]
+    TooManyAddresses { netns: String, interface: String },
+    #[error("the pod's network namespace {netns} has more than {MAX_ROUTES} routes through its interfaces; a hull pod takes at most {MAX_ROUTES}")]
+    TooManyRoutes { netns: String },
+    #[error("{netns} is the network namespace hull itself runs in (the node's), not a pod's: joining it would take over the node's interfaces; give the task a network namespace of its own")]
+    OwnNamespace { netns: String },
+    #[error("reading {path}")]
+    Stat {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The identity of a namespace file: (device, inode).
+fn namespace_id(path: &Path) -> Result<(u64, u64), PodNetError> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).map_err(|source| PodNetError::Stat {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok((m.dev(), m.ino()))
 }
 
 /// One CNI interface joined to a tap.
@@ -74,8 +98,14 @@ impl PodNetwork {
     /// Joins every Ethernet interface in the network namespace at `netns` to a new tap.
     /// A namespace with loopback only (a CNI that gave the pod no interface) gives an
     /// empty network. On failure nothing is left joined.
+    /// The namespace hull itself runs in is refused: a spec naming it (`/proc/1/ns/net`,
+    /// `--with-ns network:...`) would otherwise have every node interface redirected
+    /// into a VM.
     pub fn connect(netns: &Path) -> Result<PodNetwork, PodNetError> {
         let ns = netns.display().to_string();
+        if namespace_id(netns)? == namespace_id(Path::new("/proc/thread-self/ns/net"))? {
+            return Err(PodNetError::OwnNamespace { netns: ns });
+        }
         let path = netns.to_path_buf();
         let (joined, routes) = netns::run_in(netns, move || join_all(&ns))??;
         Ok(PodNetwork {
@@ -195,16 +225,18 @@ fn join_all(ns: &str) -> Result<(Vec<Joined>, Vec<Route>), PodNetError> {
             _ => None,
         })
         .collect();
-    let mut joined: Vec<Joined> = Vec::new();
-    for (i, link) in links.iter().enumerate() {
-        match join(&mut nl, ns, i, link, &addresses) {
-            Ok(j) => joined.push(j),
-            Err(e) => {
-                for j in &joined {
-                    let _ = tc::remove_ingress(&mut nl, j.index);
-                }
-                return Err(e);
-            }
+    // Everything that can be refused is read before anything is changed.
+    for l in &links {
+        if addresses
+            .iter()
+            .filter(|a| a.header.index == l.header.index)
+            .count()
+            > MAX_ADDRESSES
+        {
+            return Err(PodNetError::TooManyAddresses {
+                netns: ns.to_string(),
+                interface: name_of(l),
+            });
         }
     }
     let names: Vec<(u32, String)> = links.iter().map(|l| (l.header.index, name_of(l))).collect();
@@ -218,10 +250,25 @@ fn join_all(ns: &str) -> Result<(Vec<Joined>, Vec<Route>), PodNetError> {
         for m in dump {
             if let RouteNetlinkMessage::NewRoute(r) = m {
                 if let Some(route) = route_for_guest(&r, &names) {
-                    if routes.len() < MAX_ROUTES {
-                        routes.push(route);
+                    if routes.len() == MAX_ROUTES {
+                        return Err(PodNetError::TooManyRoutes {
+                            netns: ns.to_string(),
+                        });
                     }
+                    routes.push(route);
                 }
+            }
+        }
+    }
+    let mut joined: Vec<Joined> = Vec::new();
+    for (i, link) in links.iter().enumerate() {
+        match join(&mut nl, ns, i, link, &addresses) {
+            Ok(j) => joined.push(j),
+            Err(e) => {
+                for j in &joined {
+                    let _ = tc::remove_ingress(&mut nl, j.index);
+                }
+                return Err(e);
             }
         }
     }

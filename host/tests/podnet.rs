@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use hull_host::podnet::PodNetwork;
+use hull_host::podnet::{PodNetError, PodNetwork, MAX_ROUTES};
 
 fn ip(args: &[&str]) -> String {
     let out = Command::new("ip").args(args).output().expect("run ip");
@@ -130,4 +130,76 @@ fn a_namespace_with_loopback_only_gives_no_interfaces() {
     assert!(net.joined.is_empty() && net.routes.is_empty(), "{net:?}");
     net.disconnect();
     assert!(PodNetwork::connect(std::path::Path::new("/run/netns/hull-no-such-ns")).is_err());
+}
+
+/// Whether anything hull adds to a namespace is in the calling thread's: a tap, or a
+/// redirect on `dev`.
+fn joined_here(dev: &str) -> bool {
+    let links = Command::new("ip").args(["-o", "link"]).output().unwrap();
+    let filters = Command::new("tc")
+        .args(["filter", "show", "dev", dev, "ingress"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&links.stdout).contains("_hull")
+        || !String::from_utf8_lossy(&filters.stdout).trim().is_empty()
+}
+
+#[test]
+fn the_namespace_hull_runs_in_is_refused_and_left_alone() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: network namespaces need root");
+        return;
+    }
+    // A spec naming hull's own namespace (`/proc/1/ns/net` on a node) would have every
+    // node interface redirected into the VM. The "node" here is a namespace of the test's.
+    hull_net::netns::run_in_new(|| {
+        ip(&[
+            "link", "add", "nodeif", "type", "veth", "peer", "name", "nodepeer",
+        ]);
+        ip(&["link", "set", "nodeif", "up"]);
+        let e = PodNetwork::connect(std::path::Path::new("/proc/thread-self/ns/net")).unwrap_err();
+        assert!(matches!(e, PodNetError::OwnNamespace { .. }), "{e}");
+        assert!(e.to_string().contains("node's interfaces"), "{e}");
+        assert!(!joined_here("nodeif"), "nothing may be changed");
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_namespace_with_too_many_routes_is_refused_before_anything_changes() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: network namespaces need root");
+        return;
+    }
+    let ns = Netns(format!("hull-podnet-routes-{}", std::process::id()));
+    ip(&["netns", "add", &ns.0]);
+    ip(&[
+        "-n", &ns.0, "link", "add", "eth0", "type", "veth", "peer", "name", "vpeer",
+    ]);
+    ip(&["-n", &ns.0, "link", "set", "eth0", "up"]);
+    ip(&["-n", &ns.0, "addr", "add", "10.98.0.2/16", "dev", "eth0"]);
+    for i in 0..=MAX_ROUTES {
+        let dst = format!("10.{}.{}.0/24", 100 + i / 200, i % 200);
+        ip(&[
+            "-n",
+            &ns.0,
+            "route",
+            "add",
+            &dst,
+            "via",
+            "10.98.0.1",
+            "dev",
+            "eth0",
+        ]);
+    }
+    let e = PodNetwork::connect(&PathBuf::from("/run/netns").join(&ns.0)).unwrap_err();
+    assert!(matches!(e, PodNetError::TooManyRoutes { .. }), "{e}");
+    let links = in_ns(&ns.0, &["ip", "-o", "link"]);
+    let filters = in_ns(&ns.0, &["tc", "filter", "show", "dev", "eth0", "ingress"]);
+    assert!(
+        !links.contains("_hull") && filters.trim().is_empty(),
+        "nothing may be changed: {links}{filters}"
+    );
 }
