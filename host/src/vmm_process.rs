@@ -94,25 +94,12 @@ pub struct Nic<'a> {
     pub mac: Option<&'a str>,
 }
 
-/// The descriptor number tap `i` has in the VMM: above every descriptor being passed, so
-/// moving one into place never overwrites another still to be moved.
-fn child_fd(nics: &[Nic<'_>], i: usize) -> RawFd {
-    let above = nics
-        .iter()
-        .map(|n| n.tap.as_raw_fd())
-        .max()
-        .unwrap_or(2)
-        .max(2);
-    above + 1 + i as RawFd
-}
-
-/// Duplicates each `(from, to)` descriptor onto `to`. Each target is above every source
-/// (`child_fd`), and dup2's copies are not close-on-exec, so the VMM inherits exactly
-/// these.
-fn move_fds(moves: &[(RawFd, RawFd)]) -> std::io::Result<()> {
-    for &(from, to) in moves {
-        // SAFETY: dup2(2) of descriptors this process holds; the result is checked.
-        if unsafe { libc::dup2(from, to) } < 0 {
+/// Clears close-on-exec on each descriptor, so the VMM inherits exactly these under the
+/// same numbers (which `vm.json` names).
+fn inherit(fds: &[RawFd]) -> std::io::Result<()> {
+    for &fd in fds {
+        // SAFETY: F_SETFD on a descriptor this process holds; no memory is involved.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } < 0 {
             return Err(std::io::Error::last_os_error());
         }
     }
@@ -150,15 +137,11 @@ impl VmmProcess {
         let mut cmd = Command::new(&bin);
         cmd.arg("--config").arg(&paths.config);
         if !nics.is_empty() {
-            let moves: Vec<(RawFd, RawFd)> = nics
-                .iter()
-                .enumerate()
-                .map(|(i, n)| (n.tap.as_raw_fd(), child_fd(nics, i)))
-                .collect();
+            let fds: Vec<RawFd> = nics.iter().map(|n| n.tap.as_raw_fd()).collect();
             // SAFETY: the closure runs in the forked child before exec and only calls
-            // dup2(2) (`move_fds`), which allocates nothing and takes no lock.
+            // fcntl(2) (`inherit`), which allocates nothing and takes no lock.
             unsafe {
-                cmd.pre_exec(move || move_fds(&moves));
+                cmd.pre_exec(move || inherit(&fds));
             }
         }
         if let Some(dir) = restore {
@@ -294,7 +277,7 @@ pub fn vm_config(spec: &VmSpec, paths: &VmmPaths, nics: &[Nic<'_>]) -> ConfigFil
             .map(|(i, n)| NetConfig {
                 id: Some(format!("net{i}")),
                 tap: None,
-                tap_fd: Some(child_fd(nics, i)),
+                tap_fd: Some(n.tap.as_raw_fd()),
                 mac: n.mac.map(str::to_string),
             })
             .collect(),

@@ -121,7 +121,7 @@ enum NamespacePath {
     /// `/proc/<pid>/ns/<kind>` of a running container of this pod: the same path names
     /// that container's namespace in the guest, since the pids the host knows are the
     /// guest's.
-    Member,
+    Member(u32),
     /// Any other network namespace: the one the host attached the VM to (a CRI pod's
     /// netns). In the guest that is the VM's own network.
     VmNetwork,
@@ -156,8 +156,8 @@ fn resolve_namespace_path(
         .and_then(|p| p.strip_suffix(&format!("/ns/{name}")))
         .and_then(|pid| pid.parse::<u32>().ok())
         .filter(|pid| members.contains_key(pid));
-    if member.is_some() {
-        return Ok(NamespacePath::Member);
+    if let Some(pid) = member {
+        return Ok(NamespacePath::Member(pid));
     }
     if kind == LinuxNamespaceType::Network {
         return Ok(NamespacePath::VmNetwork);
@@ -190,8 +190,14 @@ pub fn rewrite_spec(spec: &mut Spec, rw: &Rewrite<'_>) -> Result<(), AgentError>
                 continue;
             };
             match resolve_namespace_path(i, ns.typ(), &path, &rw.members)? {
-                NamespacePath::Member => {
+                NamespacePath::Member(pid) => {
                     joins_uts |= ns.typ() == LinuxNamespaceType::Uts;
+                    // Exactly the path that was checked, whatever spelling was sent.
+                    let mut ns = ns;
+                    ns.set_path(Some(PathBuf::from(format!(
+                        "/proc/{pid}/ns/{}",
+                        proc_ns_name(ns.typ())
+                    ))));
                     kept.push(ns);
                 }
                 NamespacePath::VmNetwork => {}
@@ -338,6 +344,18 @@ mod tests {
         assert_eq!(
             m.source().as_deref(),
             Some(Path::new("/run/hull/sandbox/hosts"))
+        );
+    }
+
+    #[test]
+    fn a_joined_namespace_is_named_exactly_as_it_was_checked() {
+        let mut s = spec(
+            r#"{"ociVersion":"1.0.2","linux":{"namespaces":[{"type":"pid","path":"/proc/0009/ns/pid"}]}}"#,
+        );
+        rewrite_spec(&mut s, &pod_of(9)).unwrap();
+        assert_eq!(
+            namespaces(&s),
+            vec![(LinuxNamespaceType::Pid, Some("/proc/9/ns/pid".into()))]
         );
     }
 
