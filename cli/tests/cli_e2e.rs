@@ -7,6 +7,8 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use hull_e2e::terminal::{tmux, wait_screen};
+
 const HULL: &str = env!("CARGO_BIN_EXE_hull");
 
 fn unavailable() -> Option<String> {
@@ -261,26 +263,6 @@ fn bad_input_is_one_line_and_status_125() {
     r.assert_clean();
 }
 
-fn tmux(args: &[&str]) -> String {
-    let out = Command::new("tmux").args(args).output().unwrap();
-    text(&out.stdout)
-}
-
-fn wait_screen(session: &str, want: &str, within: Duration) -> String {
-    let deadline = Instant::now() + within;
-    loop {
-        let screen = tmux(&["capture-pane", "-p", "-t", session]);
-        if screen.contains(want) {
-            return screen;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{want:?} did not appear within {within:?}; screen:\n{screen}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// Whether the shell's prompt is the last line on `screen`, below the line that typed
 /// `command`.
 fn prompt_after(screen: &str, command: &str) -> bool {
@@ -300,7 +282,7 @@ fn an_interactive_terminal_types_resizes_interrupts_and_is_restored() {
     if skip() {
         return;
     }
-    if Command::new("tmux").arg("-V").output().is_err() {
+    if !hull_e2e::terminal::available() {
         eprintln!("skipped: tmux is not installed");
         return;
     }

@@ -3,6 +3,7 @@
 
 pub mod containerd;
 pub mod cri;
+pub mod terminal;
 
 use std::collections::HashMap;
 

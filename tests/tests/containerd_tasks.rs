@@ -16,6 +16,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use hull_e2e::containerd::{delete, run_args, skip, Containerd, BUSYBOX, CLEAN, RUNTIME};
+use hull_e2e::terminal::{tmux, wait_screen};
 
 #[test]
 fn ctr_run_prints_output_propagates_exit_codes_and_feeds_stdin() {
@@ -229,39 +230,12 @@ fn update_memory_limit(c: &Containerd, id: &str, bytes: u64) {
         .unwrap_or_else(|e| panic!("Update: {e}"));
 }
 
-fn tmux(args: &[&str]) -> String {
-    let out = std::process::Command::new("tmux")
-        .args(args)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn wait_screen(session: &str, want: &str, within: Duration) -> String {
-    let deadline = Instant::now() + within;
-    loop {
-        let screen = tmux(&["capture-pane", "-p", "-t", session]);
-        if screen.contains(want) {
-            return screen;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{want:?} did not appear within {within:?}; screen:\n{screen}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 #[test]
 fn terminal_session_types_resizes_and_exits() {
     if skip() {
         return;
     }
-    if std::process::Command::new("tmux")
-        .arg("-V")
-        .output()
-        .is_err()
-    {
+    if !hull_e2e::terminal::available() {
         eprintln!("skipped: tmux is not installed");
         return;
     }
@@ -285,7 +259,8 @@ fn terminal_session_types_resizes_and_exits() {
         "40",
         &ctr,
     ]);
-    wait_screen(&session, "#", Duration::from_secs(90));
+    // The first task after an image build may cold-boot the template under load.
+    wait_screen(&session, "#", Duration::from_secs(480));
     tmux(&[
         "send-keys",
         "-t",
