@@ -79,6 +79,7 @@ const IMAGE_ROOTFS_AREA: &str = "/usr/share/hull/rootfs";
 fn make_dirs(config: &Config) -> std::io::Result<()> {
     std::fs::create_dir_all(config.state_dir.join("containers"))?;
     std::fs::create_dir_all(config.state_dir.join("bundles"))?;
+    std::fs::create_dir_all(config.state_dir.join(hull_agent::service::CONSOLE_DIR))?;
     match config.rootfs_areas.first() {
         Some(area) => std::fs::create_dir_all(area),
         None => Ok(()),

@@ -72,31 +72,54 @@ fn pty_session_with_resize() {
         return;
     }
     let agent = Agent::start();
+    // The CRI names containers and execs with 64 hex digits: a console socket named after
+    // them would not fit a unix socket path.
+    let tty = "7".repeat(64);
+    let tty = tty.as_str();
     let mut stdio = Stdio::new();
     stdio.terminal = true;
     stdio.stdin = true;
     stdio.stdout = true;
     agent
         .create(
-            "tty",
+            tty,
             &["sh", "-c", "read line; echo got:$line; stty size; exit 7"],
             stdio,
             |_| {},
         )
         .unwrap();
-    let pty = agent.stream(Kind::Pty, "tty", "");
-    agent.start_container("tty");
+    let pty = agent.stream(Kind::Pty, tty, "");
+    agent.start_container(tty);
     let mut req = ResizePtyRequest::new();
-    req.container_id = "tty".into();
+    req.container_id = tty.into();
     req.rows = 42;
     req.columns = 101;
     agent.client.resize_pty(ctx(), &req).unwrap();
+    // An exec with a terminal of its own, its id as long as the CRI's.
+    let exec_id = "e".repeat(64);
+    let mut exec = ExecProcessRequest::new();
+    exec.container_id = tty.into();
+    exec.exec_id = exec_id.clone();
+    exec.oci_process_json = serde_json::to_vec(&json!({
+        "args": ["sh", "-c", "echo exec-tty:$(tty); exit 4"],
+        "cwd": "/", "env": ["PATH=/bin"], "user": {"uid": 0, "gid": 0}, "terminal": true
+    }))
+    .unwrap();
+    let mut exec_stdio = Stdio::new();
+    exec_stdio.terminal = true;
+    exec_stdio.stdout = true;
+    exec.stdio = Some(exec_stdio).into();
+    agent.client.exec_process(ctx(), &exec).unwrap();
+    let mut exec_out = String::new();
+    let _ = BufReader::new(agent.stream(Kind::Pty, tty, &exec_id)).read_to_string(&mut exec_out);
+    assert_eq!(agent.wait(tty, &exec_id).exit_status, 4);
+    assert!(exec_out.contains("exec-tty:/dev/pts/"), "{exec_out:?}");
     let mut w = pty.try_clone().unwrap();
     w.write_all(b"hi\n").unwrap();
     let mut all = String::new();
     let mut r = BufReader::new(pty);
     let _ = r.read_to_string(&mut all);
-    assert_eq!(agent.wait("tty", "").exit_status, 7);
+    assert_eq!(agent.wait(tty, "").exit_status, 7);
     assert!(all.contains("got:hi"), "{all:?}");
     assert!(all.contains("42 101"), "{all:?}");
     // Resizing a process without a terminal says so.

@@ -1,6 +1,7 @@
 //! Helpers shared by hull's cross-process benchmarks: process memory accounting and
 //! order statistics.
 
+pub mod agent_work;
 pub mod containerd;
 pub mod cri;
 pub mod terminal;

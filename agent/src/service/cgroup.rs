@@ -7,6 +7,7 @@ use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use hull_protocol::rpc::agent::{
     CpuStats, IoStats, MemoryStats, PidsStats, StatsContainerResponse,
@@ -19,6 +20,9 @@ use libcgroups::stats::Stats;
 use oci_spec::runtime::LinuxResources;
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// How long killed processes get to leave their cgroup before a delete gives up (exits
+/// are guest kernel work, emulated and slow on some test hosts).
+const KILL_WAIT: Duration = Duration::from_secs(30);
 
 /// One container's cgroup, by its path below the cgroup root (`/hull/c1`).
 #[derive(Debug, Clone)]
@@ -72,6 +76,48 @@ impl Cgroup {
             .map_err(|e| format!("applying resources to cgroup {}: {e}", self.path.display()))
     }
 
+    /// The cgroup's directory on a unified (v2) hierarchy.
+    fn v2_dir(&self) -> PathBuf {
+        let rel = self.path.strip_prefix("/").unwrap_or(&self.path);
+        Path::new(CGROUP_ROOT).join(rel)
+    }
+
+    /// Kills every process in the cgroup, waits until they have left it (at most
+    /// [`KILL_WAIT`]) and removes it; a cgroup that is gone already is fine.
+    pub fn destroy(&self) -> Result<(), String> {
+        if self.unified {
+            return destroy_v2(&self.v2_dir());
+        }
+        let manager = self.manager()?;
+        let deadline = Instant::now() + KILL_WAIT;
+        loop {
+            // A missing cgroup lists nothing.
+            let pids = manager.get_all_pids().unwrap_or_default();
+            if pids.is_empty() {
+                break;
+            }
+            for pid in &pids {
+                // SAFETY: kill(2) has no memory effects; the PIDs are this cgroup's.
+                unsafe { libc::kill(pid.as_raw(), libc::SIGKILL) };
+            }
+            // A frozen task dies only once thawed under the v1 freezer (v2 lets SIGKILL
+            // through); a paused container is removable all the same.
+            let _ = manager.freeze(FreezerState::Thawed);
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "cgroup {}: {} process(es) still there {} s after SIGKILL",
+                    self.path.display(),
+                    pids.len(),
+                    KILL_WAIT.as_secs()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        manager
+            .remove()
+            .map_err(|e| format!("removing cgroup {}: {e}", self.path.display()))
+    }
+
     pub fn pids(&self) -> Result<Vec<u32>, String> {
         let pids = self
             .manager()?
@@ -84,8 +130,7 @@ impl Cgroup {
         if self.unified {
             // libcgroups' v2 stats also read the pressure (PSI) files, which a guest kernel
             // without CONFIG_PSI (hull's: PSI costs every task switch) does not have.
-            let rel = self.path.strip_prefix("/").unwrap_or(&self.path);
-            let dir = Path::new(CGROUP_ROOT).join(rel);
+            let dir = self.v2_dir();
             if !dir.is_dir() {
                 return Err(format!("cgroup {} does not exist", dir.display()));
             }
@@ -203,6 +248,51 @@ impl Cgroup {
 }
 
 /// v1 reports "no limit" as a huge number (the page-rounded i64::MAX); the protocol says 0.
+/// [`Cgroup::destroy`] on cgroup v2, through the interface files alone: `cgroup.kill`
+/// (every process, frozen or not, gets SIGKILL), then `rmdir` once `cgroup.procs` is empty.
+/// A handful of system calls, where libcgroups' manager would first probe the mounts
+/// (the guest kernel's work is what a container's lifecycle waits for).
+fn destroy_v2(dir: &Path) -> Result<(), String> {
+    let procs = dir.join("cgroup.procs");
+    let deadline = Instant::now() + KILL_WAIT;
+    let mut killed = false;
+    loop {
+        let listed = match std::fs::read_to_string(&procs) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(format!("{}: {e}", procs.display())),
+        };
+        if listed.trim().is_empty() {
+            break;
+        }
+        if !killed {
+            std::fs::write(dir.join("cgroup.kill"), "1")
+                .map_err(|e| format!("{}: {e}", dir.join("cgroup.kill").display()))?;
+            killed = true;
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "cgroup {}: {} process(es) still there {} s after SIGKILL",
+                dir.display(),
+                listed.lines().count(),
+                KILL_WAIT.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    loop {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            // Busy for a moment after its last process left (the kernel's css release).
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(format!("removing cgroup {}: {e}", dir.display())),
+        }
+    }
+}
+
 fn no_limit_as_zero(v: u64) -> u64 {
     if v >= 1 << 62 {
         0
@@ -364,6 +454,49 @@ impl OomWaiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Where a cgroup v2 hierarchy is mounted on this host, if one is.
+    fn v2_mount() -> Option<PathBuf> {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+        mounts.lines().find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+        })
+    }
+
+    #[test]
+    fn destroying_a_v2_cgroup_kills_its_processes_and_removes_it() {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let Some(mount) = v2_mount().filter(|_| root) else {
+            eprintln!("skipped: needs root and a cgroup v2 hierarchy");
+            return;
+        };
+        let dir = mount.join(format!("hull-destroy-test-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        let mut children: Vec<_> = (0..2)
+            .map(|_| {
+                std::process::Command::new("sleep")
+                    .arg("1000")
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for c in &children {
+            std::fs::write(dir.join("cgroup.procs"), c.id().to_string()).unwrap();
+        }
+        destroy_v2(&dir).unwrap();
+        assert!(!dir.exists());
+        for c in &mut children {
+            let status = c.wait().unwrap();
+            assert_eq!(
+                std::os::unix::process::ExitStatusExt::signal(&status),
+                Some(libc::SIGKILL)
+            );
+        }
+        // Gone already is done.
+        destroy_v2(&dir).unwrap();
+    }
 
     #[test]
     fn inotify_waiter_wakes_on_writes_and_ends_with_the_file() {

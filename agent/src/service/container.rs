@@ -68,6 +68,9 @@ pub struct Container {
     /// Start needs no process of its own (no poststart hooks to run and wait for): the
     /// agent tells init to go itself instead of running the helper.
     pub start_in_agent: bool,
+    /// Delete needs no process of its own either (no poststop hooks): the agent kills
+    /// what is left, removes the cgroup and the runtime's state itself.
+    pub delete_in_agent: bool,
 }
 
 impl Container {
@@ -275,9 +278,10 @@ pub fn check_terminal(
     Ok(())
 }
 
-/// Stdio for a process about to be created, with errors as agent errors.
-pub fn prepare_stdio(stdio: &Stdio, dir: &Path, name: &str) -> Result<stdio::Prepared, AgentError> {
-    stdio::prepare(stdio, dir, name)
+/// Stdio for a process about to be created (a terminal's console socket in
+/// `console_dir`), with errors as agent errors.
+pub fn prepare_stdio(stdio: &Stdio, console_dir: &Path) -> Result<stdio::Prepared, AgentError> {
+    stdio::prepare(stdio, console_dir)
         .map_err(|e| AgentError::Internal(format!("setting up stdio: {e}")))
 }
 

@@ -50,10 +50,16 @@ impl Service {
                 files: place.files,
             },
         )?;
+        let no_hooks =
+            |hooks: Option<&Vec<oci_spec::runtime::Hook>>| hooks.is_none_or(Vec::is_empty);
         let start_in_agent = spec
             .hooks()
             .as_ref()
-            .is_none_or(|h| h.poststart().as_ref().is_none_or(|p| p.is_empty()));
+            .is_none_or(|h| no_hooks(h.poststart().as_ref()));
+        let delete_in_agent = spec
+            .hooks()
+            .as_ref()
+            .is_none_or(|h| no_hooks(h.poststop().as_ref()));
         let bundle = self.bundle_dir(id);
         let _ = std::fs::remove_dir_all(&bundle);
         std::fs::create_dir_all(&bundle)
@@ -73,6 +79,7 @@ impl Service {
             init: Process::new(pid, io),
             execs: Mutex::new(HashMap::new()),
             start_in_agent,
+            delete_in_agent,
         });
         self.watch_container(&container, pid);
         lock(&self.containers).insert(id.to_owned(), container);
@@ -113,7 +120,7 @@ impl Service {
             serde_json::to_vec_pretty(spec).map_err(|e| AgentError::Internal(e.to_string()))?;
         std::fs::write(bundle.join("config.json"), json)
             .map_err(|e| AgentError::Internal(format!("writing config.json: {e}")))?;
-        let prepared = container::prepare_stdio(stdio, bundle, "init")?;
+        let prepared = container::prepare_stdio(stdio, &self.console_dir())?;
         let mut io = prepared.io;
         let op = Op::Create {
             bundle: bundle.to_path_buf(),

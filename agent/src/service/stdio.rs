@@ -10,6 +10,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use hull_protocol::rpc::agent::Stdio;
 use hull_protocol::stream::Kind;
@@ -93,10 +94,40 @@ pub struct Prepared {
     pub console: Option<Console>,
 }
 
-/// The listening socket libcontainer sends a new pty's master to.
+/// The listening socket libcontainer sends a new pty's master to; its file goes with it.
 pub struct Console {
     listener: UnixListener,
     path: PathBuf,
+}
+
+impl Drop for Console {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The longest path a unix socket can be bound to (`sun_path` less its NUL).
+const SOCKET_PATH_MAX: usize = 107;
+
+/// Binds a console socket with a name unique in this process in `dir`.
+fn console_in(dir: &Path) -> io::Result<Console> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let path = dir.join(NEXT.fetch_add(1, Ordering::Relaxed).to_string());
+    let len = path.as_os_str().len();
+    if len > SOCKET_PATH_MAX {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "the console socket {} would be {len} bytes long, over the {SOCKET_PATH_MAX} \
+                 a unix socket path may have: give the agent a shorter --state-dir",
+                path.display()
+            ),
+        ));
+    }
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    Ok(Console { listener, path })
 }
 
 impl Console {
@@ -121,7 +152,6 @@ impl Console {
         let master = file.ok_or_else(|| io::Error::other("the console socket carried no fd"))?;
         io.pty_control = Some(master.try_clone()?);
         io.pty = Some(master);
-        let _ = std::fs::remove_file(&self.path);
         Ok(())
     }
 }
@@ -153,21 +183,18 @@ pub fn null_stdio() -> io::Result<[OwnedFd; 3]> {
     Ok([dev_null(false)?, dev_null(true)?, dev_null(true)?])
 }
 
-/// Sets up pipes (or a console socket in `dir` named `name` for a terminal) as `stdio`
-/// asks; streams not asked for are /dev/null.
-pub fn prepare(stdio: &Stdio, dir: &Path, name: &str) -> io::Result<Prepared> {
+/// Sets up pipes (or, for a terminal, a console socket in `console_dir`) as `stdio` asks;
+/// streams not asked for are /dev/null.
+pub fn prepare(stdio: &Stdio, console_dir: &Path) -> io::Result<Prepared> {
     let mut io = ProcessIo {
         terminal: stdio.terminal,
         ..ProcessIo::default()
     };
     if stdio.terminal {
-        let path = dir.join(format!("{name}.console"));
-        let _ = std::fs::remove_file(&path);
-        let listener = UnixListener::bind(&path)?;
         return Ok(Prepared {
             child: null_stdio()?,
             io,
-            console: Some(Console { listener, path }),
+            console: Some(console_in(console_dir)?),
         });
     }
     let stdin: OwnedFd = if stdio.stdin {
@@ -320,7 +347,7 @@ mod tests {
             stderr: false,
             ..Stdio::default()
         };
-        let Prepared { child, mut io, .. } = prepare(&stdio, dir.path(), "p").unwrap();
+        let Prepared { child, mut io, .. } = prepare(&stdio, dir.path()).unwrap();
         let [stdin, stdout, _stderr] = child;
         let (c_out, mut host_out) = conn_pair();
         assert!(io.attach(Kind::Stdout, c_out, "p").is_ok());
@@ -362,7 +389,7 @@ mod tests {
             stdout: true,
             ..Stdio::default()
         };
-        let Prepared { child, mut io, .. } = prepare(&stdio, dir.path(), "p").unwrap();
+        let Prepared { child, mut io, .. } = prepare(&stdio, dir.path()).unwrap();
         let [_, stdout, _] = child;
         let mut p_out = File::from(stdout);
         p_out.write_all(b"early").unwrap();
@@ -373,5 +400,40 @@ mod tests {
         let mut out = Vec::new();
         host.read_to_end(&mut out).unwrap();
         assert_eq!(out, b"early");
+    }
+
+    #[test]
+    fn console_sockets_have_short_unique_names_and_go_with_their_console() {
+        let dir = tempfile::tempdir().unwrap();
+        let tty = Stdio {
+            terminal: true,
+            ..Stdio::default()
+        };
+        let a = prepare(&tty, dir.path()).unwrap().console.unwrap();
+        let b = prepare(&tty, dir.path()).unwrap().console.unwrap();
+        assert_ne!(a.path(), b.path());
+        for c in [&a, &b] {
+            assert_eq!(c.path().parent(), Some(dir.path()));
+            assert!(c.path().exists());
+        }
+        let (a_path, b_path) = (a.path().to_owned(), b.path().to_owned());
+        drop(a);
+        assert!(!a_path.exists() && b_path.exists());
+        drop(b);
+        assert!(!b_path.exists());
+    }
+
+    #[test]
+    fn a_console_directory_too_long_for_a_socket_is_refused_by_name() {
+        let long = Path::new("/tmp").join("d".repeat(110));
+        let tty = Stdio {
+            terminal: true,
+            ..Stdio::default()
+        };
+        let err = prepare(&tty, &long).err().unwrap().to_string();
+        assert!(
+            err.contains("over the 107") && err.contains("--state-dir"),
+            "{err}"
+        );
     }
 }

@@ -4,10 +4,12 @@
 //! - host: `hull-agent serve` on this machine (RPC over a unix socket) against `runc run`
 //!   and `runc exec` of the same busybox bundle (Debian's runc). create+start+wait+delete
 //!   of `true` (what `runc run` does), then exec+wait of `true` in a running container.
-//! - syscalls: one create+start+wait (and one exec) traced with `strace -f -c` across the
-//!   agent, its runtime helper and the container, and the same for runc; in a guest whose
-//!   kernel is emulated every one of them costs real time, so this count is what the guest
-//!   latency follows.
+//! - work: one create+start+wait+delete (and one exec) traced with `strace -f` across the
+//!   agent, its runtime helper and the container (system calls, processes and threads
+//!   made), and the page faults of the agent and the children it reaped, counted from
+//!   /proc in an untraced repetition (`hull_e2e::agent_work`); runc's system calls and
+//!   processes the same way. In a guest whose kernel is emulated every call and fault costs
+//!   real time, so these counts are what the guest latency follows.
 //! - guest: the same operations through the hybrid vsock against the agent in a VM booted
 //!   from the project's image (skipped with `--no-guest`).
 //!
@@ -20,11 +22,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use hull_e2e::agent_work::{
+    count_trace, create_and_start, create_start_wait, ctx, exec_wait, measure, spec,
+    strace_available, HostAgent, Work,
+};
 use hull_e2e::{require_artifacts, summary};
 use hull_protocol::rpc::agent::*;
-use hull_protocol::rpc::agent_ttrpc::AgentClient;
-use hull_protocol::rpc::{connect_within, ttrpc, Endpoint};
-use serde_json::json;
+use hull_protocol::rpc::{connect_within, Endpoint};
 
 #[derive(Debug, Parser)]
 #[command(about = "agent benchmark: container and exec latency against runc, host and guest")]
@@ -51,10 +55,6 @@ struct Args {
     timeout: u64,
 }
 
-fn ctx() -> ttrpc::context::Context {
-    ttrpc::context::with_timeout(Duration::from_secs(600).as_nanos() as i64)
-}
-
 struct KillOnDrop(Child);
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
@@ -68,128 +68,6 @@ impl Drop for KillOnDrop {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-}
-
-fn busybox_rootfs(root: &Path) -> Result<()> {
-    for d in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
-        std::fs::create_dir_all(root.join(d))?;
-    }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
-        .context("/bin/busybox (apt-get install busybox-static)")?;
-    for a in ["sh", "true", "sleep"] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(a))?;
-    }
-    Ok(())
-}
-
-/// The spec both runtimes get: runc's defaults (namespaces, mounts, masked paths,
-/// capabilities) with `args`.
-fn spec(root: &Path, args: &[&str], readonly: bool) -> serde_json::Value {
-    let mut s = serde_json::to_value(oci_spec_default()).unwrap();
-    s["root"] = json!({"path": root, "readonly": readonly});
-    s["process"]["args"] = json!(args);
-    s["process"]["terminal"] = json!(false);
-    s["process"]["env"] = json!(["PATH=/bin"]);
-    s["hostname"] = json!("bench");
-    s
-}
-
-/// `runc spec`'s default config.json.
-fn oci_spec_default() -> serde_json::Value {
-    let dir = tempfile::tempdir().unwrap();
-    let ok = Command::new("runc")
-        .current_dir(dir.path())
-        .arg("spec")
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(ok, "`runc spec` failed: apt-get install runc");
-    serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap()).unwrap()
-}
-
-fn create_start_wait(agent: &AgentClient, id: &str, spec: &serde_json::Value) -> Result<Duration> {
-    let t = Instant::now();
-    create_and_start(agent, id, spec)?;
-    let mut w = ProcessRequest::new();
-    w.container_id = id.into();
-    let exit = agent.wait_process(ctx(), &w)?;
-    if exit.exit_status != 0 {
-        bail!("container {id} exited {}", exit.exit_status);
-    }
-    // `runc run` deletes the container too: time the same work.
-    let mut c = ContainerRequest::new();
-    c.container_id = id.into();
-    agent.remove_container(ctx(), &c)?;
-    Ok(t.elapsed())
-}
-
-fn exec_wait(agent: &AgentClient, id: &str, exec_id: &str) -> Result<Duration> {
-    let t = Instant::now();
-    let mut req = ExecProcessRequest::new();
-    req.container_id = id.into();
-    req.exec_id = exec_id.into();
-    req.oci_process_json = serde_json::to_vec(&json!({
-        "args": ["true"], "cwd": "/", "env": ["PATH=/bin"], "user": {"uid": 0, "gid": 0}
-    }))?;
-    req.stdio = Some(Stdio::new()).into();
-    agent.exec_process(ctx(), &req)?;
-    let mut w = ProcessRequest::new();
-    w.container_id = id.into();
-    w.exec_id = exec_id.into();
-    let exit = agent.wait_process(ctx(), &w)?;
-    if exit.exit_status != 0 {
-        bail!("exec {exec_id} exited {}", exit.exit_status);
-    }
-    Ok(t.elapsed())
-}
-
-fn create_and_start(agent: &AgentClient, id: &str, spec: &serde_json::Value) -> Result<()> {
-    let mut req = CreateContainerRequest::new();
-    req.container_id = id.into();
-    req.oci_spec_json = serde_json::to_vec(spec)?;
-    req.stdio = Some(Stdio::new()).into();
-    agent.create_container(ctx(), &req)?;
-    let mut c = ContainerRequest::new();
-    c.container_id = id.into();
-    agent.start_container(ctx(), &c)?;
-    Ok(())
-}
-
-/// Total syscalls in an `strace -c` summary.
-fn strace_total(path: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let line = text
-        .lines()
-        .rev()
-        .find(|l| l.trim_end().ends_with("total"))?;
-    // "100.00    0.012345           3      4567       123 total": calls is the 4th column.
-    line.split_whitespace().nth(3)?.parse().ok()
-}
-
-/// Runs `f` with strace following every thread and child of `pid`; the syscall count.
-fn count_syscalls(pid: u32, f: impl FnOnce() -> Result<()>) -> Result<Option<u64>> {
-    if Command::new("strace").arg("-V").output().is_err() {
-        return Ok(None);
-    }
-    let out = tempfile::NamedTempFile::new()?;
-    let mut tracer = Command::new("strace");
-    tracer.args(["-f", "-c", "-q", "-o"]).arg(out.path());
-    let tids: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))?
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    for tid in &tids {
-        tracer.arg("-p").arg(tid);
-    }
-    let mut tracer = tracer.stderr(ProcStdio::null()).spawn()?;
-    std::thread::sleep(Duration::from_millis(500)); // attach
-    let result = f();
-    std::thread::sleep(Duration::from_millis(200));
-    // SAFETY: kill has no memory effects.
-    unsafe { libc::kill(tracer.id() as i32, libc::SIGINT) };
-    tracer.wait()?;
-    result?;
-    Ok(strace_total(out.path()))
 }
 
 fn runc(root: &Path, args: &[&str]) -> Result<()> {
@@ -231,8 +109,21 @@ struct Row {
     hull: Vec<Duration>,
     runc: Vec<Duration>,
     guest: Vec<Duration>,
-    hull_calls: Option<u64>,
-    runc_calls: Option<u64>,
+    hull_work: Option<Work>,
+    runc_work: Option<Work>,
+}
+
+impl Row {
+    fn new(what: &'static str) -> Row {
+        Row {
+            what,
+            hull: vec![],
+            runc: vec![],
+            guest: vec![],
+            hull_work: None,
+            runc_work: None,
+        }
+    }
 }
 
 fn main() -> Result<()> {
@@ -242,18 +133,15 @@ fn main() -> Result<()> {
         bail!("bench-agent needs root (it creates containers)");
     }
     require_artifacts(&[("hull-agent", &args.agent)]).map_err(anyhow::Error::msg)?;
+    let host = HostAgent::start(&args.agent)?;
+    let agent = &host.client;
+    let true_spec = host.spec(&["true"]);
+    let sleep_spec = host.spec(&["sleep", "100000"]);
+
+    // runc bundles of the same spec.
     let dir = tempfile::Builder::new()
         .prefix("hull-bench-agent")
         .tempdir()?;
-    for d in ["sockets", "state", "area", "runc"] {
-        std::fs::create_dir(dir.path().join(d))?;
-    }
-    let rootfs = dir.path().join("area/busybox");
-    busybox_rootfs(&rootfs)?;
-    let true_spec = spec(&rootfs, &["true"], true);
-    let sleep_spec = spec(&rootfs, &["sleep", "100000"], true);
-
-    // runc bundles of the same spec.
     let bundle = |name: &str, spec: &serde_json::Value| -> Result<PathBuf> {
         let b = dir.path().join(name);
         std::fs::create_dir(&b)?;
@@ -263,52 +151,15 @@ fn main() -> Result<()> {
     let true_bundle = bundle("bundle-true", &true_spec)?;
     let sleep_bundle = bundle("bundle-sleep", &sleep_spec)?;
     let runc_root = dir.path().join("runc");
+    std::fs::create_dir(&runc_root)?;
 
-    let agent_proc = Command::new(&args.agent)
-        .arg("serve")
-        .arg("--socket-dir")
-        .arg(dir.path().join("sockets"))
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .arg("--rootfs-area")
-        .arg(dir.path().join("area"))
-        .arg("--cgroup-parent")
-        .arg(format!("hull-bench-{}", std::process::id()))
-        .stderr(ProcStdio::null())
-        .spawn()
-        .context("starting hull-agent serve")?;
-    let agent_proc = KillOnDrop(agent_proc);
-    let endpoint = Endpoint::UnixDir(dir.path().join("sockets"));
-    let agent = connect_within(
-        &endpoint,
-        Duration::from_secs(20),
-        Duration::from_millis(20),
-    )
-    .context("hull-agent serve never answered")?
-    .client;
-    agent.create_sandbox(ctx(), &CreateSandboxRequest::new())?;
-
-    let mut run_row = Row {
-        what: "container: create+start+wait+delete `true`",
-        hull: vec![],
-        runc: vec![],
-        guest: vec![],
-        hull_calls: None,
-        runc_calls: None,
-    };
-    let mut exec_row = Row {
-        what: "exec+wait `true` in a running container",
-        hull: vec![],
-        runc: vec![],
-        guest: vec![],
-        hull_calls: None,
-        runc_calls: None,
-    };
+    let mut run_row = Row::new("container: create+start+wait+delete `true`");
+    let mut exec_row = Row::new("exec+wait `true` in a running container");
     eprintln!("host: {} runs each", args.runs);
     for i in 0..args.runs {
         run_row
             .hull
-            .push(create_start_wait(&agent, &format!("c{i}"), &true_spec)?);
+            .push(create_start_wait(agent, &format!("c{i}"), &true_spec)?);
         run_row.runc.push(timed(|| {
             runc(
                 &runc_root,
@@ -321,7 +172,7 @@ fn main() -> Result<()> {
             )
         })?);
     }
-    create_and_start(&agent, "long", &sleep_spec)?;
+    create_and_start(agent, "long", &sleep_spec)?;
     runc(
         &runc_root,
         &[
@@ -335,60 +186,59 @@ fn main() -> Result<()> {
     for i in 0..args.runs {
         exec_row
             .hull
-            .push(exec_wait(&agent, "long", &format!("e{i}"))?);
+            .push(exec_wait(agent, "long", &format!("e{i}"))?);
         exec_row
             .runc
             .push(timed(|| runc(&runc_root, &["exec", "long", "true"]))?);
     }
-    let agent_pid = agent_proc.0.id();
-    run_row.hull_calls = count_syscalls(agent_pid, || {
-        create_start_wait(&agent, "traced", &true_spec).map(|_| ())
-    })?;
-    exec_row.hull_calls = count_syscalls(agent_pid, || {
-        exec_wait(&agent, "long", "traced").map(|_| ())
-    })?;
-    let strace_runc = |args: &[&str]| -> Result<Option<u64>> {
-        let out = tempfile::NamedTempFile::new()?;
-        let status = Command::new("strace")
-            .args(["-f", "-c", "-q", "-o"])
-            .arg(out.path())
-            .arg("runc")
-            .arg("--root")
-            .arg(&runc_root)
-            .args(args)
-            .stdin(ProcStdio::null())
-            .stdout(ProcStdio::null())
-            .status();
-        Ok(status
-            .ok()
-            .filter(|s| s.success())
-            .and_then(|_| strace_total(out.path())))
-    };
-    run_row.runc_calls =
-        strace_runc(&["run", "--bundle", true_bundle.to_str().unwrap(), "traced"])?;
-    exec_row.runc_calls = strace_runc(&["exec", "long", "true"])?;
+    if strace_available() {
+        run_row.hull_work = Some(measure(host.pid(), |n| {
+            create_start_wait(agent, &format!("counted{n}"), &true_spec).map(drop)
+        })?);
+        exec_row.hull_work = Some(measure(host.pid(), |n| {
+            exec_wait(agent, "long", &format!("counted{n}")).map(drop)
+        })?);
+        let run_args = ["run", "--bundle", true_bundle.to_str().unwrap(), "counted"];
+        run_row.runc_work = runc_work(&runc_root, &run_args)?;
+        exec_row.runc_work = runc_work(&runc_root, &["exec", "long", "true"])?;
+    } else {
+        eprintln!("strace is not installed: no counts (apt-get install strace)");
+    }
     let _ = runc(&runc_root, &["delete", "-f", "long"]);
-    drop(agent);
-    drop(agent_proc);
+    drop(host);
 
     if !args.no_guest {
         guest(&args, &mut run_row, &mut exec_row)?;
     }
 
     println!();
-    println!("| operation | hull-agent, host | runc, host | hull-agent in the guest (vsock) | syscalls: hull-agent | syscalls: runc |");
-    println!("| --- | --- | --- | --- | --- | --- |");
+    println!("| operation | hull-agent, host | runc, host | hull-agent in the guest (vsock) |");
+    println!("| --- | --- | --- | --- |");
     for r in [&run_row, &exec_row] {
-        let calls = |c: Option<u64>| c.map(|c| c.to_string()).unwrap_or_else(|| "–".into());
         println!(
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} |",
             r.what,
             ms(&r.hull),
             ms(&r.runc),
-            ms(&r.guest),
-            calls(r.hull_calls),
-            calls(r.runc_calls)
+            ms(&r.guest)
         );
+    }
+    println!();
+    println!("| work of one | system calls | processes made | threads made | page faults (minor/major) |");
+    println!("| --- | --- | --- | --- | --- |");
+    for r in [&run_row, &exec_row] {
+        for (who, w) in [("hull-agent", &r.hull_work), ("runc", &r.runc_work)] {
+            let Some(w) = w else { continue };
+            let faults = if who == "runc" {
+                "–".to_string()
+            } else {
+                format!("{}/{}", w.minor_faults, w.major_faults)
+            };
+            println!(
+                "| {}, {who} | {} | {} | {} | {faults} |",
+                r.what, w.syscalls, w.processes, w.threads
+            );
+        }
     }
     println!();
     println!(
@@ -397,6 +247,25 @@ fn main() -> Result<()> {
         if args.no_guest { 0 } else { args.guest_runs }
     );
     Ok(())
+}
+
+/// `runc ARGS` under `strace -f`: its system calls, processes and threads.
+fn runc_work(root: &Path, args: &[&str]) -> Result<Option<Work>> {
+    let out = tempfile::NamedTempFile::new()?;
+    let status = Command::new("strace")
+        .args(["-f", "-q", "-o"])
+        .arg(out.path())
+        .arg("runc")
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .stdin(ProcStdio::null())
+        .stdout(ProcStdio::null())
+        .status()?;
+    if !status.success() {
+        return Ok(None);
+    }
+    Ok(Some(count_trace(&std::fs::read_to_string(out.path())?)))
 }
 
 fn guest(args: &Args, run_row: &mut Row, exec_row: &mut Row) -> Result<()> {
