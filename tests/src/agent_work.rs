@@ -22,13 +22,96 @@ pub fn ctx() -> ttrpc::context::Context {
     ttrpc::context::with_timeout(Duration::from_secs(600).as_nanos() as i64)
 }
 
-/// `hull-agent serve` in a directory of its own, with a busybox rootfs and a sandbox made;
-/// stopped (SIGTERM) when dropped.
-pub struct HostAgent {
+/// A `hull-agent serve` process (the agent's host mode: RPC and streams on unix sockets,
+/// containers made with this host's namespaces and cgroups; root only). Dropping it stops
+/// the agent (SIGTERM: it removes what is left) and removes the parent cgroup it was given.
+pub struct ServedAgent {
     pub client: AgentClient,
+    pub endpoint: Endpoint,
+    /// The cgroup, below the root of each hierarchy, that the agent's containers go under.
+    pub cgroup_parent: String,
+    child: Option<Child>,
+}
+
+impl ServedAgent {
+    /// Serves `bin` on `dir`, which gets `sockets/`, `state/` and the rootfs area
+    /// `rootfs/`; containers go below the cgroup `cgroup_parent`.
+    pub fn start(bin: &Path, dir: &Path, cgroup_parent: &str) -> Result<ServedAgent> {
+        for d in ["sockets", "state", "rootfs"] {
+            std::fs::create_dir_all(dir.join(d))?;
+        }
+        let child = Command::new(bin)
+            .arg("serve")
+            .arg("--socket-dir")
+            .arg(dir.join("sockets"))
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .arg("--rootfs-area")
+            .arg(dir.join("rootfs"))
+            .arg("--cgroup-parent")
+            .arg(cgroup_parent)
+            .stdin(ProcStdio::null())
+            .spawn()
+            .with_context(|| format!("starting {} serve", bin.display()))?;
+        let endpoint = Endpoint::UnixDir(dir.join("sockets"));
+        match connect_within(
+            &endpoint,
+            Duration::from_secs(20),
+            Duration::from_millis(20),
+        ) {
+            Ok(conn) => Ok(ServedAgent {
+                client: conn.client,
+                endpoint,
+                cgroup_parent: cgroup_parent.to_owned(),
+                child: Some(child),
+            }),
+            Err(e) => {
+                stop(child);
+                bail!("hull-agent serve never answered: {e}")
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Sends SIGTERM and waits (20 s, then SIGKILL); the exit status, None if it was
+    /// stopped already.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.take().and_then(stop)
+    }
+
+    /// The agent's parent cgroup in each hierarchy where it exists.
+    pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        let root = Path::new("/sys/fs/cgroup");
+        let mut candidates = vec![root.join(&self.cgroup_parent)];
+        for e in std::fs::read_dir(root).into_iter().flatten().flatten() {
+            candidates.push(e.path().join(&self.cgroup_parent));
+        }
+        candidates.into_iter().filter(|p| p.is_dir()).collect()
+    }
+
+    /// Removes the (empty) parent cgroup in every hierarchy.
+    pub fn remove_cgroups(&self) {
+        for dir in self.cgroup_dirs() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+impl Drop for ServedAgent {
+    fn drop(&mut self) {
+        self.stop();
+        self.remove_cgroups();
+    }
+}
+
+/// A served agent in a directory of its own with a busybox rootfs and a sandbox made.
+pub struct HostAgent {
+    pub served: ServedAgent,
     /// The busybox rootfs containers run from.
     pub rootfs: PathBuf,
-    child: Option<Child>,
     _dir: tempfile::TempDir,
 }
 
@@ -38,50 +121,26 @@ impl HostAgent {
         let dir = tempfile::Builder::new()
             .prefix("hull-agent-work")
             .tempdir()?;
-        for d in ["sockets", "state", "area"] {
-            std::fs::create_dir(dir.path().join(d))?;
-        }
-        let rootfs = dir.path().join("area/busybox");
+        let parent = format!("hull-agent-work-{}", std::process::id());
+        let served = ServedAgent::start(agent, dir.path(), &parent)?;
+        let rootfs = dir.path().join("rootfs/busybox");
         busybox_rootfs(&rootfs)?;
-        let child = Command::new(agent)
-            .arg("serve")
-            .arg("--socket-dir")
-            .arg(dir.path().join("sockets"))
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .arg("--rootfs-area")
-            .arg(dir.path().join("area"))
-            .arg("--cgroup-parent")
-            .arg(format!("hull-agent-work-{}", std::process::id()))
-            .stderr(ProcStdio::null())
-            .spawn()
-            .with_context(|| format!("starting {} serve", agent.display()))?;
-        let endpoint = Endpoint::UnixDir(dir.path().join("sockets"));
-        let client = match connect_within(
-            &endpoint,
-            Duration::from_secs(20),
-            Duration::from_millis(20),
-        ) {
-            Ok(c) => c.client,
-            Err(e) => {
-                stop(child);
-                bail!("hull-agent serve never answered: {e}");
-            }
-        };
-        let agent = HostAgent {
-            client,
-            rootfs,
-            child: Some(child),
-            _dir: dir,
-        };
-        agent
+        served
             .client
             .create_sandbox(ctx(), &CreateSandboxRequest::new())?;
-        Ok(agent)
+        Ok(HostAgent {
+            served,
+            rootfs,
+            _dir: dir,
+        })
+    }
+
+    pub fn client(&self) -> &AgentClient {
+        &self.served.client
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
+        self.served.pid()
     }
 
     /// The agent's spec for `args` on the busybox rootfs (runc's defaults).
@@ -90,23 +149,21 @@ impl HostAgent {
     }
 }
 
-impl Drop for HostAgent {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.take() {
-            stop(child);
-        }
-    }
-}
-
-fn stop(mut child: Child) {
+/// SIGTERM to `child`, then its exit status (SIGKILL after 20 s).
+fn stop(mut child: Child) -> Option<std::process::ExitStatus> {
     // SAFETY: kill(2) of our own child; no memory effects.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let deadline = Instant::now() + Duration::from_secs(20);
-    while let Ok(None) = child.try_wait() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() > deadline => {
+                let _ = child.kill();
+                return child.wait().ok();
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(_) => return None,
         }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -92,9 +92,9 @@ fn a_container_lifecycle_and_an_exec_stay_within_their_guest_work_budgets() {
     let true_spec = agent.spec(&["true"]);
     // A first container warms what every later one shares (the page cache, the agent's
     // lazily made state), so the counted ones are what a sandbox's later containers cost.
-    create_start_wait(&agent.client, "warm", &true_spec).unwrap();
+    create_start_wait(agent.client(), "warm", &true_spec).unwrap();
     let lifecycle = measure(agent.pid(), |n| {
-        create_start_wait(&agent.client, &format!("counted{n}"), &true_spec).map(drop)
+        create_start_wait(agent.client(), &format!("counted{n}"), &true_spec).map(drop)
     })
     .unwrap();
     check(
@@ -104,10 +104,10 @@ fn a_container_lifecycle_and_an_exec_stay_within_their_guest_work_budgets() {
         LIFECYCLE_PROCESSES,
     );
 
-    create_and_start(&agent.client, "long", &agent.spec(&["sleep", "100000"])).unwrap();
-    exec_wait(&agent.client, "long", "warm").unwrap();
+    create_and_start(agent.client(), "long", &agent.spec(&["sleep", "100000"])).unwrap();
+    exec_wait(agent.client(), "long", "warm").unwrap();
     let exec = measure(agent.pid(), |n| {
-        exec_wait(&agent.client, "long", &format!("counted{n}")).map(drop)
+        exec_wait(agent.client(), "long", &format!("counted{n}")).map(drop)
     })
     .unwrap();
     check("exec+wait", &exec, EXEC_SYSCALLS, EXEC_PROCESSES);

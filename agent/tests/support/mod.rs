@@ -6,13 +6,13 @@
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio as ProcStdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use hull_e2e::agent_work::ServedAgent;
 use hull_protocol::rpc::agent::*;
 use hull_protocol::rpc::agent_ttrpc::AgentClient;
-use hull_protocol::rpc::{connect_within, ttrpc, Endpoint};
+use hull_protocol::rpc::{ttrpc, Endpoint};
 use hull_protocol::stream::{Header, Kind};
 use serde_json::{json, Value};
 
@@ -38,7 +38,7 @@ pub fn can_run(test: &str) -> bool {
 
 pub struct Agent {
     pub dir: tempfile::TempDir,
-    child: Child,
+    served: ServedAgent,
     pub client: AgentClient,
     pub endpoint: Endpoint,
     pub cgroup_parent: String,
@@ -70,45 +70,28 @@ impl Agent {
             .prefix("hull-agent-test")
             .tempdir()
             .unwrap();
-        for sub in ["sockets", "state", "rootfs"] {
-            std::fs::create_dir(dir.path().join(sub)).unwrap();
-        }
         let cgroup_parent = format!(
             "hull-test-{}-{}",
             std::process::id(),
             SEQ.fetch_add(1, Ordering::SeqCst)
         );
-        let child = Command::new(env!("CARGO_BIN_EXE_hull-agent"))
-            .arg("serve")
-            .arg("--socket-dir")
-            .arg(dir.path().join("sockets"))
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .arg("--rootfs-area")
-            .arg(dir.path().join("rootfs"))
-            .arg("--cgroup-parent")
-            .arg(&cgroup_parent)
-            .stdin(ProcStdio::null())
-            .spawn()
-            .expect("starting hull-agent serve");
-        let endpoint = Endpoint::UnixDir(dir.path().join("sockets"));
-        let conn = connect_within(
-            &endpoint,
-            Duration::from_secs(20),
-            Duration::from_millis(20),
+        let served = ServedAgent::start(
+            Path::new(env!("CARGO_BIN_EXE_hull-agent")),
+            dir.path(),
+            &cgroup_parent,
         )
         .unwrap_or_else(|e| panic!("agent did not come up: {e}"));
         Agent {
             dir,
-            child,
-            client: conn.client,
-            endpoint,
+            client: served.client.clone(),
+            endpoint: served.endpoint.clone(),
+            served,
             cgroup_parent,
         }
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.served.pid()
     }
 
     /// A fresh busybox rootfs named `name` in the rootfs area.
@@ -218,61 +201,21 @@ impl Agent {
 
     /// The container's cgroup directories that exist (v1 hierarchies or the v2 tree).
     pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
-        let mut found = Vec::new();
-        let root = Path::new("/sys/fs/cgroup");
-        let mut candidates = vec![root.join(&self.cgroup_parent)];
-        for e in std::fs::read_dir(root).unwrap().flatten() {
-            candidates.push(e.path().join(&self.cgroup_parent));
-        }
-        for c in candidates {
-            if c.exists() {
-                found.push(c);
-            }
-        }
-        found
+        self.served.cgroup_dirs()
     }
 
     /// Stops the agent (SIGTERM: it removes what is left) and checks it left nothing.
     pub fn stop(mut self) {
-        // SAFETY: kill has no memory effects.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let status = self.child.wait().unwrap();
+        let status = self.served.stop().expect("the agent was running");
         assert!(status.success(), "agent exited with {status}");
         // Every container process lived in a cgroup below the parent; a cgroup with a
         // process in it cannot be removed, so none left means no process left either.
-        cleanup_cgroups(&self.cgroup_parent);
+        self.served.remove_cgroups();
         let left = self.cgroup_dirs();
         assert!(left.is_empty(), "cgroups left behind: {left:?}");
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         let dir = self.dir.path().to_string_lossy().into_owned();
         assert!(!mounts.contains(&dir), "mounts left behind under {dir}");
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            // SAFETY: kill has no memory effects.
-            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while let Ok(None) = self.child.try_wait() {
-                if Instant::now() > deadline {
-                    let _ = self.child.kill();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        cleanup_cgroups(&self.cgroup_parent);
-    }
-}
-
-/// Removes the (empty) parent cgroup the agent was given, in every hierarchy.
-fn cleanup_cgroups(parent: &str) {
-    let root = Path::new("/sys/fs/cgroup");
-    let _ = std::fs::remove_dir(root.join(parent));
-    for e in std::fs::read_dir(root).unwrap().flatten() {
-        let _ = std::fs::remove_dir(e.path().join(parent));
     }
 }
 

@@ -70,14 +70,26 @@ impl Drop for KillOnDrop {
     }
 }
 
-fn runc(root: &Path, args: &[&str]) -> Result<()> {
-    let status = Command::new("runc")
-        .arg("--root")
+/// `runc --root ROOT ARGS` with no stdio, or `strace -f -q -o TRACE runc ...`.
+fn runc_command(root: &Path, args: &[&str], trace: Option<&Path>) -> Command {
+    let mut cmd = match trace {
+        Some(out) => {
+            let mut c = Command::new("strace");
+            c.args(["-f", "-q", "-o"]).arg(out).arg("runc");
+            c
+        }
+        None => Command::new("runc"),
+    };
+    cmd.arg("--root")
         .arg(root)
         .args(args)
         .stdin(ProcStdio::null())
-        .stdout(ProcStdio::null())
-        .status()?;
+        .stdout(ProcStdio::null());
+    cmd
+}
+
+fn runc(root: &Path, args: &[&str]) -> Result<()> {
+    let status = runc_command(root, args, None).status()?;
     if !status.success() {
         bail!("runc {args:?}: {status}");
     }
@@ -134,7 +146,7 @@ fn main() -> Result<()> {
     }
     require_artifacts(&[("hull-agent", &args.agent)]).map_err(anyhow::Error::msg)?;
     let host = HostAgent::start(&args.agent)?;
-    let agent = &host.client;
+    let agent = host.client();
     let true_spec = host.spec(&["true"]);
     let sleep_spec = host.spec(&["sleep", "100000"]);
 
@@ -252,16 +264,7 @@ fn main() -> Result<()> {
 /// `runc ARGS` under `strace -f`: its system calls, processes and threads.
 fn runc_work(root: &Path, args: &[&str]) -> Result<Option<Work>> {
     let out = tempfile::NamedTempFile::new()?;
-    let status = Command::new("strace")
-        .args(["-f", "-q", "-o"])
-        .arg(out.path())
-        .arg("runc")
-        .arg("--root")
-        .arg(root)
-        .args(args)
-        .stdin(ProcStdio::null())
-        .stdout(ProcStdio::null())
-        .status()?;
+    let status = runc_command(root, args, Some(out.path())).status()?;
     if !status.success() {
         return Ok(None);
     }
