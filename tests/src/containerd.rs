@@ -75,6 +75,9 @@ pub fn bin_dir() -> PathBuf {
         })
 }
 
+/// The agent timeout of the shims the harness's containerd starts (unless a test sets one).
+pub const TEST_AGENT_TIMEOUT_SECS: u64 = 600;
+
 pub struct Containerd {
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
@@ -184,10 +187,18 @@ impl Containerd {
             std::fs::create_dir_all(d.join("net.d")).unwrap();
             std::fs::write(d.join("net.d/10-hull-test.conflist"), cni_config(d)).unwrap();
         }
+        // Two guest tests share the two cores of the test hosts, where guest kernel code is
+        // emulated: a container's creation, tens of seconds alone, can pass the default
+        // three-minute agent timeout there. A test about the timeout sets its own.
+        let timeout = if hull_config.contains("agent_timeout_secs") {
+            String::new()
+        } else {
+            format!("agent_timeout_secs = {TEST_AGENT_TIMEOUT_SECS}\n")
+        };
         std::fs::write(
             d.join("hull.toml"),
             format!(
-                "run_dir = \"{}\"\nstate_dir = \"{}\"\nlog_level = \"debug\"\n{hull_config}\n",
+                "run_dir = \"{}\"\nstate_dir = \"{}\"\nlog_level = \"debug\"\n{timeout}{hull_config}\n",
                 run_dir.display(),
                 state_dir.display()
             ),
