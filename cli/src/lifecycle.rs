@@ -245,7 +245,7 @@ pub fn exec(name: &str, process: &oci::Process, interactive: bool) -> Result<i32
         process.terminal,
     );
     let status = guest.agent.wait(p)?;
-    io.drain(Duration::from_secs(5));
+    io.drain();
     io.close();
     if let Err(e) = guest.agent.remove_process(p) {
         log::debug!("{}", hull_vmm_api::error_chain(&e));

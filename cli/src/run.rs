@@ -433,7 +433,7 @@ fn execute(
     let exit = rx
         .recv()
         .unwrap_or_else(|_| Err("the event stream ended".into()));
-    io.drain(Duration::from_secs(5));
+    io.drain();
     io.close();
     record.status = match &exit {
         Ok(code) => state::Status::Exited { code: *code },

@@ -275,10 +275,11 @@ impl ProcessIo {
         }
     }
 
-    /// Waits up to `within` for the output copies to finish (the process exited: the agent
-    /// is closing its streams). A background child that keeps the pipe open does not hold
-    /// the exit back longer than that.
-    pub fn drain(&mut self, within: Duration) {
+    /// After the process exited, waits for the output copies to finish (the agent is
+    /// closing its streams), at most [`exit_drain`]: a background child that keeps the pipe
+    /// open does not hold the exit back longer than that.
+    pub fn drain(&mut self) {
+        let within = exit_drain();
         let deadline = Instant::now() + within;
         let mut left = self.outputs.len();
         while left > 0 {
@@ -296,6 +297,23 @@ impl ProcessIo {
             }
         }
     }
+}
+
+/// How long an exited process's output may still take to arrive. The guest closes its end
+/// of each stream right after the exit; on a host whose KVM emulates guest kernel code that
+/// takes seconds when the host is busy (a 5 s wait cut an exec's output short with two
+/// guests running on two cores), so there the wait is a minute; on hardware KVM, where it
+/// only matters for a background child holding the pipe, 5 s.
+pub fn exit_drain() -> Duration {
+    static DRAIN: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *DRAIN.get_or_init(|| {
+        let mode = hull_vmm_api::host::detect_by_module(std::path::Path::new("/sys/module"));
+        if mode.is_some_and(|m| m.is_emulated()) {
+            Duration::from_secs(60)
+        } else {
+            Duration::from_secs(5)
+        }
+    })
 }
 
 fn spawn_output(

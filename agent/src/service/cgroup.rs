@@ -89,30 +89,21 @@ impl Cgroup {
             return destroy_v2(&self.v2_dir());
         }
         let manager = self.manager()?;
-        let deadline = Instant::now() + KILL_WAIT;
-        loop {
+        kill_all(
+            &self.path.display().to_string(),
             // A missing cgroup lists nothing.
-            let pids = manager.get_all_pids().unwrap_or_default();
-            if pids.is_empty() {
-                break;
-            }
-            for pid in &pids {
-                // SAFETY: kill(2) has no memory effects; the PIDs are this cgroup's.
-                unsafe { libc::kill(pid.as_raw(), libc::SIGKILL) };
-            }
-            // A frozen task dies only once thawed under the v1 freezer (v2 lets SIGKILL
-            // through); a paused container is removable all the same.
-            let _ = manager.freeze(FreezerState::Thawed);
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "cgroup {}: {} process(es) still there {} s after SIGKILL",
-                    self.path.display(),
-                    pids.len(),
-                    KILL_WAIT.as_secs()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            || Ok(manager.get_all_pids().unwrap_or_default().len()),
+            || {
+                for pid in manager.get_all_pids().unwrap_or_default() {
+                    // SAFETY: kill(2) has no memory effects; the PIDs are this cgroup's.
+                    unsafe { libc::kill(pid.as_raw(), libc::SIGKILL) };
+                }
+                // A frozen task dies only once thawed under the v1 freezer (v2 lets
+                // SIGKILL through); a paused container is removable all the same.
+                let _ = manager.freeze(FreezerState::Thawed);
+                Ok(())
+            },
+        )?;
         manager
             .remove()
             .map_err(|e| format!("removing cgroup {}: {e}", self.path.display()))
@@ -247,39 +238,48 @@ impl Cgroup {
     }
 }
 
-/// v1 reports "no limit" as a huge number (the page-rounded i64::MAX); the protocol says 0.
+/// Kills a cgroup's processes and waits (at most [`KILL_WAIT`]) until none is left:
+/// `count` says how many there are, `kill` sends SIGKILL to them (once more each round, in
+/// case one forked meanwhile).
+fn kill_all(
+    what: &str,
+    count: impl Fn() -> Result<usize, String>,
+    mut kill: impl FnMut() -> Result<(), String>,
+) -> Result<(), String> {
+    let deadline = Instant::now() + KILL_WAIT;
+    loop {
+        let left = count()?;
+        if left == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "cgroup {what}: {left} process(es) still there {} s after SIGKILL",
+                KILL_WAIT.as_secs()
+            ));
+        }
+        kill()?;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// [`Cgroup::destroy`] on cgroup v2, through the interface files alone: `cgroup.kill`
 /// (every process, frozen or not, gets SIGKILL), then `rmdir` once `cgroup.procs` is empty.
 /// A handful of system calls, where libcgroups' manager would first probe the mounts
 /// (the guest kernel's work is what a container's lifecycle waits for).
 fn destroy_v2(dir: &Path) -> Result<(), String> {
     let procs = dir.join("cgroup.procs");
+    let kill = dir.join("cgroup.kill");
     let deadline = Instant::now() + KILL_WAIT;
-    let mut killed = false;
-    loop {
-        let listed = match std::fs::read_to_string(&procs) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(format!("{}: {e}", procs.display())),
-        };
-        if listed.trim().is_empty() {
-            break;
-        }
-        if !killed {
-            std::fs::write(dir.join("cgroup.kill"), "1")
-                .map_err(|e| format!("{}: {e}", dir.join("cgroup.kill").display()))?;
-            killed = true;
-        }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "cgroup {}: {} process(es) still there {} s after SIGKILL",
-                dir.display(),
-                listed.lines().count(),
-                KILL_WAIT.as_secs()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    kill_all(
+        &dir.display().to_string(),
+        || match std::fs::read_to_string(&procs) {
+            Ok(text) => Ok(text.lines().count()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(format!("{}: {e}", procs.display())),
+        },
+        || std::fs::write(&kill, "1").map_err(|e| format!("{}: {e}", kill.display())),
+    )?;
     loop {
         match std::fs::remove_dir(dir) {
             Ok(()) => return Ok(()),
@@ -293,6 +293,7 @@ fn destroy_v2(dir: &Path) -> Result<(), String> {
     }
 }
 
+/// v1 reports "no limit" as a huge number (the page-rounded i64::MAX); the protocol says 0.
 fn no_limit_as_zero(v: u64) -> u64 {
     if v >= 1 << 62 {
         0

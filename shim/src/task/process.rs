@@ -6,30 +6,13 @@
 //! waits in `pending` until Start has queued TaskStart and attached the output relays. The
 //! first report wins; later ones (a duplicate frame, the VM's death) change nothing.
 
-use std::path::Path;
-use std::sync::{Condvar, Mutex, OnceLock};
-use std::time::Duration;
+use std::sync::{Condvar, Mutex};
 
 use containerd_shim::protos::types::task::Status;
 
 use hull_host::agent::ProcessId;
 use hull_host::lock;
 use hull_host::stdio::{ProcessIo, Stdio};
-
-/// After a process exits, how long its output may still take to arrive before TaskExit is
-/// sent anyway (a background child holding the pipe open). The guest closes its end of a
-/// stream right after the process exits; on a host whose KVM emulates guest kernel code
-/// that takes seconds when the host is busy, and containerd stops copying output at
-/// TaskExit, so there the wait is long enough not to cut output short.
-fn output_drain() -> Duration {
-    static DRAIN: OnceLock<Duration> = OnceLock::new();
-    *DRAIN.get_or_init(
-        || match hull_vmm_api::host::detect_by_module(Path::new("/sys/module")) {
-            Some(mode) if mode.is_emulated() => Duration::from_secs(60),
-            _ => Duration::from_secs(5),
-        },
-    )
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Exit {
@@ -160,7 +143,7 @@ impl Process {
     pub fn finish(&self) -> Option<(u32, Exit)> {
         let io = lock(&self.state).io.take();
         if let Some(mut io) = io {
-            io.drain(output_drain());
+            io.drain();
         }
         let mut s = lock(&self.state);
         let exit = s.pending.take()?;
