@@ -388,6 +388,125 @@ fn pids_limit_read_only_rootfs_user_namespace_and_seccomp() {
     agent.stop();
 }
 
+/// The container's seccomp profile holds for every process that joins it, as with runc's
+/// exec: kubelet's exec probes, `kubectl exec` and CRI ExecSync must not escape the pod's
+/// profile. Both of libcontainer's install points are exercised: before the capability drop
+/// (`noNewPrivileges` unset or false, the Kubernetes default) and last before execve (true).
+#[test]
+fn an_exec_runs_under_its_containers_seccomp_profile() {
+    if !can_run("an_exec_runs_under_its_containers_seccomp_profile") {
+        return;
+    }
+    let agent = Agent::start();
+    agent
+        .create("filtered", &["sleep", "100"], Stdio::new(), |s| {
+            s["linux"]["seccomp"] = json!({
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "architectures": ["SCMP_ARCH_X86_64"],
+                "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
+            });
+        })
+        .unwrap();
+    agent.start_container("filtered");
+    // Kubernetes' default capabilities: no CAP_SYS_ADMIN, so a filter installed after the
+    // drop would fail rather than pass silently.
+    let caps = json!([
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_FSETID",
+        "CAP_FOWNER",
+        "CAP_MKNOD",
+        "CAP_NET_RAW",
+        "CAP_SETGID",
+        "CAP_SETUID",
+        "CAP_SETFCAP",
+        "CAP_SETPCAP",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_SYS_CHROOT",
+        "CAP_KILL",
+        "CAP_AUDIT_WRITE"
+    ]);
+    // containerd leaves noNewPrivileges out when it is false (Kubernetes' default).
+    for (exec_id, no_new_privileges) in [
+        ("nnp-unset", None),
+        ("nnp-false", Some(false)),
+        ("nnp-true", Some(true)),
+    ] {
+        let mut req = ExecProcessRequest::new();
+        req.container_id = "filtered".into();
+        req.exec_id = exec_id.into();
+        let mut process = json!({
+            "args": ["sh", "-c", "grep Seccomp: /proc/self/status; mkdir /tmp/escaped"],
+            "cwd": "/", "env": ["PATH=/bin"], "user": {"uid": 0, "gid": 0},
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+        });
+        if let Some(nnp) = no_new_privileges {
+            process["noNewPrivileges"] = json!(nnp);
+        }
+        req.oci_process_json = serde_json::to_vec(&process).unwrap();
+        req.stdio = Some(out_err()).into();
+        agent.client.exec_process(ctx(), &req).unwrap();
+        let out = read_all(agent.stream(Kind::Stdout, "filtered", exec_id));
+        let err = read_all(agent.stream(Kind::Stderr, "filtered", exec_id));
+        let status = agent.wait("filtered", exec_id).exit_status;
+        assert_eq!(out, "Seccomp:\t2\n", "{exec_id}: {err}");
+        assert_ne!(status, 0, "{exec_id}: mkdir ran unfiltered");
+        assert!(
+            err.contains("Operation not permitted"),
+            "{exec_id}: {err:?}"
+        );
+    }
+    assert!(
+        !agent.rootfs_of("filtered").join("tmp/escaped").exists(),
+        "an exec escaped the profile"
+    );
+    agent.signal("filtered", "", libc::SIGKILL, false).unwrap();
+    agent.wait("filtered", "");
+    agent.remove("filtered");
+    agent.stop();
+}
+
+/// A container's init only receives the signals it handles. SIGTERM sent before the
+/// program has installed its handler (a Stop right after Start, on a slow guest) is kept
+/// and delivered once the handler is there, instead of being lost until the kill timeout.
+#[test]
+fn a_signal_sent_before_init_handles_it_arrives_once_it_does() {
+    if !can_run("a_signal_sent_before_init_handles_it_arrives_once_it_does") {
+        return;
+    }
+    let agent = Agent::start();
+    let pid = agent
+        .create(
+            "late-trap",
+            &[
+                "sh",
+                "-c",
+                "sleep 1; trap 'exit 42' TERM; while :; do sleep 0.05; done",
+            ],
+            Stdio::new(),
+            |_| {},
+        )
+        .unwrap();
+    agent.start_container("late-trap");
+    agent.signal("late-trap", "", libc::SIGTERM, false).unwrap();
+    // Without re-delivery the container would run on: end it after 30 s so the test
+    // fails with 137 instead of hanging.
+    let (done, timeout) = std::sync::mpsc::channel::<()>();
+    let guard = std::thread::spawn(move || {
+        if timeout.recv_timeout(Duration::from_secs(30)).is_err() {
+            // SAFETY: kill has no memory effects; the container is still running (no
+            // message came), so the PID is still its init's.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    });
+    let status = agent.wait("late-trap", "").exit_status;
+    done.send(()).ok();
+    guard.join().unwrap();
+    assert_eq!(status, 42, "the SIGTERM sent before the trap was lost");
+    agent.remove("late-trap");
+    agent.stop();
+}
+
 #[test]
 fn bad_input_is_refused_by_field_and_the_agent_carries_on() {
     if !can_run("bad_input_is_refused_by_field") {

@@ -181,6 +181,38 @@ impl Cri {
         }
     }
 
+    pub fn container_stats(&self, id: &str) -> Result<ContainerStats, tonic::Status> {
+        let mut c = self.runtime.clone();
+        self.call(c.container_stats(ContainerStatsRequest {
+            container_id: id.into(),
+        }))
+        .map(|r| r.stats.unwrap_or_default())
+    }
+
+    pub fn update_resources(
+        &self,
+        id: &str,
+        linux: LinuxContainerResources,
+    ) -> Result<(), tonic::Status> {
+        let mut c = self.runtime.clone();
+        self.call(
+            c.update_container_resources(UpdateContainerResourcesRequest {
+                container_id: id.into(),
+                linux: Some(linux),
+                ..Default::default()
+            }),
+        )
+        .map(drop)
+    }
+
+    pub fn reopen_log(&self, id: &str) -> Result<(), tonic::Status> {
+        let mut c = self.runtime.clone();
+        self.call(c.reopen_container_log(ReopenContainerLogRequest {
+            container_id: id.into(),
+        }))
+        .map(drop)
+    }
+
     pub fn exec_sync(
         &self,
         id: &str,
@@ -203,6 +235,8 @@ pub struct Pod {
     pub pid: NamespaceMode,
     pub network: NamespaceMode,
     pub sysctls: HashMap<String, String>,
+    /// hostPort mappings (CNI's portmap plugin sets them up on the node).
+    pub port_mappings: Vec<PortMapping>,
 }
 
 impl Pod {
@@ -213,6 +247,7 @@ impl Pod {
             pid: NamespaceMode::Container,
             network: NamespaceMode::Pod,
             sysctls: HashMap::new(),
+            port_mappings: Vec::new(),
         }
     }
 
@@ -232,6 +267,7 @@ impl Pod {
                 self.name.clone()
             },
             log_directory: self.log_dir.to_string_lossy().into_owned(),
+            port_mappings: self.port_mappings.clone(),
             dns_config: Some(DnsConfig {
                 servers: vec!["10.88.0.53".into()],
                 searches: vec!["default.svc.cluster.local".into()],

@@ -7,7 +7,11 @@
 use std::time::Duration;
 
 use hull_e2e::containerd::{skip, Containerd, BUSYBOX, CLEAN, PAUSE};
-use hull_e2e::cri::{ContainerState, Cri, NamespaceMode, Pod, PodSandboxState};
+use hull_e2e::cri::{
+    security_profile, Capability, ContainerConfig, ContainerState, Cri, Int64Value,
+    LinuxContainerResources, LinuxContainerSecurityContext, NamespaceMode, Pod, PodSandboxState,
+    PortMapping, Protocol, SecurityProfile, UInt64Value,
+};
 
 const HANDLER: &str = "hull";
 
@@ -28,6 +32,13 @@ fn hull_pods_run_in_their_namespaces_and_reach_each_other_by_pod_ip() {
     pod.pid = NamespaceMode::Pod;
     pod.sysctls
         .insert("kernel.shm_rmid_forced".into(), "1".into());
+    // hostPort 18080 -> the pod's 8080, through CNI's portmap plugin on the node.
+    pod.port_mappings.push(PortMapping {
+        protocol: Protocol::Tcp as i32,
+        container_port: 8080,
+        host_port: 18080,
+        host_ip: String::new(),
+    });
     let pod_config = pod.config();
     let id = cri
         .run_pod(&pod_config, HANDLER)
@@ -47,7 +58,15 @@ fn hull_pods_run_in_their_namespaces_and_reach_each_other_by_pod_ip() {
         );
     }
 
-    let app = pod.container(
+    // A `localhost/` seccomp profile (a file on the node) that forbids chmod.
+    let profile = c.dir.path().join("no-chmod.json");
+    std::fs::write(
+        &profile,
+        r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+            {"names": ["chmod", "fchmod", "fchmodat"], "action": "SCMP_ACT_ERRNO"}]}"#,
+    )
+    .unwrap();
+    let mut app = pod.container(
         "app",
         BUSYBOX,
         &[
@@ -58,6 +77,10 @@ fn hull_pods_run_in_their_namespaces_and_reach_each_other_by_pod_ip() {
              mkdir -p /www && echo hello-from-web-1 > /www/index.html && exec httpd -f -p 8080 -h /www",
         ],
     );
+    security(&mut app).seccomp = Some(SecurityProfile {
+        profile_type: security_profile::ProfileType::Localhost as i32,
+        localhost_ref: profile.to_string_lossy().into_owned(),
+    });
     let app = cri
         .create_container(&id, &app, &pod_config)
         .unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", c.log_tail(40)));
@@ -95,6 +118,62 @@ fn hull_pods_run_in_their_namespaces_and_reach_each_other_by_pod_ip() {
         (3, &b"exec-out\n"[..], &b"exec-err\n"[..])
     );
 
+    // The profile holds for an exec too (kubelet's exec probes, `kubectl exec`).
+    let r = cri
+        .exec_sync(
+            &app,
+            &[
+                "sh",
+                "-c",
+                "grep Seccomp: /proc/self/status; touch /tmp/f && chmod 600 /tmp/f",
+            ],
+            60,
+        )
+        .unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(
+        (r.exit_code, r.stdout.as_slice()),
+        (1, &b"Seccomp:\t2\n"[..]),
+        "{err}"
+    );
+    assert!(err.contains("Operation not permitted"), "{err}");
+
+    // Stats come from the guest's cgroup, in the metrics type containerd decodes; a
+    // resource update reaches it.
+    let stats = cri.container_stats(&app).unwrap();
+    let memory = stats.memory.unwrap_or_default();
+    let value = |v: Option<UInt64Value>| v.map(|v| v.value).unwrap_or_default();
+    assert!(value(memory.working_set_bytes) > 0, "{stats:?}");
+    assert!(
+        value(stats.cpu.unwrap_or_default().usage_core_nano_seconds) > 0,
+        "{stats:?}"
+    );
+    const LIMIT: u64 = 96 << 20;
+    cri.update_resources(
+        &app,
+        LinuxContainerResources {
+            memory_limit_in_bytes: LIMIT as i64,
+            ..Default::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("UpdateContainerResources: {e}\n{}", c.log_tail(30)));
+    let stats = cri.container_stats(&app).unwrap();
+    let memory = stats.memory.unwrap_or_default();
+    let available = value(memory.available_bytes);
+    assert!(
+        available > 0 && available + value(memory.working_set_bytes) == LIMIT,
+        "{memory:?}"
+    );
+    // Log rotation: kubelet renames the file, then asks for a new one.
+    let log = pod.log_dir.join("app.log");
+    std::fs::rename(&log, pod.log_dir.join("app.log.1")).unwrap();
+    cri.reopen_log(&app).unwrap();
+    assert!(
+        log.exists(),
+        "ReopenContainerLog made no new {}",
+        log.display()
+    );
+
     // The pod's IP, from CNI, is the guest's: the node reaches a server in the pod.
     let ip = cri
         .pod_status(&id)
@@ -116,6 +195,11 @@ fn hull_pods_run_in_their_namespaces_and_reach_each_other_by_pod_ip() {
         }
         std::thread::sleep(Duration::from_secs(2));
     };
+    assert!(page.ends_with("\r\n\r\nhello-from-web-1\n"), "{page}");
+    // The same server through the hostPort on the node's address on the bridge.
+    let page = c
+        .http_get_in_netns("10.88.0.1:18080", "/")
+        .unwrap_or_else(|e| panic!("hostPort 18080: {e}\n{}", c.log_tail(30)));
     assert!(page.ends_with("\r\n\r\nhello-from-web-1\n"), "{page}");
 
     // A second hull pod on the same bridge reaches it by pod IP, from its own VM. (No
@@ -157,8 +241,32 @@ fn hull_pods_run_in_their_namespaces_and_reach_each_other_by_pod_ip() {
     cri.stop_pod(&client_id).unwrap();
     cri.remove_pod(&client_id).unwrap();
 
-    // A container that exits on its own reports its code.
-    let done = pod.container("done", BUSYBOX, &["sh", "-c", "exit 7"]);
+    // A container that exits on its own reports its code. Its security context is a
+    // restricted pod's: another user and group, a read-only root, no capabilities, no
+    // privilege escalation, the runtime's default seccomp profile.
+    let mut done = pod.container(
+        "done",
+        BUSYBOX,
+        &[
+            "sh",
+            "-c",
+            "echo $(id -u):$(id -g); grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status; \
+             touch /probe 2>&1; exit 7",
+        ],
+    );
+    let sc = security(&mut done);
+    sc.run_as_user = Some(Int64Value { value: 1000 });
+    sc.run_as_group = Some(Int64Value { value: 1001 });
+    sc.readonly_rootfs = true;
+    sc.no_new_privs = true;
+    sc.capabilities = Some(Capability {
+        drop_capabilities: vec!["ALL".into()],
+        ..Default::default()
+    });
+    sc.seccomp = Some(SecurityProfile {
+        profile_type: security_profile::ProfileType::RuntimeDefault as i32,
+        ..Default::default()
+    });
     let done = cri.create_container(&id, &done, &pod_config).unwrap();
     cri.start_container(&done).unwrap();
     let s = cri.wait_container(
@@ -168,7 +276,42 @@ fn hull_pods_run_in_their_namespaces_and_reach_each_other_by_pod_ip() {
     );
     assert_eq!((s.exit_code, s.reason.as_str()), (7, "Error"), "{s:?}");
     assert!(s.finished_at >= s.started_at && s.started_at > 0, "{s:?}");
+    let log = pod.wait_log("done", "probe", Duration::from_secs(10));
+    let lines: Vec<&str> = log
+        .lines()
+        .map(|l| l.splitn(4, ' ').nth(3).unwrap_or_default())
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "1000:1001",
+            "CapEff:\t0000000000000000",
+            "NoNewPrivs:\t1",
+            "Seccomp:\t2",
+            "touch: /probe: Read-only file system"
+        ],
+        "{log}"
+    );
     cri.remove_container(&done).unwrap();
+
+    // StopContainer right after StartContainer: the SIGTERM arrives before the program
+    // has installed its handler, and is delivered once it has (exit 0, not a SIGKILL's
+    // 137 after the grace period).
+    let quick = pod.container(
+        "quick",
+        BUSYBOX,
+        &[
+            "sh",
+            "-c",
+            "sleep 2; trap 'exit 0' TERM; while :; do sleep 1; done",
+        ],
+    );
+    let quick = cri.create_container(&id, &quick, &pod_config).unwrap();
+    cri.start_container(&quick).unwrap();
+    cri.stop_container(&quick, 600).unwrap();
+    let s = cri.container_status(&quick).unwrap();
+    assert_eq!((s.exit_code, s.reason.as_str()), (0, "Completed"), "{s:?}");
+    cri.remove_container(&quick).unwrap();
 
     cri.stop_container(&app, 10).unwrap();
     let s = cri.container_status(&app).unwrap();
@@ -200,4 +343,12 @@ fn a_pod_sharing_a_node_namespace_is_refused_by_its_setting() {
     assert!(e.message().contains("hostPID"), "{e}");
     assert!(cri.list_pods().unwrap().is_empty(), "{:?}", cri.list_pods());
     c.assert_clean(CLEAN);
+}
+
+/// The container's security context, created empty if it has none.
+fn security(c: &mut ContainerConfig) -> &mut LinuxContainerSecurityContext {
+    c.linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
 }

@@ -20,6 +20,8 @@ pub struct Process {
     pub io: Mutex<ProcessIo>,
     exit: Mutex<Option<Exit>>,
     exited: Condvar,
+    /// Signals (bit N-1 for signal N) kept for re-delivery ([`super::signal`]).
+    pub pending_signals: Mutex<u64>,
 }
 
 impl Process {
@@ -29,6 +31,7 @@ impl Process {
             io: Mutex::new(io),
             exit: Mutex::new(None),
             exited: Condvar::new(),
+            pending_signals: Mutex::new(0),
         })
     }
 
@@ -50,6 +53,16 @@ impl Process {
             }
             exit = self.exited.wait(exit).unwrap_or_else(|p| p.into_inner());
         }
+    }
+
+    /// The exit, waiting at most `limit` for it.
+    pub fn wait_timeout(&self, limit: std::time::Duration) -> Option<Exit> {
+        let exit = lock(&self.exit);
+        let (exit, _) = self
+            .exited
+            .wait_timeout_while(exit, limit, |e| e.is_none())
+            .unwrap_or_else(|p| p.into_inner());
+        *exit
     }
 
     pub fn io(&self) -> MutexGuard<'_, ProcessIo> {

@@ -12,6 +12,7 @@ mod events;
 mod network;
 mod rpc;
 mod sandbox;
+mod signal;
 pub mod stdio;
 pub mod storage;
 pub mod validate;
@@ -373,16 +374,13 @@ impl Service {
                 p.pid, req.container_id
             )));
         }
-        // SAFETY: kill has no memory effects; the PID is an unreaped child of ours (its
-        // exit would have been recorded), so it cannot have been reused.
-        if unsafe { libc::kill(p.pid as libc::pid_t, sig) } != 0 {
-            return Err(AgentError::Internal(format!(
-                "kill {}: {}",
-                p.pid,
-                std::io::Error::last_os_error()
-            )));
-        }
-        Ok(())
+        signal::send(&p, sig).map_err(|e| match e.raw_os_error() {
+            Some(libc::ESRCH) => AgentError::NotFound(format!(
+                "process {} of container {:?}: it has already exited",
+                p.pid, req.container_id
+            )),
+            _ => AgentError::Internal(format!("signal {sig} to {}: {e}", p.pid)),
+        })
     }
 
     fn wait_process(&self, req: &ProcessRequest) -> Result<WaitProcessResponse> {

@@ -96,7 +96,7 @@ impl Agent {
 
     /// A fresh busybox rootfs named `name` in the rootfs area.
     pub fn rootfs(&self, name: &str) -> PathBuf {
-        let root = self.dir.path().join("rootfs").join(name);
+        let root = self.rootfs_of(name);
         for d in ["bin", "proc", "sys", "dev", "tmp", "etc", "root"] {
             std::fs::create_dir_all(root.join(d)).unwrap();
         }
@@ -111,6 +111,11 @@ impl Agent {
         .unwrap();
         std::fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
         root
+    }
+
+    /// Where [`Agent::rootfs`] puts rootfs `name`.
+    pub fn rootfs_of(&self, name: &str) -> PathBuf {
+        self.dir.path().join("rootfs").join(name)
     }
 
     /// Creates container `id` running `args` in a fresh rootfs, with `edit` applied to the
