@@ -236,6 +236,29 @@ fn hull_pods_run_in_their_namespaces_and_reach_each_other_by_pod_ip() {
         "{out}"
     );
     assert_eq!(c.vmm_pids().len(), 2, "two pods, two VMs");
+    // StopContainer right after StartContainer, in a pod where each container has its
+    // own PID namespace (its program is PID 1 there): the SIGTERM arrives before the
+    // program has installed its handler, and is delivered once it has (exit 0, not a
+    // SIGKILL's 137 after the grace period). In web-1, which shares one PID namespace,
+    // the same SIGTERM would end the shell at once (143), as under runc.
+    let quick = client.container(
+        "quick",
+        BUSYBOX,
+        &[
+            "sh",
+            "-c",
+            "sleep 2; trap 'exit 0' TERM; while :; do sleep 1; done",
+        ],
+    );
+    let quick = cri
+        .create_container(&client_id, &quick, &client_config)
+        .unwrap();
+    cri.start_container(&quick).unwrap();
+    cri.stop_container(&quick, 600).unwrap();
+    let s = cri.container_status(&quick).unwrap();
+    assert_eq!((s.exit_code, s.reason.as_str()), (0, "Completed"), "{s:?}");
+    cri.remove_container(&quick).unwrap();
+
     cri.stop_container(&probe, 10).unwrap();
     cri.remove_container(&probe).unwrap();
     cri.stop_pod(&client_id).unwrap();
@@ -293,25 +316,6 @@ fn hull_pods_run_in_their_namespaces_and_reach_each_other_by_pod_ip() {
         "{log}"
     );
     cri.remove_container(&done).unwrap();
-
-    // StopContainer right after StartContainer: the SIGTERM arrives before the program
-    // has installed its handler, and is delivered once it has (exit 0, not a SIGKILL's
-    // 137 after the grace period).
-    let quick = pod.container(
-        "quick",
-        BUSYBOX,
-        &[
-            "sh",
-            "-c",
-            "sleep 2; trap 'exit 0' TERM; while :; do sleep 1; done",
-        ],
-    );
-    let quick = cri.create_container(&id, &quick, &pod_config).unwrap();
-    cri.start_container(&quick).unwrap();
-    cri.stop_container(&quick, 600).unwrap();
-    let s = cri.container_status(&quick).unwrap();
-    assert_eq!((s.exit_code, s.reason.as_str()), (0, "Completed"), "{s:?}");
-    cri.remove_container(&quick).unwrap();
 
     cri.stop_container(&app, 10).unwrap();
     let s = cri.container_status(&app).unwrap();
