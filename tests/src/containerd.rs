@@ -111,6 +111,26 @@ fn pinned_netns() -> Vec<String> {
         .collect()
 }
 
+/// Whether this process holds CAP_SYS_RESOURCE. Root on some test hosts does not (a
+/// container's root, for one); runc then cannot give a pod sandbox the CRI's
+/// oom_score_adj of -998 ("can't get final child's PID from pipe: EOF"), so the harness
+/// has containerd keep scores at or above its own (`restrict_oom_score_adj`), as for
+/// rootless containerd.
+fn has_cap_sys_resource() -> bool {
+    const CAP_SYS_RESOURCE: u32 = 24;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let mask = s
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))?
+                .trim()
+                .to_owned();
+            u64::from_str_radix(&mask, 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
+}
+
 /// containerd's configuration: its own directories and socket, with or without the CRI.
 fn containerd_config(d: &Path, socket: &Path, cri: bool) -> String {
     let mut c = format!(
@@ -129,6 +149,7 @@ fn containerd_config(d: &Path, socket: &Path, cri: bool) -> String {
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
   disable_apparmor = true
+  restrict_oom_score_adj = {restrict_oom}
   [plugins."io.containerd.grpc.v1.cri".containerd]
     default_runtime_name = "runc"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
@@ -137,7 +158,8 @@ fn containerd_config(d: &Path, socket: &Path, cri: bool) -> String {
     bin_dir = "/usr/lib/cni"
     conf_dir = "{net}"
 "#,
-        net = d.join("net.d").display()
+        net = d.join("net.d").display(),
+        restrict_oom = !has_cap_sys_resource(),
     ));
     // The hull runtime exactly as the project ships it.
     c.push_str(include_str!("../../resources/containerd-hull.toml"));

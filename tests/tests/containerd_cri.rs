@@ -236,6 +236,56 @@ fn hull_pods_run_in_their_namespaces_and_reach_each_other_by_pod_ip() {
         "{out}"
     );
     assert_eq!(c.vmm_pids().len(), 2, "two pods, two VMs");
+    // A runc pod on the same bridge (containerd's default runtime) reaches the hull pod
+    // too, and the hull pod reaches it: the two runtimes share one pod network.
+    let runc = Pod::new("runc-1", c.dir.path());
+    let runc_config = runc.config();
+    let runc_id = cri
+        .run_pod(&runc_config, "")
+        .unwrap_or_else(|e| panic!("RunPodSandbox (runc): {e}\n{}", c.log_tail(40)));
+    let runc_web = runc.container(
+        "web",
+        BUSYBOX,
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /www && echo hello-from-runc > /www/index.html && exec httpd -f -p 8081 -h /www",
+        ],
+    );
+    let runc_web = cri
+        .create_container(&runc_id, &runc_web, &runc_config)
+        .unwrap_or_else(|e| panic!("CreateContainer (runc): {e}\n{}", c.log_tail(40)));
+    cri.start_container(&runc_web)
+        .unwrap_or_else(|e| panic!("StartContainer (runc): {e}\n{}", c.log_tail(40)));
+    let runc_ip = cri.pod_status(&runc_id).unwrap().network.unwrap().ip;
+    let r = cri
+        .exec_sync(&runc_web, &["wget", "-q", "-O", "-", &url], 60)
+        .unwrap();
+    assert_eq!(
+        (r.exit_code, String::from_utf8_lossy(&r.stdout).as_ref()),
+        (0, "hello-from-web-1\n"),
+        "runc pod -> hull pod: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    let r = cri
+        .exec_sync(
+            &probe,
+            &["wget", "-q", "-O", "-", &format!("http://{runc_ip}:8081/")],
+            60,
+        )
+        .unwrap();
+    assert_eq!(
+        (r.exit_code, String::from_utf8_lossy(&r.stdout).as_ref()),
+        (0, "hello-from-runc\n"),
+        "hull pod -> runc pod: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert_eq!(c.vmm_pids().len(), 2, "a runc pod is no VM");
+    cri.stop_container(&runc_web, 10).unwrap();
+    cri.remove_container(&runc_web).unwrap();
+    cri.stop_pod(&runc_id).unwrap();
+    cri.remove_pod(&runc_id).unwrap();
+
     // StopContainer right after StartContainer, in a pod where each container has its
     // own PID namespace (its program is PID 1 there): the SIGTERM arrives before the
     // program has installed its handler, and is delivered once it has (exit 0, not a
