@@ -228,6 +228,123 @@ impl Cri {
     }
 }
 
+impl Cri {
+    /// Exec (kubectl exec): the URL of containerd's streaming server for `cmd` in `id`.
+    pub fn exec_url(&self, id: &str, cmd: &[&str], tty: bool) -> Result<String, tonic::Status> {
+        let mut c = self.runtime.clone();
+        self.call(c.exec(ExecRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            tty,
+            stdin: true,
+            stdout: true,
+            stderr: !tty,
+        }))
+        .map(|r| r.url)
+    }
+
+    /// Attach (kubectl attach): the streaming URL for `id`'s own stdio.
+    pub fn attach_url(&self, id: &str, tty: bool) -> Result<String, tonic::Status> {
+        let mut c = self.runtime.clone();
+        self.call(c.attach(AttachRequest {
+            container_id: id.into(),
+            stdin: true,
+            tty,
+            stdout: true,
+            stderr: !tty,
+        }))
+        .map(|r| r.url)
+    }
+}
+
+/// A kubectl exec or attach session with containerd's streaming server: the Kubernetes
+/// remote command protocol `v4.channel.k8s.io` over a websocket. Every message is one
+/// channel byte and its data.
+pub struct Session {
+    ws: tungstenite::WebSocket<std::net::TcpStream>,
+    /// What arrived on stdout (1), stderr (2) and the status channel (3).
+    pub received: [Vec<u8>; 4],
+}
+
+pub const STDIN: u8 = 0;
+pub const STDOUT: u8 = 1;
+pub const STDERR: u8 = 2;
+pub const STATUS: u8 = 3;
+pub const RESIZE: u8 = 4;
+
+impl Session {
+    /// Opens `url` from the network namespace at `netns` (where containerd and its
+    /// streaming server listen).
+    pub fn open(url: &str, netns: &Path) -> Session {
+        // The CRI hands out http://; the websocket upgrade is made on the same URL.
+        let ws_url = url.replacen("http://", "ws://", 1);
+        let uri: tungstenite::http::Uri = ws_url.parse().expect("streaming URL");
+        let authority = uri.authority().expect("URL authority").as_str().to_owned();
+        let tcp = hull_net::netns::run_in(netns, move || std::net::TcpStream::connect(authority))
+            .expect("enter containerd's network namespace")
+            .expect("connect to the streaming server");
+        tcp.set_read_timeout(Some(Duration::from_secs(120)))
+            .unwrap();
+        let request =
+            tungstenite::ClientRequestBuilder::new(uri).with_sub_protocol("v4.channel.k8s.io");
+        let (ws, _) = tungstenite::client(request, tcp).expect("websocket handshake");
+        Session {
+            ws,
+            received: Default::default(),
+        }
+    }
+
+    pub fn send(&mut self, channel: u8, data: &[u8]) {
+        let mut m = vec![channel];
+        m.extend_from_slice(data);
+        self.ws
+            .send(tungstenite::Message::Binary(m.into()))
+            .expect("send on the stream");
+    }
+
+    /// A terminal resize (kubectl's on SIGWINCH).
+    pub fn resize(&mut self, width: u16, height: u16) {
+        let size = format!(r#"{{"Width":{width},"Height":{height}}}"#);
+        self.send(RESIZE, size.as_bytes());
+    }
+
+    /// Reads one message into [`Session::received`]; false once the stream has ended.
+    fn next(&mut self) -> bool {
+        match self.ws.read() {
+            Ok(tungstenite::Message::Binary(m)) => {
+                if let Some((&c, data)) = m.split_first() {
+                    if let Some(buf) = self.received.get_mut(c as usize) {
+                        buf.extend_from_slice(data);
+                    }
+                }
+                true
+            }
+            Ok(tungstenite::Message::Close(_)) | Err(_) => false,
+            Ok(_) => true,
+        }
+    }
+
+    /// Reads until `channel` has received `want`, or the stream ends; whether it came.
+    pub fn read_until(&mut self, channel: u8, want: &str) -> bool {
+        while !self.text(channel).contains(want) {
+            if !self.next() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Reads to the end of the stream; the status channel's JSON (a Kubernetes Status).
+    pub fn finish(&mut self) -> String {
+        while self.next() {}
+        self.text(STATUS)
+    }
+
+    pub fn text(&self, channel: u8) -> String {
+        String::from_utf8_lossy(&self.received[channel as usize]).into_owned()
+    }
+}
+
 /// A pod as kubelet describes it, with the knobs the tests turn.
 pub struct Pod {
     pub name: String,

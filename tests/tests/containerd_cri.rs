@@ -4,13 +4,14 @@
 //! `FROM scratch`. Each pod's VM is joined to the interface CNI gave the pod, so pods
 //! reach each other, and the node reaches them, by pod IP.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use hull_e2e::containerd::{skip, Containerd, BUSYBOX, CLEAN, PAUSE};
 use hull_e2e::cri::{
     security_profile, Capability, ContainerConfig, ContainerState, Cri, Int64Value,
     LinuxContainerResources, LinuxContainerSecurityContext, NamespaceMode, Pod, PodSandboxState,
-    PortMapping, Protocol, SecurityProfile, UInt64Value,
+    PortMapping, Protocol, SecurityProfile, Session, UInt64Value, STDERR, STDIN, STDOUT,
 };
 
 const HANDLER: &str = "hull";
@@ -138,6 +139,42 @@ fn hull_pods_run_in_their_namespaces_and_reach_each_other_by_pod_ip() {
     );
     assert!(err.contains("Operation not permitted"), "{err}");
 
+    // kubectl exec, through containerd's streaming server: stdin in, stdout and stderr
+    // apart, the exit code in the closing status.
+    let netns = PathBuf::from(format!("/proc/{}/ns/net", c.pid()));
+    let url = cri
+        .exec_url(
+            &app,
+            &["sh", "-c", "read x; echo out:$x; echo err:$x >&2; exit 3"],
+            false,
+        )
+        .unwrap();
+    let mut s = Session::open(&url, &netns);
+    s.send(STDIN, b"typed\n");
+    let status = s.finish();
+    assert_eq!(
+        (s.text(STDOUT).as_str(), s.text(STDERR).as_str()),
+        ("out:typed\n", "err:typed\n"),
+        "{status}"
+    );
+    assert!(
+        status.contains("NonZeroExitCode") && status.contains(r#""message":"3""#),
+        "{status}"
+    );
+    // kubectl exec -it: a terminal that takes its size from the client.
+    let url = cri
+        .exec_url(&app, &["sh", "-c", "read x; stty size; echo tty:$x"], true)
+        .unwrap();
+    let mut s = Session::open(&url, &netns);
+    s.resize(91, 33);
+    s.send(STDIN, b"typed\r");
+    let status = s.finish();
+    let out = s.text(STDOUT);
+    assert!(
+        out.contains("33 91\r\ntty:typed\r\n") && status.contains("Success"),
+        "{out:?} {status}"
+    );
+
     // Stats come from the guest's cgroup, in the metrics type containerd decodes; a
     // resource update reaches it.
     let stats = cri.container_stats(&app).unwrap();
@@ -207,7 +244,13 @@ fn hull_pods_run_in_their_namespaces_and_reach_each_other_by_pod_ip() {
     let client = Pod::new("client-1", c.dir.path());
     let client_config = client.config();
     let client_id = cri.run_pod(&client_config, HANDLER).unwrap();
-    let probe = client.container("probe", BUSYBOX, &["sleep", "1000"]);
+    // Its container reads its stdin: kubectl attach reaches it.
+    let mut probe = client.container(
+        "probe",
+        BUSYBOX,
+        &["sh", "-c", "while read l; do echo attached:$l; done"],
+    );
+    probe.stdin = true;
     let probe = cri
         .create_container(&client_id, &probe, &client_config)
         .unwrap();
@@ -236,6 +279,10 @@ fn hull_pods_run_in_their_namespaces_and_reach_each_other_by_pod_ip() {
         "{out}"
     );
     assert_eq!(c.vmm_pids().len(), 2, "two pods, two VMs");
+    let mut s = Session::open(&cri.attach_url(&probe, false).unwrap(), &netns);
+    s.send(STDIN, b"one\n");
+    assert!(s.read_until(STDOUT, "attached:one\n"), "{:?}", s.received);
+    drop(s);
     // A runc pod on the same bridge (containerd's default runtime) reaches the hull pod
     // too, and the hull pod reaches it: the two runtimes share one pod network.
     let runc = Pod::new("runc-1", c.dir.path());
