@@ -98,6 +98,9 @@ fn pid1() -> ExitCode {
     // Before any thread exists, so every thread inherits the mask.
     let signals =
         init::block_signals().unwrap_or_else(|e| power::fail(&hull_protocol::error_chain(&e)));
+    if let Err(e) = hull_agent::service::network::loopback_up() {
+        init::console_line(&format!("hull-agent: {e}"));
+    }
     let reaper = Arc::new(Reaper::default());
     let config = guest_config();
     // Without a vsock device (a bare boot test) there is nothing to serve; PID 1 goes on.

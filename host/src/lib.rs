@@ -25,6 +25,7 @@ pub mod container;
 pub mod guest;
 pub mod pod;
 pub mod podnet;
+pub mod portforward;
 pub mod private;
 pub mod rootfs;
 pub mod sandbox;

@@ -18,6 +18,7 @@ use crate::agent::AgentError;
 use crate::guest::Guest;
 use crate::lock;
 use crate::podnet::PodNetwork;
+use crate::portforward::PortForward;
 use crate::sandbox::{Sandbox, SandboxError};
 use crate::template::TemplateCache;
 use crate::VmSpec;
@@ -95,6 +96,8 @@ pub struct Pod {
     shares: Mutex<SharedFs>,
     /// The pod's CNI interfaces joined to the VM's taps, released when the VM goes.
     network: Mutex<Option<PodNetwork>>,
+    /// kubectl port-forward's listener in the pod's network namespace.
+    forward: Mutex<Option<PortForward>>,
 }
 
 #[derive(Default)]
@@ -174,12 +177,21 @@ impl Pod {
         if let Some(pid) = sandbox.vmm_pid() {
             let _ = std::fs::write(run_dir.join("vmm.pid"), pid.to_string());
         }
+        let endpoint = Endpoint::HybridVsock(sandbox.paths().vsock.clone());
+        // kubectl port-forward: without it the pod still runs, so a failure is logged.
+        let forward = network.as_ref().and_then(|net| {
+            PortForward::start(&net.netns, endpoint.clone())
+                .map_err(|e| {
+                    log::warn!("sandbox {id}: kubectl port-forward will not reach this pod: {e}")
+                })
+                .ok()
+        });
         Ok(Pod {
             id: id.to_string(),
             run_dir: run_dir.to_path_buf(),
             guest: Guest {
                 agent: sandbox.agent.with_timeout(call_timeout),
-                endpoint: Endpoint::HybridVsock(sandbox.paths().vsock.clone()),
+                endpoint,
             },
             control: sandbox.control.clone(),
             sandbox: Mutex::new(Some(sandbox)),
@@ -189,6 +201,7 @@ impl Pod {
             keep_logs,
             shares: Mutex::new(SharedFs::default()),
             network: Mutex::new(network),
+            forward: Mutex::new(forward),
         })
     }
 
@@ -372,6 +385,9 @@ impl Pod {
         if let Some(s) = sandbox {
             let status = s.shutdown();
             log::info!("sandbox {}: VM stopped ({status:?})", self.id);
+        }
+        if let Some(f) = lock(&self.forward).take() {
+            f.stop();
         }
         if let Some(net) = lock(&self.network).take() {
             net.disconnect();

@@ -8,8 +8,9 @@
 //! STREAM <version> <kind> <container-id> <exec-id>\n
 //! ```
 //!
-//! `kind` is `stdin`, `stdout`, `stderr`, `pty` or `events`; `exec-id` is `-` for a
-//! container's init process; both ids are `-` for `events`. The agent answers `OK\n` or
+//! `kind` is `stdin`, `stdout`, `stderr`, `pty`, `events` or `tcp`; `exec-id` is `-` for a
+//! container's init process; both ids are `-` for `events`; for `tcp` the container id is
+//! `-` and the exec-id field holds a port number. The agent answers `OK\n` or
 //! `ERR <reason>\n` and, after `OK`, the connection carries:
 //!
 //! - `stdin`: host → guest bytes; the host's shutdown of its write side is the process's
@@ -19,6 +20,9 @@
 //! - `pty`: both directions, the terminal's master side (resize with the `ResizePty` RPC).
 //! - `events`: guest → host [`crate::rpc::agent::Event`] messages, each framed as a
 //!   big-endian `u32` length and that many bytes of protobuf (see [`write_frame`]).
+//! - `tcp`: both directions, a TCP connection the agent made to `127.0.0.1:<port>` in the
+//!   pod's network (kubectl port-forward); each side's shutdown of its write side ends
+//!   that direction.
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -40,6 +44,8 @@ pub enum Kind {
     Stderr,
     Pty,
     Events,
+    /// A connection to a port on the pod's loopback; see [`Header::tcp`].
+    Tcp,
 }
 
 impl Kind {
@@ -50,6 +56,7 @@ impl Kind {
             Kind::Stderr => "stderr",
             Kind::Pty => "pty",
             Kind::Events => "events",
+            Kind::Tcp => "tcp",
         }
     }
 
@@ -60,6 +67,7 @@ impl Kind {
             Kind::Stderr,
             Kind::Pty,
             Kind::Events,
+            Kind::Tcp,
         ]
         .into_iter()
         .find(|k| k.name() == name)
@@ -105,7 +113,7 @@ impl fmt::Display for StreamError {
             ),
             StreamError::Kind(k) => write!(
                 f,
-                "unknown stream kind {k:?}; expected stdin, stdout, stderr, pty or events"
+                "unknown stream kind {k:?}; expected stdin, stdout, stderr, pty, events or tcp"
             ),
             StreamError::Id { field, reason } => write!(f, "{field}: {reason}"),
         }
@@ -141,6 +149,20 @@ impl Header {
             container_id: container_id.to_owned(),
             exec_id: exec_id.to_owned(),
         }
+    }
+
+    /// A connection to `127.0.0.1:port` in the pod's network.
+    pub fn tcp(port: u16) -> Self {
+        Header::new(Kind::Tcp, "", &port.to_string())
+    }
+
+    /// The port of a [`Kind::Tcp`] header.
+    pub fn port(&self) -> Option<u16> {
+        let digits = !self.exec_id.is_empty() && self.exec_id.bytes().all(|b| b.is_ascii_digit());
+        (self.kind == Kind::Tcp && digits)
+            .then(|| self.exec_id.parse().ok())
+            .flatten()
+            .filter(|&p| p != 0)
     }
 
     /// The header line, newline included.
@@ -199,6 +221,16 @@ impl Header {
         if kind == Kind::Events {
             if !header.container_id.is_empty() || !header.exec_id.is_empty() {
                 return Err(StreamError::Malformed("the events stream takes no ids"));
+            }
+        } else if kind == Kind::Tcp {
+            if !header.container_id.is_empty() {
+                return Err(StreamError::Malformed("a tcp stream takes no container id"));
+            }
+            if header.port().is_none() {
+                return Err(StreamError::Id {
+                    field: "port",
+                    reason: "must be a port number from 1 to 65535",
+                });
             }
         } else {
             validate_id("container id", &header.container_id)?;
@@ -297,6 +329,39 @@ pub fn read_frame(r: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
     Ok(Some(bytes))
 }
 
+/// One end of a two-way relay: where bytes come from, where the other end's bytes go, and
+/// how to tell this end that no more will come (a socket's shutdown of its write half).
+pub struct RelayEnd<R, W> {
+    pub read: R,
+    pub write: W,
+    pub close_write: fn(&W),
+}
+
+/// Relays a [`Kind::Tcp`] stream: `a`'s bytes to `b` on a thread of its own and `b`'s to
+/// `a` on the caller's, each direction's end passed on when its reader ends; returns once
+/// both have ended.
+pub fn relay<R1, W1, R2, W2>(a: RelayEnd<R1, W1>, b: RelayEnd<R2, W2>)
+where
+    R1: Read + Send + 'static,
+    W1: Write,
+    R2: Read,
+    W2: Write + Send + 'static,
+{
+    let (mut a_read, mut b_write, b_close) = (a.read, b.write, b.close_write);
+    let a_to_b = std::thread::Builder::new()
+        .name("relay".into())
+        .spawn(move || {
+            let _ = io::copy(&mut a_read, &mut b_write);
+            b_close(&b_write);
+        });
+    let (mut b_read, mut a_write) = (b.read, a.write);
+    let _ = io::copy(&mut b_read, &mut a_write);
+    (a.close_write)(&a_write);
+    if let Ok(t) = a_to_b {
+        let _ = t.join();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,9 +373,14 @@ mod tests {
             Header::new(Kind::Stdin, "pod.a_b-1", "exec-7"),
             Header::new(Kind::Pty, "x", "y"),
             Header::new(Kind::Events, "", ""),
+            Header::tcp(8080),
+            Header::tcp(65535),
         ] {
             assert_eq!(Header::parse(h.encode().as_bytes()), Ok(h));
         }
+        assert_eq!(Header::tcp(80).encode(), "STREAM 1 tcp - 80\n");
+        assert_eq!(Header::tcp(80).port(), Some(80));
+        assert_eq!(Header::new(Kind::Stdout, "c", "80").port(), None);
     }
 
     #[test]
@@ -324,6 +394,11 @@ mod tests {
             (b"STREAM 1 stdout a/b -\n", "may only hold"),
             (b"STREAM 1 stdout c - x\n", "extra words"),
             (b"STREAM 1 events c -\n", "takes no ids"),
+            (b"STREAM 1 tcp c 80\n", "takes no container id"),
+            (b"STREAM 1 tcp - 0\n", "port: must be a port number"),
+            (b"STREAM 1 tcp - 65536\n", "port: must be a port number"),
+            (b"STREAM 1 tcp - -\n", "port: must be a port number"),
+            (b"STREAM 1 tcp - +80\n", "port: must be a port number"),
             (b"HELLO\n", "does not start"),
             (b"STREAM 1 stdout \xff -\n", "not UTF-8"),
         ];

@@ -243,6 +243,17 @@ impl Cri {
         .map(|r| r.url)
     }
 
+    /// PortForward (kubectl port-forward): the streaming URL for `port` of pod `pod`.
+    pub fn port_forward_url(&self, pod: &str, port: u16) -> Result<String, tonic::Status> {
+        let mut c = self.runtime.clone();
+        self.call(c.port_forward(PortForwardRequest {
+            pod_sandbox_id: pod.into(),
+            port: vec![i32::from(port)],
+        }))
+        // The websocket form names its ports in the query.
+        .map(|r| format!("{}?port={port}", r.url))
+    }
+
     /// Attach (kubectl attach): the streaming URL for `id`'s own stdio.
     pub fn attach_url(&self, id: &str, tty: bool) -> Result<String, tonic::Status> {
         let mut c = self.runtime.clone();
@@ -257,9 +268,10 @@ impl Cri {
     }
 }
 
-/// A kubectl exec or attach session with containerd's streaming server: the Kubernetes
-/// remote command protocol `v4.channel.k8s.io` over a websocket. Every message is one
-/// channel byte and its data.
+/// A kubectl exec, attach or port-forward session with containerd's streaming server: the
+/// Kubernetes remote command protocol `v4.channel.k8s.io` over a websocket. Every message
+/// is one channel byte and its data. A port-forward has a data (0) and an error (1)
+/// channel per port, each opened by the server with the port's number (2 bytes).
 pub struct Session {
     ws: tungstenite::WebSocket<std::net::TcpStream>,
     /// What arrived on stdout (1), stderr (2) and the status channel (3).

@@ -233,6 +233,31 @@ fn hull_pods_run_in_their_namespaces_and_reach_each_other_by_pod_ip() {
         std::thread::sleep(Duration::from_secs(2));
     };
     assert!(page.ends_with("\r\n\r\nhello-from-web-1\n"), "{page}");
+    // A pod's containers share localhost (a sidecar reaches the app on 127.0.0.1).
+    let r = cri
+        .exec_sync(
+            &app,
+            &["wget", "-q", "-O", "-", "http://127.0.0.1:8080/"],
+            60,
+        )
+        .unwrap();
+    assert_eq!(
+        (r.exit_code, String::from_utf8_lossy(&r.stdout).as_ref()),
+        (0, "hello-from-web-1\n"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    // kubectl port-forward: containerd dials localhost:8080 in the pod's network
+    // namespace, where hull relays it to the guest.
+    let mut s = Session::open(&cri.port_forward_url(&id, 8080).unwrap(), &netns);
+    s.send(0, b"GET / HTTP/1.0\r\n\r\n");
+    assert!(
+        s.read_until(0, "\r\n\r\nhello-from-web-1\n"),
+        "port-forward: {:?}\n{}",
+        s.received,
+        c.log_tail(30)
+    );
+    drop(s);
     // The same server through the hostPort on the node's address on the bridge.
     let page = c
         .http_get_in_netns("10.88.0.1:18080", "/")

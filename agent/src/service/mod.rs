@@ -9,7 +9,8 @@ mod cgroup;
 pub mod container;
 mod create;
 mod events;
-mod network;
+mod forward;
+pub mod network;
 mod rpc;
 mod sandbox;
 mod signal;
@@ -472,6 +473,9 @@ impl Service {
         if header.kind == Kind::Events {
             self.events.subscribe(conn);
             return Ok(());
+        }
+        if let Some(port) = header.port() {
+            return forward::serve(port, conn);
         }
         let found = self
             .container(&header.container_id)

@@ -293,6 +293,19 @@ pub fn configure(req: &ConfigureNetworkRequest) -> Result<(), AgentError> {
     Ok(())
 }
 
+/// Brings the guest's loopback up, as every Linux network namespace a pod gets has it: a
+/// pod's containers reach each other on `localhost` (sidecars), and kubectl port-forward
+/// reaches the pod's ports on 127.0.0.1 ([`super::forward`]).
+pub fn loopback_up() -> Result<(), AgentError> {
+    let mut nl = Netlink::open().map_err(fail("opening an rtnetlink socket".into()))?;
+    let mut link = LinkMessage::default();
+    link.header.index = index_of("lo")?;
+    link.header.flags |= LinkFlags::Up;
+    link.header.change_mask |= LinkFlags::Up;
+    nl.request(RouteNetlinkMessage::SetLink(link), 0)
+        .map_err(fail("bringing lo up".into()))
+}
+
 fn fail(what: String) -> impl FnOnce(std::io::Error) -> AgentError {
     move |e| AgentError::FailedPrecondition(format!("{what}: {e}"))
 }

@@ -24,11 +24,11 @@ impl Connection {
         Connection(File::from(fd))
     }
 
-    fn try_clone(&self) -> io::Result<Connection> {
+    pub(super) fn try_clone(&self) -> io::Result<Connection> {
         Ok(Connection(self.0.try_clone()?))
     }
 
-    fn shutdown_write(&self) {
+    pub(super) fn shutdown_write(&self) {
         // SAFETY: shutdown on a socket fd we own; no memory is passed.
         unsafe { libc::shutdown(self.0.as_raw_fd(), libc::SHUT_WR) };
     }
@@ -279,7 +279,9 @@ impl ProcessIo {
                 });
                 spawn_relay(name, "pty output", move || relay_out(master, conn));
             }
-            Kind::Events => return Err(("events is not a process stream".into(), conn)),
+            Kind::Events | Kind::Tcp => {
+                return Err((format!("{} is not a process stream", kind.name()), conn))
+            }
         }
         Ok(())
     }
