@@ -206,6 +206,11 @@ fn serve(args: &[String]) -> ExitCode {
         );
         return ExitCode::from(1);
     }
+    // Its network namespace stands for the VM's, loopback up as there.
+    if let Err(e) = hull_agent::service::network::loopback_up() {
+        eprintln!("hull-agent: {e}");
+        return ExitCode::from(1);
+    }
     let signals = match init::block_signals() {
         Ok(s) => s,
         Err(e) => {

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use hull_protocol::rpc::agent::*;
 use hull_protocol::rpc::ttrpc::Code;
-use hull_protocol::stream::{read_frame, Kind};
+use hull_protocol::stream::{read_frame, Header, Kind};
 use protobuf::Message;
 use serde_json::json;
 
@@ -504,6 +504,51 @@ fn a_signal_sent_before_init_handles_it_arrives_once_it_does() {
     guard.join().unwrap();
     assert_eq!(status, 42, "the SIGTERM sent before the trap was lost");
     agent.remove("late-trap");
+    agent.stop();
+}
+
+/// kubectl port-forward's guest end: a `tcp` stream is a connection to 127.0.0.1:PORT in
+/// the agent's network namespace, both ways, each direction ending on its own; a port
+/// with nothing listening is refused, naming it.
+#[test]
+fn a_tcp_stream_reaches_a_loopback_port_both_ways() {
+    if !can_run("a_tcp_stream_reaches_a_loopback_port_both_ways") {
+        return;
+    }
+    let agent = Agent::start();
+    // The served agent has a network namespace of its own, as the VM's.
+    let netns = std::path::PathBuf::from(format!("/proc/{}/ns/net", agent.pid()));
+    let bind = || {
+        hull_net::netns::run_in(&netns, || std::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap()
+            .unwrap()
+    };
+    let server = bind();
+    let port = server.local_addr().unwrap().port();
+    let echo = std::thread::spawn(move || {
+        let (mut c, _) = server.accept().unwrap();
+        let mut got = String::new();
+        c.read_to_string(&mut got).unwrap();
+        c.write_all(got.to_uppercase().as_bytes()).unwrap();
+    });
+    let mut s = agent.endpoint.open_stream(&Header::tcp(port)).unwrap();
+    s.write_all(b"through the agent").unwrap();
+    // Our end of input: the server's read ends, and it answers.
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut back = String::new();
+    s.read_to_string(&mut back).unwrap();
+    echo.join().unwrap();
+    assert_eq!(back, "THROUGH THE AGENT");
+
+    let closed = bind();
+    let unused = closed.local_addr().unwrap().port();
+    drop(closed);
+    let e = agent
+        .endpoint
+        .open_stream(&Header::tcp(unused))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(&format!("127.0.0.1:{unused}")), "{e}");
     agent.stop();
 }
 
