@@ -597,6 +597,20 @@ pub fn skip() -> bool {
 /// How long a test waits for everything a task made to be gone.
 pub const CLEAN: Duration = Duration::from_secs(30);
 
+/// Cycles of the leak tests (`create_delete_cycles_leak_nothing`,
+/// `pod_sandbox_cycles_leak_nothing`): `HULL_SOAK_CYCLES`, or five. Every cycle is checked
+/// exactly (nothing of it may remain before the next starts), so a leak shows on the first
+/// cycle that has it; more cycles only catch rarer ones, which is what `scripts/soak.sh`
+/// (the same tests with a larger count) is for.
+pub fn soak_cycles() -> usize {
+    match std::env::var("HULL_SOAK_CYCLES") {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("HULL_SOAK_CYCLES={v:?} is not a count")),
+        Err(_) => 5,
+    }
+}
+
 /// `ctr run --runtime hull ... EXTRA busybox ID CMD...`.
 pub fn run_args<'a>(id: &'a str, extra: &[&'a str], cmd: &[&'a str]) -> Vec<&'a str> {
     let mut a = vec!["run", "--runtime", RUNTIME];

@@ -12,7 +12,9 @@
 
 use std::time::{Duration, Instant};
 
-use hull_e2e::containerd::{delete, pod_member, run_args, skip, Containerd, CLEAN, POD, RUNTIME};
+use hull_e2e::containerd::{
+    delete, pod_member, run_args, skip, soak_cycles, Containerd, CLEAN, POD, RUNTIME,
+};
 
 #[test]
 fn killed_vmm_stops_every_task_and_delete_cleans_up() {
@@ -231,19 +233,6 @@ fn bad_input_is_refused_clearly_and_leaks_nothing() {
         "ok\n"
     );
     c.assert_clean(CLEAN);
-}
-
-/// Cycles of the create/delete test: `HULL_SOAK_CYCLES`, or five. Every cycle is checked
-/// exactly (nothing of it may remain before the next starts), so a leak shows on the first
-/// cycle that has it; more cycles only catch rarer ones, which is what `scripts/soak.sh`
-/// (the same test with a larger count) is for.
-fn soak_cycles() -> usize {
-    match std::env::var("HULL_SOAK_CYCLES") {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("HULL_SOAK_CYCLES={v:?} is not a count")),
-        Err(_) => 5,
-    }
 }
 
 #[test]
