@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use hull_e2e::containerd::{unavailable, Containerd, BUSYBOX, RUNTIME};
-use hull_e2e::{mapping_memory, process_memory, summary};
+use hull_e2e::{
+    cpu_ticks, descendants, mapping_memory, mib, pids_of, process_memory, pss, summary,
+};
 
 const RUNC: &str = "io.containerd.runc.v2";
 
@@ -191,61 +193,6 @@ fn breakdown(log: &str, id: &str) -> Vec<(String, f64)> {
         delete,
     );
     out
-}
-
-fn pids_of(name: &str, mark: &str) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        if cmd.contains(name) && cmd.contains(mark) {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
-/// Processes whose parent is one of `parents`, recursively (a runc task's processes).
-fn descendants(parents: &[u32]) -> Vec<u32> {
-    let mut out = Vec::new();
-    let mut frontier = parents.to_vec();
-    while let Some(p) = frontier.pop() {
-        let children =
-            std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
-        for c in children.split_whitespace().filter_map(|c| c.parse().ok()) {
-            out.push(c);
-            frontier.push(c);
-        }
-    }
-    out
-}
-
-fn pss(pids: &[u32]) -> u64 {
-    pids.iter()
-        .filter_map(|&p| process_memory(p).ok())
-        .map(|m| m.pss_total_kib)
-        .sum()
-}
-
-/// User plus system CPU ticks of `pids` (all their threads).
-fn cpu_ticks(pids: &[u32]) -> u64 {
-    pids.iter()
-        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
-        .filter_map(|stat| {
-            let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
-            // After the command: state is field 3; utime and stime are fields 14 and 15.
-            let utime: u64 = fields.get(11)?.parse().ok()?;
-            let stime: u64 = fields.get(12)?.parse().ok()?;
-            Some(utime + stime)
-        })
-        .sum()
-}
-
-fn mib(kib: u64, n: usize) -> String {
-    format!("{:.1} MiB", kib as f64 / n.max(1) as f64 / 1024.0)
 }
 
 fn main() -> Result<()> {
