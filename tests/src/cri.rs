@@ -366,6 +366,8 @@ pub struct Pod {
     pub sysctls: HashMap<String, String>,
     /// hostPort mappings (CNI's portmap plugin sets them up on the node).
     pub port_mappings: Vec<PortMapping>,
+    /// A privileged pod (needed for a privileged container in it).
+    pub privileged: bool,
 }
 
 impl Pod {
@@ -377,6 +379,7 @@ impl Pod {
             network: NamespaceMode::Pod,
             sysctls: HashMap::new(),
             port_mappings: Vec::new(),
+            privileged: false,
         }
     }
 
@@ -406,6 +409,7 @@ impl Pod {
                 sysctls: self.sysctls.clone(),
                 security_context: Some(LinuxSandboxSecurityContext {
                     namespace_options: Some(self.namespaces()),
+                    privileged: self.privileged,
                     ..Default::default()
                 }),
                 ..Default::default()

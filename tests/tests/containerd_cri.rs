@@ -266,7 +266,8 @@ fn hull_pods_run_in_their_namespaces_and_reach_each_other_by_pod_ip() {
 
     // A second hull pod on the same bridge reaches it by pod IP, from its own VM. (No
     // `wget -T`: Debian's busybox-static wget crashes with it.)
-    let client = Pod::new("client-1", c.dir.path());
+    let mut client = Pod::new("client-1", c.dir.path());
+    client.privileged = true;
     let client_config = client.config();
     let client_id = cri.run_pod(&client_config, HANDLER).unwrap();
     // Its container reads its stdin: kubectl attach reaches it.
@@ -357,6 +358,45 @@ fn hull_pods_run_in_their_namespaces_and_reach_each_other_by_pod_ip() {
     cri.remove_container(&runc_web).unwrap();
     cri.stop_pod(&runc_id).unwrap();
     cri.remove_pod(&runc_id).unwrap();
+
+    // A privileged container is privileged in the VM, not on the node: every capability
+    // of the guest kernel, mounts allowed, and none of the node's devices
+    // (`privileged_without_host_devices` in resources/containerd-hull.toml).
+    let mut privileged = client.container(
+        "privileged",
+        BUSYBOX,
+        &[
+            "sh",
+            "-c",
+            "grep CapEff: /proc/self/status; mkdir /tmp/m && mount -t tmpfs none /tmp/m && \
+             echo mounted; ls /dev/sda /dev/vda 2>&1 | grep -c 'No such file'",
+        ],
+    );
+    security(&mut privileged).privileged = true;
+    let privileged = cri
+        .create_container(&client_id, &privileged, &client_config)
+        .unwrap_or_else(|e| panic!("CreateContainer (privileged): {e}\n{}", c.log_tail(30)));
+    cri.start_container(&privileged).unwrap();
+    let s = cri.wait_container(
+        &privileged,
+        ContainerState::ContainerExited,
+        Duration::from_secs(120),
+    );
+    let log = client.wait_log("privileged", "mounted", Duration::from_secs(10));
+    let lines: Vec<&str> = log
+        .lines()
+        .map(|l| l.splitn(4, ' ').nth(3).unwrap_or_default())
+        .collect();
+    assert_eq!(s.exit_code, 0, "{log}");
+    // "Every capability" is containerd's own set (root on some test hosts lacks one).
+    let node_caps = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("CapEff:"))
+        .unwrap()
+        .to_owned();
+    assert_eq!(lines, [node_caps.as_str(), "mounted", "2"], "{log}");
+    cri.remove_container(&privileged).unwrap();
 
     // StopContainer right after StartContainer, in a pod where each container has its
     // own PID namespace (its program is PID 1 there): the SIGTERM arrives before the

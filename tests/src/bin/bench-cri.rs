@@ -133,15 +133,15 @@ fn idle_memory(c: &Containerd, cri: &Cri, count: usize) -> Result<()> {
     Ok(())
 }
 
-/// Round-trip time (ms, busybox ping's average) and throughput (MB/s, busybox dd through
-/// nc) from one pod of `handler` to another.
+/// Round-trip time (ms, busybox ping's average) and throughput (busybox dd through nc,
+/// timed by the client's /proc/uptime) from one pod of `handler` to another.
 fn pod_to_pod(
     c: &Containerd,
     cri: &Cri,
     tag: &str,
     handler: &str,
     mb: usize,
-) -> Result<(f64, f64)> {
+) -> Result<(f64, String)> {
     let server_cmd = ["sh", "-c", "while :; do nc -l -p 5001 > /dev/null; done"];
     let (server, _, _, _) = start_pod(
         cri,
@@ -199,7 +199,14 @@ fn pod_to_pod(
     };
     remove_pod(cri, &client)?;
     remove_pod(cri, &server)?;
-    Ok((rtt, mb as f64 / secs.max(0.01)))
+    // /proc/uptime counts in 10 ms: a faster transfer shows as a lower bound.
+    let rate = mb as f64 / secs.max(0.01);
+    let rate = if secs < 0.01 {
+        format!("≥ {rate:.0} MB/s")
+    } else {
+        format!("{rate:.0} MB/s")
+    };
+    Ok((rtt, rate))
 }
 
 fn main() -> Result<()> {
@@ -258,7 +265,7 @@ fn main() -> Result<()> {
         println!("| --- | --- | --- |");
         for (tag, handler) in RUNTIMES {
             let (rtt, mbps) = pod_to_pod(&c, &cri, tag, handler, args.megabytes)?;
-            println!("| {tag} | {rtt:.3} ms | {mbps:.0} MB/s |");
+            println!("| {tag} | {rtt:.3} ms | {mbps} |");
         }
     }
     Ok(())
