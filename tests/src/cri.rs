@@ -357,6 +357,13 @@ impl Session {
     }
 }
 
+/// The lines of a CRI log (`TIMESTAMP STREAM TAG LINE`), without their prefix.
+pub fn log_lines(log: &str) -> Vec<&str> {
+    log.lines()
+        .map(|l| l.splitn(4, ' ').nth(3).unwrap_or_default())
+        .collect()
+}
+
 /// A pod as kubelet describes it, with the knobs the tests turn.
 pub struct Pod {
     pub name: String,

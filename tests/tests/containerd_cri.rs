@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use hull_e2e::containerd::{skip, soak_cycles, Containerd, BUSYBOX, CLEAN, PAUSE};
 use hull_e2e::cri::{
-    security_profile, Capability, ContainerConfig, ContainerState, Cri, Int64Value,
+    log_lines, security_profile, Capability, ContainerConfig, ContainerState, Cri, Int64Value,
     LinuxContainerResources, LinuxContainerSecurityContext, NamespaceMode, Pod, PodSandboxState,
     PortMapping, Protocol, SecurityProfile, Session, UInt64Value, STDERR, STDIN, STDOUT,
 };
@@ -88,10 +88,7 @@ fn hull_pods_run_in_their_namespaces_and_reach_each_other_by_pod_ip() {
     cri.start_container(&app).unwrap();
     let log = pod.wait_log("app", "ndots:5", Duration::from_secs(120));
     // CRI's log format: TIMESTAMP STREAM TAG LINE.
-    let lines: Vec<&str> = log
-        .lines()
-        .map(|l| l.splitn(4, ' ').nth(3).unwrap_or_default())
-        .collect();
+    let lines = log_lines(&log);
     assert!(
         log.lines().all(|l| l.split(' ').nth(1) == Some("stdout")),
         "{log}"
@@ -383,10 +380,7 @@ fn hull_pods_run_in_their_namespaces_and_reach_each_other_by_pod_ip() {
         Duration::from_secs(120),
     );
     let log = client.wait_log("privileged", "mounted", Duration::from_secs(10));
-    let lines: Vec<&str> = log
-        .lines()
-        .map(|l| l.splitn(4, ' ').nth(3).unwrap_or_default())
-        .collect();
+    let lines = log_lines(&log);
     assert_eq!(s.exit_code, 0, "{log}");
     // "Every capability" is containerd's own set (root on some test hosts lacks one).
     let node_caps = std::fs::read_to_string("/proc/self/status")
@@ -462,10 +456,7 @@ fn hull_pods_run_in_their_namespaces_and_reach_each_other_by_pod_ip() {
     assert_eq!((s.exit_code, s.reason.as_str()), (7, "Error"), "{s:?}");
     assert!(s.finished_at >= s.started_at && s.started_at > 0, "{s:?}");
     let log = pod.wait_log("done", "probe", Duration::from_secs(10));
-    let lines: Vec<&str> = log
-        .lines()
-        .map(|l| l.splitn(4, ' ').nth(3).unwrap_or_default())
-        .collect();
+    let lines = log_lines(&log);
     assert_eq!(
         lines,
         [
