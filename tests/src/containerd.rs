@@ -166,14 +166,16 @@ fn containerd_config(d: &Path, socket: &Path, cri: bool) -> String {
     c
 }
 
-/// The CNI network of the CRI harness: a bridge in containerd's network namespace,
-/// addresses from host-local (its state in the test's directory), port mappings.
+/// The CNI network of the CRI harness: a dual-stack bridge in containerd's network
+/// namespace, addresses from host-local (its state in the test's directory), port
+/// mappings.
 fn cni_config(d: &Path) -> String {
     format!(
         r#"{{"cniVersion": "0.4.0", "name": "hull-test", "plugins": [
   {{"type": "bridge", "bridge": "hull0", "isGateway": true, "ipMasq": false,
     "ipam": {{"type": "host-local", "dataDir": "{ipam}",
-              "ranges": [[{{"subnet": "10.88.0.0/24"}}]], "routes": [{{"dst": "0.0.0.0/0"}}]}}}},
+              "ranges": [[{{"subnet": "10.88.0.0/24"}}], [{{"subnet": "fd88::/64"}}]],
+              "routes": [{{"dst": "0.0.0.0/0"}}, {{"dst": "::/0"}}]}}}},
   {{"type": "portmap", "capabilities": {{"portMappings": true}}}}
 ]}}
 "#,

@@ -230,6 +230,21 @@ fn hull_pods_run_in_their_namespaces_and_reach_each_other_by_pod_ip() {
         std::thread::sleep(Duration::from_secs(2));
     };
     assert!(page.ends_with("\r\n\r\nhello-from-web-1\n"), "{page}");
+    // Dual stack: the pod's IPv6 address from CNI is the guest's too.
+    let v6 = cri
+        .pod_status(&id)
+        .unwrap()
+        .network
+        .unwrap()
+        .additional_ips
+        .into_iter()
+        .map(|i| i.ip)
+        .find(|ip| ip.contains(':'))
+        .expect("CNI gave the pod an IPv6 address");
+    let page = c
+        .http_get_in_netns(&format!("[{v6}]:8080"), "/")
+        .unwrap_or_else(|e| panic!("the node cannot reach [{v6}]:8080: {e}\n{}", c.log_tail(30)));
+    assert!(page.ends_with("\r\n\r\nhello-from-web-1\n"), "{page}");
     // A pod's containers share localhost (a sidecar reaches the app on 127.0.0.1).
     let r = cri
         .exec_sync(

@@ -10,7 +10,9 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use hull_net::netlink::Netlink;
 use hull_protocol::rpc::agent::{ConfigureNetworkRequest, Interface, Route};
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
+};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -354,6 +356,13 @@ fn configure_interface(nl: &mut Netlink, iface: &Planned) -> Result<(), AgentErr
         msg.header.family = family(a.addr);
         msg.attributes.push(AddressAttribute::Local(a.addr));
         msg.attributes.push(AddressAttribute::Address(a.addr));
+        if a.addr.is_ipv6() {
+            // CNI's IPAM assigned the address and the node's side already checked it for
+            // duplicates; without NODAD it stays tentative (unusable) for a second or more.
+            msg.header.flags |= AddressHeaderFlags::Nodad;
+            msg.attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
         nl.request(
             RouteNetlinkMessage::NewAddress(msg),
             NLM_F_CREATE | NLM_F_EXCL,
