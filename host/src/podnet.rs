@@ -199,7 +199,7 @@ impl PodNetwork {
 fn join_all(ns: &str) -> Result<(Vec<Joined>, Vec<Route>), PodNetError> {
     let nl_err = |what: &str| netlink_err(ns, what.to_string());
     let mut nl = Netlink::open().map_err(nl_err("opening an rtnetlink socket"))?;
-    let links: Vec<LinkMessage> = nl
+    let mut links: Vec<LinkMessage> = nl
         .dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))
         .map_err(nl_err("listing interfaces"))?
         .into_iter()
@@ -210,6 +210,13 @@ fn join_all(ns: &str) -> Result<(Vec<Joined>, Vec<Route>), PodNetError> {
         .filter(|l| l.header.link_layer_type == LinkLayerType::Ether)
         .filter(|l| !name_of(l).ends_with("_hull"))
         .collect();
+    // In CNI's order (eth0, eth1, ...), not the interfaces' index order: containerd
+    // attaches a pod's networks concurrently, so eth1 can be made first. The guest's
+    // eth<i> is the VM's device i, so the pod's eth0 (its IP) stays the guest's eth0.
+    links.sort_by_key(|l| {
+        let name = name_of(l);
+        (name.len(), name)
+    });
     if links.len() > MAX_INTERFACES {
         return Err(PodNetError::TooManyInterfaces {
             netns: ns.to_string(),

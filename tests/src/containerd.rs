@@ -131,8 +131,10 @@ fn has_cap_sys_resource() -> bool {
         .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
 }
 
-/// containerd's configuration: its own directories and socket, with or without the CRI.
-fn containerd_config(d: &Path, socket: &Path, cri: bool) -> String {
+/// containerd's configuration: its own directories and socket, with the CRI and its pods on
+/// `networks` CNI networks, or (0) without the CRI.
+fn containerd_config(d: &Path, socket: &Path, networks: usize) -> String {
+    let cri = networks > 0;
     let mut c = format!(
         "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n[grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"\"\n",
         root = d.join("root").display(),
@@ -157,6 +159,7 @@ fn containerd_config(d: &Path, socket: &Path, cri: bool) -> String {
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "{net}"
+    max_conf_num = {networks}
 "#,
         net = d.join("net.d").display(),
         restrict_oom = !has_cap_sys_resource(),
@@ -183,21 +186,46 @@ fn cni_config(d: &Path) -> String {
     )
 }
 
+/// Extra network `i` (1, 2, ...): an IPv4 bridge `hull<i>` on 10.(88+i).0.0/24, the node's
+/// address on it .1, and no route for the pod (its default route stays on its first
+/// network).
+fn extra_cni_config(d: &Path, i: usize) -> String {
+    format!(
+        r#"{{"cniVersion": "0.4.0", "name": "hull-test-{i}", "plugins": [
+  {{"type": "bridge", "bridge": "hull{i}", "isGateway": true, "ipMasq": false,
+    "ipam": {{"type": "host-local", "dataDir": "{ipam}",
+              "ranges": [[{{"subnet": "10.{net}.0.0/24"}}]]}}}}
+]}}
+"#,
+        ipam = d.join(format!("ipam-{i}")).display(),
+        net = 88 + i
+    )
+}
+
 impl Containerd {
     /// Starts containerd with `hull_config` (TOML) appended to the test's own directories,
     /// waits for its socket and imports the busybox image.
     pub fn start(hull_config: &str) -> Containerd {
-        Self::start_with(hull_config, false)
+        Self::start_with(hull_config, 0)
     }
 
     /// Starts containerd with the CRI plugin on, in a network namespace of its own (its
     /// CNI bridge and every pod's network stay there), the busybox and pause images in
     /// the CRI's namespace.
     pub fn start_cri(hull_config: &str) -> Containerd {
-        Self::start_with(hull_config, true)
+        Self::start_with(hull_config, 1)
     }
 
-    fn start_with(hull_config: &str, cri: bool) -> Containerd {
+    /// As [`Containerd::start_cri`], with every pod on `networks` CNI networks: the
+    /// harness's dual-stack bridge (`eth0`), then IPv4-only bridges `hull1`, ... on
+    /// 10.89.0.0/24, ... (`eth1`, ...).
+    pub fn start_cri_networks(hull_config: &str, networks: usize) -> Containerd {
+        Self::start_with(hull_config, networks.max(1))
+    }
+
+    /// `networks` 0: the CRI plugin off.
+    fn start_with(hull_config: &str, networks: usize) -> Containerd {
+        let cri = networks > 0;
         let dir = tempfile::Builder::new()
             .prefix("hull-ctd-")
             .tempdir_in("/tmp")
@@ -206,10 +234,21 @@ impl Containerd {
         let socket = d.join("containerd.sock");
         let run_dir = d.join("run");
         let state_dir = d.join("state");
-        std::fs::write(d.join("config.toml"), containerd_config(d, &socket, cri)).unwrap();
+        std::fs::write(
+            d.join("config.toml"),
+            containerd_config(d, &socket, networks),
+        )
+        .unwrap();
         if cri {
             std::fs::create_dir_all(d.join("net.d")).unwrap();
             std::fs::write(d.join("net.d/10-hull-test.conflist"), cni_config(d)).unwrap();
+            for i in 1..networks {
+                std::fs::write(
+                    d.join(format!("net.d/20-hull-test-{i}.conflist")),
+                    extra_cni_config(d, i),
+                )
+                .unwrap();
+            }
         }
         // Two guest tests share the two cores of the test hosts, where guest kernel code is
         // emulated: a container's creation, tens of seconds alone, can pass the default

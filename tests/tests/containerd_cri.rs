@@ -495,6 +495,68 @@ fn hull_pods_run_in_their_namespaces_and_reach_each_other_by_pod_ip() {
     c.assert_clean(CLEAN);
 }
 
+/// A pod on two CNI networks (containerd's `max_conf_num`): its VM gets an interface for
+/// each, with CNI's addresses, and the node reaches the pod on both.
+#[test]
+fn a_pod_on_two_networks_is_reached_on_both() {
+    if skip() {
+        return;
+    }
+    let c = Containerd::start_cri_networks("", 2);
+    let cri = Cri::connect(&c.socket);
+    let pod = Pod::new("two-nets", c.dir.path());
+    let config = pod.config();
+    let id = cri
+        .run_pod(&config, HANDLER)
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", c.log_tail(40)));
+    let web = pod.container(
+        "web",
+        BUSYBOX,
+        &[
+            "sh",
+            "-c",
+            "echo both > /tmp/index.html; exec httpd -f -p 8080 -h /tmp",
+        ],
+    );
+    let web = cri.create_container(&id, &web, &config).unwrap();
+    cri.start_container(&web).unwrap();
+    let r = cri
+        .exec_sync(&web, &["ip", "-o", "-4", "addr", "show"], 60)
+        .unwrap();
+    let out = String::from_utf8_lossy(&r.stdout).into_owned();
+    // "2: eth0    inet 10.88.0.5/24 ..."
+    let address = |dev: &str| {
+        out.lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(dev))
+            .and_then(|l| l.split_whitespace().nth(3))
+            .and_then(|a| a.split('/').next())
+            .unwrap_or_else(|| panic!("no IPv4 address on {dev}: {out}"))
+            .to_owned()
+    };
+    let (first, second) = (address("eth0"), address("eth1"));
+    assert!(
+        first.starts_with("10.88.0.") && second.starts_with("10.89.0."),
+        "eth0 {first}, eth1 {second}: {out:?}"
+    );
+    for ip in [&first, &second] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            match c.http_get_in_netns(&format!("{ip}:8080"), "/") {
+                Ok(page) if page.ends_with("\r\n\r\nboth\n") => break,
+                other => assert!(
+                    std::time::Instant::now() < deadline,
+                    "the node cannot reach {ip}:8080: {other:?}\n{}",
+                    c.log_tail(30)
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    cri.stop_pod(&id).unwrap();
+    cri.remove_pod(&id).unwrap();
+    c.assert_clean(CLEAN);
+}
+
 #[test]
 fn a_pod_sharing_a_node_namespace_is_refused_by_its_setting() {
     if skip() {
