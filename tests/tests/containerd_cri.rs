@@ -373,7 +373,8 @@ fn hull_pods_run_in_their_namespaces_and_reach_each_other_by_pod_ip() {
 
     // A privileged container is privileged in the VM, not on the node: every capability
     // of the guest kernel, mounts allowed, and none of the node's devices
-    // (`privileged_without_host_devices` in resources/containerd-hull.toml).
+    // (`privileged_without_host_devices` in resources/containerd-hull.toml); the guest
+    // kernel has what such pods build networks with (bridges, iptables).
     let mut privileged = client.container(
         "privileged",
         BUSYBOX,
@@ -381,7 +382,9 @@ fn hull_pods_run_in_their_namespaces_and_reach_each_other_by_pod_ip() {
             "sh",
             "-c",
             "grep CapEff: /proc/self/status; mkdir /tmp/m && mount -t tmpfs none /tmp/m && \
-             echo mounted; ls /dev/sda /dev/vda 2>&1 | grep -c 'No such file'",
+             echo mounted; ls /dev/sda /dev/vda 2>&1 | grep -c 'No such file'; \
+             ip link add br0 type bridge && echo bridged; \
+             test -e /proc/net/ip_tables_names && echo iptables",
         ],
     );
     security(&mut privileged).privileged = true;
@@ -404,7 +407,11 @@ fn hull_pods_run_in_their_namespaces_and_reach_each_other_by_pod_ip() {
         .find(|l| l.starts_with("CapEff:"))
         .unwrap()
         .to_owned();
-    assert_eq!(lines, [node_caps.as_str(), "mounted", "2"], "{log}");
+    assert_eq!(
+        lines,
+        [node_caps.as_str(), "mounted", "2", "bridged", "iptables"],
+        "{log}"
+    );
     cri.remove_container(&privileged).unwrap();
 
     // StopContainer right after StartContainer, in a pod where each container has its
