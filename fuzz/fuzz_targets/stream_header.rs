@@ -1,13 +1,15 @@
 //! Fuzzes the agent's stream-header parser with arbitrary bytes from a stream connection:
-//! it must never panic, never read past the newline, and whatever it accepts must encode
-//! back to a header that parses to the same thing.
+//! it must never panic, never read past the newline, whatever it accepts must encode back
+//! to a header that parses to the same thing, and an accepted `tcp` header names a port.
 #![no_main]
 
-use hull_protocol::stream::{read_header, Header, MAX_HEADER};
+use hull_protocol::stream::{read_header, Header, Kind, MAX_HEADER};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(h) = Header::parse(data) {
+        // An accepted tcp stream always names a usable port.
+        assert_eq!(h.kind == Kind::Tcp, h.port().is_some());
         assert_eq!(Header::parse(h.encode().as_bytes()), Ok(h));
     }
     let mut rest = data;

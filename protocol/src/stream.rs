@@ -158,7 +158,9 @@ impl Header {
 
     /// The port of a [`Kind::Tcp`] header.
     pub fn port(&self) -> Option<u16> {
-        let digits = !self.exec_id.is_empty() && self.exec_id.bytes().all(|b| b.is_ascii_digit());
+        // At most five digits: "65535", or fewer with leading zeros.
+        let digits = (1..=5).contains(&self.exec_id.len())
+            && self.exec_id.bytes().all(|b| b.is_ascii_digit());
         (self.kind == Kind::Tcp && digits)
             .then(|| self.exec_id.parse().ok())
             .flatten()
@@ -223,7 +225,7 @@ impl Header {
                 return Err(StreamError::Malformed("the events stream takes no ids"));
             }
         } else if kind == Kind::Tcp {
-            if !header.container_id.is_empty() {
+            if container != "-" {
                 return Err(StreamError::Malformed("a tcp stream takes no container id"));
             }
             if header.port().is_none() {
@@ -399,6 +401,8 @@ mod tests {
             (b"STREAM 1 tcp - 65536\n", "port: must be a port number"),
             (b"STREAM 1 tcp - -\n", "port: must be a port number"),
             (b"STREAM 1 tcp - +80\n", "port: must be a port number"),
+            (b"STREAM 1 tcp - 000080\n", "port: must be a port number"),
+            (b"STREAM 1 tcp  80\n", "takes no container id"),
             (b"HELLO\n", "does not start"),
             (b"STREAM 1 stdout \xff -\n", "not UTF-8"),
         ];
