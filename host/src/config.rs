@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use hull_vmm_api::config::MIN_MEMORY_MIB;
 
+use crate::launcher::JailPolicy;
 use crate::VmSpec;
 
 pub const DEFAULT_PATH: &str = "/etc/hull/config.toml";
@@ -81,6 +82,47 @@ pub struct HostConfig {
     pub agent_timeout_secs: u64,
     /// What one image import may unpack (`hull image import`).
     pub images: hull_image::Limits,
+    /// How each VMM is confined.
+    pub jail: Jail,
+}
+
+/// `[jail]`: every VMM runs in a jail of its own (docs/security.md, "the VMM's jail").
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Jail {
+    /// false runs each VMM as root with the host's view of everything: for debugging
+    /// only, and logged at every start.
+    pub enabled: bool,
+    /// VMMs run as uids `uid_base .. uid_base + uids` (gid the same number), one each.
+    pub uid_base: u32,
+    pub uids: u32,
+    /// The most descriptors one VMM holds (vsock connections, files the guest has open
+    /// in shared directories).
+    pub max_open_files: u64,
+}
+
+impl Default for Jail {
+    fn default() -> Self {
+        let p = JailPolicy::default();
+        Jail {
+            enabled: true,
+            uid_base: p.uid_base,
+            uids: p.uid_count,
+            max_open_files: p.max_open_files,
+        }
+    }
+}
+
+impl Jail {
+    /// The launcher's policy, `None` when the jail is off.
+    pub fn policy(&self) -> Option<JailPolicy> {
+        self.enabled.then(|| JailPolicy {
+            uid_base: self.uid_base,
+            uid_count: self.uids,
+            max_open_files: self.max_open_files,
+            ..JailPolicy::default()
+        })
+    }
 }
 
 impl Default for HostConfig {
@@ -102,6 +144,7 @@ impl Default for HostConfig {
             log_level: "info".into(),
             agent_timeout_secs: crate::pod::DEFAULT_CALL_TIMEOUT.as_secs(),
             images: hull_image::Limits::default(),
+            jail: Jail::default(),
         }
     }
 }
@@ -208,6 +251,24 @@ impl HostConfig {
                 return Err(invalid(field, "0".into(), "must be at least 1"));
             }
         }
+        let j = &self.jail;
+        if j.uid_base == 0
+            || j.uids == 0
+            || u64::from(j.uid_base) + u64::from(j.uids) > u64::from(u32::MAX)
+        {
+            return Err(invalid(
+                "jail.uid_base",
+                format!("{} (uids = {})", j.uid_base, j.uids),
+                "the range must hold at least one uid, start above 0 and end below 4294967295",
+            ));
+        }
+        if j.max_open_files < 64 {
+            return Err(invalid(
+                "jail.max_open_files",
+                j.max_open_files.to_string(),
+                "a VMM needs at least 64 descriptors for its own devices",
+            ));
+        }
         // The VMM's vsock socket lives in <run_dir>/<16 hex>/ and must fit a unix socket.
         if self.run_dir.as_os_str().len() > 60 {
             return Err(invalid(
@@ -251,6 +312,7 @@ impl HostConfig {
             shared_fs: self.shared_fs,
             console_log: self.debug_console,
             nics: 0,
+            jail: self.jail.policy(),
         }
     }
 }

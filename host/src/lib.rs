@@ -8,6 +8,8 @@
 //! - [`agent`]: the guest agent's calls, typed, each bounded by a timeout;
 //! - [`guest`]: a running sandbox's processes: create and exec with their stdio attached;
 //! - [`container`]: a container's storage in the VM (root and volume disks, shares);
+//! - [`launcher`]: how a `hull-vmm` process is started: namespaces, parent-death signal,
+//!   its uid lease;
 //! - [`vmm_process`]: spawning, watching and reaping a `hull-vmm`;
 //! - [`template`]: the cache of snapshots of ready sandboxes, and how it refuses stale or
 //!   corrupt ones;
@@ -23,6 +25,7 @@ pub mod agent;
 pub mod config;
 pub mod container;
 pub mod guest;
+pub mod launcher;
 pub mod pod;
 pub mod podnet;
 pub mod portforward;
@@ -59,6 +62,8 @@ pub struct VmSpec {
     /// virtio-net devices (`net0`, `net1`, ...): one per interface CNI gave the pod. Each
     /// is backed by a tap the host hands the VMM as a descriptor ([`vmm_process::Nic`]).
     pub nics: u8,
+    /// Confine each VMM (`[jail]` in the host config); `None` only for debugging.
+    pub jail: Option<launcher::JailPolicy>,
 }
 
 /// The virtio-fs tag of a sandbox VM's shared file system.
@@ -80,6 +85,7 @@ impl Default for VmSpec {
             shared_fs: true,
             console_log: false,
             nics: 0,
+            jail: Some(launcher::JailPolicy::default()),
         }
     }
 }

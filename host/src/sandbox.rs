@@ -243,8 +243,9 @@ impl Sandbox {
         let agent_ready = vmm.started.elapsed();
         let api = vmm.paths.api.clone();
         vmm.wait_for_path(&api, within)?;
-        let control =
-            ControlClient::connect(&api, CALL_TIMEOUT).map_err(|e| unreachable(&vmm, e))?;
+        let control = ControlClient::connect(&api, CALL_TIMEOUT)
+            .map_err(|e| unreachable(&vmm, e))?
+            .with_handoff(vmm.handoff.clone());
         let mut sandbox = Sandbox {
             vmm,
             agent: Agent::new(conn.client, CALL_TIMEOUT),

@@ -477,6 +477,7 @@ mod tests {
             shared_fs: false,
             console_log: false,
             nics: 0,
+            jail: None,
         };
         let cache = TemplateCache::new(dir.path().join("templates"));
         Fixture {

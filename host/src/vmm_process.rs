@@ -4,16 +4,19 @@
 //! that takes its VMM down takes nothing else with it, and `kill -9` of one sandbox is
 //! exactly that sandbox. The process is killed and reaped when the handle drops.
 
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
-use std::os::unix::process::CommandExt;
+use std::ffi::OsString;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hull_vmm_api::client::Handoff;
 use hull_vmm_api::config::{
-    ConfigFile, ConsoleOutput, DriveConfig, DriveFormat, NetConfig, VsockConfig,
+    ConfigFile, ConsoleOutput, DriveConfig, DriveFormat, JailConfig, NetConfig, VsockConfig,
 };
+use hull_vmm_api::handoff::{HandoffError, HandoffSender};
 
+use crate::launcher::{self, Child, Launch, LaunchError, UidLease};
 use crate::VmSpec;
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +43,16 @@ pub enum VmmProcessError {
     },
     #[error("{what} did not appear within {within:?}")]
     Timeout { what: String, within: Duration },
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
+    #[error(transparent)]
+    Handoff(#[from] HandoffError),
+    #[error("create the jail directory {path}")]
+    JailDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Where the `hull-vmm` binary is: `$HULL_VMM`, next to the running program (or one level
@@ -72,6 +85,8 @@ pub struct VmmPaths {
     pub api: PathBuf,
     pub console: PathBuf,
     pub log: PathBuf,
+    /// The empty directory a jailed VMM mounts its root on (in its own namespace).
+    pub jail: PathBuf,
 }
 
 impl VmmPaths {
@@ -82,6 +97,7 @@ impl VmmPaths {
             api: run_dir.join("api.sock"),
             console: run_dir.join("console.log"),
             log: run_dir.join("vmm.log"),
+            jail: run_dir.join("jail"),
         }
     }
 }
@@ -94,27 +110,20 @@ pub struct Nic<'a> {
     pub mac: Option<&'a str>,
 }
 
-/// Clears close-on-exec on each descriptor, so the VMM inherits exactly these under the
-/// same numbers (which `vm.json` names).
-fn inherit(fds: &[RawFd]) -> std::io::Result<()> {
-    for &fd in fds {
-        // SAFETY: F_SETFD on a descriptor this process holds; no memory is involved.
-        if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
 pub struct VmmProcess {
     child: Option<Child>,
     pub paths: VmmPaths,
     pub started: Instant,
+    /// How control calls pass host files to this VMM.
+    pub handoff: Arc<Handoff>,
+    /// The uid a jailed VMM runs as, free again once this and the VMM are gone.
+    lease: Option<UidLease>,
 }
 
 impl VmmProcess {
     /// Starts `hull-vmm` for `spec`: a cold boot, or a restore of the snapshot in `restore`.
-    /// `nics` back the VM's network devices, one each (`spec.nics` of them).
+    /// `nics` back the VM's network devices, one each (`spec.nics` of them). Unless
+    /// `spec.jail` is off, the VMM is confined (docs/security.md).
     pub fn spawn(
         spec: &VmSpec,
         paths: VmmPaths,
@@ -127,43 +136,72 @@ impl VmmProcess {
             path: paths.log.clone(),
             source,
         })?;
-        serde_json::to_vec_pretty(&vm_config(spec, &paths, nics))
+        let (sender, vmm_end) = HandoffSender::pair()?;
+        let lease = match &spec.jail {
+            Some(policy) => Some(UidLease::acquire(policy)?),
+            None => {
+                log::warn!("hull-vmm runs unconfined, as root with the host's view (jail.enabled = false): for debugging only");
+                None
+            }
+        };
+        let mut config = vm_config(spec, &paths, nics);
+        config.handoff_fd = Some(vmm_end.as_raw_fd());
+        if let (Some(policy), Some(lease)) = (&spec.jail, &lease) {
+            std::fs::create_dir_all(&paths.jail).map_err(|source| VmmProcessError::JailDir {
+                path: paths.jail.clone(),
+                source,
+            })?;
+            config.jail = Some(JailConfig {
+                root: paths.jail.clone(),
+                uid: lease.uid,
+                gid: lease.uid,
+                lifeline_fd: Some(launcher::lifeline_fd()?),
+                max_open_files: policy.max_open_files,
+                max_threads: hull_vmm_api::config::default_max_threads(),
+            });
+        }
+        serde_json::to_vec_pretty(&config)
             .map_err(std::io::Error::other)
             .and_then(|json| std::fs::write(&paths.config, json))
             .map_err(|source| VmmProcessError::Config {
                 path: paths.config.clone(),
                 source,
             })?;
-        let mut cmd = Command::new(&bin);
-        cmd.arg("--config").arg(&paths.config);
-        if !nics.is_empty() {
-            let fds: Vec<RawFd> = nics.iter().map(|n| n.tap.as_raw_fd()).collect();
-            // SAFETY: the closure runs in the forked child before exec and only calls
-            // fcntl(2) (`inherit`), which allocates nothing and takes no lock.
-            unsafe {
-                cmd.pre_exec(move || inherit(&fds));
-            }
-        }
+        let mut args: Vec<OsString> = vec!["--config".into(), paths.config.clone().into()];
         if let Some(dir) = restore {
-            cmd.arg("--restore").arg(dir);
+            args.push("--restore".into());
+            args.push(dir.into());
         }
-        cmd.env(
-            "RUST_LOG",
-            std::env::var("HULL_VMM_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
+        let mut inherit: Vec<BorrowedFd<'_>> = nics.iter().map(|n| n.tap).collect();
+        inherit.push(vmm_end.as_fd());
+        if let Some(l) = &lease {
+            inherit.push(l.lock_fd());
+        }
         let started = Instant::now();
-        let child = cmd.spawn().map_err(|source| VmmProcessError::Spawn {
-            path: bin.clone(),
-            source,
+        let child = launcher::launch(Launch {
+            program: &bin,
+            args,
+            env: vec![(
+                "RUST_LOG".into(),
+                std::env::var_os("HULL_VMM_LOG").unwrap_or_else(|| "info".into()),
+            )],
+            stderr: log.as_fd(),
+            inherit,
+            namespaces: lease.is_some(),
         })?;
+        let owner = lease.as_ref().map(|l| (l.uid, l.uid));
         Ok(VmmProcess {
             child: Some(child),
             paths,
             started,
+            handoff: Arc::new(Handoff { sender, owner }),
+            lease,
         })
+    }
+
+    /// The uid the VMM runs as when jailed.
+    pub fn jail_uid(&self) -> Option<u32> {
+        self.lease.as_ref().map(|l| l.uid)
     }
 
     pub fn pid(&self) -> Option<u32> {

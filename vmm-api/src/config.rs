@@ -245,6 +245,48 @@ pub struct ConfigFile {
     /// Attach a virtio-fs device with this tag (what `mount -t virtiofs TAG` names); the
     /// control API shares host directories through it while the VM runs.
     pub shared_fs: Option<String>,
+    /// Confine the VMM before its vCPUs start (docs/security.md, "the VMM's jail"). The
+    /// host's launcher sets it, together with the namespaces the process starts in.
+    #[serde(default)]
+    pub jail: Option<JailConfig>,
+    /// An inherited unix datagram socket on which the host hands over open descriptors
+    /// that control calls name by token ([`crate::handoff`]).
+    #[serde(default)]
+    pub handoff_fd: Option<i32>,
+}
+
+/// What a jailed VMM becomes once it holds every host resource it needs: an unprivileged
+/// uid and gid, no capabilities, `no_new_privs`, a root that holds only its devices and a
+/// private `/proc`, and bounded resources.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JailConfig {
+    /// An empty directory the VMM mounts its jail on, in its own mount namespace: the
+    /// host never sees what is mounted there.
+    pub root: PathBuf,
+    /// Not 0: the ids the VMM runs as (one per VM from the host's range).
+    pub uid: u32,
+    pub gid: u32,
+    /// An inherited pipe's read end whose write end only the launching process holds:
+    /// the VMM re-arms its parent-death signal after dropping privileges (which clears
+    /// it) and then exits at once if this pipe shows the launcher already gone.
+    #[serde(default)]
+    pub lifeline_fd: Option<i32>,
+    /// RLIMIT_NOFILE: host descriptors the guest can make the VMM hold (vsock
+    /// connections, shared files the guest has looked up).
+    #[serde(default = "default_max_open_files")]
+    pub max_open_files: u64,
+    /// RLIMIT_NPROC for the VMM's uid: its threads (vCPUs, devices, the control API).
+    #[serde(default = "default_max_threads")]
+    pub max_threads: u64,
+}
+
+pub const fn default_max_open_files() -> u64 {
+    4096
+}
+
+pub const fn default_max_threads() -> u64 {
+    256
 }
 
 impl ConfigFile {

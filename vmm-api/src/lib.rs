@@ -5,12 +5,14 @@
 //! - [`client`]: the control API client (pause, resume, snapshot, drive slots, shares);
 //! - [`snapshot`]: the state file's framing and the metadata a host reads to judge a
 //!   template;
-//! - [`host`]: how this host's KVM runs guest kernel code.
+//! - [`host`]: how this host's KVM runs guest kernel code;
+//! - [`handoff`]: open descriptors the host passes to a jailed VMM, named by token.
 //!
 //! The host library (`hull-host`) depends on this crate and never on `hull-vmm`.
 
 pub mod client;
 pub mod config;
+pub mod handoff;
 pub mod host;
 pub mod snapshot;
 

@@ -5,7 +5,7 @@
 //! which already speak ttrpc to containerd and to the agent; one wire format and generated
 //! clients, and no hand-written HTTP parser facing the socket.
 
-use std::os::fd::IntoRawFd;
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,6 +17,8 @@ use hull_protocol::rpc::vmm::{
     RemoveShareRequest, SnapshotRequest, SnapshotResult, VmState,
 };
 use hull_protocol::rpc::vmm_ttrpc;
+
+use hull_vmm_api::handoff::HandoffReceiver;
 
 use crate::builder::VmmControl;
 use crate::error_chain;
@@ -35,16 +37,17 @@ pub enum ApiError {
     Server(ttrpc::Error),
 }
 
-/// The running API server; dropping it stops serving and removes the socket.
-pub struct ApiServer {
-    server: Option<ttrpc::Server>,
+/// The control socket, bound before the VMM enters its jail (where the host's
+/// directories are out of reach).
+pub struct ApiListener {
+    listener: UnixListener,
     path: PathBuf,
 }
 
-impl ApiServer {
+impl ApiListener {
     /// Listens on `path` (a stale socket of a killed VMM is replaced; a live one or another
-    /// file is refused) and serves `control`.
-    pub fn start(path: &Path, control: VmmControl) -> Result<ApiServer, ApiError> {
+    /// file is refused).
+    pub fn bind(path: &Path) -> Result<ApiListener, ApiError> {
         crate::devices::virtio::vsock::muxer::prepare_socket_path(path)
             .map_err(|e| ApiError::Path(e.to_string()))?;
         let listener = UnixListener::bind(path)
@@ -53,7 +56,37 @@ impl ApiServer {
                 path: path.to_path_buf(),
                 source,
             })?;
-        let service = vmm_ttrpc::create_vmm(Arc::new(Service { control }));
+        Ok(ApiListener {
+            listener,
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+/// Where calls that name host files get them: descriptors handed over on `handoff`
+/// ([`hull_vmm_api::handoff`]) when the host sends them, paths opened here otherwise
+/// (refused when `jailed`).
+#[derive(Default)]
+pub struct HostFiles {
+    pub handoff: Option<HandoffReceiver>,
+    pub jailed: bool,
+}
+
+/// The running API server; dropping it stops serving and removes the socket.
+pub struct ApiServer {
+    server: Option<ttrpc::Server>,
+    path: PathBuf,
+}
+
+impl ApiServer {
+    /// Serves `control` on `listener`.
+    pub fn start(
+        listener: ApiListener,
+        control: VmmControl,
+        files: HostFiles,
+    ) -> Result<ApiServer, ApiError> {
+        let ApiListener { listener, path } = listener;
+        let service = vmm_ttrpc::create_vmm(Arc::new(Service { control, files }));
         let mut server = ttrpc::Server::new()
             .add_listener(listener.into_raw_fd())
             .map_err(ApiError::Server)?
@@ -62,7 +95,7 @@ impl ApiServer {
         log::info!("control API on {}", path.display());
         Ok(ApiServer {
             server: Some(server),
-            path: path.to_path_buf(),
+            path,
         })
     }
 }
@@ -72,12 +105,36 @@ impl Drop for ApiServer {
         if let Some(server) = self.server.take() {
             server.shutdown();
         }
+        // A jailed VMM cannot reach the path; its host removes the run directory.
         let _ = std::fs::remove_file(&self.path);
     }
 }
 
 struct Service {
     control: VmmControl,
+    files: HostFiles,
+}
+
+impl Service {
+    /// The host object a call names: the descriptor handed over under `token`, or `None`
+    /// when the VMM is to open `path` itself (only outside a jail).
+    fn opened(&self, token: u64, what: &str) -> ttrpc::Result<Option<OwnedFd>> {
+        let (receiver, jailed) = (self.files.handoff.as_ref(), self.files.jailed);
+        match (token, receiver) {
+            (0, _) if jailed => Err(status(
+                ttrpc::Code::FAILED_PRECONDITION,
+                format!("this VMM is jailed and opens no host path: hand the {what} over as a descriptor (hull_vmm_api::handoff) and name its token"),
+            )),
+            (0, _) => Ok(None),
+            (_, None) => Err(status(
+                ttrpc::Code::FAILED_PRECONDITION,
+                format!("the {what} names descriptor {token}, but this VMM was started without a hand-over socket (handoff_fd)"),
+            )),
+            (token, Some(r)) => r.take(token).map(Some).map_err(|e| {
+                status(ttrpc::Code::FAILED_PRECONDITION, format!("the {what}: {}", error_chain(&e)))
+            }),
+        }
+    }
 }
 
 fn status(code: ttrpc::Code, message: String) -> ttrpc::Error {
@@ -107,7 +164,12 @@ impl vmm_ttrpc::Vmm for Service {
     }
 
     fn snapshot(&self, _: &TtrpcContext, req: SnapshotRequest) -> ttrpc::Result<SnapshotResult> {
-        let dir = Path::new(&req.dir);
+        let opened = self.opened(req.descriptor, "snapshot directory")?;
+        // A handed-over directory is reached through the magic link to it.
+        let via_fd = opened
+            .as_ref()
+            .map(|fd| PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())));
+        let dir = via_fd.as_deref().unwrap_or(Path::new(&req.dir));
         if !dir.is_absolute() {
             return Err(status(
                 ttrpc::Code::INVALID_ARGUMENT,
@@ -149,7 +211,8 @@ impl vmm_ttrpc::Vmm for Service {
         _: &TtrpcContext,
         req: AttachDriveRequest,
     ) -> ttrpc::Result<AttachDriveResult> {
-        if !Path::new(&req.path).is_absolute() {
+        let opened = self.opened(req.descriptor, "disk image")?;
+        if opened.is_none() && !Path::new(&req.path).is_absolute() {
             return Err(status(
                 ttrpc::Code::INVALID_ARGUMENT,
                 format!("path {:?}: give an absolute path", req.path),
@@ -160,7 +223,8 @@ impl vmm_ttrpc::Vmm for Service {
             read_only: req.read_only,
             serial: req.serial,
         };
-        match self.control.attach_drive(req.slot, &attachment) {
+        let opened = opened.map(std::fs::File::from);
+        match self.control.attach_drive(req.slot, &attachment, opened) {
             Ok(sectors) => {
                 let mut out = AttachDriveResult::new();
                 out.sectors = sectors;
@@ -178,8 +242,9 @@ impl vmm_ttrpc::Vmm for Service {
     }
 
     fn add_share(&self, _: &TtrpcContext, req: AddShareRequest) -> ttrpc::Result<Empty> {
+        let opened = self.opened(req.descriptor, "shared directory")?;
         self.control
-            .add_share(&req.name, Path::new(&req.path))
+            .add_share(&req.name, Path::new(&req.path), opened)
             .map(|()| Empty::new())
             .map_err(|e| share_status(&e))
     }

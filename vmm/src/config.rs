@@ -74,6 +74,10 @@ pub enum ConfigError {
         "api_socket = {path}: the directory {dir} does not exist; create it or choose another path"
     )]
     ApiSocketDir { path: PathBuf, dir: PathBuf },
+    #[error("jail: uid {uid} and gid {gid}: a jailed VMM runs as neither uid 0 nor gid 0; choose ids from the host's range")]
+    JailRoot { uid: u32, gid: u32 },
+    #[error("jail.root = {0}: not a directory; the launcher creates an empty one per VM")]
+    JailDir(PathBuf),
     #[error("shared_fs = {0:?}: the virtio-fs tag must be 1-36 bytes with no NUL")]
     SharedFsTag(String),
     #[error("{devices} virtio devices ({drive_slots} of them drive slots): a VM has at most {MAX_VIRTIO_DEVICES}; lower drive_slots or drop drives")]
@@ -103,6 +107,10 @@ pub struct VmConfig {
     pub api_socket: Option<PathBuf>,
     pub drive_slots: u8,
     pub shared_fs: Option<String>,
+    /// Confine the VMM before the guest runs ([`crate::jail`]).
+    pub jail: Option<hull_vmm_api::config::JailConfig>,
+    /// The inherited descriptor hand-over socket ([`hull_vmm_api::handoff`]).
+    pub handoff_fd: Option<i32>,
 }
 
 /// Most virtio-mmio devices a VM can have: one interrupt pin each.
@@ -151,6 +159,17 @@ impl VmConfig {
         if let Some(path) = &file.api_socket {
             validate_api_socket(path)?;
         }
+        if let Some(jail) = &file.jail {
+            if jail.uid == 0 || jail.gid == 0 {
+                return Err(ConfigError::JailRoot {
+                    uid: jail.uid,
+                    gid: jail.gid,
+                });
+            }
+            if !jail.root.is_dir() {
+                return Err(ConfigError::JailDir(jail.root.clone()));
+            }
+        }
         if let Some(tag) = &file.shared_fs {
             let fits = (1..=crate::devices::virtio::fs::TAG_LEN).contains(&tag.len());
             if !fits || tag.contains('\0') {
@@ -174,6 +193,8 @@ impl VmConfig {
             api_socket: file.api_socket,
             drive_slots: check_drive_slots(file.drive_slots.unwrap_or(0))?,
             shared_fs: file.shared_fs,
+            jail: file.jail,
+            handoff_fd: file.handoff_fd,
         };
         config.check_device_count()?;
         config.check_device_ids()?;

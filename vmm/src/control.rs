@@ -219,10 +219,19 @@ impl VmmControl {
 
     /// Puts the disk image `a.path` into drive slot `slot` and tells the guest its new
     /// capacity; returns the capacity in 512-byte sectors. The guest finds the disk by
-    /// `a.serial` (VIRTIO_BLK_T_GET_ID).
-    pub fn attach_drive(&self, slot: u32, a: &Attachment) -> Result<u64, DriveSlotError> {
+    /// `a.serial` (VIRTIO_BLK_T_GET_ID). `opened` is the image as the host opened it
+    /// (a jailed VMM opens no path); without it `a.path` is opened here.
+    pub fn attach_drive(
+        &self,
+        slot: u32,
+        a: &Attachment,
+        opened: Option<std::fs::File>,
+    ) -> Result<u64, DriveSlotError> {
         self.with_slot(slot, |t, drive| {
-            let sectors = drive.attach(a)?;
+            let sectors = match opened {
+                Some(file) => drive.attach_opened(a, file)?,
+                None => drive.attach(a)?,
+            };
             t.config_changed();
             log::info!(
                 "drive slot {slot}: attached {} ({} sectors, {}, serial {:?})",
@@ -253,9 +262,19 @@ impl VmmControl {
     }
 
     /// Shares host directory `dir` with the guest as `/<name>` of its virtio-fs mount.
-    pub fn add_share(&self, name: &str, dir: &Path) -> Result<(), ShareError> {
+    /// `opened` is the directory as the host opened it (a jailed VMM opens no path);
+    /// `dir` then only names it.
+    pub fn add_share(
+        &self,
+        name: &str,
+        dir: &Path,
+        opened: Option<std::os::fd::OwnedFd>,
+    ) -> Result<(), ShareError> {
         let shares = self.shares.as_ref().ok_or(ShareError::NoDevice)?;
-        Ok(shares.add(name, dir)?)
+        match opened {
+            Some(fd) => Ok(shares.add_opened(name, dir, fd)?),
+            None => Ok(shares.add(name, dir)?),
+        }
     }
 
     /// Stops sharing `name`; returns whether it was shared.

@@ -27,6 +27,7 @@ pub mod control;
 pub mod devices;
 pub mod exit;
 pub mod guest_log;
+pub mod jail;
 pub mod quirks;
 pub mod signals;
 pub mod snapshot;

@@ -10,11 +10,13 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
+use hull_vmm::api::{ApiListener, ApiServer, HostFiles};
 use hull_vmm::config::{
     default_guest_cid, ConfigFile, ConsoleOutput, DriveConfig, DriveFormat, NetConfig, QuirksMode,
     VmConfig, VsockConfig,
 };
 use hull_vmm::error_chain;
+use hull_vmm_api::handoff::HandoffReceiver;
 
 #[derive(Debug, Parser)]
 #[command(name = "hull-vmm", version, about = "Run one hull microVM")]
@@ -234,6 +236,34 @@ fn main() -> ExitCode {
     };
 
     raise_fd_limit();
+    let handoff = match config.handoff_fd {
+        // SAFETY: the launcher passed this descriptor for this use only (`handoff_fd`);
+        // nothing else in this process refers to it.
+        Some(fd) => match unsafe { HandoffReceiver::from_raw_fd(fd) } {
+            Ok(r) => Some(r),
+            Err(e) => {
+                eprintln!("hull-vmm: invalid configuration: handoff_fd = {fd}: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
+    // Bound before the jail hides the host's directories.
+    let listener = match config
+        .api_socket
+        .as_deref()
+        .map(ApiListener::bind)
+        .transpose()
+    {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "hull-vmm: cannot serve the control API: {}",
+                error_chain(&e)
+            );
+            return ExitCode::from(1);
+        }
+    };
     let built = match &restore {
         Some(dir) => hull_vmm::restore_microvm(&config, dir, start),
         None => hull_vmm::build_microvm(&config, start),
@@ -250,17 +280,19 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.is_config_error() { 2 } else { 1 });
         }
     };
-    let _api = match &config.api_socket {
-        Some(path) => match hull_vmm::api::ApiServer::start(path, vmm.control()) {
-            Ok(server) => Some(server),
-            Err(e) => {
-                eprintln!(
-                    "hull-vmm: cannot serve the control API: {}",
-                    error_chain(&e)
-                );
-                return ExitCode::from(1);
-            }
-        },
+    let files = HostFiles {
+        handoff,
+        jailed: config.jail.is_some(),
+    };
+    let _api = match listener.map(|l| ApiServer::start(l, vmm.control(), files)) {
+        Some(Ok(server)) => Some(server),
+        Some(Err(e)) => {
+            eprintln!(
+                "hull-vmm: cannot serve the control API: {}",
+                error_chain(&e)
+            );
+            return ExitCode::from(1);
+        }
         None => None,
     };
     let outcome = vmm.run();

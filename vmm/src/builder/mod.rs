@@ -40,6 +40,8 @@ pub(crate) use virtio::PlacedDevice;
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     #[error(transparent)]
+    Jail(#[from] crate::jail::JailError),
+    #[error(transparent)]
     Fs(#[from] crate::devices::virtio::fs::FsError),
     #[error(transparent)]
     Vm(#[from] crate::vstate::vm::VmError),
@@ -243,6 +245,11 @@ fn build(config: &VmConfig, start: Instant, origin: Origin) -> Result<Vmm, Build
         emulated_host: host.is_emulated(),
         pause: pause.clone(),
     };
+    // Every host resource is held: confine the process before any guest code runs (and
+    // while it still has one thread).
+    if let Some(jail) = &config.jail {
+        crate::jail::enter(jail)?;
+    }
     let handles = start_vcpus(config, &machine, ctx, restoring, entry)?;
     log::info!(
         "{} {} vCPU(s), {} MiB, {} virtio device(s), {:.1} ms after VMM start",

@@ -107,11 +107,25 @@ impl DriveSlot {
     /// Puts `a` into this slot; returns its capacity in sectors. The caller tells the
     /// guest (a configuration-change interrupt).
     pub fn attach(&self, a: &Attachment) -> Result<u64, BlockError> {
+        self.fill(a, || open_disk(&a.path, a.read_only, Some(&a.serial)))
+    }
+
+    /// [`DriveSlot::attach`] of a disk the host opened (a jailed VMM opens no path):
+    /// `file` is the image, opened read-write unless `a.read_only`; `a.path` names it.
+    pub fn attach_opened(&self, a: &Attachment, file: std::fs::File) -> Result<u64, BlockError> {
+        self.fill(a, || disk_from(file, &a.path, a.read_only, Some(&a.serial)))
+    }
+
+    fn fill(
+        &self,
+        a: &Attachment,
+        disk: impl FnOnce() -> Result<Disk, BlockError>,
+    ) -> Result<u64, BlockError> {
         let mut slot = lock(&self.0);
         if let Some(held) = &slot.held {
             return Err(BlockError::SlotBusy(held.path.clone()));
         }
-        slot.disk = open_disk(&a.path, a.read_only, Some(&a.serial))?;
+        slot.disk = disk()?;
         slot.held = Some(a.clone());
         Ok(slot.disk.sectors)
     }
@@ -147,8 +161,7 @@ fn empty_disk() -> Result<Disk, BlockError> {
 }
 
 fn open_disk(path: &Path, read_only: bool, serial: Option<&str>) -> Result<Disk, BlockError> {
-    use std::io::{Seek, SeekFrom};
-    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    use std::os::unix::fs::OpenOptionsExt;
     let open_err = |source| BlockError::Open {
         path: path.to_path_buf(),
         source,
@@ -156,12 +169,28 @@ fn open_disk(path: &Path, read_only: bool, serial: Option<&str>) -> Result<Disk,
     // Non-blocking: opening a FIFO for reading would otherwise wait for a writer, with the
     // slot's lock held and the guest's next access to the device stuck behind it. The
     // flag does nothing to reads and writes of files and block devices.
-    let mut file = OpenOptions::new()
+    let file = OpenOptions::new()
         .read(true)
         .write(!read_only)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
         .map_err(open_err)?;
+    disk_from(file, path, read_only, serial)
+}
+
+/// A disk over the open `file` (named `path` in errors): its size, and its identity.
+fn disk_from(
+    mut file: std::fs::File,
+    path: &Path,
+    read_only: bool,
+    serial: Option<&str>,
+) -> Result<Disk, BlockError> {
+    use std::io::{Seek, SeekFrom};
+    use std::os::unix::fs::FileTypeExt;
+    let open_err = |source| BlockError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
     let kind = file.metadata().map_err(open_err)?.file_type();
     let len = if kind.is_file() {
         file.metadata().map_err(open_err)?.len()

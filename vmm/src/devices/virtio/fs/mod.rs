@@ -111,6 +111,12 @@ impl VirtioDevice for Fs {
         mem: &GuestMemoryMmap,
     ) -> UsedQueues {
         if self.worker.is_none() && !self.failed {
+            if !has_requests(queues, mem) {
+                // A restore serves every ready queue once, before the VMM enters its
+                // jail: the worker thread starts with the guest's first request, so it
+                // is created inside the jail like every other thread.
+                return UsedQueues::default();
+            }
             let Some(interrupt) = self.interrupt.clone() else {
                 log::error!("fs: no interrupt line; the device cannot serve");
                 self.failed = true;
@@ -149,6 +155,16 @@ impl VirtioDevice for Fs {
                 .into()
         })
     }
+}
+
+/// Whether the guest has made any request available on a ready queue.
+fn has_requests(queues: &[Queue], mem: &GuestMemoryMmap) -> bool {
+    use virtio_queue::QueueT;
+    queues.iter().any(|q| {
+        q.ready()
+            && q.avail_idx(mem, Ordering::Acquire)
+                .is_ok_and(|avail| avail.0 != q.next_avail())
+    })
 }
 
 #[cfg(test)]

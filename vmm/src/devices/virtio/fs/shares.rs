@@ -4,6 +4,7 @@
 //! guest runs; the template VM never has any.
 
 use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -84,17 +85,46 @@ impl Shares {
             path: dir.into(),
             source,
         })?;
+        let root_dir = dir.to_str().ok_or_else(|| ShareError::Open {
+            name: name.into(),
+            path: dir.into(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not UTF-8"),
+        })?;
+        self.export(name, dir, &meta, root_dir)
+    }
+
+    /// Exports the directory the host opened as `fd` (a jailed VMM opens no path; `dir`
+    /// only names it). The file server opens its root through this process's
+    /// `/proc/self/fd`, and keeps its own descriptor: `fd` is closed after.
+    pub fn add_opened(&self, name: &str, dir: &Path, fd: OwnedFd) -> Result<(), ShareError> {
+        check_name(name)?;
+        let meta = fd
+            .try_clone()
+            .map(std::fs::File::from)
+            .and_then(|f| f.metadata())
+            .map_err(|source| ShareError::Open {
+                name: name.into(),
+                path: dir.into(),
+                source,
+            })?;
+        // The trailing "." makes the magic link followed even under O_NOFOLLOW.
+        let root_dir = format!("/proc/self/fd/{}/.", fd.as_raw_fd());
+        self.export(name, dir, &meta, &root_dir)
+    }
+
+    fn export(
+        &self,
+        name: &str,
+        dir: &Path,
+        meta: &std::fs::Metadata,
+        root_dir: &str,
+    ) -> Result<(), ShareError> {
         if !meta.is_dir() {
             return Err(ShareError::NotDirectory {
                 name: name.into(),
                 path: dir.into(),
             });
         }
-        let root_dir = dir.to_str().ok_or_else(|| ShareError::Open {
-            name: name.into(),
-            path: dir.into(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not UTF-8"),
-        })?;
         let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(existing) = names.get(name) {
             return Err(ShareError::Exists {

@@ -371,13 +371,22 @@ fn transport_reset_drops_connections_and_posts_an_event() {
     );
 }
 
-/// A restored VM's socket appears only after the guest has handled the reset (it refills
-/// the event buffer and notifies): a host client cannot connect before the guest drops its
-/// stale connections, which would drop the new one silently.
+/// A restored VM serves host clients only after the guest has handled the reset (it
+/// refills the event buffer and notifies): a client accepted before the guest drops its
+/// stale connections would be dropped silently. One that connects early waits.
 #[test]
-fn a_restored_device_publishes_its_socket_once_the_guest_handled_the_reset() {
+fn a_restored_device_serves_host_clients_once_the_guest_handled_the_reset() {
     let mut g = Guest::with(Vsock::for_restore);
-    assert!(!g.uds.exists(), "socket visible before the reset");
+    let mut early = UnixStream::connect(&g.uds).expect("the socket is bound at once");
+    writeln!(early, "CONNECT 1024").unwrap();
+    let unanswered = |g: &mut Guest| {
+        for _ in 0..10 {
+            g.d.host_event(g.muxer_fd);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        g.recv().iter().all(|(h, _)| h.op != op::REQUEST)
+    };
+    assert!(unanswered(&mut g), "served before the reset");
     let mut heads = Vec::new();
     for _ in 0..3 {
         let addr = g.d.alloc(8);
@@ -393,8 +402,8 @@ fn a_restored_device_publishes_its_socket_once_the_guest_handled_the_reset() {
     }
     g.d.notify(EVENT);
     assert!(
-        !g.uds.exists(),
-        "an early event-queue notification published the socket"
+        unanswered(&mut g),
+        "an early event-queue notification started serving"
     );
     // SAFETY: writes 8 bytes from a live u64 to the device's eventfd, open for the test.
     let n = unsafe { libc::write(g.reset_fd, (&1u64 as *const u64).cast(), 8) };
@@ -402,8 +411,8 @@ fn a_restored_device_publishes_its_socket_once_the_guest_handled_the_reset() {
     g.d.host_event(g.reset_fd);
     assert_eq!(g.d.take_used(EVENT), vec![(heads[0], 4)]);
     assert!(
-        !g.uds.exists(),
-        "published before the guest handled the event"
+        unanswered(&mut g),
+        "served before the guest handled the event"
     );
     // The driver is two buffers ahead of the device: the device asks to hear of the next.
     assert_eq!(g.d.avail_event(EVENT), 3);
@@ -417,9 +426,17 @@ fn a_restored_device_publishes_its_socket_once_the_guest_handled_the_reset() {
         }],
     );
     g.d.notify(EVENT);
-    assert!(g.uds.exists(), "not published after the guest's refill");
-    assert!(!g.uds.with_extension("sock.staged").exists());
-    let (_client, _) = g.host_connect(1024);
+    // The early client is served now, and new ones too.
+    let got = g.pump_until(|p| p.iter().any(|(h, _)| h.op == op::REQUEST));
+    assert_eq!(
+        got.iter()
+            .find(|(h, _)| h.op == op::REQUEST)
+            .unwrap()
+            .0
+            .dst_port,
+        1024
+    );
+    let (_client, _) = g.host_connect(1025);
 }
 
 /// A snapshot keeps an idle host connection: in the restored device a new host client

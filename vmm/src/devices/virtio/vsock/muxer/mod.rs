@@ -68,9 +68,9 @@ struct PendingHandshake {
 pub struct Muxer {
     guest_cid: u64,
     uds_path: PathBuf,
-    /// Where the listener is bound until [`Muxer::publish`] moves it to `uds_path` (a
-    /// restored VM: see `Vsock::for_restore`); `None` once it is there.
-    staged_at: Option<PathBuf>,
+    /// The listener accepts nothing until [`Muxer::publish`] (a restored VM: see
+    /// `Vsock::for_restore`): host clients that connect early wait in its backlog.
+    unpublished: bool,
     listener: UnixListener,
     epoll: Epoll,
     timer: TimerFd,
@@ -94,24 +94,19 @@ impl Muxer {
         Self::bind(guest_cid, uds_path, false)
     }
 
-    /// Like [`Muxer::new`], but the listener stays at a staging path next to `uds_path`
-    /// until [`Muxer::publish`]: host clients that wait for `uds_path` to appear cannot
-    /// connect before the guest is ready for them.
+    /// Like [`Muxer::new`], but nothing is accepted until [`Muxer::publish`]: a host
+    /// client that connects early is served only once the guest is ready for it. (The
+    /// socket is bound at its path at once: a jailed VMM cannot rename it later.)
     pub fn new_staged(guest_cid: u64, uds_path: &Path) -> Result<Self, MuxerError> {
         Self::bind(guest_cid, uds_path, true)
     }
 
     fn bind(guest_cid: u64, uds_path: &Path, staged: bool) -> Result<Self, MuxerError> {
         prepare_socket_path(uds_path)?;
-        let staged_at = staged.then(|| staging_path(uds_path));
-        let bind_at = staged_at.as_deref().unwrap_or(uds_path);
-        if staged {
-            prepare_socket_path(bind_at)?;
-        }
-        let listener = UnixListener::bind(bind_at)
-            .and_then(|l| restrict_socket(bind_at).map(|()| l))
+        let listener = UnixListener::bind(uds_path)
+            .and_then(|l| restrict_socket(uds_path).map(|()| l))
             .map_err(|source| MuxerError::Bind {
-                path: bind_at.to_path_buf(),
+                path: uds_path.to_path_buf(),
                 source,
             })?;
         listener
@@ -123,7 +118,12 @@ impl Muxer {
         let epoll = Epoll::new().map_err(MuxerError::Setup)?;
         let timer = TimerFd::new()
             .map_err(|e| MuxerError::Setup(std::io::Error::from_raw_os_error(e.errno())))?;
-        for fd in [listener.as_raw_fd(), timer.as_raw_fd()] {
+        let watched = if staged {
+            vec![timer.as_raw_fd()]
+        } else {
+            vec![listener.as_raw_fd(), timer.as_raw_fd()]
+        };
+        for fd in watched {
             epoll
                 .ctl(
                     ControlOperation::Add,
@@ -135,7 +135,7 @@ impl Muxer {
         Ok(Muxer {
             guest_cid,
             uds_path: uds_path.to_path_buf(),
-            staged_at,
+            unpublished: staged,
             listener,
             epoll,
             timer,
@@ -152,30 +152,31 @@ impl Muxer {
         })
     }
 
-    /// Moves a staged listener to its real path (a no-op once there). A failure leaves it
-    /// staged, and says so: host clients would wait for the socket forever otherwise.
+    /// Starts accepting host clients (a no-op once it does). A failure leaves the
+    /// listener idle, and says so: host clients would wait forever otherwise.
     pub fn publish(&mut self) {
-        let Some(staged) = self.staged_at.take() else {
+        if !self.unpublished {
             return;
-        };
-        let moved = prepare_socket_path(&self.uds_path)
-            .map_err(|e| e.to_string())
-            .and_then(|()| std::fs::rename(&staged, &self.uds_path).map_err(|e| e.to_string()));
-        match moved {
-            Ok(()) => log::info!("vsock: listening on {}", self.uds_path.display()),
-            Err(e) => {
-                log::error!(
-                    "vsock: cannot move the listener from {} to {}: {e}",
-                    staged.display(),
-                    self.uds_path.display()
-                );
-                self.staged_at = Some(staged);
+        }
+        let fd = self.listener.as_raw_fd();
+        match self.epoll.ctl(
+            ControlOperation::Add,
+            fd,
+            EpollEvent::new(EventSet::IN, fd as u64),
+        ) {
+            Ok(()) => {
+                self.unpublished = false;
+                log::info!("vsock: accepting on {}", self.uds_path.display());
             }
+            Err(e) => log::error!(
+                "vsock: cannot start accepting on {}: {e}",
+                self.uds_path.display()
+            ),
         }
     }
 
     pub fn is_published(&self) -> bool {
-        self.staged_at.is_none()
+        !self.unpublished
     }
 
     /// The descriptor the event loop watches for the whole backend.
@@ -478,15 +479,9 @@ impl Muxer {
 
 impl Drop for Muxer {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(self.staged_at.as_deref().unwrap_or(&self.uds_path));
+        // A jailed VMM cannot reach the path; its host removes the run directory.
+        let _ = std::fs::remove_file(&self.uds_path);
     }
-}
-
-/// `<uds_path>.staged`: within the length `uds_path` may have (its `_<port>` reserve).
-fn staging_path(uds_path: &Path) -> PathBuf {
-    let mut p = uds_path.as_os_str().to_owned();
-    p.push(".staged");
-    PathBuf::from(p)
 }
 
 /// Makes `path` free for a listener: a socket nobody listens on (left by a VMM that was

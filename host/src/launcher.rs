@@ -1,0 +1,581 @@
+//! How a `hull-vmm` process comes to exist: the privileged half of its jail.
+//!
+//! Every VMM is started by one long-lived thread of the host process (the shim, the CLI,
+//! a detached run's supervisor) with `clone3`:
+//!
+//! - in new PID, mount, IPC and UTS namespaces (when jailed), so it sees no other
+//!   process and its mounts never reach the host; the VMM builds the rest of its jail
+//!   itself (`hull-vmm`'s `jail.rs`) once it holds its host resources;
+//! - with `PR_SET_PDEATHSIG` = SIGKILL. The kernel sends it when the *thread* that
+//!   forked dies, which is why one thread that lives as long as the process launches
+//!   every VMM: a VMM started from a short-lived request thread would die with it;
+//! - holding the read end of the process's lifeline pipe, whose write end only this
+//!   process has: the VMM re-arms the death signal after its uid change (which clears
+//!   it) and then checks the pipe, so a host that died in between is not missed;
+//! - in its own session, with exactly the descriptors it is given (stdio, taps, the
+//!   hand-over socket, its uid lease) and everything else closed on exec.
+//!
+//! A jailed VMM runs as a uid (and gid of the same number) of its own, leased from the
+//! configured range: a lock on `<lease_dir>/<uid>` held by the VMM's inherited
+//! descriptor and the host's, so the uid is free again only when both are gone.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("{what}")]
+    Os {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0} holds a NUL byte")]
+    Nul(String),
+    #[error("every uid of the jail range {base}..{end} is leased (one per running VMM, in {dir}); raise jail.uids or stop sandboxes", end = *base as u64 + *count as u64)]
+    NoFreeUid { base: u32, count: u32, dir: PathBuf },
+    #[error("the launcher thread is gone")]
+    ThreadGone,
+    #[error("exec {program}")]
+    Exec {
+        program: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn os(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LaunchError {
+    let what = what.into();
+    move |source| LaunchError::Os { what, source }
+}
+
+/// Which uids jailed VMMs run as, and what they may hold (`[jail]` in the host config).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JailPolicy {
+    pub uid_base: u32,
+    pub uid_count: u32,
+    /// Where the uid leases are: shared by every hull process on the host.
+    pub lease_dir: PathBuf,
+    pub max_open_files: u64,
+}
+
+/// The range jailed VMMs take their uids from by default: far above the ranges
+/// distributions give people and services, and away from systemd's container ranges.
+pub const DEFAULT_UID_BASE: u32 = 2_000_000_000;
+pub const DEFAULT_UID_COUNT: u32 = 65_536;
+pub const DEFAULT_LEASE_DIR: &str = "/run/hull/uids";
+
+impl Default for JailPolicy {
+    fn default() -> Self {
+        JailPolicy {
+            uid_base: DEFAULT_UID_BASE,
+            uid_count: DEFAULT_UID_COUNT,
+            lease_dir: PathBuf::from(DEFAULT_LEASE_DIR),
+            max_open_files: hull_vmm_api::config::default_max_open_files(),
+        }
+    }
+}
+
+/// One uid (and the gid of the same number) of the jail range, held for one VMM.
+#[derive(Debug)]
+pub struct UidLease {
+    pub uid: u32,
+    lock: OwnedFd,
+}
+
+impl UidLease {
+    /// Takes the first free uid of the range, starting at a place that depends on this
+    /// process, so concurrent hosts rarely try the same ones.
+    pub fn acquire(policy: &JailPolicy) -> Result<UidLease, LaunchError> {
+        std::fs::create_dir_all(&policy.lease_dir)
+            .map_err(os(format!("create {}", policy.lease_dir.display())))?;
+        let count = policy.uid_count.max(1);
+        let start = std::process::id() % count;
+        for i in 0..count {
+            let uid = policy.uid_base + (start + i) % count;
+            let path = policy.lease_dir.join(uid.to_string());
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(os(format!("open {}", path.display())))?;
+            // SAFETY: flock on a descriptor we own.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Ok(UidLease {
+                    uid,
+                    lock: file.into(),
+                });
+            }
+        }
+        Err(LaunchError::NoFreeUid {
+            base: policy.uid_base,
+            count,
+            dir: policy.lease_dir.clone(),
+        })
+    }
+
+    /// The descriptor whose lock is the lease (for the VMM to inherit).
+    pub fn lock_fd(&self) -> BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.lock.as_fd()
+    }
+}
+
+/// What to start.
+pub struct Launch<'a> {
+    pub program: &'a Path,
+    pub args: Vec<OsString>,
+    pub env: Vec<(OsString, OsString)>,
+    /// Where the VMM's stderr (its log) goes; stdin and stdout are /dev/null.
+    pub stderr: BorrowedFd<'a>,
+    /// Descriptors the VMM inherits under the same numbers.
+    pub inherit: Vec<BorrowedFd<'a>>,
+    /// New PID, mount, IPC and UTS namespaces.
+    pub namespaces: bool,
+}
+
+/// A started VMM: its pid in the host's namespace and a pidfd that names it for good.
+#[derive(Debug)]
+pub struct Child {
+    pid: i32,
+    pidfd: OwnedFd,
+    reaped: Option<ExitStatus>,
+}
+
+impl Child {
+    pub fn id(&self) -> u32 {
+        self.pid as u32
+    }
+
+    /// The exit status once it has exited (reaped here), `None` while it runs.
+    pub fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
+        if self.reaped.is_some() {
+            return Ok(self.reaped);
+        }
+        let mut status = 0;
+        // SAFETY: waitpid on our own child, writing into `status`.
+        let r = unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) };
+        match r {
+            0 => Ok(None),
+            r if r == self.pid => {
+                self.reaped = Some(ExitStatus::from_raw(status));
+                Ok(self.reaped)
+            }
+            _ => Err(std::io::Error::last_os_error()),
+        }
+    }
+
+    /// Waits for the exit and reaps.
+    pub fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        if let Some(s) = self.reaped {
+            return Ok(s);
+        }
+        let mut status = 0;
+        loop {
+            // SAFETY: waitpid on our own child, writing into `status`.
+            let r = unsafe { libc::waitpid(self.pid, &mut status, 0) };
+            if r == self.pid {
+                let s = ExitStatus::from_raw(status);
+                self.reaped = Some(s);
+                return Ok(s);
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
+    /// SIGKILL, through the pidfd: never another process that reused the pid.
+    pub fn kill(&mut self) -> std::io::Result<()> {
+        if self.reaped.is_some() {
+            return Ok(());
+        }
+        // SAFETY: pidfd_send_signal with a pidfd we own and no siginfo.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            // ESRCH: it has exited and waits to be reaped.
+            if e.raw_os_error() != Some(libc::ESRCH) {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The write end of the process's lifeline pipe (never closed) and the read end every
+/// VMM inherits.
+fn lifeline() -> Result<RawFd, LaunchError> {
+    static LIFELINE: OnceLock<(OwnedFd, OwnedFd)> = OnceLock::new();
+    if let Some((read, _)) = LIFELINE.get() {
+        return Ok(read.as_raw_fd());
+    }
+    let (read, write) = pipe()?;
+    Ok(LIFELINE.get_or_init(|| (read, write)).0.as_raw_fd())
+}
+
+/// The lifeline's read end, to name in the VMM's jail configuration.
+pub fn lifeline_fd() -> Result<RawFd, LaunchError> {
+    lifeline()
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), LaunchError> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into `fds`.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(os("make a pipe")(std::io::Error::last_os_error()));
+    }
+    // SAFETY: pipe2 just made this descriptor for us.
+    let read = unsafe { OwnedFd::from_raw_fd(fds[0]) };
+    // SAFETY: as above.
+    let write = unsafe { OwnedFd::from_raw_fd(fds[1]) };
+    Ok((read, write))
+}
+
+/// Everything the child needs, made before the clone: the child allocates nothing.
+struct Prepared {
+    program: CString,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    null: OwnedFd,
+    stderr: RawFd,
+    inherit: Vec<RawFd>,
+    flags: u64,
+}
+
+fn cstring(s: &OsStr, what: &str) -> Result<CString, LaunchError> {
+    CString::new(s.as_bytes()).map_err(|_| LaunchError::Nul(what.to_string()))
+}
+
+/// Starts `l` from the launcher thread.
+pub fn launch(l: Launch<'_>) -> Result<Child, LaunchError> {
+    let mut argv = vec![cstring(l.program.as_os_str(), "the program path")?];
+    for a in &l.args {
+        argv.push(cstring(a, "an argument")?);
+    }
+    let mut envp = Vec::new();
+    for (k, v) in &l.env {
+        let mut kv = k.clone();
+        kv.push("=");
+        kv.push(v);
+        envp.push(cstring(&kv, "an environment variable")?);
+    }
+    let null = std::fs::File::open("/dev/null").map_err(os("open /dev/null"))?;
+    let mut inherit: Vec<RawFd> = l.inherit.iter().map(|f| f.as_raw_fd()).collect();
+    inherit.push(lifeline()?);
+    let flags = libc::CLONE_PIDFD as u64
+        | CLONE_CLEAR_SIGHAND
+        | if l.namespaces {
+            (libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS)
+                as u64
+        } else {
+            0
+        };
+    let prepared = Prepared {
+        program: cstring(l.program.as_os_str(), "the program path")?,
+        argv,
+        envp,
+        null: null.into(),
+        stderr: l.stderr.as_raw_fd(),
+        inherit,
+        flags,
+    };
+    let program = l.program.to_path_buf();
+    // The descriptors named in `prepared` stay open: this thread waits for the result.
+    on_launcher_thread(move || spawn(&prepared, &program))?
+}
+
+/// Not in every libc release yet: `CLONE_CLEAR_SIGHAND` (Linux 5.5).
+const CLONE_CLEAR_SIGHAND: u64 = 0x1_0000_0000;
+
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+fn spawn(p: &Prepared, program: &Path) -> Result<Child, LaunchError> {
+    let argv: Vec<*const libc::c_char> = p
+        .argv
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let envp: Vec<*const libc::c_char> = p
+        .envp
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let (err_read, err_write) = pipe()?;
+    let mut pidfd: RawFd = -1;
+    let args = CloneArgs {
+        flags: p.flags,
+        pidfd: &mut pidfd as *mut RawFd as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: clone3 with no stack behaves as fork; the child runs only `exec_child`,
+    // which makes raw system calls on memory prepared above and never returns.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if pid == 0 {
+        // SAFETY: we are the child of a clone without CLONE_VM; see `exec_child`.
+        unsafe { exec_child(p, &argv, &envp, err_write.as_raw_fd()) }
+    }
+    if pid < 0 {
+        return Err(os("clone3 a VMM process")(std::io::Error::last_os_error()));
+    }
+    drop(err_write);
+    // SAFETY: clone3 stored a pidfd it made for us.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    let mut child = Child {
+        pid: pid as i32,
+        pidfd,
+        reaped: None,
+    };
+    // The pipe closes on a successful exec; an errno arrives if it failed.
+    let mut errno = [0u8; 4];
+    let mut f = std::fs::File::from(err_read);
+    match std::io::Read::read(&mut f, &mut errno) {
+        Ok(4) => {
+            let _ = child.wait();
+            Err(LaunchError::Exec {
+                program: program.to_path_buf(),
+                source: std::io::Error::from_raw_os_error(i32::from_ne_bytes(errno)),
+            })
+        }
+        _ => Ok(child),
+    }
+}
+
+/// The child's side: death signal, signal mask, session, stdio, inherited descriptors,
+/// exec. Only system calls: this process is a copy of a multi-threaded one.
+///
+/// # Safety
+/// Call only in the child of `clone3` without `CLONE_VM`, with `argv` and `envp`
+/// null-terminated arrays of pointers into `p`.
+unsafe fn exec_child(
+    p: &Prepared,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+    err: RawFd,
+) -> ! {
+    // Each call below is a plain system call on descriptors and memory this copy of the
+    // process owns; none allocates or takes a lock.
+    // SAFETY: prctl with constant arguments.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    let none = [0u64; 1];
+    // SAFETY: an empty 8-byte kernel signal set, read by rt_sigprocmask.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            none.as_ptr(),
+            std::ptr::null::<u64>(),
+            8usize,
+        )
+    };
+    // SAFETY: setsid has no preconditions.
+    unsafe { libc::setsid() };
+    let null = p.null.as_raw_fd();
+    for (from, to) in [(null, 0), (null, 1), (p.stderr, 2)] {
+        // SAFETY: dup2 of descriptors this process holds.
+        if unsafe { libc::dup2(from, to) } < 0 {
+            // SAFETY: as `fail` requires.
+            unsafe { fail(err) };
+        }
+    }
+    for &fd in &p.inherit {
+        // SAFETY: F_SETFD on a descriptor this process holds.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } < 0 {
+            // SAFETY: as `fail` requires.
+            unsafe { fail(err) };
+        }
+    }
+    // SAFETY: `argv` and `envp` are null-terminated arrays of NUL-terminated strings in
+    // `p`, which outlives the call.
+    unsafe { libc::execve(p.program.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    // SAFETY: as `fail` requires.
+    unsafe { fail(err) }
+}
+
+/// Reports errno to the parent and exits.
+///
+/// # Safety
+/// As [`exec_child`].
+unsafe fn fail(err: RawFd) -> ! {
+    let e = std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+        .to_ne_bytes();
+    // SAFETY: a write of four bytes we own to the error pipe.
+    unsafe { libc::write(err, e.as_ptr().cast(), 4) };
+    // SAFETY: _exit ends this process without running anything of the parent's.
+    unsafe { libc::_exit(127) }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Runs `f` on the process's launcher thread (started on first use, never ended) and
+/// returns its result.
+fn on_launcher_thread<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, LaunchError> {
+    static JOBS: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+    let jobs = JOBS.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("vmm-launcher".into())
+            .spawn(move || {
+                for job in rx {
+                    job();
+                }
+            })
+            .expect("start the VMM launcher thread");
+        Mutex::new(tx)
+    });
+    let (tx, rx) = mpsc::channel();
+    let job: Job = Box::new(move || {
+        let _ = tx.send(f());
+    });
+    crate::lock(jobs)
+        .send(job)
+        .map_err(|_| LaunchError::ThreadGone)?;
+    rx.recv().map_err(|_| LaunchError::ThreadGone)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    fn policy(dir: &Path, count: u32) -> JailPolicy {
+        JailPolicy {
+            uid_base: 3_000_000_000,
+            uid_count: count,
+            lease_dir: dir.to_path_buf(),
+            max_open_files: 1024,
+        }
+    }
+
+    #[test]
+    fn each_lease_gets_its_own_uid_until_it_is_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = policy(dir.path(), 2);
+        let a = UidLease::acquire(&p).unwrap();
+        let b = UidLease::acquire(&p).unwrap();
+        assert_ne!(a.uid, b.uid);
+        assert!((3_000_000_000..3_000_000_002).contains(&a.uid));
+        let e = UidLease::acquire(&p).unwrap_err();
+        assert!(matches!(e, LaunchError::NoFreeUid { .. }), "{e}");
+        let freed = a.uid;
+        drop(a);
+        assert_eq!(UidLease::acquire(&p).unwrap().uid, freed);
+    }
+
+    fn sh(script: &str, stderr: &std::fs::File) -> Launch<'static> {
+        // The borrow of `stderr` is extended by the caller's scope.
+        let stderr: BorrowedFd<'static> =
+            // SAFETY: each test keeps `stderr` open until the child has exited.
+            unsafe { BorrowedFd::borrow_raw(stderr.as_raw_fd()) };
+        Launch {
+            program: Path::new("/bin/sh"),
+            args: vec!["-c".into(), script.into()],
+            env: vec![("HULL_TEST".into(), "yes".into())],
+            stderr,
+            inherit: Vec::new(),
+            namespaces: false,
+        }
+    }
+
+    #[test]
+    fn a_launched_program_gets_its_environment_stdio_and_exit_status() {
+        let out = tempfile::NamedTempFile::new().unwrap();
+        let mut child = launch(sh("echo \"$HULL_TEST\" >&2; exit 7", out.as_file())).unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(7));
+        assert_eq!(std::fs::read_to_string(out.path()).unwrap(), "yes\n");
+    }
+
+    #[test]
+    fn a_missing_program_is_an_exec_error() {
+        let out = tempfile::tempfile().unwrap();
+        let mut l = sh("true", &out);
+        l.program = Path::new("/nonexistent/hull-vmm");
+        let e = launch(l).unwrap_err();
+        assert!(matches!(e, LaunchError::Exec { .. }), "{e}");
+    }
+
+    #[test]
+    fn kill_ends_the_child_and_wait_reports_the_signal() {
+        let out = tempfile::tempfile().unwrap();
+        let mut child = launch(sh("sleep 30", &out)).unwrap();
+        assert!(child.try_wait().unwrap().is_none());
+        child.kill().unwrap();
+        assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
+    }
+
+    #[test]
+    fn only_named_descriptors_are_inherited() {
+        let out = tempfile::NamedTempFile::new().unwrap();
+        let kept = tempfile::tempfile().unwrap();
+        let hidden = tempfile::tempfile().unwrap();
+        let script = format!(
+            "test -e /proc/self/fd/{} && echo kept >&2; test -e /proc/self/fd/{} && echo leaked >&2; true",
+            kept.as_raw_fd(),
+            hidden.as_raw_fd()
+        );
+        let mut l = sh(&script, out.as_file());
+        l.inherit.push(kept.as_fd());
+        launch(l).unwrap().wait().unwrap();
+        assert_eq!(std::fs::read_to_string(out.path()).unwrap(), "kept\n");
+    }
+
+    #[test]
+    fn a_child_in_namespaces_is_pid_1_of_its_own() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: new namespaces need root");
+            return;
+        }
+        let out = tempfile::NamedTempFile::new().unwrap();
+        let mut l = sh("echo $$ >&2", out.as_file());
+        l.namespaces = true;
+        launch(l).unwrap().wait().unwrap();
+        assert_eq!(std::fs::read_to_string(out.path()).unwrap(), "1\n");
+    }
+}
