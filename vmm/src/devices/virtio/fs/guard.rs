@@ -7,10 +7,15 @@
 //! also serves every request with the VMM's own credentials, because `PassthroughFs`
 //! would otherwise switch its thread to the guest caller's uid and gid for each create
 //! (`setresuid`), which an unprivileged VMM cannot do. Files the guest creates
-//! therefore belong to the VMM on the host, and the guest sees the VMM's ids as root's.
+//! therefore belong to the VMM on the host.
 //!
 //! The guest kernel still checks its own callers' permissions (virtio-fs always mounts
-//! with `default_permissions`), against the ids shown here.
+//! with `default_permissions`), against the ids shown here. So that a guest user may go on
+//! writing what it made, the guard keeps the guest owner of each file and directory the
+//! VMM owns in an xattr on it ([`super::owner`]): set to the creator's ids by a create,
+//! changed by a guest chown, shown in every attribute the guest gets. What has no record
+//! (host-made files, FIFOs, sockets, symlinks, or any file on a host file system without
+//! user xattrs) shows the VMM's ids as root's.
 
 use std::any::Any;
 use std::ffi::CStr;
@@ -28,8 +33,14 @@ use fuse_backend_rs::api::filesystem::{
 use fuse_backend_rs::api::BackendFileSystem;
 use fuse_backend_rs::transport::FsCacheReqHandler;
 
+use super::owner::{self, Owner, MAX_RECORD_LEN, OWNER_XATTR};
+
+/// The most a listxattr can return (the kernel's XATTR_LIST_MAX).
+const XATTR_LIST_MAX: u32 = 65536;
+
 /// A request the policy refuses. The guest gets EPERM and the host file system is not
-/// touched. Each variant is a way a guest could gain privilege on the host.
+/// touched. Each variant is a way a guest could gain privilege on the host, or over files
+/// other guest users own.
 #[derive(Debug, thiserror::Error)]
 pub enum Refusal {
     /// A device node is a door into a host driver: a guest-made copy of `/dev/mem` or of
@@ -52,6 +63,11 @@ pub enum Refusal {
     /// guest may still read them.
     #[error("an xattr in the trusted. or security. namespace")]
     PrivilegedXattr,
+    /// `user.hull.*` holds the owner the guest sees ([`super::owner`]). A guest that
+    /// could write it would make itself the owner of any file it can name; it cannot
+    /// read or list it either, so that nothing in the guest depends on it.
+    #[error("an xattr in hull's own user.hull. namespace")]
+    OwnerRecord,
 }
 
 impl From<Refusal> for io::Error {
@@ -62,9 +78,11 @@ impl From<Refusal> for io::Error {
     }
 }
 
-/// mknod makes no device nodes.
-fn check_mknod(mode: u32) -> Result<(), Refusal> {
+/// mknod makes no device nodes but the overlayfs whiteout, a character device 0:0: it
+/// names no driver, and Linux lets unprivileged users make it (since 5.8).
+fn check_mknod(mode: u32, rdev: u32) -> Result<(), Refusal> {
     match mode & libc::S_IFMT {
+        libc::S_IFCHR if rdev == 0 => check_mode(mode, false),
         libc::S_IFCHR | libc::S_IFBLK => Err(Refusal::DeviceNode),
         _ => check_mode(mode, false),
     }
@@ -81,11 +99,13 @@ fn check_mode(mode: u32, is_dir: bool) -> Result<(), Refusal> {
     }
 }
 
-/// Refuses setxattr and removexattr of names the host kernel enforces.
+/// Refuses setxattr and removexattr of names the host kernel enforces, and of hull's own.
 fn check_xattr_write(name: &CStr) -> Result<(), Refusal> {
     let name = name.to_bytes();
     if name.starts_with(b"trusted.") || name.starts_with(b"security.") {
         Err(Refusal::PrivilegedXattr)
+    } else if owner::is_reserved(name) {
+        Err(Refusal::OwnerRecord)
     } else {
         Ok(())
     }
@@ -102,7 +122,8 @@ fn as_vmm(ctx: &Context) -> Context {
     }
 }
 
-/// The VMM's effective uid and gid. The guest sees them as root's.
+/// The VMM's effective uid and gid. Where no record says otherwise, the guest sees them
+/// as root's.
 #[derive(Clone, Copy, Debug)]
 struct HostIds {
     uid: libc::uid_t,
@@ -119,28 +140,27 @@ impl HostIds {
         }
     }
 
-    /// Shows the VMM's ids as 0, so that the guest's root owns what the guest made. When
-    /// the VMM runs as root this changes nothing.
-    fn show(self, st: &mut stat64) {
-        if st.st_uid == self.uid {
-            st.st_uid = 0;
-        }
-        if st.st_gid == self.gid {
-            st.st_gid = 0;
-        }
+    /// Whether the VMM owns a host inode with these attributes: its guest owner is then
+    /// the record's, or root.
+    fn own(self, st: &stat64) -> bool {
+        st.st_uid == self.uid
     }
 
-    /// A chown to 0 becomes a chown to the VMM's ids, the reverse of [`HostIds::show`].
-    /// On a file the VMM owns that is a successful no-op. The host kernel decides every
-    /// other chown, and refuses it while the VMM is unprivileged.
-    fn chown_target(self, attr: &mut stat64, valid: SetattrValid) {
-        if valid.contains(SetattrValid::UID) && attr.st_uid == 0 {
-            attr.st_uid = self.uid;
-        }
-        if valid.contains(SetattrValid::GID) && attr.st_gid == 0 {
-            attr.st_gid = self.gid;
+    /// What the guest sees of a host inode without a record: the VMM's ids as 0, so that
+    /// the guest's root owns what the guest made; other ids as they are. When the VMM
+    /// runs as root this changes nothing.
+    fn without_record(self, st: &stat64) -> Owner {
+        let map = |id, vmm| if id == vmm { 0 } else { id };
+        Owner {
+            uid: map(st.st_uid, self.uid),
+            gid: map(st.st_gid, self.gid),
         }
     }
+}
+
+fn set_owner(st: &mut stat64, owner: Owner) {
+    st.st_uid = owner.uid;
+    st.st_gid = owner.gid;
 }
 
 /// A share's file system with the policy in front of it (see the module header).
@@ -156,22 +176,147 @@ impl<F> Guarded<F> {
             ids: HostIds::of_this_process(),
         }
     }
-
-    fn show(&self, mut entry: Entry) -> Entry {
-        self.ids.show(&mut entry.attr);
-        entry
-    }
-
-    fn show_attr(&self, (mut st, timeout): (stat64, Duration)) -> (stat64, Duration) {
-        self.ids.show(&mut st);
-        (st, timeout)
-    }
 }
 
+/// How the guard reads and writes owner records. `ctx` is always the squashed context of
+/// [`as_vmm`]; each record lookup is one getxattr on the host.
 impl<F: FileSystem<Inode = u64, Handle = u64>> Guarded<F> {
     fn is_dir(&self, ctx: &Context, inode: u64) -> io::Result<bool> {
         let (st, _) = self.inner.getattr(ctx, inode, None)?;
         Ok(st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+    }
+
+    /// The owner the guest sees of `inode`, whose host attributes are `st`: a
+    /// well-formed record on a file or directory the VMM owns, else
+    /// [`HostIds::without_record`].
+    fn shown_owner(&self, ctx: &Context, inode: u64, st: &stat64) -> Owner {
+        if self.ids.own(st) && owner::can_hold_record(st.st_mode) {
+            if let Some(owner) = self.read_record(ctx, inode) {
+                return owner;
+            }
+        }
+        self.ids.without_record(st)
+    }
+
+    /// The record on `inode`, if it has a well-formed one. No record, a host file
+    /// system without xattrs and a value longer than any record (ERANGE) all read as
+    /// none: the value is the host's, and nothing it holds is an error to the guest.
+    fn read_record(&self, ctx: &Context, inode: u64) -> Option<Owner> {
+        match self
+            .inner
+            .getxattr(ctx, inode, OWNER_XATTR, MAX_RECORD_LEN as u32)
+        {
+            Ok(GetxattrReply::Value(record)) => Owner::parse(&record),
+            Ok(GetxattrReply::Count(_)) | Err(_) => None,
+        }
+    }
+
+    fn write_record(&self, ctx: &Context, inode: u64, owner: Owner) -> io::Result<()> {
+        self.inner
+            .setxattr(ctx, inode, OWNER_XATTR, &owner.to_record(), 0)
+    }
+
+    fn show(&self, ctx: &Context, mut entry: Entry) -> Entry {
+        let owner = self.shown_owner(ctx, entry.inode, &entry.attr);
+        set_owner(&mut entry.attr, owner);
+        entry
+    }
+
+    fn show_attr(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        (mut st, timeout): (stat64, Duration),
+    ) -> (stat64, Duration) {
+        let owner = self.shown_owner(ctx, inode, &st);
+        set_owner(&mut st, owner);
+        (st, timeout)
+    }
+
+    /// The reply to a request that made `entry` in `parent`: the guest caller becomes
+    /// the owner of a new file or directory, through a record. Where the record cannot
+    /// be written (another type of node, a host file system without user xattrs) the
+    /// object stays and shows as root's.
+    fn show_new(&self, ctx: &Context, caller: &Context, parent: u64, mut entry: Entry) -> Entry {
+        if self.ids.own(&entry.attr) && owner::can_hold_record(entry.attr.st_mode) {
+            let owner = Owner {
+                uid: caller.uid,
+                gid: self.new_group(ctx, parent, caller.gid),
+            };
+            match self.write_record(ctx, entry.inode, owner) {
+                Ok(()) => {
+                    set_owner(&mut entry.attr, owner);
+                    return entry;
+                }
+                // Debug only: a guest decides how often this happens.
+                Err(e) => log::debug!("fs: no owner record on a new inode: {e}"),
+            }
+        }
+        let owner = self.ids.without_record(&entry.attr);
+        set_owner(&mut entry.attr, owner);
+        entry
+    }
+
+    /// The group of a new object: the caller's, or, in a set-group-ID directory, the
+    /// directory's group as the guest sees it. That is what the guest kernel expects, and
+    /// what the host kernel does with host ids.
+    fn new_group(&self, ctx: &Context, parent: u64, caller_gid: u32) -> u32 {
+        match self.inner.getattr(ctx, parent, None) {
+            Ok((st, _)) if st.st_mode & libc::S_ISGID != 0 => {
+                self.shown_owner(ctx, parent, &st).gid
+            }
+            Ok(_) => caller_gid,
+            Err(e) => {
+                log::debug!("fs: attributes of a new inode's parent: {e}");
+                caller_gid
+            }
+        }
+    }
+
+    /// A chown of an inode the VMM owns, whose host attributes are `st`: the record
+    /// changes, the host owner never does (an unprivileged VMM cannot chown, and a root
+    /// one must not give the file to some host user). The guest kernel has already
+    /// checked that its caller may make this chown. An id left out of `valid` keeps its
+    /// shown value. A chown that changes nothing succeeds on anything; one that needs a
+    /// record where none can be kept is refused with EPERM, as chown is where it is not
+    /// allowed.
+    fn chown_by_record(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        st: &stat64,
+        attr: &stat64,
+        valid: SetattrValid,
+    ) -> io::Result<()> {
+        let shown = self.shown_owner(ctx, inode, st);
+        let wanted = Owner {
+            uid: if valid.contains(SetattrValid::UID) {
+                attr.st_uid
+            } else {
+                shown.uid
+            },
+            gid: if valid.contains(SetattrValid::GID) {
+                attr.st_gid
+            } else {
+                shown.gid
+            },
+        };
+        if wanted == shown {
+            return Ok(());
+        }
+        let eperm = || io::Error::from_raw_os_error(libc::EPERM);
+        if !owner::can_hold_record(st.st_mode) {
+            log::debug!("fs: chown of a node that cannot hold an owner record");
+            return Err(eperm());
+        }
+        self.write_record(ctx, inode, wanted).map_err(|e| {
+            if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+                log::debug!("fs: chown without user xattrs on the host: {e}");
+                eperm()
+            } else {
+                e
+            }
+        })
     }
 }
 
@@ -207,9 +352,10 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for Guarded<F> {
     }
 
     fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
+        let ctx = as_vmm(ctx);
         self.inner
-            .lookup(&as_vmm(ctx), parent, name)
-            .map(|e| self.show(e))
+            .lookup(&ctx, parent, name)
+            .map(|e| self.show(&ctx, e))
     }
 
     fn getattr(
@@ -218,17 +364,18 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for Guarded<F> {
         inode: u64,
         handle: Option<u64>,
     ) -> io::Result<(stat64, Duration)> {
-        let attr = self.inner.getattr(&as_vmm(ctx), inode, handle)?;
-        Ok(self.show_attr(attr))
+        let ctx = as_vmm(ctx);
+        let attr = self.inner.getattr(&ctx, inode, handle)?;
+        Ok(self.show_attr(&ctx, inode, attr))
     }
 
     fn setattr(
         &self,
         ctx: &Context,
         inode: u64,
-        mut attr: stat64,
+        attr: stat64,
         handle: Option<u64>,
-        valid: SetattrValid,
+        mut valid: SetattrValid,
     ) -> io::Result<(stat64, Duration)> {
         let ctx = as_vmm(ctx);
         if valid.contains(SetattrValid::MODE) {
@@ -236,9 +383,17 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for Guarded<F> {
             let is_dir = attr.st_mode & libc::S_ISGID != 0 && self.is_dir(&ctx, inode)?;
             check_mode(attr.st_mode, is_dir)?;
         }
-        self.ids.chown_target(&mut attr, valid);
+        let ids = SetattrValid::UID | SetattrValid::GID;
+        if valid.intersects(ids) {
+            let (st, _) = self.inner.getattr(&ctx, inode, handle)?;
+            // On what the VMM does not own, the host kernel decides.
+            if self.ids.own(&st) {
+                self.chown_by_record(&ctx, inode, &st, &attr, valid)?;
+                valid.remove(ids);
+            }
+        }
         let attr = self.inner.setattr(&ctx, inode, attr, handle, valid)?;
-        Ok(self.show_attr(attr))
+        Ok(self.show_attr(&ctx, inode, attr))
     }
 
     fn symlink(
@@ -248,9 +403,10 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for Guarded<F> {
         parent: u64,
         name: &CStr,
     ) -> io::Result<Entry> {
+        let vmm = as_vmm(ctx);
         self.inner
-            .symlink(&as_vmm(ctx), linkname, parent, name)
-            .map(|e| self.show(e))
+            .symlink(&vmm, linkname, parent, name)
+            .map(|e| self.show_new(&vmm, ctx, parent, e))
     }
 
     fn mknod(
@@ -262,10 +418,11 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for Guarded<F> {
         rdev: u32,
         umask: u32,
     ) -> io::Result<Entry> {
-        check_mknod(mode)?;
+        check_mknod(mode, rdev)?;
+        let vmm = as_vmm(ctx);
         self.inner
-            .mknod(&as_vmm(ctx), parent, name, mode, rdev, umask)
-            .map(|e| self.show(e))
+            .mknod(&vmm, parent, name, mode, rdev, umask)
+            .map(|e| self.show_new(&vmm, ctx, parent, e))
     }
 
     fn mkdir(
@@ -277,15 +434,18 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for Guarded<F> {
         umask: u32,
     ) -> io::Result<Entry> {
         check_mode(mode, true)?;
+        let vmm = as_vmm(ctx);
         self.inner
-            .mkdir(&as_vmm(ctx), parent, name, mode, umask)
-            .map(|e| self.show(e))
+            .mkdir(&vmm, parent, name, mode, umask)
+            .map(|e| self.show_new(&vmm, ctx, parent, e))
     }
 
+    /// A new name, not a new inode: the inode keeps its owner.
     fn link(&self, ctx: &Context, inode: u64, newparent: u64, newname: &CStr) -> io::Result<Entry> {
+        let ctx = as_vmm(ctx);
         self.inner
-            .link(&as_vmm(ctx), inode, newparent, newname)
-            .map(|e| self.show(e))
+            .link(&ctx, inode, newparent, newname)
+            .map(|e| self.show(&ctx, e))
     }
 
     fn create(
@@ -296,9 +456,31 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for Guarded<F> {
         args: CreateIn,
     ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
         check_mode(args.mode, false)?;
-        let (entry, handle, opts, passthrough) =
-            self.inner.create(&as_vmm(ctx), parent, name, args)?;
-        Ok((self.show(entry), handle, opts, passthrough))
+        let vmm = as_vmm(ctx);
+        // Only a file this request made gets a record. The guest's entry cache is up to a
+        // second old, so a create without O_EXCL may open a file someone else made, which
+        // keeps its owner: O_EXCL tells the two apart.
+        let exclusive = CreateIn {
+            flags: args.flags | libc::O_EXCL as u32,
+            ..args
+        };
+        match self.inner.create(&vmm, parent, name, exclusive) {
+            Ok((entry, handle, opts, passthrough)) => Ok((
+                self.show_new(&vmm, ctx, parent, entry),
+                handle,
+                opts,
+                passthrough,
+            )),
+            Err(e)
+                if e.raw_os_error() == Some(libc::EEXIST)
+                    && args.flags & libc::O_EXCL as u32 == 0 =>
+            {
+                let (entry, handle, opts, passthrough) =
+                    self.inner.create(&vmm, parent, name, args)?;
+                Ok((self.show(&vmm, entry), handle, opts, passthrough))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn setxattr(
@@ -318,6 +500,36 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for Guarded<F> {
         self.inner.removexattr(&as_vmm(ctx), inode, name)
     }
 
+    /// hull's own names read as absent.
+    fn getxattr(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        name: &CStr,
+        size: u32,
+    ) -> io::Result<GetxattrReply> {
+        if owner::is_reserved(name.to_bytes()) {
+            return Err(io::Error::from_raw_os_error(libc::ENODATA));
+        }
+        self.inner.getxattr(&as_vmm(ctx), inode, name, size)
+    }
+
+    /// The list without hull's own names. The whole list is read, so that the length a
+    /// size-0 probe gets and the ERANGE check are those of what the guest receives.
+    fn listxattr(&self, ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
+        let names = match self.inner.listxattr(&as_vmm(ctx), inode, XATTR_LIST_MAX)? {
+            ListxattrReply::Names(names) => owner::without_reserved(&names),
+            ListxattrReply::Count(_) => return Err(io::Error::from_raw_os_error(libc::EIO)),
+        };
+        if size == 0 {
+            Ok(ListxattrReply::Count(names.len() as u32))
+        } else if names.len() > size as usize {
+            Err(io::Error::from_raw_os_error(libc::ERANGE))
+        } else {
+            Ok(ListxattrReply::Names(names))
+        }
+    }
+
     fn readdirplus(
         &self,
         ctx: &Context,
@@ -327,13 +539,11 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for Guarded<F> {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        let ids = self.ids;
-        let mut add_shown = |dir_entry: DirEntry<'_>, mut entry: Entry| {
-            ids.show(&mut entry.attr);
-            add_entry(dir_entry, entry)
-        };
+        let ctx = as_vmm(ctx);
+        let mut add_shown =
+            |dir_entry: DirEntry<'_>, entry: Entry| add_entry(dir_entry, self.show(&ctx, entry));
         self.inner
-            .readdirplus(&as_vmm(ctx), inode, handle, size, offset, &mut add_shown)
+            .readdirplus(&ctx, inode, handle, size, offset, &mut add_shown)
     }
 
     forward! {
@@ -358,8 +568,6 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for Guarded<F> {
         fn release(&self, ctx, inode: u64, flags: u32, handle: u64, flush: bool,
             flock_release: bool, lock_owner: Option<u64>) -> io::Result<()>;
         fn statfs(&self, ctx, inode: u64) -> io::Result<statvfs64>;
-        fn getxattr(&self, ctx, inode: u64, name: &CStr, size: u32) -> io::Result<GetxattrReply>;
-        fn listxattr(&self, ctx, inode: u64, size: u32) -> io::Result<ListxattrReply>;
         fn opendir(&self, ctx, inode: u64, flags: u32) -> io::Result<(Option<u64>, OpenOptions)>;
         fn readdir(&self, ctx, inode: u64, handle: u64, size: u32, offset: u64,
             add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>) -> io::Result<()>;
@@ -389,7 +597,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for Guarded<F> {
 impl<F: BackendFileSystem<Inode = u64, Handle = u64> + 'static> BackendFileSystem for Guarded<F> {
     fn mount(&self) -> io::Result<(Entry, u64)> {
         let (root, max_ino) = self.inner.mount()?;
-        Ok((self.show(root), max_ino))
+        Ok((self.show(&as_vmm(&Context::new()), root), max_ino))
     }
 
     fn as_any(&self) -> &dyn Any {
@@ -400,6 +608,8 @@ impl<F: BackendFileSystem<Inode = u64, Handle = u64> + 'static> BackendFileSyste
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fuse_backend_rs::abi::fuse_abi::ROOT_ID;
+    use fuse_backend_rs::passthrough::{Config, PassthroughFs};
 
     fn stat_owned_by(uid: u32, gid: u32) -> stat64 {
         // SAFETY: stat64 is plain integers, for which all zeroes is a valid value.
@@ -409,36 +619,121 @@ mod tests {
         st
     }
 
-    #[test]
-    fn an_unprivileged_vmm_shows_its_own_ids_as_root_and_takes_a_chown_to_root_as_its_own() {
-        let ids = HostIds {
-            uid: 1500,
-            gid: 1600,
-        };
-        let mut own = stat_owned_by(1500, 1600);
-        ids.show(&mut own);
-        assert_eq!((own.st_uid, own.st_gid), (0, 0));
-        let mut other = stat_owned_by(1000, 1500);
-        ids.show(&mut other);
-        assert_eq!((other.st_uid, other.st_gid), (1000, 1500));
+    const UNPRIVILEGED: HostIds = HostIds {
+        uid: 1500,
+        gid: 1600,
+    };
 
-        let mut to_root = stat_owned_by(0, 0);
-        ids.chown_target(&mut to_root, SetattrValid::UID | SetattrValid::GID);
-        assert_eq!((to_root.st_uid, to_root.st_gid), (1500, 1600));
-        let mut only_uid = stat_owned_by(0, 0);
-        ids.chown_target(&mut only_uid, SetattrValid::UID);
-        assert_eq!((only_uid.st_uid, only_uid.st_gid), (1500, 0));
-        let mut to_other = stat_owned_by(1000, 1000);
-        ids.chown_target(&mut to_other, SetattrValid::UID | SetattrValid::GID);
-        assert_eq!((to_other.st_uid, to_other.st_gid), (1000, 1000));
+    #[test]
+    fn without_a_record_an_unprivileged_vmm_shows_its_own_ids_as_root() {
+        let own = UNPRIVILEGED.without_record(&stat_owned_by(1500, 1600));
+        assert_eq!(own, Owner { uid: 0, gid: 0 });
+        let other = UNPRIVILEGED.without_record(&stat_owned_by(1000, 1500));
+        assert_eq!(
+            other,
+            Owner {
+                uid: 1000,
+                gid: 1500
+            }
+        );
+        assert!(UNPRIVILEGED.own(&stat_owned_by(1500, 0)));
+        assert!(!UNPRIVILEGED.own(&stat_owned_by(0, 1600)));
+    }
+
+    /// A guarded passthrough of `dir` as a VMM running as uid 1500, gid 1600.
+    fn unprivileged_share(dir: &std::path::Path) -> Guarded<PassthroughFs> {
+        let fs = PassthroughFs::<()>::new(Config {
+            root_dir: dir.to_str().unwrap().into(),
+            xattr: true,
+            ..Config::default()
+        })
+        .unwrap();
+        fs.init(FsOptions::empty()).unwrap();
+        Guarded {
+            inner: fs,
+            ids: UNPRIVILEGED,
+        }
+    }
+
+    fn owner_of(st: &stat64) -> (u32, u32) {
+        (st.st_uid, st.st_gid)
     }
 
     #[test]
-    fn only_writes_of_trusted_and_security_xattrs_are_refused() {
+    fn an_unprivileged_vmm_reads_and_changes_records_only_on_what_it_owns() {
+        use std::os::unix::fs::{chown, MetadataExt};
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: giving host files to uid 1500 needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["own", "bare", "other"] {
+            std::fs::write(dir.path().join(name), b"").unwrap();
+        }
+        chown(dir.path().join("own"), Some(1500), Some(1600)).unwrap();
+        chown(dir.path().join("bare"), Some(1500), Some(4000)).unwrap();
+        chown(dir.path().join("other"), Some(3000), Some(3000)).unwrap();
+        let fs = unprivileged_share(dir.path());
+        let ctx = Context::new();
+        let record = |name: &str| {
+            let node = fs
+                .inner
+                .lookup(&ctx, ROOT_ID, &cstring(name))
+                .unwrap()
+                .inode;
+            fs.inner
+                .setxattr(&ctx, node, OWNER_XATTR, b"1000:1000", 0)
+                .unwrap();
+            node
+        };
+        let own = record("own");
+        let other = record("other");
+
+        let shown = |name: &str| owner_of(&fs.lookup(&ctx, ROOT_ID, &cstring(name)).unwrap().attr);
+        assert_eq!(shown("own"), (1000, 1000), "a record on the VMM's file");
+        assert_eq!(shown("bare"), (0, 4000), "the VMM's file without a record");
+        assert_eq!(shown("other"), (3000, 3000), "a record on another's file");
+
+        let chown_in_guest = |node, uid| {
+            let attr = stat_owned_by(uid, 0);
+            fs.setattr(&ctx, node, attr, None, SetattrValid::UID)
+                .map(|(st, _)| owner_of(&st))
+        };
+        assert_eq!(chown_in_guest(own, 2000).unwrap(), (2000, 1000));
+        let meta = std::fs::metadata(dir.path().join("own")).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.gid()),
+            (1500, 1600),
+            "the host owner stays"
+        );
+        // What the VMM does not own is the host kernel's to decide (root here says yes).
+        assert_eq!(chown_in_guest(other, 2000).unwrap(), (2000, 3000));
+        let meta = std::fs::metadata(dir.path().join("other")).unwrap();
+        assert_eq!(meta.uid(), 2000);
+    }
+
+    fn cstring(s: &str) -> std::ffi::CString {
+        std::ffi::CString::new(s).unwrap()
+    }
+
+    #[test]
+    fn mknod_refuses_device_nodes_but_the_whiteout() {
+        assert!(check_mknod(libc::S_IFCHR | 0o600, 0).is_ok());
+        assert!(check_mknod(libc::S_IFCHR | 0o666, (1 << 8) | 3).is_err());
+        assert!(check_mknod(libc::S_IFBLK | 0o600, 0).is_err());
+        assert!(check_mknod(libc::S_IFCHR | 0o4600, 0).is_err());
+        assert!(check_mknod(libc::S_IFIFO | 0o600, 0).is_ok());
+    }
+
+    #[test]
+    fn only_writes_of_trusted_security_and_hull_xattrs_are_refused() {
         for name in [
             c"trusted.overlay.opaque",
             c"security.capability",
             c"security.selinux",
+            c"user.hull.owner",
+            c"user.hull.other",
         ] {
             assert!(check_xattr_write(name).is_err(), "{name:?}");
         }
@@ -447,6 +742,7 @@ mod tests {
             c"system.posix_acl_access",
             c"securityx",
             c"trusted",
+            c"user.hullx",
         ] {
             assert!(check_xattr_write(name).is_ok(), "{name:?}");
         }

@@ -10,6 +10,7 @@ use crate::devices::virtio::test_driver::{Buf, TestDriver};
 const FUSE_LOOKUP: u32 = 1;
 const FUSE_GETATTR: u32 = 3;
 const FUSE_SETATTR: u32 = 4;
+const FUSE_SYMLINK: u32 = 6;
 const FUSE_MKNOD: u32 = 8;
 const FUSE_MKDIR: u32 = 9;
 const FUSE_OPEN: u32 = 14;
@@ -17,9 +18,12 @@ const FUSE_READ: u32 = 15;
 const FUSE_WRITE: u32 = 16;
 const FUSE_SETXATTR: u32 = 21;
 const FUSE_GETXATTR: u32 = 22;
+const FUSE_LISTXATTR: u32 = 23;
 const FUSE_REMOVEXATTR: u32 = 24;
 const FUSE_INIT: u32 = 26;
+const FUSE_OPENDIR: u32 = 27;
 const FUSE_CREATE: u32 = 35;
+const FUSE_READDIRPLUS: u32 = 44;
 /// fuse_setattr_in.valid bits.
 const FATTR_MODE: u32 = 1;
 const FATTR_UID: u32 = 2;
@@ -30,6 +34,8 @@ const ENTRY_ATTR_UID: usize = 40 + 68;
 const ATTR_OUT_UID: usize = 16 + 68;
 /// makedev(1, 3): /dev/null's numbers.
 const DEV_NULL: u32 = (1 << 8) | 3;
+/// The xattr that holds what the guest sees as a file's owner.
+const OWNER_XATTR: &str = "user.hull.owner";
 const ROOT: u64 = 1;
 const REQUEST_QUEUE: usize = 1;
 const REPLY_LEN: u32 = 8192;
@@ -244,6 +250,83 @@ fn set_host_xattr(path: &std::path::Path, name: &str, value: &[u8]) {
         )
     };
     assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+}
+
+/// FUSE_GETXATTR body: fuse_getxattr_in (size, padding), then the name.
+fn getxattr_in(name: &str, size: u32) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(&size.to_le_bytes());
+    b.extend_from_slice(&0u32.to_le_bytes());
+    b.extend_from_slice(&cstr(name));
+    b
+}
+
+/// The uid and gid of a fuse_entry_out.
+fn entry_owner(body: &[u8]) -> (u32, u32) {
+    (
+        u32_at(body, ENTRY_ATTR_UID),
+        u32_at(body, ENTRY_ATTR_UID + 4),
+    )
+}
+
+/// The uid and gid of a fuse_attr_out.
+fn attr_owner(body: &[u8]) -> (u32, u32) {
+    (u32_at(body, ATTR_OUT_UID), u32_at(body, ATTR_OUT_UID + 4))
+}
+
+fn node_of(entry: &[u8]) -> u64 {
+    u64::from_le_bytes(entry[..8].try_into().unwrap())
+}
+
+fn host_owner(path: &std::path::Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path).unwrap();
+    (meta.uid(), meta.gid())
+}
+
+impl Guest {
+    /// The uid and gid the guest sees for `node` (GETATTR).
+    fn owner(&mut self, node: u64) -> (u32, u32) {
+        let r = self.call(FUSE_GETATTR, node, &[0u8; 16]);
+        assert_eq!(r.error, 0, "getattr");
+        attr_owner(&r.body)
+    }
+
+    /// The uid and gid the guest sees for `name` in `parent` (LOOKUP).
+    fn owner_of(&mut self, parent: u64, name: &str) -> (u32, u32) {
+        let r = self.call(FUSE_LOOKUP, parent, &cstr(name));
+        assert_eq!(r.error, 0, "lookup {name}");
+        entry_owner(&r.body)
+    }
+
+    /// Each name in `dir` with the uid and gid READDIRPLUS shows for it.
+    fn readdirplus(&mut self, dir: u64) -> Vec<(String, (u32, u32))> {
+        let r = self.call(FUSE_OPENDIR, dir, &[0u8; 8]);
+        assert_eq!(r.error, 0, "opendir");
+        let fh = u64::from_le_bytes(r.body[..8].try_into().unwrap());
+        // fuse_read_in: fh, offset, size, read_flags, lock_owner, flags, padding.
+        let mut read_in = Vec::new();
+        read_in.extend_from_slice(&fh.to_le_bytes());
+        read_in.extend_from_slice(&0u64.to_le_bytes());
+        read_in.extend_from_slice(&4096u32.to_le_bytes());
+        read_in.extend_from_slice(&[0u8; 20]);
+        let r = self.call(FUSE_READDIRPLUS, dir, &read_in);
+        assert_eq!(r.error, 0, "readdirplus");
+        // fuse_direntplus: a 128-byte fuse_entry_out, then fuse_dirent (ino, off,
+        // namelen, type, name), padded to 8 bytes.
+        let mut seen = Vec::new();
+        let mut at = 0;
+        while at < r.body.len() {
+            let namelen = u32_at(&r.body, at + 128 + 16) as usize;
+            let name = &r.body[at + 152..at + 152 + namelen];
+            seen.push((
+                String::from_utf8(name.to_vec()).unwrap(),
+                entry_owner(&r.body[at..]),
+            ));
+            at += (152 + namelen).next_multiple_of(8);
+        }
+        seen
+    }
 }
 
 fn euid_egid() -> (u32, u32) {
@@ -531,8 +614,7 @@ fn a_guest_cannot_chmod_a_file_setuid_or_setgid_but_can_chmod_a_directory_setgid
 }
 
 #[test]
-fn what_a_guest_user_creates_belongs_to_the_vmm_on_the_host_and_to_root_in_the_guest() {
-    use std::os::unix::fs::MetadataExt;
+fn what_a_guest_user_creates_belongs_to_the_vmm_on_the_host_and_to_that_user_in_the_guest() {
     let (dir, mut g, vol) = guest_with_share();
     let user = (1000, 1000);
     let r = g.call_as(
@@ -542,45 +624,264 @@ fn what_a_guest_user_creates_belongs_to_the_vmm_on_the_host_and_to_root_in_the_g
         &create_in("mine", libc::S_IFREG | 0o644),
     );
     assert_eq!(r.error, 0, "create");
-    assert_eq!(
-        (
-            u32_at(&r.body, ENTRY_ATTR_UID),
-            u32_at(&r.body, ENTRY_ATTR_UID + 4)
-        ),
-        (0, 0),
-        "the owner the guest sees"
-    );
-    let meta = std::fs::metadata(dir.path().join("mine")).unwrap();
-    assert_eq!(
-        (meta.uid(), meta.gid()),
-        euid_egid(),
-        "the owner on the host"
-    );
-    let file = u64::from_le_bytes(r.body[..8].try_into().unwrap());
-
+    assert_eq!(entry_owner(&r.body), user, "the create's reply");
+    let file = node_of(&r.body);
     let r = g.call_as(user, FUSE_MKDIR, vol, &mkdir_in("subdir", 0o755));
     assert_eq!(r.error, 0, "mkdir");
-    assert_eq!(u32_at(&r.body, ENTRY_ATTR_UID), 0);
-    let meta = std::fs::metadata(dir.path().join("subdir")).unwrap();
-    assert_eq!((meta.uid(), meta.gid()), euid_egid());
+    assert_eq!(entry_owner(&r.body), user, "the mkdir's reply");
+    let subdir = node_of(&r.body);
+    // A create without O_EXCL of a name that exists (the guest's entry cache can be a
+    // second old) opens that file and leaves its owner.
+    let r = g.call_as(
+        (2000, 2000),
+        FUSE_CREATE,
+        vol,
+        &create_in("mine", libc::S_IFREG | 0o644),
+    );
+    assert_eq!(r.error, 0, "a create that opens");
+    assert_eq!(entry_owner(&r.body), user, "the open's reply");
 
-    // A chown to what the guest sees is a no-op that succeeds.
+    for name in ["mine", "subdir"] {
+        let path = dir.path().join(name);
+        assert_eq!(host_owner(&path), euid_egid(), "{name}: the host owner");
+        assert_eq!(
+            host_xattr(&path, OWNER_XATTR).as_deref(),
+            Some(&b"1000:1000"[..]),
+            "{name}: the record"
+        );
+        assert_eq!(g.owner_of(vol, name), user, "{name}: lookup");
+    }
+    assert_eq!(g.owner(file), user, "getattr of the file");
+    assert_eq!(g.owner(subdir), user, "getattr of the directory");
+    let listed = g.readdirplus(vol);
+    for name in ["mine", "subdir"] {
+        assert!(
+            listed.contains(&(name.to_string(), user)),
+            "{name} in {listed:?}"
+        );
+    }
+}
+
+#[test]
+fn a_guest_chown_of_what_the_vmm_owns_changes_the_record_not_the_host_owner() {
+    let (dir, mut g, vol) = guest_with_share();
+    let r = g.call_as(
+        (1000, 1000),
+        FUSE_CREATE,
+        vol,
+        &create_in("f", libc::S_IFREG | 0o644),
+    );
+    assert_eq!(r.error, 0, "create");
+    let file = node_of(&r.body);
+    let path = dir.path().join("f");
+
     let r = g.call(
         FUSE_SETATTR,
         file,
+        &setattr_in(FATTR_UID | FATTR_GID, 0, (2000, 3000)),
+    );
+    assert_eq!(r.error, 0, "chown 2000:3000");
+    assert_eq!(attr_owner(&r.body), (2000, 3000), "the chown's reply");
+    assert_eq!(g.owner(file), (2000, 3000), "getattr");
+    assert_eq!(host_owner(&path), euid_egid(), "the host owner");
+    assert_eq!(
+        host_xattr(&path, OWNER_XATTR).as_deref(),
+        Some(&b"2000:3000"[..])
+    );
+
+    // chgrp keeps the uid; a mode in the same request reaches the host.
+    let r = g.call(
+        FUSE_SETATTR,
+        file,
+        &setattr_in(FATTR_GID | FATTR_MODE, libc::S_IFREG | 0o600, (0, 4000)),
+    );
+    assert_eq!(r.error, 0, "chgrp 4000 and chmod 600");
+    assert_eq!(attr_owner(&r.body), (2000, 4000));
+    assert_eq!(
+        host_xattr(&path, OWNER_XATTR).as_deref(),
+        Some(&b"2000:4000"[..])
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o7777, 0o600);
+    assert_eq!(host_owner(&path), euid_egid());
+}
+
+#[test]
+fn host_files_show_a_well_formed_record_and_otherwise_root() {
+    let (dir, mut g, vol) = guest_with_share();
+    std::fs::write(dir.path().join("none"), b"").unwrap();
+    let records: [(&str, &[u8]); 6] = [
+        ("good", b"1234:5678"),
+        ("word", b"abc"),
+        ("three", b"1:2:3"),
+        ("long", &[b'7'; 100]),
+        ("signed", b"+1:2"),
+        ("overflow", b"4294967296:1"),
+    ];
+    for (name, record) in records {
+        let path = dir.path().join(name);
+        std::fs::write(&path, b"").unwrap();
+        set_host_xattr(&path, OWNER_XATTR, record);
+    }
+    for name in [
+        "none", "good", "word", "three", "long", "signed", "overflow",
+    ] {
+        let shown = if name == "good" { (1234, 5678) } else { (0, 0) };
+        assert_eq!(g.owner_of(vol, name), shown, "{name}");
+        let (node, _) = g.lookup(vol, name).unwrap();
+        assert_eq!(g.owner(node), shown, "{name}: getattr");
+    }
+}
+
+#[test]
+fn a_guest_can_neither_write_read_nor_list_the_owner_record() {
+    let (dir, mut g, vol) = guest_with_share();
+    let path = dir.path().join("f");
+    std::fs::write(&path, b"").unwrap();
+    set_host_xattr(&path, OWNER_XATTR, b"1000:1000");
+    let (node, _) = g.lookup(vol, "f").unwrap();
+
+    let r = g.call(FUSE_SETXATTR, node, &setxattr_in(OWNER_XATTR, b"0:0"));
+    assert_eq!(r.error, -libc::EPERM, "setxattr");
+    let r = g.call(FUSE_SETXATTR, node, &setxattr_in("user.hull.x", b"1"));
+    assert_eq!(r.error, -libc::EPERM, "setxattr of another user.hull. name");
+    let r = g.call(FUSE_REMOVEXATTR, node, &cstr(OWNER_XATTR));
+    assert_eq!(r.error, -libc::EPERM, "removexattr");
+    assert_eq!(
+        host_xattr(&path, OWNER_XATTR).as_deref(),
+        Some(&b"1000:1000"[..])
+    );
+    assert_eq!(host_xattr(&path, "user.hull.x"), None);
+    for size in [0, 64] {
+        let r = g.call(FUSE_GETXATTR, node, &getxattr_in(OWNER_XATTR, size));
+        assert_eq!(r.error, -libc::ENODATA, "getxattr, size {size}");
+    }
+
+    let r = g.call(FUSE_SETXATTR, node, &setxattr_in("user.x", b"1"));
+    assert_eq!(r.error, 0, "user.x");
+    // Both listxattr requests: the size-0 probe and the read.
+    let r = g.call(FUSE_LISTXATTR, node, &0u64.to_le_bytes());
+    assert_eq!(r.error, 0, "listxattr probe");
+    let needed = u32_at(&r.body, 0);
+    assert_eq!(needed as usize, b"user.x\0".len());
+    let mut listxattr_in = needed.to_le_bytes().to_vec();
+    listxattr_in.extend_from_slice(&0u32.to_le_bytes());
+    let r = g.call(FUSE_LISTXATTR, node, &listxattr_in);
+    assert_eq!(r.error, 0, "listxattr");
+    assert_eq!(r.body, b"user.x\0");
+}
+
+#[test]
+fn mknod_makes_whiteouts_and_fifos_shown_as_root_but_no_devices() {
+    let (dir, mut g, vol) = guest_with_share();
+    let user = (1000, 1000);
+    let r = g.call_as(
+        user,
+        FUSE_MKNOD,
+        vol,
+        &mknod_in("whiteout", libc::S_IFCHR | 0o600, 0),
+    );
+    assert_eq!(r.error, 0, "a character device 0:0");
+    assert_eq!(
+        entry_owner(&r.body),
+        (0, 0),
+        "a whiteout cannot hold a record"
+    );
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let meta = std::fs::symlink_metadata(dir.path().join("whiteout")).unwrap();
+    assert!(meta.file_type().is_char_device());
+    assert_eq!(meta.rdev(), 0);
+    let r = g.call_as(
+        user,
+        FUSE_MKNOD,
+        vol,
+        &mknod_in("null", libc::S_IFCHR | 0o666, DEV_NULL),
+    );
+    assert_eq!(r.error, -libc::EPERM, "a character device 1:3");
+    assert!(!dir.path().join("null").exists());
+
+    let r = g.call_as(
+        user,
+        FUSE_MKNOD,
+        vol,
+        &mknod_in("pipe", libc::S_IFIFO | 0o644, 0),
+    );
+    assert_eq!(r.error, 0, "a FIFO");
+    assert_eq!(entry_owner(&r.body), (0, 0), "a FIFO cannot hold a record");
+    assert_eq!(g.owner_of(vol, "pipe"), (0, 0));
+    // Its owner cannot change, then; a chown to what it shows is a no-op that succeeds.
+    let pipe = node_of(&r.body);
+    let r = g.call(
+        FUSE_SETATTR,
+        pipe,
         &setattr_in(FATTR_UID | FATTR_GID, 0, (0, 0)),
     );
-    assert_eq!(r.error, 0, "chown 0:0");
-    assert_eq!(u32_at(&r.body, ATTR_OUT_UID), 0);
-    let meta = std::fs::metadata(dir.path().join("mine")).unwrap();
-    assert_eq!((meta.uid(), meta.gid()), euid_egid());
-    let r = g.call(FUSE_GETATTR, file, &[0u8; 16]);
-    assert_eq!(r.error, 0, "getattr");
+    assert_eq!(r.error, 0, "chown of the FIFO to 0:0");
+    let r = g.call(FUSE_SETATTR, pipe, &setattr_in(FATTR_UID, 0, (1000, 0)));
+    assert_eq!(r.error, -libc::EPERM, "chown of the FIFO to 1000");
+    assert_eq!(host_owner(&dir.path().join("pipe")), euid_egid());
+    let mut symlink_in = cstr("link");
+    symlink_in.extend_from_slice(&cstr("pipe"));
+    let r = g.call_as(user, FUSE_SYMLINK, vol, &symlink_in);
+    assert_eq!(r.error, 0, "a symlink");
     assert_eq!(
-        (
-            u32_at(&r.body, ATTR_OUT_UID),
-            u32_at(&r.body, ATTR_OUT_UID + 4)
-        ),
-        (0, 0)
+        entry_owner(&r.body),
+        (0, 0),
+        "a symlink cannot hold a record"
     );
+
+    // A regular file made by mknod is recorded like a created one.
+    let r = g.call_as(
+        user,
+        FUSE_MKNOD,
+        vol,
+        &mknod_in("plain", libc::S_IFREG | 0o644, 0),
+    );
+    assert_eq!(r.error, 0, "a regular file");
+    assert_eq!(entry_owner(&r.body), user);
+}
+
+#[test]
+fn what_is_made_in_a_setgid_directory_takes_the_directorys_shown_group() {
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, mut g, vol) = guest_with_share();
+    // Two setgid directories of host group 4000: one recorded as group 4000, one as
+    // 4500 (the guest's view, not the host's, decides).
+    for (name, record) in [("shared", "0:4000"), ("relabelled", "0:4500")] {
+        let path = dir.path().join(name);
+        std::fs::create_dir(&path).unwrap();
+        std::os::unix::fs::chown(&path, None, Some(4000)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o2775)).unwrap();
+        set_host_xattr(&path, OWNER_XATTR, record.as_bytes());
+    }
+    let user = (1000, 1000);
+    for (name, gid) in [("shared", 4000), ("relabelled", 4500)] {
+        let (parent, _) = g.lookup(vol, name).unwrap();
+        assert_eq!(g.owner(parent), (0, gid), "{name}");
+        let r = g.call_as(
+            user,
+            FUSE_CREATE,
+            parent,
+            &create_in("f", libc::S_IFREG | 0o644),
+        );
+        assert_eq!(r.error, 0, "{name}: create");
+        assert_eq!(entry_owner(&r.body), (1000, gid), "{name}: the reply");
+        let file = node_of(&r.body);
+        assert_eq!(g.owner(file), (1000, gid), "{name}: getattr");
+        let path = dir.path().join(name).join("f");
+        let record = format!("1000:{gid}");
+        assert_eq!(
+            host_xattr(&path, OWNER_XATTR).as_deref(),
+            Some(record.as_bytes()),
+            "{name}"
+        );
+        let r = g.call_as(user, FUSE_MKDIR, parent, &mkdir_in("d", 0o755));
+        assert_eq!(r.error, 0, "{name}: mkdir");
+        assert_eq!(
+            entry_owner(&r.body),
+            (1000, gid),
+            "{name}: the mkdir's reply"
+        );
+    }
 }
