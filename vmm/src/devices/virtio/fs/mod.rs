@@ -5,11 +5,16 @@
 //! see (docs/virtio-fs.md).
 //!
 //! One FUSE file system per VM; each shared directory is a top-level name in it
-//! ([`shares`]), added and removed through the control API while the guest runs. A
-//! template VM has the device, so its driver's queues are set up at boot, but never
-//! mounts it: a FUSE session cannot survive a restore, so a snapshot of a VM whose guest
-//! has spoken FUSE is refused ([`VirtioDevice::snapshot_blocker`]).
+//! ([`shares`]), added and removed through the control API while the guest runs, and
+//! served through a policy ([`guard`]) that keeps the guest from leaving device nodes,
+//! setuid files or privileged xattrs on the host. The host owner of what the guest makes
+//! is the VMM; the guest owner is kept in an xattr ([`owner`]). A template VM has the
+//! device, so its driver's queues are set up at boot, but never mounts it: a FUSE session
+//! cannot survive a restore, so a snapshot of a VM whose guest has spoken FUSE is refused
+//! ([`VirtioDevice::snapshot_blocker`]).
 
+mod guard;
+mod owner;
 pub mod shares;
 mod view;
 mod worker;

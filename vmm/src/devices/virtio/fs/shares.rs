@@ -12,6 +12,8 @@ use std::time::Duration;
 use fuse_backend_rs::api::{Vfs, VfsOptions};
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 
+use super::guard::Guarded;
+
 /// How long the guest may trust a looked-up name or attributes before asking again. The
 /// host writes to these directories too, so they stay short (Kata's `auto` policy).
 const ENTRY_TIMEOUT: Duration = Duration::from_secs(1);
@@ -149,8 +151,9 @@ impl Shares {
         };
         let fs = PassthroughFs::<()>::new(cfg).map_err(|e| mount_err(e.to_string()))?;
         fs.import().map_err(|e| mount_err(e.to_string()))?;
+        // The guest reaches the host directory only through the policy (guard.rs).
         self.vfs
-            .mount(Box::new(fs), &format!("/{name}"))
+            .mount(Box::new(Guarded::new(fs)), &format!("/{name}"))
             .map_err(|e| mount_err(format!("{e:?}")))?;
         names.insert(name.into(), dir.into());
         log::info!("fs: sharing {} as {name}", dir.display());
