@@ -93,12 +93,14 @@ pub struct Jail {
     /// false runs each VMM as root with the host's view of everything: for debugging
     /// only, and logged at every start.
     pub enabled: bool,
-    /// VMMs run as uids `uid_base .. uid_base + uids` (gid the same number), one each.
-    pub uid_base: u32,
-    pub uids: u32,
+    /// The ids every VMM runs as; they own what guests write into shared directories.
+    pub uid: u32,
+    pub gid: u32,
     /// The most descriptors one VMM holds (vsock connections, files the guest has open
     /// in shared directories).
     pub max_open_files: u64,
+    /// The most threads all VMMs together run (RLIMIT_NPROC counts per uid).
+    pub max_threads: u64,
 }
 
 impl Default for Jail {
@@ -106,9 +108,10 @@ impl Default for Jail {
         let p = JailPolicy::default();
         Jail {
             enabled: true,
-            uid_base: p.uid_base,
-            uids: p.uid_count,
+            uid: p.uid,
+            gid: p.gid,
             max_open_files: p.max_open_files,
+            max_threads: p.max_threads,
         }
     }
 }
@@ -116,11 +119,11 @@ impl Default for Jail {
 impl Jail {
     /// The launcher's policy, `None` when the jail is off.
     pub fn policy(&self) -> Option<JailPolicy> {
-        self.enabled.then(|| JailPolicy {
-            uid_base: self.uid_base,
-            uid_count: self.uids,
+        self.enabled.then_some(JailPolicy {
+            uid: self.uid,
+            gid: self.gid,
             max_open_files: self.max_open_files,
-            ..JailPolicy::default()
+            max_threads: self.max_threads,
         })
     }
 }
@@ -252,22 +255,26 @@ impl HostConfig {
             }
         }
         let j = &self.jail;
-        if j.uid_base == 0
-            || j.uids == 0
-            || u64::from(j.uid_base) + u64::from(j.uids) > u64::from(u32::MAX)
-        {
-            return Err(invalid(
-                "jail.uid_base",
-                format!("{} (uids = {})", j.uid_base, j.uids),
-                "the range must hold at least one uid, start above 0 and end below 4294967295",
-            ));
+        for (field, id) in [("jail.uid", j.uid), ("jail.gid", j.gid)] {
+            if id == 0 || id == u32::MAX {
+                return Err(invalid(
+                    field,
+                    id.to_string(),
+                    "a jailed VMM runs as neither root nor the invalid id 4294967295",
+                ));
+            }
         }
-        if j.max_open_files < 64 {
-            return Err(invalid(
-                "jail.max_open_files",
-                j.max_open_files.to_string(),
-                "a VMM needs at least 64 descriptors for its own devices",
-            ));
+        for (field, value, least) in [
+            ("jail.max_open_files", j.max_open_files, 64),
+            ("jail.max_threads", j.max_threads, 64),
+        ] {
+            if value < least {
+                return Err(invalid(
+                    field,
+                    value.to_string(),
+                    "too low for a VMM's own devices and threads (at least 64)",
+                ));
+            }
         }
         // The VMM's vsock socket lives in <run_dir>/<16 hex>/ and must fit a unix socket.
         if self.run_dir.as_os_str().len() > 60 {

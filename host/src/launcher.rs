@@ -15,14 +15,16 @@
 //! - in its own session, with exactly the descriptors it is given (stdio, taps, the
 //!   hand-over socket, its uid lease) and everything else closed on exec.
 //!
-//! A jailed VMM runs as a uid (and gid of the same number) of its own, leased from the
-//! configured range: a lock on `<lease_dir>/<uid>` held by the VMM's inherited
-//! descriptor and the host's, so the uid is free again only when both are gone.
+//! A jailed VMM runs as the jail's uid and gid (`[jail]` in the host config), the same
+//! for every VMM: what a guest writes into a shared directory is owned by it on the host,
+//! and a pod that reuses a volume (a hostPath, a persistent volume) after its VM is gone
+//! must find its files still its own. What separates one VMM from another is its PID
+//! namespace (it cannot name another process), its jail (it cannot name another VM's
+//! files), and being non-dumpable (no ptrace between them).
 
 use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
@@ -39,8 +41,6 @@ pub enum LaunchError {
     },
     #[error("{0} holds a NUL byte")]
     Nul(String),
-    #[error("every uid of the jail range {base}..{end} is leased (one per running VMM, in {dir}); raise jail.uids or stop sandboxes", end = *base as u64 + *count as u64)]
-    NoFreeUid { base: u32, count: u32, dir: PathBuf },
     #[error("the launcher thread is gone")]
     ThreadGone,
     #[error("exec {program}")]
@@ -56,77 +56,28 @@ fn os(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LaunchError {
     move |source| LaunchError::Os { what, source }
 }
 
-/// Which uids jailed VMMs run as, and what they may hold (`[jail]` in the host config).
+/// What jailed VMMs run as and may hold (`[jail]` in the host config).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JailPolicy {
-    pub uid_base: u32,
-    pub uid_count: u32,
-    /// Where the uid leases are: shared by every hull process on the host.
-    pub lease_dir: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
     pub max_open_files: u64,
+    /// RLIMIT_NPROC: counted per uid, so it bounds the threads of all VMMs together.
+    pub max_threads: u64,
 }
 
-/// The range jailed VMMs take their uids from by default: far above the ranges
-/// distributions give people and services, and away from systemd's container ranges.
-pub const DEFAULT_UID_BASE: u32 = 2_000_000_000;
-pub const DEFAULT_UID_COUNT: u32 = 65_536;
-pub const DEFAULT_LEASE_DIR: &str = "/run/hull/uids";
+/// The ids jailed VMMs run as by default: far above the ranges distributions give people
+/// and services, and away from systemd's container ranges.
+pub const DEFAULT_UID: u32 = 2_000_000_000;
 
 impl Default for JailPolicy {
     fn default() -> Self {
         JailPolicy {
-            uid_base: DEFAULT_UID_BASE,
-            uid_count: DEFAULT_UID_COUNT,
-            lease_dir: PathBuf::from(DEFAULT_LEASE_DIR),
+            uid: DEFAULT_UID,
+            gid: DEFAULT_UID,
             max_open_files: hull_vmm_api::config::default_max_open_files(),
+            max_threads: hull_vmm_api::config::default_max_threads(),
         }
-    }
-}
-
-/// One uid (and the gid of the same number) of the jail range, held for one VMM.
-#[derive(Debug)]
-pub struct UidLease {
-    pub uid: u32,
-    lock: OwnedFd,
-}
-
-impl UidLease {
-    /// Takes the first free uid of the range, starting at a place that depends on this
-    /// process, so concurrent hosts rarely try the same ones.
-    pub fn acquire(policy: &JailPolicy) -> Result<UidLease, LaunchError> {
-        std::fs::create_dir_all(&policy.lease_dir)
-            .map_err(os(format!("create {}", policy.lease_dir.display())))?;
-        let count = policy.uid_count.max(1);
-        let start = std::process::id() % count;
-        for i in 0..count {
-            let uid = policy.uid_base + (start + i) % count;
-            let path = policy.lease_dir.join(uid.to_string());
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .mode(0o600)
-                .open(&path)
-                .map_err(os(format!("open {}", path.display())))?;
-            // SAFETY: flock on a descriptor we own.
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-                return Ok(UidLease {
-                    uid,
-                    lock: file.into(),
-                });
-            }
-        }
-        Err(LaunchError::NoFreeUid {
-            base: policy.uid_base,
-            count,
-            dir: policy.lease_dir.clone(),
-        })
-    }
-
-    /// The descriptor whose lock is the lease (for the VMM to inherit).
-    pub fn lock_fd(&self) -> BorrowedFd<'_> {
-        use std::os::fd::AsFd;
-        self.lock.as_fd()
     }
 }
 
@@ -482,30 +433,6 @@ fn on_launcher_thread<T: Send + 'static>(
 mod tests {
     use super::*;
     use std::os::fd::AsFd;
-
-    fn policy(dir: &Path, count: u32) -> JailPolicy {
-        JailPolicy {
-            uid_base: 3_000_000_000,
-            uid_count: count,
-            lease_dir: dir.to_path_buf(),
-            max_open_files: 1024,
-        }
-    }
-
-    #[test]
-    fn each_lease_gets_its_own_uid_until_it_is_released() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = policy(dir.path(), 2);
-        let a = UidLease::acquire(&p).unwrap();
-        let b = UidLease::acquire(&p).unwrap();
-        assert_ne!(a.uid, b.uid);
-        assert!((3_000_000_000..3_000_000_002).contains(&a.uid));
-        let e = UidLease::acquire(&p).unwrap_err();
-        assert!(matches!(e, LaunchError::NoFreeUid { .. }), "{e}");
-        let freed = a.uid;
-        drop(a);
-        assert_eq!(UidLease::acquire(&p).unwrap().uid, freed);
-    }
 
     fn sh(script: &str, stderr: &std::fs::File) -> Launch<'static> {
         // The borrow of `stderr` is extended by the caller's scope.

@@ -9,7 +9,7 @@
 //! - [`guest`]: a running sandbox's processes: create and exec with their stdio attached;
 //! - [`container`]: a container's storage in the VM (root and volume disks, shares);
 //! - [`launcher`]: how a `hull-vmm` process is started: namespaces, parent-death signal,
-//!   its uid lease;
+//!   exactly the descriptors it is given;
 //! - [`vmm_process`]: spawning, watching and reaping a `hull-vmm`;
 //! - [`template`]: the cache of snapshots of ready sandboxes, and how it refuses stale or
 //!   corrupt ones;

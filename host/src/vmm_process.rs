@@ -16,7 +16,7 @@ use hull_vmm_api::config::{
 };
 use hull_vmm_api::handoff::{HandoffError, HandoffSender};
 
-use crate::launcher::{self, Child, Launch, LaunchError, UidLease};
+use crate::launcher::{self, Child, Launch, LaunchError};
 use crate::VmSpec;
 
 #[derive(Debug, thiserror::Error)]
@@ -116,8 +116,6 @@ pub struct VmmProcess {
     pub started: Instant,
     /// How control calls pass host files to this VMM.
     pub handoff: Arc<Handoff>,
-    /// The uid a jailed VMM runs as, free again once this and the VMM are gone.
-    lease: Option<UidLease>,
 }
 
 impl VmmProcess {
@@ -137,27 +135,23 @@ impl VmmProcess {
             source,
         })?;
         let (sender, vmm_end) = HandoffSender::pair()?;
-        let lease = match &spec.jail {
-            Some(policy) => Some(UidLease::acquire(policy)?),
-            None => {
-                log::warn!("hull-vmm runs unconfined, as root with the host's view (jail.enabled = false): for debugging only");
-                None
-            }
-        };
+        if spec.jail.is_none() {
+            log::warn!("hull-vmm runs unconfined, as root with the host's view (jail.enabled = false): for debugging only");
+        }
         let mut config = vm_config(spec, &paths, nics);
         config.handoff_fd = Some(vmm_end.as_raw_fd());
-        if let (Some(policy), Some(lease)) = (&spec.jail, &lease) {
+        if let Some(policy) = &spec.jail {
             std::fs::create_dir_all(&paths.jail).map_err(|source| VmmProcessError::JailDir {
                 path: paths.jail.clone(),
                 source,
             })?;
             config.jail = Some(JailConfig {
                 root: paths.jail.clone(),
-                uid: lease.uid,
-                gid: lease.uid,
+                uid: policy.uid,
+                gid: policy.gid,
                 lifeline_fd: Some(launcher::lifeline_fd()?),
                 max_open_files: policy.max_open_files,
-                max_threads: hull_vmm_api::config::default_max_threads(),
+                max_threads: policy.max_threads,
             });
         }
         serde_json::to_vec_pretty(&config)
@@ -174,9 +168,6 @@ impl VmmProcess {
         }
         let mut inherit: Vec<BorrowedFd<'_>> = nics.iter().map(|n| n.tap).collect();
         inherit.push(vmm_end.as_fd());
-        if let Some(l) = &lease {
-            inherit.push(l.lock_fd());
-        }
         let started = Instant::now();
         let child = launcher::launch(Launch {
             program: &bin,
@@ -187,21 +178,15 @@ impl VmmProcess {
             )],
             stderr: log.as_fd(),
             inherit,
-            namespaces: lease.is_some(),
+            namespaces: spec.jail.is_some(),
         })?;
-        let owner = lease.as_ref().map(|l| (l.uid, l.uid));
+        let owner = spec.jail.as_ref().map(|p| (p.uid, p.gid));
         Ok(VmmProcess {
             child: Some(child),
             paths,
             started,
             handoff: Arc::new(Handoff { sender, owner }),
-            lease,
         })
-    }
-
-    /// The uid the VMM runs as when jailed.
-    pub fn jail_uid(&self) -> Option<u32> {
-        self.lease.as_ref().map(|l| l.uid)
     }
 
     pub fn pid(&self) -> Option<u32> {

@@ -270,3 +270,110 @@ fn a_snapshot_taken_mid_workload_restores_and_continues() {
     step("the container finished after the restore", t);
     restored.kill();
 }
+
+/// Every thread of a running sandbox's VMM (the virtio-fs worker included, which starts
+/// when the guest first uses its share) is in the jail: not root, no capability in any
+/// set, `no_new_privs`, the jail's mount namespace with only the jail's mounts, and
+/// namespaces of its own. A control call that names a host path instead of handing the
+/// file over is refused.
+#[test]
+fn every_thread_of_a_sandbox_vmm_is_jailed() {
+    if !guest_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let s = start(&run_dir);
+    let share = dir.path().join("share");
+    std::fs::create_dir_all(&share).unwrap();
+    s.control.add_share("s0", &share).unwrap();
+    agent(&s).mount_shared_fs(hull_host::SHARED_FS_TAG).unwrap();
+
+    let pid = s.vmm_pid().unwrap();
+    let proc = Path::new("/proc").join(pid.to_string());
+    let ns = |p: &Path, kind: &str| std::fs::read_link(p.join("ns").join(kind)).unwrap();
+    let me = Path::new("/proc/self");
+    for kind in ["pid", "mnt", "ipc", "uts"] {
+        assert_ne!(
+            ns(&proc, kind),
+            ns(me, kind),
+            "the VMM shares our {kind} namespace"
+        );
+    }
+    let jail = hull_host::launcher::JailPolicy::default();
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(proc.join("task")).unwrap().flatten() {
+        let t = task.path();
+        let comm = std::fs::read_to_string(t.join("comm")).unwrap();
+        let status = std::fs::read_to_string(t.join("status")).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .unwrap_or_else(|| panic!("{name} in {status}"))
+                .trim()
+                .to_string()
+        };
+        let who = format!("thread {}", comm.trim());
+        let uid = jail.uid.to_string();
+        assert_eq!(field("Uid:"), [uid.as_str(); 4].join("\t"), "{who}");
+        let gid = jail.gid.to_string();
+        assert_eq!(field("Gid:"), [gid.as_str(); 4].join("\t"), "{who}");
+        assert_eq!(field("Groups:"), "", "{who}");
+        for set in ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
+            assert_eq!(field(set), "0000000000000000", "{who} {set}");
+        }
+        assert_eq!(field("NoNewPrivs:"), "1", "{who}");
+        assert_eq!(ns(&t, "mnt"), ns(&proc, "mnt"), "{who} is outside the jail");
+        threads.push(comm.trim().to_string());
+    }
+    assert!(
+        threads.iter().any(|t| t == "hull-fs"),
+        "the fs worker never started: {threads:?}"
+    );
+    let status = std::fs::read_to_string(proc.join("status")).unwrap();
+    let nspid = status.lines().find(|l| l.starts_with("NSpid:")).unwrap();
+    assert!(
+        nspid.ends_with("\t1"),
+        "not PID 1 of its own namespace: {nspid}"
+    );
+    let mounts: Vec<String> = std::fs::read_to_string(proc.join("mountinfo"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            format!("{} {}", f[4], f[5].split(',').next().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        mounts,
+        [
+            "/ ro",
+            "/dev/kvm rw",
+            "/dev/null rw",
+            "/dev/urandom rw",
+            "/proc rw"
+        ],
+        "the jail's mount table"
+    );
+    let limits = std::fs::read_to_string(proc.join("limits")).unwrap();
+    assert!(
+        limits.lines().any(|l| l.starts_with("Max open files")
+            && l.split_whitespace().nth(3) == Some(&jail.max_open_files.to_string())),
+        "{limits}"
+    );
+
+    // Without the hand-over, a path is all the VMM gets, and a jailed one refuses it.
+    let raw =
+        hull_vmm_api::ControlClient::connect(&s.paths().api, Duration::from_secs(30)).unwrap();
+    let image = dir.path().join("disk.img");
+    std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
+    let e = raw.attach_drive(0, &image, true, "x").unwrap_err();
+    let text = hull_vmm_api::error_chain(&e);
+    assert!(text.contains("jailed"), "{text}");
+    // Handed over, the same disk attaches.
+    assert_eq!(s.control.attach_drive(0, &image, true, "x").unwrap(), 2048);
+    s.control.detach_drive(0).unwrap();
+    s.kill();
+}

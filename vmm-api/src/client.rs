@@ -135,11 +135,25 @@ impl ControlClient {
         Self::call("Shutdown", self.inner.shutdown(self.ctx(), &Empty::new())).map(drop)
     }
 
-    /// Writes the paused VM's state and memory into `dir` (which must exist when the VMM
-    /// takes descriptors). A jailed VMM's uid owns `dir` during the call; the files are
-    /// the host's again after it.
+    /// Writes the paused VM's state and memory into `dir` (created if missing, for its
+    /// owner only). A jailed VMM's uid owns `dir` during the call; the files are the
+    /// host's again after it.
     pub fn snapshot(&self, dir: &Path) -> Result<(), ControlError> {
         let call = "Snapshot";
+        if self.handoff.is_some() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|source| ControlError {
+                    call,
+                    source: CallError::Open {
+                        path: dir.to_path_buf(),
+                        source,
+                    },
+                })?;
+        }
         let owner = self.handoff.as_ref().and_then(|h| h.owner);
         if let Some((uid, gid)) = owner {
             chown_tree(dir, uid, gid).map_err(|source| ControlError { call, source })?;

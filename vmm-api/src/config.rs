@@ -264,7 +264,7 @@ pub struct JailConfig {
     /// An empty directory the VMM mounts its jail on, in its own mount namespace: the
     /// host never sees what is mounted there.
     pub root: PathBuf,
-    /// Not 0: the ids the VMM runs as (one per VM from the host's range).
+    /// Not 0: the ids the VMM runs as.
     pub uid: u32,
     pub gid: u32,
     /// An inherited pipe's read end whose write end only the launching process holds:
@@ -276,7 +276,8 @@ pub struct JailConfig {
     /// connections, shared files the guest has looked up).
     #[serde(default = "default_max_open_files")]
     pub max_open_files: u64,
-    /// RLIMIT_NPROC for the VMM's uid: its threads (vCPUs, devices, the control API).
+    /// RLIMIT_NPROC: the threads (vCPUs, devices, the control API) of every process of
+    /// the VMM's uid together.
     #[serde(default = "default_max_threads")]
     pub max_threads: u64,
 }
@@ -286,7 +287,7 @@ pub const fn default_max_open_files() -> u64 {
 }
 
 pub const fn default_max_threads() -> u64 {
-    256
+    65_536
 }
 
 impl ConfigFile {
