@@ -194,7 +194,7 @@ pub fn prune(config: &HostConfig) -> Pruned {
     let mut p = Pruned::default();
     let records: Vec<state::Record> = state::list().into_iter().flatten().collect();
     for r in &records {
-        if !r.is_running() && state::remove(&r.name).is_ok() {
+        if !r.is_running() && crate::lifecycle::discard(&r.name).is_ok() {
             p.containers.push(r.name.clone());
         }
     }

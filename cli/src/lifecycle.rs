@@ -202,6 +202,12 @@ pub fn rm(name: &str, force: bool) -> Result<(), LifecycleError> {
             unsafe { libc::kill(r.owner_pid as i32, libc::SIGKILL) };
         }
     }
+    discard(name)
+}
+
+/// Removes a stopped container: what its sandbox left (a VMM whose owner was killed, its
+/// run directory) and its record.
+pub fn discard(name: &str) -> Result<(), LifecycleError> {
     let run_dir = state::run_dir(name);
     if run_dir.exists() {
         hull_host::pod::kill_orphaned(&run_dir);

@@ -613,6 +613,68 @@ fn imported_oci_and_docker_save_images_run_with_their_layers_and_config() {
     r.assert_clean();
 }
 
+/// The VMMs of this root's sandboxes: (pid, parent pid).
+fn vmms_of(r: &Root) -> Vec<(u32, u32)> {
+    let root = r.0.path().to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if !(cmd.contains("hull-vmm") && cmd.contains(&root)) {
+                return None;
+            }
+            let status = std::fs::read_to_string(e.path().join("status")).ok()?;
+            let ppid = status
+                .lines()
+                .find_map(|l| l.strip_prefix("PPid:"))?
+                .trim()
+                .parse()
+                .ok()?;
+            Some((pid, ppid))
+        })
+        .collect()
+}
+
+/// SIGKILL of the process that started a sandbox (a detached run's supervisor) takes the
+/// VMM with it at once (its parent-death signal), and prune still cleans up.
+#[test]
+fn a_killed_supervisor_takes_its_vmm_with_it_and_prune_cleans_up() {
+    if skip() {
+        return;
+    }
+    let r = Root::new();
+    ok(
+        &r,
+        &["run", "-d", "--name", "orphan", "busybox", "sleep", "1000"],
+    );
+    wait_status(&r, "orphan", "running");
+    let vmms = vmms_of(&r);
+    assert_eq!(vmms.len(), 1, "{vmms:?}");
+    let (vmm, supervisor) = vmms[0];
+    // SAFETY: kill(2) of the supervisor this test started.
+    unsafe { libc::kill(supervisor as i32, libc::SIGKILL) };
+    let t = Instant::now();
+    while hull_e2e::alive(vmm) {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the VMM outlived its killed parent by {:?}",
+            t.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "the VMM ended {:?} after its parent was killed",
+        t.elapsed()
+    );
+    let pruned = ok(&r, &["system", "prune"]);
+    assert!(pruned.contains("orphan"), "{pruned}");
+    assert!(!ok(&r, &["ps", "-a"]).contains("orphan"));
+    r.assert_clean();
+}
+
 #[test]
 fn check_reports_the_host_and_prune_removes_stopped_containers() {
     if skip() {

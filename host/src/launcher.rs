@@ -66,6 +66,12 @@ pub struct JailPolicy {
     pub max_threads: u64,
 }
 
+/// The empty directory every jailed VMM mounts its root on, each in its own mount
+/// namespace. One directory that hull never removes: a directory another namespace
+/// still has a mount on cannot be removed (EBUSY), and a VMM's namespace outlives it by a
+/// moment, so a per-VM directory could not be cleaned up right after the VMM ends.
+pub const JAIL_MOUNTPOINT: &str = "/run/hull/jail";
+
 /// The ids jailed VMMs run as by default: far above the ranges distributions give people
 /// and services, and away from systemd's container ranges.
 pub const DEFAULT_UID: u32 = 2_000_000_000;

@@ -85,8 +85,6 @@ pub struct VmmPaths {
     pub api: PathBuf,
     pub console: PathBuf,
     pub log: PathBuf,
-    /// The empty directory a jailed VMM mounts its root on (in its own namespace).
-    pub jail: PathBuf,
 }
 
 impl VmmPaths {
@@ -97,7 +95,6 @@ impl VmmPaths {
             api: run_dir.join("api.sock"),
             console: run_dir.join("console.log"),
             log: run_dir.join("vmm.log"),
-            jail: run_dir.join("jail"),
         }
     }
 }
@@ -141,12 +138,13 @@ impl VmmProcess {
         let mut config = vm_config(spec, &paths, nics);
         config.handoff_fd = Some(vmm_end.as_raw_fd());
         if let Some(policy) = &spec.jail {
-            std::fs::create_dir_all(&paths.jail).map_err(|source| VmmProcessError::JailDir {
-                path: paths.jail.clone(),
+            let root = Path::new(launcher::JAIL_MOUNTPOINT);
+            std::fs::create_dir_all(root).map_err(|source| VmmProcessError::JailDir {
+                path: root.to_path_buf(),
                 source,
             })?;
             config.jail = Some(JailConfig {
-                root: paths.jail.clone(),
+                root: root.to_path_buf(),
                 uid: policy.uid,
                 gid: policy.gid,
                 lifeline_fd: Some(launcher::lifeline_fd()?),

@@ -121,6 +121,16 @@ pub fn summary(v: &[f64]) -> Option<(f64, f64, f64)> {
     Some((median, s[0], s[n - 1]))
 }
 
+/// Whether process `pid` runs (exists and is not a zombie waiting to be reaped).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|s| s.trim_start().starts_with('Z'))
+    })
+}
+
 /// Processes whose command line holds both `name` and `mark` (a test's directory).
 pub fn pids_of(name: &str, mark: &str) -> Vec<u32> {
     let mut pids = Vec::new();

@@ -97,8 +97,26 @@ fn killed_shim_is_cleaned_up_by_delete() {
         .find(|(_, cmd)| cmd.contains("containerd-shim-hull-v2"))
         .map(|(p, _)| p)
         .expect("the shim runs");
+    let vmm = c
+        .hull_processes()
+        .into_iter()
+        .find(|(_, cmd)| cmd.contains("hull-vmm"))
+        .map(|(p, _)| p)
+        .expect("the VMM runs");
     // SAFETY: kill(2) of the shim this test's containerd started.
     unsafe { libc::kill(shim as i32, libc::SIGKILL) };
+    // The VMM dies with the shim that launched it (its parent-death signal), whatever
+    // containerd does next.
+    let t = Instant::now();
+    while hull_e2e::alive(vmm) {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the VMM outlived its killed shim by {:?}",
+            t.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("the VMM ended {:?} after its shim was killed", t.elapsed());
     // containerd notices the dead shim and runs the shim binary's `delete`, which stops
     // the VM it left and removes its state.
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -262,7 +262,7 @@ pub struct ConfigFile {
 #[serde(deny_unknown_fields)]
 pub struct JailConfig {
     /// An empty directory the VMM mounts its jail on, in its own mount namespace: the
-    /// host never sees what is mounted there.
+    /// host never sees what is mounted there. Every VMM may use the same one.
     pub root: PathBuf,
     /// Not 0: the ids the VMM runs as.
     pub uid: u32,
