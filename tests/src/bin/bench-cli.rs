@@ -83,6 +83,8 @@ fn main() -> Result<()> {
     let root = tempfile::tempdir()?;
     let cold_config = root.path().join("cold.toml");
     std::fs::write(&cold_config, "templates = false\n")?;
+    let open_config = root.path().join("open.toml");
+    std::fs::write(&open_config, "[jail]\nenabled = false\n")?;
     let c = Containerd::start("");
     // Warm-up: the template, the built-in image's erofs copy, containerd's snapshots.
     hull_run(&hull, root.path(), None)?;
@@ -91,10 +93,14 @@ fn main() -> Result<()> {
 
     let (mut warm, mut warm_rss, mut cold, mut cold_rss) = (vec![], vec![], vec![], vec![]);
     let (mut shim, mut runc) = (vec![], vec![]);
+    let (mut open, mut open_rss) = (vec![], vec![]);
     for i in 0..args.runs {
         let (s, rss) = hull_run(&hull, root.path(), None)?;
         warm.push(s);
         warm_rss.push(rss as f64);
+        let (s, rss) = hull_run(&hull, root.path(), Some(&open_config))?;
+        open.push(s);
+        open_rss.push(rss as f64);
         shim.push(ctr_run(&c, RUNTIME, &format!("hull-{i}"))?);
         runc.push(ctr_run(&c, "io.containerd.runc.v2", &format!("runc-{i}"))?);
     }
@@ -123,6 +129,11 @@ fn main() -> Result<()> {
         "| `hull run --rm` (template) | {} | {} |",
         ms(&warm),
         mib(&warm_rss)
+    );
+    println!(
+        "| `hull run --rm` (template, jail off: jail.enabled = false) | {} | {} |",
+        ms(&open),
+        mib(&open_rss)
     );
     println!(
         "| `hull run --rm` (cold boot, templates = false) | {} | {} |",

@@ -7,6 +7,8 @@
 //! - cost split of a restore, from the VMM's log and the host library's timings: state
 //!   file read and checked, guest memory mapped, VM built and vCPUs running, the vsock
 //!   socket published, the agent's first answer (on the adopted connection), usable.
+//! - the jail's cost: each restore is followed by one with the jail off (`jail.enabled =
+//!   false`), and the two are compared: VM built, usable;
 //! - memory: N sandboxes restored from one template and left idle, for each N in
 //!   `--counts`; per sandbox, the PSS of the VMM process split into the VMM itself and
 //!   guest RAM (the private pages the guest wrote, and its share of the template's file
@@ -126,6 +128,11 @@ fn main() -> Result<()> {
 
     let (mut state, mut map, mut built, mut socket, mut agent, mut ready) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut open_built, mut open_ready, mut jail_entry) = (vec![], vec![], vec![]);
+    let unjailed = VmSpec {
+        jail: None,
+        ..spec.clone()
+    };
     for i in 0..args.runs {
         let dir = run_dir(base.path(), &format!("restore{i}"))?;
         let s = Sandbox::start(&spec, &dir, Some(&cache))
@@ -134,9 +141,22 @@ fn main() -> Result<()> {
         state.extend(logged_ms(&log, "state file read and checked"));
         map.extend(logged_ms(&log, "guest memory mapped"));
         built.extend(logged_ms(&log, "after VMM start"));
-        socket.extend(logged_at_ms(&log, "vsock: listening on"));
+        socket.extend(logged_at_ms(&log, "vsock: accepting on"));
+        if let (Some(before), Some(after)) = (
+            logged_at_ms(&log, "kept for ADOPT"),
+            logged_at_ms(&log, "jail: entered"),
+        ) {
+            jail_entry.push(after - before);
+        }
         agent.push(ms(s.timings.agent_ready));
         ready.push(ms(s.timings.ready));
+        s.kill();
+        let dir = run_dir(base.path(), &format!("open{i}"))?;
+        let s = Sandbox::start(&unjailed, &dir, Some(&cache))
+            .map_err(|e| anyhow::anyhow!(hull_vmm::error_chain(&e)))?;
+        let log = std::fs::read_to_string(&s.paths().log).unwrap_or_default();
+        open_built.extend(logged_ms(&log, "after VMM start"));
+        open_ready.push(ms(s.timings.ready));
         s.kill();
     }
 
@@ -173,10 +193,36 @@ fn main() -> Result<()> {
     println!("{}", row("VM, devices and vCPUs restored, running", &built));
     println!(
         "{}",
-        row("guest handled the vsock reset, socket published", &socket)
+        row(
+            "guest handled the vsock reset, accepting host clients",
+            &socket
+        )
     );
     println!("{}", row("agent's first answer (connect + Ping)", &agent));
     println!("{}", row("SetTime + ReseedRandom done: usable", &ready));
+
+    println!(
+        "\n### The jail's cost on a restore (medians of {} runs each, interleaved)\n",
+        args.runs
+    );
+    println!("| from `hull-vmm` spawn to | jail on | jail off |");
+    println!("| --- | --- | --- |");
+    let pair = |name: &str, on: &[f64], off: &[f64]| match (summary(on), summary(off)) {
+        (Some((a, alo, ahi)), Some((b, blo, bhi))) => {
+            println!("| {name} | {a:.1} ms ({alo:.1}–{ahi:.1}) | {b:.1} ms ({blo:.1}–{bhi:.1}) |")
+        }
+        _ => println!("| {name} | n/a | n/a |"),
+    };
+    pair(
+        "VM, devices and vCPUs restored, running",
+        &built,
+        &open_built,
+    );
+    pair("SetTime + ReseedRandom done: usable", &ready, &open_ready);
+    println!(
+        "{}",
+        row("entering the jail (in the VMM, from its log)", &jail_entry)
+    );
 
     println!("\n### Memory of idle sandboxes restored from one template (PSS per sandbox)\n");
     println!("| sandboxes | total | VMM (no guest RAM) | guest: pages it wrote (its own) | guest: share of template pages |");
