@@ -35,6 +35,10 @@ pub enum ApiError {
     },
     #[error("starting the ttrpc server: {0}")]
     Server(ttrpc::Error),
+    #[error("drop the capabilities of the control API's threads")]
+    Caps(#[source] std::io::Error),
+    #[error("start the control API's thread")]
+    Thread(#[source] std::io::Error),
 }
 
 /// The control socket, bound before the VMM enters its jail (where the host's
@@ -91,7 +95,20 @@ impl ApiServer {
             .add_listener(listener.into_raw_fd())
             .map_err(ApiError::Server)?
             .register_service(service);
-        server.start().map_err(ApiError::Server)?;
+        // ttrpc's threads are started from a thread that holds no capability, so they
+        // inherit none (the main thread keeps the fs worker's until that one starts).
+        let server = std::thread::Builder::new()
+            .name("api-start".into())
+            .spawn(move || {
+                crate::jail::drop_thread_caps().map_err(ApiError::Caps)?;
+                server.start().map_err(ApiError::Server)?;
+                Ok(server)
+            })
+            .map_err(ApiError::Thread)?
+            .join()
+            .map_err(|_| {
+                ApiError::Server(ttrpc::Error::Others("the API start thread panicked".into()))
+            })??;
         log::info!("control API on {}", path.display());
         Ok(ApiServer {
             server: Some(server),

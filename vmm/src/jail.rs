@@ -24,6 +24,7 @@ use std::ffi::{CStr, CString};
 use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use hull_vmm_api::config::JailConfig;
 
@@ -250,23 +251,74 @@ fn drop_privileges(uid: u32, gid: u32, last_cap: u32) -> Result<(), JailError> {
     // SAFETY: setgroups with a zero count reads nothing.
     check(unsafe { libc::setgroups(0, std::ptr::null()) })
         .map_err(step("drop supplementary groups"))?;
+    // The permitted set survives the uid change (effective is cleared), so that the
+    // virtio-fs worker can be started holding FS_CAPS; every thread then narrows it.
+    // SAFETY: prctl with PR_SET_KEEPCAPS and constant arguments.
+    check(unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) })
+        .map_err(step("keep capabilities across the uid change"))?;
     // SAFETY: plain id changes; glibc applies them to every thread (there is one).
     check(unsafe { libc::setresgid(gid, gid, gid) }).map_err(step(format!("become gid {gid}")))?;
     // SAFETY: as above.
     check(unsafe { libc::setresuid(uid, uid, uid) }).map_err(step(format!("become uid {uid}")))?;
-    // Leaving uid 0 emptied the permitted, effective and ambient sets; the inheritable set
-    // is cleared here.
+    // SAFETY: prctl with PR_SET_KEEPCAPS and constant arguments.
+    check(unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) })
+        .map_err(step("stop keeping capabilities"))?;
+    set_thread_caps(FS_CAPS, 0).map_err(step("narrow the permitted capabilities"))?;
+    JAILED.store(true, Ordering::SeqCst);
+    // SAFETY: prctl with PR_SET_NO_NEW_PRIVS and constant arguments.
+    check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })
+        .map_err(step("set no_new_privs"))
+}
+
+/// The capabilities the virtio-fs worker thread holds, and no other thread:
+/// CAP_DAC_OVERRIDE and CAP_FOWNER, so that a share behaves for the guest as the host
+/// directory does for root (a writable hostPath or `-v` directory owned by someone else,
+/// a `chmod` by the guest's root of a file it does not own). The guest kernel has already
+/// checked its own users' permissions (virtio-fs mounts with `default_permissions`); the
+/// host's check would otherwise be the VMM uid's. In the jail the only files within reach
+/// are the shared directories (and the jail's devices, which the VMM holds already), so
+/// these give a compromised VMM nothing the guest's root does not have through the share.
+pub const FS_CAPS: u64 = (1 << CAP_DAC_OVERRIDE) | (1 << CAP_FOWNER);
+
+/// From linux/capability.h.
+const CAP_DAC_OVERRIDE: u32 = 1;
+const CAP_FOWNER: u32 = 3;
+
+static JAILED: AtomicBool = AtomicBool::new(false);
+
+/// Sets the calling thread's permitted and effective sets (inheritable emptied).
+fn set_thread_caps(permitted: u64, effective: u64) -> std::io::Result<()> {
     let header = CapHeader {
         version: CAP_VERSION_3,
         pid: 0,
     };
-    let data = [CapData::default(); 2];
-    // SAFETY: capset reads a v3 header and two data structs, both valid.
+    let word = |caps: u64, i: usize| (caps >> (32 * i)) as u32;
+    let data = [0, 1].map(|i| CapData {
+        effective: word(effective, i),
+        permitted: word(permitted, i),
+        inheritable: 0,
+    });
+    // SAFETY: capset reads a v3 header and two data structs, both valid; it changes the
+    // calling thread only (the raw system call, not a process-wide wrapper).
     check(unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) as i32 })
-        .map_err(step("empty every capability set"))?;
-    // SAFETY: prctl with PR_SET_NO_NEW_PRIVS and constant arguments.
-    check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })
-        .map_err(step("set no_new_privs"))
+}
+
+/// The virtio-fs worker's start: raises [`FS_CAPS`] for this thread. A no-op outside
+/// a jail (the VMM is root there).
+pub fn enter_fs_thread() -> std::io::Result<()> {
+    if JAILED.load(Ordering::SeqCst) {
+        set_thread_caps(FS_CAPS, FS_CAPS)?;
+    }
+    Ok(())
+}
+
+/// Every other thread's start, and the main thread's once the fs worker exists: no
+/// capability left in any set. A no-op outside a jail.
+pub fn drop_thread_caps() -> std::io::Result<()> {
+    if JAILED.load(Ordering::SeqCst) {
+        set_thread_caps(0, 0)?;
+    }
+    Ok(())
 }
 
 /// Re-arms SIGKILL on the launcher's death (the uid change cleared it), then looks at

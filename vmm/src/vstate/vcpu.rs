@@ -393,6 +393,10 @@ impl Vcpu {
         std::thread::Builder::new()
             .name(format!("vcpu{index}"))
             .spawn(move || {
+                if let Err(e) = crate::jail::drop_thread_caps() {
+                    log::error!("vcpu{index}: cannot drop the capabilities it inherited: {e}");
+                    return self.recoveries;
+                }
                 self.run();
                 self.recoveries
             })

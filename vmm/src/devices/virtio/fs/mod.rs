@@ -134,7 +134,13 @@ impl VirtioDevice for Fs {
                 interrupt,
                 self.started.clone(),
             ) {
-                Ok(w) => self.worker = Some(w),
+                Ok(w) => {
+                    self.worker = Some(w);
+                    // The worker took the file capabilities; the event loop keeps none.
+                    if let Err(e) = crate::jail::drop_thread_caps() {
+                        log::error!("fs: cannot drop the event loop's capabilities: {e}");
+                    }
+                }
                 Err(e) => {
                     crate::guest_warn!("fs: cannot serve the guest: {}", crate::error_chain(&e));
                     self.failed = true;

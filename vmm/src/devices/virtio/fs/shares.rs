@@ -109,8 +109,9 @@ impl Shares {
                 path: dir.into(),
                 source,
             })?;
-        // The trailing "." makes the magic link followed even under O_NOFOLLOW.
-        let root_dir = format!("/proc/self/fd/{}/.", fd.as_raw_fd());
+        // The trailing slash has the magic link followed even under O_NOFOLLOW, without
+        // the search permission on the directory that a trailing "." would need.
+        let root_dir = format!("/proc/self/fd/{}/", fd.as_raw_fd());
         self.export(name, dir, &meta, &root_dir)
     }
 

@@ -62,7 +62,12 @@ impl Worker {
         let k = kick.clone();
         let thread = std::thread::Builder::new()
             .name("hull-fs".into())
-            .spawn(move || session.run(&k))
+            .spawn(move || {
+                if let Err(e) = crate::jail::enter_fs_thread() {
+                    log::error!("fs: cannot raise the file capabilities of a jailed VMM's fs thread ({e}); shares answer as the VMM's uid");
+                }
+                session.run(&k)
+            })
             .map_err(WorkerError::Spawn)?;
         Ok(Worker {
             kick,
