@@ -35,6 +35,10 @@ pub enum ApiError {
     },
     #[error("starting the ttrpc server: {0}")]
     Server(ttrpc::Error),
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
+    #[error("the thread starting the control API ended without an answer")]
+    Starter,
 }
 
 /// The control socket, bound before the VMM enters its jail (where the host's
@@ -79,8 +83,29 @@ pub struct ApiServer {
 }
 
 impl ApiServer {
-    /// Serves `control` on `listener`.
+    /// Serves `control` on `listener`. ttrpc creates its threads from the thread that
+    /// starts the server and from its listener thread, so the server is started from a
+    /// short-lived thread (`api-start`) under the API's seccomp filter (when the VMM's
+    /// filters are on): every ttrpc thread inherits exactly that filter.
     pub fn start(
+        listener: ApiListener,
+        control: VmmControl,
+        files: HostFiles,
+    ) -> Result<ApiServer, ApiError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let starter = crate::seccomp::spawn(
+            crate::seccomp::ThreadKind::Api,
+            "api-start".into(),
+            move || {
+                let _ = tx.send(Self::start_here(listener, control, files));
+            },
+        )?;
+        let started = rx.recv().map_err(|_| ApiError::Starter);
+        let _ = starter.join();
+        started?
+    }
+
+    fn start_here(
         listener: ApiListener,
         control: VmmControl,
         files: HostFiles,
