@@ -4,17 +4,19 @@
 //!
 //! | kind | threads | rules |
 //! | --- | --- | --- |
-//! | [`ThreadKind::Vmm`] | main: the event loop, then the vCPU stop | [`vmm.rs`](self::vmm) |
-//! | [`ThreadKind::Vcpu`] | `vcpuN`: KVM_RUN, device registers, snapshot reads | [`vcpu.rs`](self::vcpu) |
-//! | [`ThreadKind::Fs`] | `hull-fs-start`, and the `hull-fs` session threads it starts | [`fs.rs`](self::fs) |
-//! | [`ThreadKind::Api`] | the control API: ttrpc's listener, reaper and connection threads | [`api.rs`](self::api) |
+//! | [`ThreadKind::Vmm`] | main: the event loop, then the vCPU stop | `vmm.rs` |
+//! | [`ThreadKind::Vcpu`] | `vcpuN`: KVM_RUN, device registers, snapshot reads | `vcpu.rs` |
+//! | [`ThreadKind::Fs`] | `hull-fs-start`, and the `hull-fs` session threads it starts | `fs.rs` |
+//! | [`ThreadKind::Api`] | the control API: ttrpc's listener, reaper and connection threads | `api.rs` |
 //!
 //! Each list is the system calls the code makes on that thread, as measured under strace
 //! through the host's end-to-end tests (boot, restore, containers, shares, drive slots,
 //! snapshots), plus the error paths that run rarely (EINTR restarts, thread exits), and the
-//! calls every thread makes ([`common`]). A call off the list is not refused with an error
+//! calls every thread makes (`common.rs`). A call off the list is not refused with an error
 //! the code might mishandle: it raises SIGSYS, whose handler writes one line naming the
-//! thread and the call to stderr and ends the VMM with [`SECCOMP_EXIT_CODE`].
+//! thread and the call to stderr and ends the VMM with [`SECCOMP_EXIT_CODE`]. (A call made
+//! while the thread blocks every signal, as glibc does inside pthread_create, cannot run the
+//! handler: the kernel then kills the VMM with SIGSYS, without the line.)
 //!
 //! Filters stack: a thread keeps its creator's filter and adds its own. So every thread
 //! installs its kind's filter when it starts, and a thread that creates others does so
