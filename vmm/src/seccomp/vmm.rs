@@ -3,6 +3,11 @@
 //! taps, the vsock listener and its connections, the vsock timer), hands fs requests to
 //! the fs session thread, and at the end stops the vCPUs (the kick signal), joins them,
 //! and shuts the control API down.
+//!
+//! No KVM ioctl: a device raises its interrupt by writing its irqfd and hears its queue
+//! notifications on ioeventfds, both registered with KVM (`KVM_IRQFD`, `KVM_IOEVENTFD`)
+//! while the VM is built, before any filter; `KVM_IRQ_LINE` is not used at all. The only
+//! ioctl is `FIONBIO`.
 
 use seccompiler::SeccompRule;
 
