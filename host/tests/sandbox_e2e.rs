@@ -273,9 +273,9 @@ fn a_snapshot_taken_mid_workload_restores_and_continues() {
 
 /// Every thread of a running sandbox's VMM (the virtio-fs worker included, which starts
 /// when the guest first uses its share) is in the jail: not root, no capability in any
-/// set (but the fs worker's two file capabilities), `no_new_privs`, the jail's mount namespace with only the jail's mounts, and
-/// namespaces of its own. A control call that names a host path instead of handing the
-/// file over is refused.
+/// set (but the fs threads' two file capabilities), `no_new_privs`, exactly one seccomp filter (its kind's), the jail's mount
+/// namespace with only the jail's mounts, and namespaces of its own. A control call that
+/// names a host path instead of handing the file over is refused.
 #[test]
 fn every_thread_of_a_sandbox_vmm_is_jailed() {
     if !guest_available() {
@@ -323,7 +323,7 @@ fn every_thread_of_a_sandbox_vmm_is_jailed() {
         assert_eq!(field("Groups:"), "", "{who}");
         // The fs worker alone holds CAP_DAC_OVERRIDE (1) and CAP_FOWNER (3): vmm/src/jail.rs
         // FS_CAPS, docs/security.md.
-        let fs_caps = if comm.trim() == "hull-fs" {
+        let fs_caps = if comm.trim().starts_with("hull-fs") {
             format!("{:016x}", (1u64 << 1) | (1 << 3))
         } else {
             "0000000000000000".to_string()
@@ -335,6 +335,19 @@ fn every_thread_of_a_sandbox_vmm_is_jailed() {
             assert_eq!(field(set), "0000000000000000", "{who} {set}");
         }
         assert_eq!(field("NoNewPrivs:"), "1", "{who}");
+        // Its kind's seccomp filter and only that one: filters stack on the threads a
+        // filtered thread creates, so a second filter would mean a thread was created by
+        // a thread of another kind (hull_vmm::seccomp).
+        assert_eq!(
+            field("Seccomp:"),
+            "2",
+            "{who} runs without a seccomp filter"
+        );
+        assert_eq!(
+            field("Seccomp_filters:"),
+            "1",
+            "{who} runs under stacked filters"
+        );
         assert_eq!(ns(&t, "mnt"), ns(&proc, "mnt"), "{who} is outside the jail");
         threads.push(comm.trim().to_string());
     }
@@ -342,6 +355,9 @@ fn every_thread_of_a_sandbox_vmm_is_jailed() {
         threads.iter().any(|t| t == "hull-fs"),
         "the fs worker never started: {threads:?}"
     );
+    for kind in ["hull-vmm", "vcpu0", "hull-fs-start", "listener_loop"] {
+        assert!(threads.iter().any(|t| t == kind), "no {kind}: {threads:?}");
+    }
     let status = std::fs::read_to_string(proc.join("status")).unwrap();
     let nspid = status.lines().find(|l| l.starts_with("NSpid:")).unwrap();
     assert!(

@@ -35,10 +35,10 @@ pub enum ApiError {
     },
     #[error("starting the ttrpc server: {0}")]
     Server(ttrpc::Error),
-    #[error("drop the capabilities of the control API's threads")]
-    Caps(#[source] std::io::Error),
-    #[error("start the control API's thread")]
-    Thread(#[source] std::io::Error),
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
+    #[error("the thread starting the control API ended without an answer")]
+    Starter,
 }
 
 /// The control socket, bound before the VMM enters its jail (where the host's
@@ -83,8 +83,29 @@ pub struct ApiServer {
 }
 
 impl ApiServer {
-    /// Serves `control` on `listener`.
+    /// Serves `control` on `listener`. ttrpc creates its threads from the thread that
+    /// starts the server and from its listener thread, so the server is started from a
+    /// short-lived thread (`api-start`) under the API's seccomp filter (when the VMM's
+    /// filters are on): every ttrpc thread inherits exactly that filter.
     pub fn start(
+        listener: ApiListener,
+        control: VmmControl,
+        files: HostFiles,
+    ) -> Result<ApiServer, ApiError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let starter = crate::seccomp::spawn(
+            crate::seccomp::ThreadKind::Api,
+            "api-start".into(),
+            move || {
+                let _ = tx.send(Self::start_here(listener, control, files));
+            },
+        )?;
+        let started = rx.recv().map_err(|_| ApiError::Starter);
+        let _ = starter.join();
+        started?
+    }
+
+    fn start_here(
         listener: ApiListener,
         control: VmmControl,
         files: HostFiles,
@@ -95,20 +116,7 @@ impl ApiServer {
             .add_listener(listener.into_raw_fd())
             .map_err(ApiError::Server)?
             .register_service(service);
-        // ttrpc's threads are started from a thread that holds no capability, so they
-        // inherit none (the main thread keeps the fs worker's until that one starts).
-        let server = std::thread::Builder::new()
-            .name("api-start".into())
-            .spawn(move || {
-                crate::jail::drop_thread_caps().map_err(ApiError::Caps)?;
-                server.start().map_err(ApiError::Server)?;
-                Ok(server)
-            })
-            .map_err(ApiError::Thread)?
-            .join()
-            .map_err(|_| {
-                ApiError::Server(ttrpc::Error::Others("the API start thread panicked".into()))
-            })??;
+        server.start().map_err(ApiError::Server)?;
         log::info!("control API on {}", path.display());
         Ok(ApiServer {
             server: Some(server),

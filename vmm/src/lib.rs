@@ -9,7 +9,10 @@
 //!
 //! Threads: one per vCPU (each runs `KVM_RUN` and dispatches port and MMIO exits to the device
 //! buses synchronously) and the main thread, which runs an `event-manager` epoll loop serving
-//! virtio queue notifications (ioeventfd), the exit event and termination signals.
+//! virtio queue notifications (ioeventfd), the exit event and termination signals; with a
+//! virtio-fs device, `hull-fs-start` and a `hull-fs` thread per session; with a control
+//! socket, ttrpc's threads. A jailed VMM filters each thread's system calls by its kind
+//! ([`seccomp`]).
 //!
 //! Trust: everything that comes from the guest (register writes, descriptor chains, the
 //! contents of guest memory) is untrusted and is read only through `vm-memory`'s checked
@@ -29,6 +32,7 @@ pub mod exit;
 pub mod guest_log;
 pub mod jail;
 pub mod quirks;
+pub mod seccomp;
 pub mod signals;
 pub mod snapshot;
 pub mod vstate;

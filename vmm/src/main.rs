@@ -3,7 +3,8 @@
 //!
 //! Exit status: 0 guest powered off, reset, or VMM stopped by SIGTERM/SIGINT; 2 invalid
 //! configuration (no VM was started); 3 guest kernel panic; 4 triple fault; 5 unrecoverable
-//! emulation failure; 1 anything else.
+//! emulation failure; 159 a thread made a system call its seccomp filter forbids (stderr
+//! names the thread and the call; `hull_vmm::seccomp`); 1 anything else.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -295,6 +296,12 @@ fn main() -> ExitCode {
         }
         None => None,
     };
+    // Every other thread has been created, each under its own filter: the event loop
+    // filters itself last.
+    if let Err(e) = hull_vmm::seccomp::install(hull_vmm::seccomp::ThreadKind::Vmm) {
+        eprintln!("hull-vmm: {}", error_chain(&e));
+        return ExitCode::from(1);
+    }
     let outcome = vmm.run();
     let code = outcome.reason.exit_code();
     if code == 0 {

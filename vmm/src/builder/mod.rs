@@ -27,7 +27,7 @@ use crate::signals;
 use crate::snapshot::{self, SnapshotError, SnapshotState};
 use crate::vstate::memory::{create_guest_memory, map_snapshot_memory, GuestRam};
 use crate::vstate::pause::PauseGate;
-use crate::vstate::vcpu::{Recoveries, Vcpu, VcpuContext};
+use crate::vstate::vcpu::{Vcpu, VcpuContext};
 use crate::vstate::vm::{open_kvm, Vm};
 
 mod boot_image;
@@ -41,6 +41,8 @@ pub(crate) use virtio::PlacedDevice;
 pub enum BuildError {
     #[error(transparent)]
     Jail(#[from] crate::jail::JailError),
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
     #[error(transparent)]
     Fs(#[from] crate::devices::virtio::fs::FsError),
     #[error(transparent)]
@@ -135,7 +137,7 @@ type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 pub struct Vmm {
     exit: ExitEvent,
     event_manager: EventManager<Subscriber>,
-    vcpus: Vec<JoinHandle<Recoveries>>,
+    vcpus: Vec<JoinHandle<()>>,
     control: VmmControl,
     stages: StageLog,
     host: HostMode,
@@ -226,7 +228,7 @@ fn build(config: &VmConfig, start: Instant, origin: Origin) -> Result<Vmm, Build
         restoring.map(|s| &s.serial),
     )?;
     let saved_devices = restoring.map(|s| s.devices.as_slice());
-    let virtio = virtio_devices(config, &machine.vm, mem, &mut event_manager, saved_devices)?;
+    let mut virtio = virtio_devices(config, &machine.vm, mem, &mut event_manager, saved_devices)?;
     let entry = match restoring {
         None => Some(boot_image::write_boot_image(config, mem, &host, &virtio)?),
         Some(_) => None,
@@ -246,10 +248,24 @@ fn build(config: &VmConfig, start: Instant, origin: Origin) -> Result<Vmm, Build
         pause: pause.clone(),
     };
     // Every host resource is held: confine the process before any guest code runs (and
-    // while it still has one thread).
+    // while it still has one thread). A jailed VMM filters every thread from its start;
+    // the main thread's own filter comes last (`Vmm::enter_event_loop_filter`), once every
+    // thread that creates others has been created.
     if let Some(jail) = &config.jail {
         crate::jail::enter(jail)?;
+        crate::seccomp::enable()?;
+    } else {
+        log::info!("seccomp: no jail, so no system call filters (a VMM started by hand)");
     }
+    if let Some(starter) = virtio.fs_sessions.take() {
+        starter.start()?;
+    }
+    // The fs threads took the file capabilities with them; the main thread keeps none,
+    // so no thread it starts from now on has any.
+    crate::jail::drop_thread_caps().map_err(|source| crate::jail::JailError::Step {
+        step: "drop the main thread's capabilities".into(),
+        source,
+    })?;
     let handles = start_vcpus(config, &machine, ctx, restoring, entry)?;
     log::info!(
         "{} {} vCPU(s), {} MiB, {} virtio device(s), {:.1} ms after VMM start",
@@ -379,7 +395,7 @@ fn start_vcpus(
     ctx: VcpuContext,
     restoring: Option<&SnapshotState>,
     entry: Option<u64>,
-) -> Result<Vec<JoinHandle<Recoveries>>, BuildError> {
+) -> Result<Vec<JoinHandle<()>>, BuildError> {
     let mut vcpus = Vec::new();
     for index in 0..config.vcpus {
         let vcpu = Vcpu::new(&machine.vm, index, ctx.clone())?;

@@ -15,7 +15,7 @@ use crate::arch::x86_64::layout;
 use crate::cmdline::{self, MmioDevice};
 use crate::config::{VirtioPlan, VmConfig};
 use crate::devices::virtio::block::{Block, DriveSlot};
-use crate::devices::virtio::fs::{Fs, Shares};
+use crate::devices::virtio::fs::{Fs, SessionStarter, Shares};
 use crate::devices::virtio::mmio::{reg, TransportState};
 use crate::devices::virtio::net::{Net, Tap, TapError};
 use crate::devices::virtio::rng::Rng;
@@ -46,6 +46,8 @@ pub(super) struct VirtioDevices {
     pub(super) slots: Vec<(Arc<Mutex<MmioTransport>>, DriveSlot)>,
     /// The virtio-fs device's shares, if it has one.
     pub(super) shares: Option<Arc<Shares>>,
+    /// The virtio-fs device's session starter, to be started once the jail is entered.
+    pub(super) fs_sessions: Option<SessionStarter>,
 }
 
 /// A device made from its plan entry, not yet on the bus.
@@ -61,6 +63,7 @@ struct Created {
 struct Extras {
     vsock_reset: Option<EventFd>,
     shares: Option<Arc<Shares>>,
+    fs_sessions: Option<SessionStarter>,
 }
 
 /// Creates every device of `config`'s plan and places it: in plan order for a boot, at the
@@ -112,6 +115,7 @@ pub(super) fn virtio_devices(
         placed,
         slots: slots.into_iter().map(|(_, t, h)| (t, h)).collect(),
         shares: extras.shares,
+        fs_sessions: extras.fs_sessions,
     })
 }
 
@@ -191,9 +195,11 @@ fn create(
         VirtioPlan::Entropy => Box::new(Rng::new()),
         VirtioPlan::Fs(tag) => {
             let shares = Arc::new(Shares::new());
-            let fs = Fs::new(tag, shares.clone())?;
+            let (sessions, starter) = crate::devices::virtio::fs::sessions();
+            let fs = Fs::new(tag, shares.clone(), sessions)?;
             log::info!("virtio-fs: tag {tag}");
             extras.shares = Some(shares);
+            extras.fs_sessions = Some(starter);
             Box::new(fs)
         }
     };

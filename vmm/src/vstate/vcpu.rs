@@ -34,8 +34,8 @@ pub enum VcpuError {
     },
     #[error("vCPU {index}: KVM accepted {set} of {want} boot MSRs")]
     Msrs { index: u8, set: usize, want: usize },
-    #[error("spawn vCPU thread {0}")]
-    Spawn(u8, #[source] std::io::Error),
+    #[error("start vCPU thread {0}")]
+    Spawn(u8, #[source] crate::seccomp::SeccompError),
     #[error("calibration guest: {0}")]
     Calibration(String),
 }
@@ -387,20 +387,16 @@ impl Vcpu {
         }
     }
 
-    /// Runs this vCPU on its own thread named `vcpuN`.
-    pub fn spawn(mut self) -> Result<JoinHandle<Recoveries>, VcpuError> {
+    /// Runs this vCPU on its own thread named `vcpuN`, under the vCPU seccomp filter from
+    /// its first instruction when the VMM's filters are on.
+    pub fn spawn(mut self) -> Result<JoinHandle<()>, VcpuError> {
         let index = self.index;
-        std::thread::Builder::new()
-            .name(format!("vcpu{index}"))
-            .spawn(move || {
-                if let Err(e) = crate::jail::drop_thread_caps() {
-                    log::error!("vcpu{index}: cannot drop the capabilities it inherited: {e}");
-                    return self.recoveries;
-                }
-                self.run();
-                self.recoveries
-            })
-            .map_err(|e| VcpuError::Spawn(index, e))
+        crate::seccomp::spawn(
+            crate::seccomp::ThreadKind::Vcpu,
+            format!("vcpu{index}"),
+            move || self.run(),
+        )
+        .map_err(|e| VcpuError::Spawn(index, e))
     }
 }
 

@@ -28,6 +28,7 @@ use vm_memory::GuestMemoryMmap;
 use super::{read_config_bytes, Interrupt, UsedQueues, VirtioDevice, VIRTIO_F_VERSION_1};
 pub use shares::{ShareError, Shares};
 use worker::Worker;
+pub use worker::{sessions, SessionStarter, Sessions};
 
 /// The device's request path on the calling thread, for the fuzz target.
 #[doc(hidden)]
@@ -62,10 +63,13 @@ pub struct Fs {
     started: Arc<AtomicBool>,
     /// A session could not start (logged once per activation).
     failed: bool,
+    /// Where sessions are started (see `worker`: not on the thread that activates).
+    sessions: Sessions,
 }
 
 impl Fs {
-    pub fn new(tag: &str, shares: Arc<Shares>) -> Result<Fs, FsError> {
+    /// A device serving `shares`, whose sessions `sessions`' starter runs.
+    pub fn new(tag: &str, shares: Arc<Shares>, sessions: Sessions) -> Result<Fs, FsError> {
         if tag.is_empty() || tag.len() > TAG_LEN || tag.contains('\0') {
             return Err(FsError::BadTag(tag.into()));
         }
@@ -79,6 +83,7 @@ impl Fs {
             worker: None,
             started: Arc::new(AtomicBool::new(false)),
             failed: false,
+            sessions,
         })
     }
 }
@@ -118,8 +123,8 @@ impl VirtioDevice for Fs {
         if self.worker.is_none() && !self.failed {
             if !has_requests(queues, mem) {
                 // A restore serves every ready queue once, before the VMM enters its
-                // jail: the worker thread starts with the guest's first request, so it
-                // is created inside the jail like every other thread.
+                // jail and starts the session starter: a session begins with the
+                // guest's first request.
                 return UsedQueues::default();
             }
             let Some(interrupt) = self.interrupt.clone() else {
@@ -133,14 +138,9 @@ impl VirtioDevice for Fs {
                 self.shares.vfs(),
                 interrupt,
                 self.started.clone(),
+                &self.sessions,
             ) {
-                Ok(w) => {
-                    self.worker = Some(w);
-                    // The worker took the file capabilities; the event loop keeps none.
-                    if let Err(e) = crate::jail::drop_thread_caps() {
-                        log::error!("fs: cannot drop the event loop's capabilities: {e}");
-                    }
-                }
+                Ok(w) => self.worker = Some(w),
                 Err(e) => {
                     crate::guest_warn!("fs: cannot serve the guest: {}", crate::error_chain(&e));
                     self.failed = true;

@@ -53,7 +53,10 @@ struct Reply {
 
 impl Guest {
     fn new(shares: Arc<Shares>) -> Guest {
-        let fs = Fs::new("hull", shares).unwrap();
+        let (sessions, starter) = sessions();
+        // Ends with the device (its `Sessions`).
+        starter.start().unwrap();
+        let fs = Fs::new("hull", shares, sessions).unwrap();
         Guest {
             driver: TestDriver::with_features(Box::new(fs), VIRTIO_F_VERSION_1),
             unique: 0,
@@ -349,13 +352,14 @@ fn cstr(s: &str) -> Vec<u8> {
 
 #[test]
 fn config_space_holds_the_tag_and_one_request_queue() {
-    let fs = Fs::new("hull", Arc::new(Shares::new())).unwrap();
+    let new = |tag: &str| Fs::new(tag, Arc::new(Shares::new()), sessions().0);
+    let fs = new("hull").unwrap();
     let mut cfg = [0u8; TAG_LEN + 4];
     fs.read_config(0, &mut cfg);
     assert_eq!(&cfg[..5], b"hull\0");
     assert_eq!(u32_at(&cfg, TAG_LEN), 1);
-    assert!(Fs::new("", Arc::new(Shares::new())).is_err());
-    assert!(Fs::new(&"t".repeat(TAG_LEN + 1), Arc::new(Shares::new())).is_err());
+    assert!(new("").is_err());
+    assert!(new(&"t".repeat(TAG_LEN + 1)).is_err());
 }
 
 #[test]

@@ -3,8 +3,17 @@
 //! itself. File operations block on the host (a FIFO opened without a writer blocks until
 //! one comes), so they run here and never on the event loop: a stuck request stalls this
 //! VM's shared directories, nothing else.
+//!
+//! Session threads are not created by whoever activates the device (the event loop, or a
+//! vCPU writing the driver's status) but by one thread that exists for that,
+//! `hull-fs-start` ([`SessionStarter`]): a thread keeps its creator's seccomp filter, and
+//! only a creator that runs under the fs filter alone gives a session exactly that filter.
+//! The VMM starts it right after entering its jail, before any other thread filters
+//! itself; it waits for sessions and starts a `hull-fs` thread for each (a reset and a new
+//! activation is a new session, while the old one may still be stuck in a request).
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -24,8 +33,8 @@ pub enum WorkerError {
     View(#[from] view::ViewError),
     #[error("creating the kick eventfd")]
     EventFd(#[source] std::io::Error),
-    #[error("starting the fs thread")]
-    Spawn(#[source] std::io::Error),
+    #[error("the thread that starts fs sessions (hull-fs-start) is gone")]
+    NoStarter,
 }
 
 /// A running session. Dropping it stops the thread after its current request; it is not
@@ -33,7 +42,55 @@ pub enum WorkerError {
 pub struct Worker {
     kick: Arc<EventFd>,
     stop: Arc<AtomicBool>,
-    _thread: JoinHandle<()>,
+}
+
+/// A session handed to `hull-fs-start`, with the eventfd that wakes it.
+type NewSession = (Session, Arc<EventFd>);
+
+/// Where the device hands its sessions to be started.
+pub struct Sessions {
+    tx: mpsc::Sender<NewSession>,
+}
+
+/// The receiving end of [`Sessions`], until [`SessionStarter::start`] runs it on its
+/// thread.
+pub struct SessionStarter {
+    rx: mpsc::Receiver<NewSession>,
+}
+
+/// A device's way to start sessions and the starter that serves it.
+pub fn sessions() -> (Sessions, SessionStarter) {
+    let (tx, rx) = mpsc::channel();
+    (Sessions { tx }, SessionStarter { rx })
+}
+
+impl SessionStarter {
+    /// Starts `hull-fs-start` under the fs filter (when the VMM's filters are on). It
+    /// starts a `hull-fs` thread for each session it is handed and ends with the device
+    /// (every [`Sessions`] dropped).
+    pub fn start(self) -> Result<JoinHandle<()>, crate::seccomp::SeccompError> {
+        let rx = self.rx;
+        crate::seccomp::spawn(
+            crate::seccomp::ThreadKind::Fs,
+            "hull-fs-start".into(),
+            move || {
+                for (session, kick) in rx {
+                    let stop = session.stop.clone();
+                    let spawned =
+                        std::thread::Builder::new()
+                            .name("hull-fs".into())
+                            .spawn(move || {
+                                crate::seccomp::remember_thread_name();
+                                session.run(&kick)
+                            });
+                    if let Err(e) = spawned {
+                        stop.store(true, Ordering::SeqCst);
+                        crate::guest_warn!("fs: cannot start a session thread: {e}");
+                    }
+                }
+            },
+        )
+    }
 }
 
 struct Session {
@@ -48,32 +105,24 @@ struct Session {
 }
 
 impl Worker {
-    /// Takes over the transport's ready queues (their current positions) and starts.
+    /// Takes over the transport's ready queues (their current positions) and has
+    /// `sessions`' starter run them on a thread of their own.
     pub fn start(
         queues: &[virtio_queue::Queue],
         mem: &GuestMemoryMmap,
         vfs: Arc<Vfs>,
         interrupt: Arc<Interrupt>,
         started: Arc<AtomicBool>,
+        sessions: &Sessions,
     ) -> Result<Worker, WorkerError> {
         let kick = Arc::new(EventFd::new(0).map_err(WorkerError::EventFd)?);
         let stop = Arc::new(AtomicBool::new(false));
         let session = Session::new(queues, mem, vfs, interrupt, started, stop.clone())?;
-        let k = kick.clone();
-        let thread = std::thread::Builder::new()
-            .name("hull-fs".into())
-            .spawn(move || {
-                if let Err(e) = crate::jail::enter_fs_thread() {
-                    log::error!("fs: cannot raise the file capabilities of a jailed VMM's fs thread ({e}); shares answer as the VMM's uid");
-                }
-                session.run(&k)
-            })
-            .map_err(WorkerError::Spawn)?;
-        Ok(Worker {
-            kick,
-            stop,
-            _thread: thread,
-        })
+        sessions
+            .tx
+            .send((session, kick.clone()))
+            .map_err(|_| WorkerError::NoStarter)?;
+        Ok(Worker { kick, stop })
     }
 
     /// The driver made buffers available.

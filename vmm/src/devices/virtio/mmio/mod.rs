@@ -282,8 +282,21 @@ impl MmioTransport {
         self.device.activate(self.acked_features);
         self.activated = true;
         // A driver may post buffers and kick before DRIVER_OK; those kicks found the
-        // device inactive, so serve every ready queue once now.
-        self.serve_ready_queues();
+        // device inactive, so every ready queue is served once now: by the event loop,
+        // through the queue's notification eventfd, because the status write that
+        // activates runs on a vCPU thread, whose seccomp filter allows no device I/O.
+        self.kick_ready_queues();
+    }
+
+    /// Signals the notification eventfd of every ready queue, as a guest's kick would.
+    fn kick_ready_queues(&self) {
+        for (queue, evt) in self.queues.iter().zip(&self.queue_evts) {
+            if queue.ready() {
+                if let Err(e) = evt.write(1) {
+                    log::error!("virtio-mmio: cannot signal a queue's eventfd: {e}");
+                }
+            }
+        }
     }
 
     fn reset(&mut self) {
