@@ -178,20 +178,15 @@ impl Child {
     }
 }
 
-/// The write end of the process's lifeline pipe (never closed) and the read end every
-/// VMM inherits.
-fn lifeline() -> Result<RawFd, LaunchError> {
+/// The read end of the process's lifeline pipe, which every VMM inherits and names in
+/// its jail configuration; the write end is never closed.
+pub fn lifeline() -> Result<RawFd, LaunchError> {
     static LIFELINE: OnceLock<(OwnedFd, OwnedFd)> = OnceLock::new();
     if let Some((read, _)) = LIFELINE.get() {
         return Ok(read.as_raw_fd());
     }
     let (read, write) = pipe()?;
     Ok(LIFELINE.get_or_init(|| (read, write)).0.as_raw_fd())
-}
-
-/// The lifeline's read end, to name in the VMM's jail configuration.
-pub fn lifeline_fd() -> Result<RawFd, LaunchError> {
-    lifeline()
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), LaunchError> {
@@ -440,16 +435,12 @@ mod tests {
     use super::*;
     use std::os::fd::AsFd;
 
-    fn sh(script: &str, stderr: &std::fs::File) -> Launch<'static> {
-        // The borrow of `stderr` is extended by the caller's scope.
-        let stderr: BorrowedFd<'static> =
-            // SAFETY: each test keeps `stderr` open until the child has exited.
-            unsafe { BorrowedFd::borrow_raw(stderr.as_raw_fd()) };
+    fn sh<'a>(script: &str, stderr: &'a std::fs::File) -> Launch<'a> {
         Launch {
             program: Path::new("/bin/sh"),
             args: vec!["-c".into(), script.into()],
             env: vec![("HULL_TEST".into(), "yes".into())],
-            stderr,
+            stderr: stderr.as_fd(),
             inherit: Vec::new(),
             namespaces: false,
         }

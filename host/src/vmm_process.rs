@@ -147,7 +147,7 @@ impl VmmProcess {
                 root: root.to_path_buf(),
                 uid: policy.uid,
                 gid: policy.gid,
-                lifeline_fd: Some(launcher::lifeline_fd()?),
+                lifeline_fd: Some(launcher::lifeline()?),
                 max_open_files: policy.max_open_files,
                 max_threads: policy.max_threads,
             });

@@ -10,8 +10,10 @@
 //!    virtio-fs server reopens files through `/proc/self/fd`); `pivot_root` into it, the
 //!    host's tree detached, the new root read-only;
 //! 2. resource limits: open files, threads of its uid, no core dumps (guest memory);
-//! 3. no supplementary groups, the jail's gid and uid (all three of each), every
-//!    capability set and the bounding set empty, `no_new_privs`;
+//! 3. no supplementary groups, the jail's gid and uid (all three of each), the bounding
+//!    and inheritable sets empty, [`FS_CAPS`] left only in the permitted set (for the fs
+//!    threads started next; every thread then keeps none, see [`drop_thread_caps`]),
+//!    `no_new_privs`;
 //! 4. the parent-death signal re-armed (a uid change clears it), then the lifeline pipe
 //!    checked, so a launcher that died in between is not missed.
 //!
@@ -115,7 +117,7 @@ pub fn enter(jail: &JailConfig) -> Result<(), JailError> {
     drop_privileges(jail.uid, jail.gid, last_cap)?;
     arm_parent_death(jail.lifeline_fd)?;
     log::info!(
-        "jail: entered (uid {}, gid {}, no capabilities, {} open files)",
+        "jail: entered (uid {}, gid {}, no capabilities but the fs threads' two, {} open files)",
         jail.uid,
         jail.gid,
         jail.max_open_files

@@ -12,6 +12,9 @@ use std::process::Command;
 
 use hull_vmm::seccomp::{ThreadKind, SECCOMP_EXIT_CODE};
 
+mod common;
+use common::kvm_available;
+
 const CASE: &str = "HULL_SECCOMP_TEST_CASE";
 /// A directory the parent made (and removes) for the child's files.
 const DIR: &str = "HULL_SECCOMP_TEST_DIR";
@@ -55,18 +58,6 @@ fn assert_stopped_at(case: &str, nr: libc::c_long, name: &str) {
         !stderr.contains(&format!("{case}: done")),
         "{case}: {stderr}"
     );
-}
-
-fn kvm_available() -> bool {
-    let ok = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if !ok {
-        eprintln!("skipped: /dev/kvm is not available to this user");
-    }
-    ok
 }
 
 #[test]
